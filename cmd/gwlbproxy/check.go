@@ -1,0 +1,32 @@
+package main
+
+import (
+	"context"
+	"io"
+
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
+)
+
+func cmdCheck(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("check", "check [--config FILE] [--explain]", stderr)
+	path := fs.String("config", config.DefaultPath, "config file to validate")
+	explain := fs.Bool("explain", false, "also print the nftables rules, routes and sysctls the config installs")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	c, err := config.Load(*path, false)
+	if err != nil {
+		return err
+	}
+	out, err := c.Marshal()
+	if err != nil {
+		return err
+	}
+	if _, err := stdout.Write(out); err != nil {
+		return err
+	}
+	if *explain {
+		return writeExplain(stdout, &c)
+	}
+	return nil
+}
