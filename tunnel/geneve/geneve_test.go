@@ -212,7 +212,11 @@ func FuzzParse(f *testing.F) {
 		}
 		var extra []Option
 		if len(opt) > 0 {
-			extra = append(extra, Option{Class: binary.BigEndian.Uint16(append(opt, 0, 0)[:2]), Type: opt[0] &^ typeCritical, Data: opt})
+			o := Option{Class: binary.BigEndian.Uint16(append(opt, 0, 0)[:2]), Type: opt[0] &^ typeCritical, Data: opt}
+			if o.Class == ClassAWS {
+				o.Class++ // a second, differently sized AWS option is not a valid build
+			}
+			extra = append(extra, o)
 		}
 		vni := uint32(ep) & 0xffffff
 		b := AppendHeader(nil, vni, proto, ep, at, ck, extra...)
