@@ -13,6 +13,8 @@ import (
 	"os/signal"
 	"sort"
 	"syscall"
+
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/nsexec"
 )
 
 // command is one subcommand.
@@ -47,6 +49,12 @@ func usage(w io.Writer) {
 var errUsage = errors.New("usage")
 
 func main() {
+	// The demo and the end-to-end tests start the appliance inside a network
+	// namespace this way; it must happen before anything opens a socket.
+	if err := nsexec.Enter(); err != nil {
+		fmt.Fprintf(os.Stderr, "gwlbproxy: %v\n", err)
+		os.Exit(1)
+	}
 	os.Exit(runMain(os.Args[1:], os.Stdout, os.Stderr))
 }
 
