@@ -1,0 +1,145 @@
+package proxy
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/ssrf"
+)
+
+// Config is the proxy section of the appliance configuration. Listeners and
+// ports are not part of it: the lead hands ready net.Listeners to ServeHTTP
+// and ServeTLS.
+type Config struct {
+	Policy policy.Config `yaml:"policy"`
+	SSRF   ssrf.Config   `yaml:"ssrf"`
+
+	// UpstreamCABundle is a PEM file of extra roots trusted for upstream
+	// servers, in addition to the system roots. Empty: system roots only.
+	UpstreamCABundle string `yaml:"upstream_ca_bundle"`
+	// DenyTLS says how a TLS connection denied on its SNI ends: "page"
+	// completes the handshake with a minted leaf and answers every request
+	// with a 403 page naming the rule; "close" just closes.
+	DenyTLS string `yaml:"deny_tls"`
+	// RedactQuery replaces the query string in recorded paths with "?redacted".
+	RedactQuery bool `yaml:"redact_query"`
+	// HTTP2 offers h2 to TLS clients that offer it (bumped connections).
+	HTTP2 bool `yaml:"http2"`
+
+	// ClientHelloTimeout bounds reading the ClientHello (and the first bytes
+	// of any connection).
+	ClientHelloTimeout time.Duration `yaml:"client_hello_timeout"`
+	// HandshakeTimeout bounds the TLS handshake with the client.
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	// HeaderReadTimeout bounds reading one request's headers.
+	HeaderReadTimeout time.Duration `yaml:"header_read_timeout"`
+	// MaxHeaderBytes caps one request's header block.
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// IdleTimeout closes idle client keep-alive connections.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// DialTimeout, UpstreamTLSTimeout and ResponseHeaderTimeout bound the
+	// upstream side; a timeout becomes a 504 page.
+	DialTimeout           time.Duration `yaml:"dial_timeout"`
+	UpstreamTLSTimeout    time.Duration `yaml:"upstream_tls_timeout"`
+	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout"`
+	// UpstreamIdleTimeout closes pooled idle upstream connections.
+	UpstreamIdleTimeout time.Duration `yaml:"upstream_idle_timeout"`
+	// UpstreamIdlePerDest caps idle upstream connections per pool key
+	// (destination ip:port + SNI).
+	UpstreamIdlePerDest int `yaml:"upstream_idle_per_dest"`
+	// UpstreamPools caps the number of pool keys kept (LRU).
+	UpstreamPools int `yaml:"upstream_pools"`
+	// VerifiedTTL: after a successful upstream verification for a pool key,
+	// new client connections to that key within this time are bumped
+	// without a fresh upstream pre-dial (every new upstream connection is
+	// still verified before any byte of content flows). 0 = always pre-dial.
+	VerifiedTTL time.Duration `yaml:"verified_ttl"`
+	// SpliceIdleTimeout closes spliced connections idle in both directions.
+	SpliceIdleTimeout time.Duration `yaml:"splice_idle_timeout"`
+	// MaxConns caps concurrent client connections (all listeners); excess
+	// connections are closed at once and recorded.
+	MaxConns int `yaml:"max_conns"`
+	// MaxRecordField caps every string field of a record, in bytes.
+	MaxRecordField int `yaml:"max_record_field"`
+}
+
+// DefaultConfig returns every default.
+func DefaultConfig() Config {
+	return Config{
+		Policy:                policy.DefaultConfig(),
+		SSRF:                  ssrf.DefaultConfig(),
+		DenyTLS:               "page",
+		RedactQuery:           true,
+		HTTP2:                 false,
+		ClientHelloTimeout:    10 * time.Second,
+		HandshakeTimeout:      10 * time.Second,
+		HeaderReadTimeout:     30 * time.Second,
+		MaxHeaderBytes:        64 << 10,
+		IdleTimeout:           120 * time.Second,
+		DialTimeout:           10 * time.Second,
+		UpstreamTLSTimeout:    10 * time.Second,
+		ResponseHeaderTimeout: 60 * time.Second,
+		UpstreamIdleTimeout:   90 * time.Second,
+		UpstreamIdlePerDest:   32,
+		UpstreamPools:         4096,
+		VerifiedTTL:           60 * time.Second,
+		SpliceIdleTimeout:     350 * time.Second,
+		MaxConns:              20000,
+		MaxRecordField:        2048,
+	}
+}
+
+// Validate checks c; messages start with the offending yaml key.
+func (c *Config) Validate() error {
+	if err := c.Policy.Validate(); err != nil {
+		return fmt.Errorf("policy.%w", err)
+	}
+	if err := c.SSRF.Validate(); err != nil {
+		return fmt.Errorf("ssrf.%w", err)
+	}
+	if c.DenyTLS != "page" && c.DenyTLS != "close" {
+		return fmt.Errorf("deny_tls: %q is not page or close", c.DenyTLS)
+	}
+	if c.HTTP2 {
+		return fmt.Errorf("http2: HTTP/2 to clients is not implemented yet; set false")
+	}
+	durs := []struct {
+		key string
+		v   time.Duration
+	}{
+		{"client_hello_timeout", c.ClientHelloTimeout},
+		{"handshake_timeout", c.HandshakeTimeout},
+		{"header_read_timeout", c.HeaderReadTimeout},
+		{"idle_timeout", c.IdleTimeout},
+		{"dial_timeout", c.DialTimeout},
+		{"upstream_tls_timeout", c.UpstreamTLSTimeout},
+		{"response_header_timeout", c.ResponseHeaderTimeout},
+		{"upstream_idle_timeout", c.UpstreamIdleTimeout},
+		{"splice_idle_timeout", c.SpliceIdleTimeout},
+	}
+	for _, d := range durs {
+		if d.v < 10*time.Millisecond || d.v > 24*time.Hour {
+			return fmt.Errorf("%s: %v out of range 10ms..24h", d.key, d.v)
+		}
+	}
+	if c.VerifiedTTL < 0 || c.VerifiedTTL > time.Hour {
+		return fmt.Errorf("verified_ttl: %v out of range 0..1h", c.VerifiedTTL)
+	}
+	if c.MaxHeaderBytes < 1024 || c.MaxHeaderBytes > 1<<20 {
+		return fmt.Errorf("max_header_bytes: %d out of range 1024..1048576", c.MaxHeaderBytes)
+	}
+	if c.UpstreamIdlePerDest < 0 || c.UpstreamIdlePerDest > 10000 {
+		return fmt.Errorf("upstream_idle_per_dest: %d out of range 0..10000", c.UpstreamIdlePerDest)
+	}
+	if c.UpstreamPools < 1 || c.UpstreamPools > 1<<20 {
+		return fmt.Errorf("upstream_pools: %d out of range 1..1048576", c.UpstreamPools)
+	}
+	if c.MaxConns < 1 || c.MaxConns > 1<<22 {
+		return fmt.Errorf("max_conns: %d out of range 1..4194304", c.MaxConns)
+	}
+	if c.MaxRecordField < 64 || c.MaxRecordField > 65536 {
+		return fmt.Errorf("max_record_field: %d out of range 64..65536", c.MaxRecordField)
+	}
+	return nil
+}

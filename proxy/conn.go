@@ -1,0 +1,204 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+)
+
+type stateKey struct{}
+
+// connState is everything known about one client connection. Requests read
+// it; only the front end writes it before handing the conn to net/http.
+type connState struct {
+	p        *Proxy
+	start    time.Time
+	client   net.Conn // raw accepted conn, for forced close
+	clientAP netip.AddrPort
+	dst      netip.AddrPort
+	endpoint uint64
+	hasEP    bool
+	isTLS    bool
+	sni      string // normalized SNI ("" when absent)
+	// fixed, when set, answers every request on this connection (deny or
+	// upstream error page) and nothing is forwarded.
+	fixed *fixedReply
+	// rec is the connection-level record template; requests copy it.
+	rec      Record
+	requests atomic.Int64
+
+	preMu  sync.Mutex
+	pre    net.Conn // upstream TLS conn verified before minting, unused yet
+	preKey poolKey
+
+	finishOnce sync.Once
+	released   atomic.Bool
+}
+
+// fixedReply is a canned answer for every request on a connection.
+type fixedReply struct {
+	status int
+	action string
+	rule   string
+	upErr  string
+	title  string
+	detail string
+}
+
+func (p *Proxy) newState(c net.Conn, isTLS bool) *connState {
+	st := &connState{p: p, start: time.Now(), client: c, isTLS: isTLS}
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		st.clientAP = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	if dst, err := p.deps.OriginalDst(c); err == nil {
+		st.dst = dst
+	}
+	if p.deps.EndpointOf != nil {
+		st.endpoint, st.hasEP = p.deps.EndpointOf(c)
+	}
+	r := &st.rec
+	r.InstanceID = p.deps.InstanceID
+	if st.hasEP {
+		r.EndpointID = policy.FormatEndpointID(st.endpoint)
+	}
+	if st.clientAP.IsValid() {
+		r.ClientIP = st.clientAP.Addr().String()
+		r.ClientPort = st.clientAP.Port()
+	}
+	if st.dst.IsValid() {
+		r.DstIP = st.dst.Addr().String()
+		r.DstPort = st.dst.Port()
+	}
+	r.Scheme = "http"
+	if isTLS {
+		r.Scheme = "https"
+	}
+	return st
+}
+
+func (st *connState) input(name string) policy.Input {
+	return policy.Input{Endpoint: st.endpoint, HasEndpoint: st.hasEP, Client: st.clientAP.Addr(), Dst: st.dst, Name: name}
+}
+
+// takePre hands the pre-verified upstream conn to the first dial for key.
+func (st *connState) takePre(key poolKey) net.Conn {
+	st.preMu.Lock()
+	defer st.preMu.Unlock()
+	if st.pre != nil && st.preKey == key {
+		c := st.pre
+		st.pre = nil
+		return c
+	}
+	return nil
+}
+
+// finish runs once when the client connection is gone: it closes an unused
+// pre-dialed upstream, records connections that carried no request, and
+// releases the connection slot.
+func (st *connState) finish() {
+	st.finishOnce.Do(func() {
+		st.preMu.Lock()
+		if st.pre != nil {
+			st.pre.Close()
+			st.pre = nil
+		}
+		st.preMu.Unlock()
+		if st.requests.Load() == 0 {
+			if st.rec.Action == "" {
+				st.rec.Action = "error"
+				st.rec.UpstreamError = "client sent no complete request"
+			}
+			st.p.ship(&st.rec, st.start)
+		}
+		st.release()
+	})
+}
+
+func (st *connState) release() {
+	if st.released.CompareAndSwap(false, true) {
+		p := st.p
+		p.mu.Lock()
+		delete(p.active, st)
+		p.mu.Unlock()
+		p.m.active.Dec()
+		<-p.sem
+		p.conns.Done()
+	}
+}
+
+func tlsVersionName(v uint16) string {
+	switch v {
+	case 0:
+		return ""
+	case tls.VersionTLS10:
+		return "TLSv1.0"
+	case tls.VersionTLS11:
+		return "TLSv1.1"
+	case tls.VersionTLS12:
+		return "TLSv1.2"
+	case tls.VersionTLS13:
+		return "TLSv1.3"
+	}
+	return tls.VersionName(v)
+}
+
+// servedConn is a client conn handed to net/http, carrying its state.
+type servedConn struct {
+	net.Conn
+	st *connState
+}
+
+func (c *servedConn) Close() error {
+	err := c.Conn.Close()
+	c.st.finish()
+	return err
+}
+
+// chanListener feeds connections that our front end accepted and prepared
+// (peeked, decided, TLS-terminated) into one shared http.Server, so that
+// net/http owns keep-alive, header timeouts, size limits and graceful
+// shutdown for all of them.
+type chanListener struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newChanListener() *chanListener {
+	return &chanListener{ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+var errListenerClosed = errors.New("proxy: listener closed")
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, errListenerClosed
+	}
+}
+
+// push hands c to the server; false when shutting down (caller closes c).
+func (l *chanListener) push(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{} }

@@ -1,0 +1,258 @@
+package proxy
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/elazarl/goproxy"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+)
+
+type reqKey struct{}
+
+// reqInfo follows one request from our handler through goproxy into our
+// RoundTripper and back, and becomes its record.
+type reqInfo struct {
+	rec      Record
+	start    time.Time
+	bytesIn  atomic.Int64
+	hijacked net.Conn
+}
+
+// newGoproxy configures goproxy for the decrypted/plain HTTP layer: our
+// RoundTripper for every request, client Accept-Encoding kept, no
+// proxy-environment transport.
+func (p *Proxy) newGoproxy() *goproxy.ProxyHttpServer {
+	gp := goproxy.NewProxyHttpServer()
+	gp.Logger = slogPrintf{p}
+	gp.Verbose = false
+	gp.KeepAcceptEncoding = true
+	gp.Tr = &http.Transport{Proxy: nil, DisableCompression: true} // never used: RoundTripper is set per request
+	gp.ConnectDial = nil
+	rt := goproxy.RoundTripperFunc(p.up.roundTrip)
+	gp.OnRequest().DoFunc(func(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request, *http.Response) {
+		ctx.RoundTripper = rt
+		return r, nil
+	})
+	return gp
+}
+
+type slogPrintf struct{ p *Proxy }
+
+func (s slogPrintf) Printf(format string, v ...any) {
+	s.p.log.Debug("goproxy", "msg", strings.TrimSpace(sprintf(format, v...)))
+}
+
+// handle serves one request from a plain or bumped client connection.
+func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
+	st, _ := r.Context().Value(stateKey{}).(*connState)
+	if st == nil {
+		http.Error(w, "no connection state", http.StatusInternalServerError)
+		return
+	}
+	st.requests.Add(1)
+	p.stats.requests.Add(1)
+	ri := &reqInfo{start: time.Now(), rec: st.rec}
+	ri.rec.Action, ri.rec.Rule, ri.rec.UpstreamError = "allow", st.rec.Rule, ""
+	ri.rec.Host = r.Host
+	ri.rec.Method = r.Method
+	ri.rec.Path = p.recordPath(r)
+	ri.rec.UserAgent = r.Header.Get("User-Agent")
+	rw := &respWriter{w: w, ri: ri}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &countingBody{rc: r.Body, n: &ri.bytesIn}
+	}
+	defer p.finishRequest(ri, rw)
+
+	if fr := st.fixed; fr != nil {
+		ri.rec.Action, ri.rec.Rule, ri.rec.UpstreamError = fr.action, fr.rule, fr.upErr
+		p.writePage(rw, r, fr.status, fr.title, fr.detail, ri)
+		return
+	}
+	if r.Method == http.MethodConnect {
+		p.deny(rw, r, ri, http.StatusMethodNotAllowed, "connect-in-stream", "CONNECT is not allowed through a transparent proxy.")
+		return
+	}
+	name, err := policy.NormalizeName(policy.HostOnly(r.Host))
+	if err != nil || name == "" {
+		p.deny(rw, r, ri, http.StatusBadRequest, "invalid-host", "The request has a missing or invalid Host.")
+		return
+	}
+	if st.isTLS && st.sni != "" && name != st.sni {
+		// Domain fronting: the TLS name was checked, this Host was not
+		// the one the upstream certificate is verified for.
+		p.deny(rw, r, ri, http.StatusMisdirectedRequest, "sni-host-mismatch",
+			"Host "+name+" does not match the TLS server name "+st.sni+".")
+		return
+	}
+	if why := p.guard.Check(st.dst.Addr()); why != "" {
+		p.deny(rw, r, ri, http.StatusForbidden, "ssrf:"+why, "Access to "+st.dst.Addr().String()+" is denied ("+why+").")
+		return
+	}
+	d := p.pol.Decide(st.input(name))
+	ri.rec.Rule = d.Rule
+	if d.Action == policy.Deny {
+		p.deny(rw, r, ri, http.StatusForbidden, d.Rule, "Access to "+name+" is denied by rule "+d.Rule+".")
+		return
+	}
+	p.m.requests.WithLabelValues("allow").Inc()
+	r.URL.Scheme = st.rec.Scheme
+	r.URL.Host = r.Host
+	ctx := r.Context()
+	r = r.WithContext(contextWithReq(ctx, ri))
+	p.gp.ServeHTTP(rw, r)
+	if ri.hijacked != nil {
+		// goproxy returns from a WebSocket relay without closing the
+		// client side.
+		ri.hijacked.Close()
+	}
+}
+
+func (p *Proxy) deny(rw *respWriter, r *http.Request, ri *reqInfo, status int, rule, detail string) {
+	ri.rec.Action, ri.rec.Rule = "deny", rule
+	p.m.requests.WithLabelValues("deny").Inc()
+	p.writePage(rw, r, status, http.StatusText(status), detail+" (rule "+rule+")", ri)
+}
+
+func (p *Proxy) recordPath(r *http.Request) string {
+	u := r.URL
+	path := u.EscapedPath()
+	if u.RawQuery == "" && !u.ForceQuery {
+		return path
+	}
+	if p.cfg.RedactQuery {
+		return path + "?redacted"
+	}
+	return path + "?" + u.RawQuery
+}
+
+func (p *Proxy) finishRequest(ri *reqInfo, rw *respWriter) {
+	ri.rec.Status = rw.status
+	if ri.rec.Status == 0 {
+		ri.rec.Status = http.StatusOK
+	}
+	ri.rec.BytesIn = ri.bytesIn.Load()
+	ri.rec.BytesOut = rw.bytesOut
+	if hc, ok := ri.hijacked.(*countingConn); ok {
+		ri.rec.BytesIn += hc.in.Load()
+		ri.rec.BytesOut += hc.out.Load()
+	}
+	p.ship(&ri.rec, ri.start)
+}
+
+// ship finishes and encodes rec (duration from start) and hands it to the
+// Recorder.
+func (p *Proxy) ship(rec *Record, start time.Time) {
+	now := time.Now()
+	rec.Time = now
+	rec.DurationMS = float64(now.Sub(start).Microseconds()) / 1000
+	id := p.ids.next()
+	bp := bufPool.Get().(*[]byte)
+	b := (*bp)[:0]
+	// The id lives in a stack array; AppendJSON copies it.
+	rec.RecordID = unsafeString(id[:])
+	b = rec.AppendJSON(b, p.cfg.MaxRecordField)
+	rec.RecordID = ""
+	if err := p.deps.Recorder.Ship(now, b); err != nil {
+		p.stats.shipFail.Add(1)
+		p.m.shipFail.Inc()
+		p.log.Warn("proxy: record not accepted", "err", err)
+	}
+	*bp = b
+	bufPool.Put(bp)
+}
+
+// respWriter counts, captures the status, flushes streaming responses (no
+// Content-Length: chunked, SSE) after every write, and tracks hijacks.
+type respWriter struct {
+	w         http.ResponseWriter
+	ri        *reqInfo
+	status    int
+	bytesOut  int64
+	flushEach bool
+}
+
+func (w *respWriter) Header() http.Header { return w.w.Header() }
+
+func (w *respWriter) WriteHeader(code int) {
+	if w.status == 0 || w.status < 200 {
+		w.status = code
+		if code >= 200 {
+			w.flushEach = w.w.Header().Get("Content-Length") == ""
+		}
+	}
+	w.w.WriteHeader(code)
+}
+
+func (w *respWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	n, err := w.w.Write(b)
+	w.bytesOut += int64(n)
+	if w.flushEach && err == nil {
+		if f, ok := w.w.(http.Flusher); ok {
+			f.Flush()
+		}
+	}
+	return n, err
+}
+
+func (w *respWriter) Flush() {
+	if f, ok := w.w.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *respWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := w.w.(http.Hijacker)
+	if !ok {
+		return nil, nil, http.ErrNotSupported
+	}
+	c, brw, err := hj.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	cc := &countingConn{Conn: c}
+	w.ri.hijacked = cc
+	return cc, brw, nil
+}
+
+// Unwrap lets http.ResponseController reach the real writer.
+func (w *respWriter) Unwrap() http.ResponseWriter { return w.w }
+
+type countingBody struct {
+	rc io.ReadCloser
+	n  *atomic.Int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	b.n.Add(int64(n))
+	return n, err
+}
+
+func (b *countingBody) Close() error { return b.rc.Close() }
+
+type countingConn struct {
+	net.Conn
+	in, out atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.in.Add(int64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.out.Add(int64(n))
+	return n, err
+}

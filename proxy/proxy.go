@@ -1,0 +1,369 @@
+// Package proxy is the transparent inspecting proxy: it takes listeners that
+// receive TPROXY'd connections (their LocalAddr is the original
+// destination), peeks TLS ClientHellos, applies policy, and bumps, splices or
+// denies. Decrypted HTTP/1.1 is served by net/http and handed to goproxy
+// (only its ServeHTTP and OnRequest hooks are used); our RoundTripper dials
+// the original destination, never a re-resolved Host.
+//
+// Decisions, in order, for a TLS connection:
+//  1. read the ClientHello (deadline client_hello_timeout); not TLS or
+//     silent: close and record;
+//  2. SSRF guard on the original destination (always on; never
+//     report-only);
+//  3. ECH present: policy.ech_action; no SNI: policy.no_sni_action;
+//     unparseable SNI: deny;
+//  4. the ordered rules on (endpoint, client, destination, SNI).
+//
+// Allow (bump) dials and verifies the upstream first (unless the same
+// destination+SNI verified within verified_ttl), then mints the client leaf.
+// When upstream verification fails, the client still gets a leaf so it can
+// be shown a 502 page saying so, but no upstream byte ever flows through that
+// connection. Deny with deny_tls=page likewise completes the handshake to show
+// a 403 page naming the rule.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/elazarl/goproxy"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/ssrf"
+)
+
+// CertSource mints (or returns cached) leaf certificates for bumped
+// connections. ca.Minter implements it. serverName is normalized (lower
+// case, punycode) and may be empty, in which case ip is the only name.
+type CertSource interface {
+	Certificate(ctx context.Context, serverName string, ip netip.Addr) (*tls.Certificate, error)
+}
+
+// Deps are the proxy's collaborators. Only Recorder is required; CertSource
+// is required to bump (without it allow acts as deny for TLS).
+type Deps struct {
+	Certs    CertSource
+	Recorder Recorder
+	// EndpointOf returns the GWLB endpoint a connection arrived through
+	// (tunnel/steer). Nil: no endpoint.
+	EndpointOf func(net.Conn) (uint64, bool)
+	// Dial dials upstream (tunnel/steer provides one that leaves through
+	// the right interface). Nil: a net.Dialer.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// OriginalDst returns a connection's original destination. Nil: the
+	// accepted conn's LocalAddr, which is what TPROXY gives. Tests map
+	// loopback listeners to TEST-NET addresses and route them back with
+	// Dial, so the SSRF guard sees a realistic destination.
+	OriginalDst func(net.Conn) (netip.AddrPort, error)
+	// SelfAddrs lists the appliance's own addresses for the SSRF guard.
+	// Nil: net.InterfaceAddrs.
+	SelfAddrs func() ([]netip.Addr, error)
+	// InstanceID goes into every record. Empty: the host name.
+	InstanceID string
+}
+
+// Proxy is the inspecting proxy. Create with New.
+type Proxy struct {
+	cfg    Config
+	deps   Deps
+	log    *slog.Logger
+	pol    *policy.Policy
+	guard  *ssrf.Guard
+	roots  *x509.CertPool
+	ids    *recordIDs
+	gp     *goproxy.ProxyHttpServer
+	srv    *http.Server
+	connL  *chanListener
+	up     *upstream
+	sem    chan struct{}
+	m      *metrics
+	stats  counters
+	served chan error
+
+	mu        sync.Mutex
+	listeners map[net.Listener]string
+	listenErr error
+	closing   atomic.Bool
+	conns     sync.WaitGroup // non-HTTP phases: peek, bump setup, splice
+	stop      context.CancelFunc
+	ctx       context.Context
+	active    map[*connState]struct{}
+}
+
+// New validates cfg and builds a proxy. reg may be nil.
+func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*Proxy, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("proxy config: %w", err)
+	}
+	if deps.Recorder == nil {
+		return nil, errors.New("proxy: Deps.Recorder is required")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if deps.Dial == nil {
+		d := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
+		deps.Dial = d.DialContext
+	}
+	if deps.OriginalDst == nil {
+		deps.OriginalDst = localAddrDst
+	}
+	if deps.InstanceID == "" {
+		deps.InstanceID, _ = os.Hostname()
+	}
+	pol, err := policy.New(cfg.Policy)
+	if err != nil {
+		return nil, fmt.Errorf("proxy config: policy.%w", err)
+	}
+	guard, err := ssrf.New(cfg.SSRF, deps.SelfAddrs)
+	if err != nil {
+		return nil, fmt.Errorf("proxy ssrf guard: %w", err)
+	}
+	roots, err := loadRoots(cfg.UpstreamCABundle)
+	if err != nil {
+		return nil, err
+	}
+	ids, err := newRecordIDs()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Proxy{
+		cfg: cfg, deps: deps, log: log, pol: pol, guard: guard, roots: roots, ids: ids,
+		sem:       make(chan struct{}, cfg.MaxConns),
+		listeners: map[net.Listener]string{},
+		active:    map[*connState]struct{}{},
+		ctx:       ctx, stop: cancel,
+		served: make(chan error, 1),
+	}
+	p.m = newMetrics(reg)
+	p.up = newUpstream(p)
+	p.gp = p.newGoproxy()
+	p.connL = newChanListener()
+	p.srv = &http.Server{
+		Handler:           http.HandlerFunc(p.handle),
+		ReadHeaderTimeout: cfg.HeaderReadTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if sc, ok := c.(*servedConn); ok {
+				return context.WithValue(ctx, stateKey{}, sc.st)
+			}
+			return ctx
+		},
+	}
+	// HTTP/1.1 only on the server side (see Config.HTTP2).
+	p.srv.SetKeepAlivesEnabled(true)
+	p.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
+	go func() { p.served <- p.srv.Serve(p.connL) }()
+	go p.refreshSelf(ctx)
+	return p, nil
+}
+
+func localAddrDst(c net.Conn) (netip.AddrPort, error) {
+	if ta, ok := c.LocalAddr().(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	}
+	ap, err := netip.ParseAddrPort(c.LocalAddr().String())
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("original destination: %w", err)
+	}
+	return ap, nil
+}
+
+func loadRoots(bundle string) (*x509.CertPool, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if bundle == "" {
+		return pool, nil
+	}
+	pem, err := os.ReadFile(bundle)
+	if err != nil {
+		return nil, fmt.Errorf("upstream_ca_bundle: %w", err)
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("upstream_ca_bundle: %s: no PEM certificates", bundle)
+	}
+	return pool, nil
+}
+
+func (p *Proxy) refreshSelf(ctx context.Context) {
+	t := time.NewTicker(p.cfg.SSRF.SelfRefresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := p.guard.Refresh(); err != nil {
+				p.log.Warn("ssrf: refreshing own addresses", "err", err)
+			}
+		}
+	}
+}
+
+// ServeHTTP serves plain HTTP on l (transparent port 80 style) until l fails
+// or Shutdown. It returns nil after Shutdown.
+func (p *Proxy) ServeHTTP(l net.Listener) error { return p.serve(l, false) }
+
+// ServeTLS serves TLS on l (transparent port 443 style): peek, decide, bump,
+// splice or deny. It returns nil after Shutdown.
+func (p *Proxy) ServeTLS(l net.Listener) error { return p.serve(l, true) }
+
+func (p *Proxy) serve(l net.Listener, isTLS bool) error {
+	mode := "http"
+	if isTLS {
+		mode = "tls"
+	}
+	p.mu.Lock()
+	if p.closing.Load() {
+		p.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	p.listeners[l] = mode
+	p.mu.Unlock()
+	var delay time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if p.closing.Load() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTemporary(err)) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			p.mu.Lock()
+			delete(p.listeners, l)
+			p.listenErr = fmt.Errorf("%s listener %s: %w", mode, l.Addr(), err)
+			p.mu.Unlock()
+			p.log.Error("proxy listener failed", "mode", mode, "addr", l.Addr().String(), "err", err)
+			return p.listenErr
+		}
+		delay = 0
+		select {
+		case p.sem <- struct{}{}:
+		default:
+			p.m.limited.Inc()
+			p.stats.limited.Add(1)
+			st := p.newState(c, isTLS)
+			st.rec.Action, st.rec.UpstreamError = "error", "connection limit reached"
+			p.ship(&st.rec, st.start)
+			c.Close()
+			continue
+		}
+		p.conns.Add(1)
+		go p.handleConn(c, isTLS)
+	}
+}
+
+// errTemporary maps EMFILE-like accept errors (which the kernel reports on
+// fd exhaustion) to themselves so serve backs off instead of failing.
+func errTemporary(err error) error {
+	if t, ok := err.(interface{ Temporary() bool }); ok && t.Temporary() {
+		return err
+	}
+	return errNever
+}
+
+var errNever = errors.New("never")
+
+// Shutdown stops accepting, lets in-flight requests finish until ctx is done,
+// then closes everything.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.closing.Store(true)
+	p.mu.Lock()
+	for l := range p.listeners {
+		l.Close()
+	}
+	p.listeners = map[net.Listener]string{}
+	p.mu.Unlock()
+	err := p.srv.Shutdown(ctx)
+	done := make(chan struct{})
+	go func() { p.conns.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		// Force the remaining splices and handshakes closed.
+		p.mu.Lock()
+		for st := range p.active {
+			st.client.Close()
+		}
+		p.mu.Unlock()
+		p.srv.Close()
+		<-done
+		if err == nil {
+			err = ctx.Err()
+		}
+	}
+	p.stop()
+	p.up.closeIdle()
+	return err
+}
+
+// Health is nil while no listener has failed and Shutdown was not called.
+func (p *Proxy) Health() error {
+	if p.closing.Load() {
+		return errors.New("proxy: shut down")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.listenErr != nil {
+		return p.listenErr
+	}
+	return nil
+}
+
+// Stats is a JSON-able snapshot of counters.
+type Stats struct {
+	Listeners     int    `json:"listeners"`
+	ActiveConns   int    `json:"active_conns"`
+	Accepted      uint64 `json:"accepted"`
+	Limited       uint64 `json:"limited"`
+	Bumped        uint64 `json:"bumped"`
+	Spliced       uint64 `json:"spliced"`
+	Denied        uint64 `json:"denied"`
+	HelloFailures uint64 `json:"hello_failures"`
+	Requests      uint64 `json:"requests"`
+	UpstreamErrs  uint64 `json:"upstream_errors"`
+	ShipFailures  uint64 `json:"ship_failures"`
+	UpstreamPools int    `json:"upstream_pools"`
+}
+
+type counters struct {
+	accepted, limited, bumped, spliced, denied, helloFail, requests, upErrs, shipFail atomic.Uint64
+}
+
+// Stats returns current counters.
+func (p *Proxy) Stats() Stats {
+	p.mu.Lock()
+	nl, na := len(p.listeners), len(p.active)
+	p.mu.Unlock()
+	return Stats{
+		Listeners: nl, ActiveConns: na,
+		Accepted: p.stats.accepted.Load(), Limited: p.stats.limited.Load(),
+		Bumped: p.stats.bumped.Load(), Spliced: p.stats.spliced.Load(), Denied: p.stats.denied.Load(),
+		HelloFailures: p.stats.helloFail.Load(), Requests: p.stats.requests.Load(),
+		UpstreamErrs: p.stats.upErrs.Load(), ShipFailures: p.stats.shipFail.Load(),
+		UpstreamPools: p.up.size(),
+	}
+}

@@ -1,0 +1,204 @@
+// Package ssrf classifies destination addresses the proxy must never dial on
+// a client's behalf: the instance metadata service, link-local and loopback
+// ranges, the appliance's own addresses, and every IPv6 wrapping of those
+// (IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo).
+//
+// The guard is always on; configuration can only add prefixes. The check is
+// made on the exact address that is then dialed (the original destination),
+// never on a name.
+package ssrf
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+)
+
+// builtin lists the always-denied ranges and why.
+var builtin = []struct {
+	p      netip.Prefix
+	reason string
+}{
+	{netip.MustParsePrefix("0.0.0.0/8"), "unspecified"},
+	{netip.MustParsePrefix("127.0.0.0/8"), "loopback"},
+	{netip.MustParsePrefix("169.254.0.0/16"), "link-local"},
+	{netip.MustParsePrefix("224.0.0.0/4"), "multicast"},
+	{netip.MustParsePrefix("240.0.0.0/4"), "reserved"},
+	{netip.MustParsePrefix("::/128"), "unspecified"},
+	{netip.MustParsePrefix("::1/128"), "loopback"},
+	{netip.MustParsePrefix("fe80::/10"), "link-local"},
+	{netip.MustParsePrefix("ff00::/8"), "multicast"},
+	// AWS instance services over IPv6 (IMDS fd00:ec2::254, DNS ::253,
+	// NTP ::123): nothing a client should reach through the proxy.
+	{netip.MustParsePrefix("fd00:ec2::/32"), "aws-instance-services"},
+	// RFC 8215 local-use NAT64: the embedded IPv4 position depends on the
+	// operator's prefix length, so the whole range is denied.
+	{netip.MustParsePrefix("64:ff9b:1::/48"), "nat64-local-use"},
+}
+
+var cgnat = netip.MustParsePrefix("100.64.0.0/10")
+
+var (
+	nat64     = netip.MustParsePrefix("64:ff9b::/96")
+	sixToFour = netip.MustParsePrefix("2002::/16")
+	teredo    = netip.MustParsePrefix("2001::/32")
+	v4compat  = netip.MustParsePrefix("::/96")
+)
+
+// Config is the ssrf section of the proxy configuration.
+type Config struct {
+	// DenyCIDRs are denied in addition to the built-in ranges.
+	DenyCIDRs []netip.Prefix `yaml:"deny_cidrs,omitempty"`
+	// AllowCGNAT lets 100.64.0.0/10 through (some VPCs use it for real
+	// workloads). Default false: denied, as smokescreen does.
+	AllowCGNAT bool `yaml:"allow_cgnat"`
+	// SelfRefresh is how often the appliance's own addresses are re-read.
+	SelfRefresh time.Duration `yaml:"self_refresh"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config { return Config{SelfRefresh: 30 * time.Second} }
+
+// Validate checks c.
+func (c *Config) Validate() error {
+	for i, p := range c.DenyCIDRs {
+		if !p.IsValid() {
+			return fmt.Errorf("deny_cidrs[%d]: invalid prefix", i)
+		}
+	}
+	if c.SelfRefresh < time.Second {
+		return fmt.Errorf("self_refresh: %v below 1s", c.SelfRefresh)
+	}
+	return nil
+}
+
+// Guard is safe for concurrent use.
+type Guard struct {
+	cfg   Config
+	self  atomic.Pointer[[]netip.Addr]
+	addrs func() ([]netip.Addr, error)
+}
+
+// InterfaceAddrs lists this host's addresses via net.InterfaceAddrs.
+func InterfaceAddrs() ([]netip.Addr, error) {
+	as, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("interface addresses: %w", err)
+	}
+	out := make([]netip.Addr, 0, len(as))
+	for _, a := range as {
+		if pn, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(pn.IP); ok {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out, nil
+}
+
+// New builds a guard. selfAddrs lists the appliance's own addresses; nil
+// means InterfaceAddrs. It is called now and by Refresh.
+func New(cfg Config, selfAddrs func() ([]netip.Addr, error)) (*Guard, error) {
+	if selfAddrs == nil {
+		selfAddrs = InterfaceAddrs
+	}
+	g := &Guard{cfg: cfg, addrs: selfAddrs}
+	if err := g.Refresh(); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// Refresh re-reads the appliance's own addresses. On error the previous
+// list is kept.
+func (g *Guard) Refresh() error {
+	as, err := g.addrs()
+	if err != nil {
+		return err
+	}
+	g.self.Store(&as)
+	return nil
+}
+
+// Self returns the current own-address list.
+func (g *Guard) Self() []netip.Addr {
+	if p := g.self.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Check returns a non-empty reason when a must not be dialed.
+func (g *Guard) Check(a netip.Addr) string {
+	if !a.IsValid() {
+		return "invalid-address"
+	}
+	a = a.WithZone("")
+	if r := g.check1(a); r != "" {
+		return r
+	}
+	if a.Is6() && !a.Is4In6() {
+		for _, emb := range embeddedV4(a) {
+			if r := g.check1(emb.addr); r != "" {
+				return emb.form + ":" + r
+			}
+		}
+	}
+	return ""
+}
+
+type embedded struct {
+	form string
+	addr netip.Addr
+}
+
+// embeddedV4 returns the IPv4 addresses an IPv6 address may carry.
+func embeddedV4(a netip.Addr) []embedded {
+	b := a.As16()
+	v4 := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{b[i], b[i+1], b[i+2], b[i+3]}) }
+	switch {
+	case nat64.Contains(a):
+		return []embedded{{"nat64", v4(12)}}
+	case sixToFour.Contains(a):
+		return []embedded{{"6to4", v4(2)}}
+	case teredo.Contains(a):
+		client := netip.AddrFrom4([4]byte{^b[12], ^b[13], ^b[14], ^b[15]})
+		return []embedded{{"teredo-server", v4(4)}, {"teredo-client", client}}
+	case v4compat.Contains(a):
+		return []embedded{{"ipv4-compatible", v4(12)}}
+	}
+	return nil
+}
+
+func (g *Guard) check1(a netip.Addr) string {
+	if a.Is4In6() {
+		if r := g.check1(a.Unmap()); r != "" {
+			return "ipv4-mapped:" + r
+		}
+		return ""
+	}
+	for _, b := range builtin {
+		if b.p.Contains(a) {
+			return b.reason
+		}
+	}
+	if a.Is4() && a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		return "broadcast"
+	}
+	if !g.cfg.AllowCGNAT && cgnat.Contains(a) {
+		return "cgnat"
+	}
+	for _, p := range g.cfg.DenyCIDRs {
+		if p.Contains(a) {
+			return "configured-deny"
+		}
+	}
+	for _, s := range g.Self() {
+		if s == a {
+			return "appliance-address"
+		}
+	}
+	return ""
+}

@@ -1,0 +1,258 @@
+package proxy
+
+import (
+	"container/list"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/elazarl/goproxy"
+)
+
+// poolKey identifies an upstream connection pool: the original destination
+// and the TLS server name. Keying by Host (as http.Transport does) would let
+// requests meant for different original destinations share a connection.
+type poolKey struct {
+	dst netip.AddrPort
+	sni string
+	tls bool
+}
+
+type poolEntry struct {
+	key        poolKey
+	tr         *http.Transport
+	verifiedAt time.Time
+}
+
+// upstream owns one http.Transport per poolKey (LRU-bounded), each dialing
+// exactly its key's destination, and turns upstream failures into pages.
+type upstream struct {
+	p   *Proxy
+	mu  sync.Mutex
+	m   map[poolKey]*list.Element
+	lru *list.List
+}
+
+func newUpstream(p *Proxy) *upstream {
+	return &upstream{p: p, m: map[poolKey]*list.Element{}, lru: list.New()}
+}
+
+func (u *upstream) size() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.m)
+}
+
+func (u *upstream) closeIdle() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, e := range u.m {
+		e.Value.(*poolEntry).tr.CloseIdleConnections()
+	}
+}
+
+func (u *upstream) entry(key poolKey) *poolEntry {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if e, ok := u.m[key]; ok {
+		u.lru.MoveToFront(e)
+		return e.Value.(*poolEntry)
+	}
+	cfg := &u.p.cfg
+	pe := &poolEntry{key: key}
+	pe.tr = &http.Transport{
+		Proxy: nil,
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return u.dial(ctx, key)
+		},
+		DialTLSContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			if st := stateFrom(ctx); st != nil {
+				if c := st.takePre(key); c != nil {
+					return c, nil
+				}
+			}
+			return u.dialTLS(ctx, key)
+		},
+		MaxIdleConnsPerHost:    cfg.UpstreamIdlePerDest,
+		MaxIdleConns:           cfg.UpstreamIdlePerDest,
+		IdleConnTimeout:        cfg.UpstreamIdleTimeout,
+		ResponseHeaderTimeout:  cfg.ResponseHeaderTimeout,
+		TLSHandshakeTimeout:    cfg.UpstreamTLSTimeout,
+		DisableCompression:     true,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: int64(cfg.MaxHeaderBytes) * 4,
+		ForceAttemptHTTP2:      false,
+		// HTTP/1.1 upstream only: no TLSNextProto.
+		TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{},
+	}
+	u.m[key] = u.lru.PushFront(pe)
+	for len(u.m) > cfg.UpstreamPools {
+		old := u.lru.Back()
+		oe := old.Value.(*poolEntry)
+		u.lru.Remove(old)
+		delete(u.m, oe.key)
+		oe.tr.CloseIdleConnections()
+	}
+	return pe
+}
+
+func (u *upstream) recentlyVerified(key poolKey) bool {
+	ttl := u.p.cfg.VerifiedTTL
+	if ttl <= 0 {
+		return false
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if e, ok := u.m[key]; ok {
+		return time.Since(e.Value.(*poolEntry).verifiedAt) < ttl
+	}
+	return false
+}
+
+func (u *upstream) markVerified(key poolKey) {
+	u.mu.Lock()
+	if e, ok := u.m[key]; ok {
+		e.Value.(*poolEntry).verifiedAt = time.Now()
+	}
+	u.mu.Unlock()
+}
+
+// dial opens TCP to the key's destination after the SSRF guard.
+func (u *upstream) dial(ctx context.Context, key poolKey) (net.Conn, error) {
+	if why := u.p.guard.Check(key.dst.Addr()); why != "" {
+		return nil, &ssrfError{why}
+	}
+	ctx, cancel := context.WithTimeout(ctx, u.p.cfg.DialTimeout)
+	defer cancel()
+	c, err := u.p.deps.Dial(ctx, "tcp", key.dst.String())
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", key.dst, err)
+	}
+	return c, nil
+}
+
+// dialTLS dials and completes a verified TLS handshake: ServerName is the
+// SNI (or the destination IP when the client sent none), roots are the system
+// pool plus upstream_ca_bundle, TLS 1.2 minimum, HTTP/1.1 only.
+func (u *upstream) dialTLS(ctx context.Context, key poolKey) (net.Conn, error) {
+	u.entry(key) // make sure the pool exists so verification is remembered
+	c, err := u.dial(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	name := key.sni
+	if name == "" {
+		name = key.dst.Addr().String()
+	}
+	tc := tls.Client(c, &tls.Config{
+		ServerName: name,
+		RootCAs:    u.p.roots,
+		MinVersion: tls.VersionTLS12,
+		NextProtos: []string{"http/1.1"},
+	})
+	hctx, cancel := context.WithTimeout(ctx, u.p.cfg.UpstreamTLSTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("tls to %s (%s): %w", key.dst, name, err)
+	}
+	u.markVerified(key)
+	return tc, nil
+}
+
+type ssrfError struct{ why string }
+
+func (e *ssrfError) Error() string { return "destination denied by ssrf guard: " + e.why }
+
+// roundTrip is goproxy's RoundTripper: it sends req to the original
+// destination of the client connection and never returns an error to
+// goproxy (which would turn it into a bare 500): failures become pages.
+func (u *upstream) roundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Response, error) {
+	ctx := req.Context()
+	st, ri := stateFrom(ctx), reqFrom(ctx)
+	if st == nil || ri == nil {
+		return nil, errors.New("proxy: request without connection state")
+	}
+	key := poolKey{dst: st.dst, sni: st.sni, tls: st.isTLS}
+	pe := u.entry(key)
+	out := *req
+	ou := *req.URL
+	ou.Host = st.dst.String()
+	ou.Scheme = "http"
+	if st.isTLS {
+		ou.Scheme = "https"
+	}
+	out.URL = &ou
+	out.Host = req.Host
+	// A client's Connection: close ends the client connection only; the
+	// upstream connection stays pooled.
+	out.Close = false
+	out.RequestURI = ""
+	resp, err := pe.tr.RoundTrip(&out)
+	if err == nil {
+		return resp, nil
+	}
+	if ctx.Err() != nil {
+		// The client went away; nobody reads the page.
+		ri.rec.Action, ri.rec.UpstreamError = "error", "client canceled"
+		return u.p.pageResponse(req, 499, "Client Closed Request", "canceled", ri), nil
+	}
+	status, msg := classifyUpstreamErr(err)
+	u.p.stats.upErrs.Add(1)
+	u.p.m.upErrs.Inc()
+	ri.rec.Action, ri.rec.UpstreamError = "error", msg
+	u.p.log.Info("proxy: upstream failed", "dst", st.dst.String(), "sni", st.sni, "err", err)
+	return u.p.pageResponse(req, status, http.StatusText(status),
+		"The proxy could not complete the request to "+req.Host+": "+msg, ri), nil
+}
+
+// classifyUpstreamErr maps an upstream failure to a status and a message
+// safe to show (no secrets: addresses and certificate reasons only).
+func classifyUpstreamErr(err error) (int, string) {
+	var se *ssrfError
+	if errors.As(err, &se) {
+		return http.StatusForbidden, se.Error()
+	}
+	var cve *tls.CertificateVerificationError
+	var uae x509.UnknownAuthorityError
+	var hne x509.HostnameError
+	var cie x509.CertificateInvalidError
+	if errors.As(err, &cve) || errors.As(err, &uae) || errors.As(err, &hne) || errors.As(err, &cie) {
+		return http.StatusBadGateway, "upstream certificate verification failed: " + certReason(err)
+	}
+	var ne net.Error
+	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() {
+		return http.StatusGatewayTimeout, "upstream timeout: " + err.Error()
+	}
+	var ae tls.AlertError
+	var rhe tls.RecordHeaderError
+	if errors.As(err, &ae) || errors.As(err, &rhe) {
+		return http.StatusBadGateway, "upstream TLS handshake failed: " + err.Error()
+	}
+	return http.StatusBadGateway, "upstream connection failed: " + err.Error()
+}
+
+func certReason(err error) string {
+	var hne x509.HostnameError
+	var cie x509.CertificateInvalidError
+	var uae x509.UnknownAuthorityError
+	switch {
+	case errors.As(err, &hne):
+		return "certificate is not valid for the requested name (" + hne.Error() + ")"
+	case errors.As(err, &cie):
+		return cie.Error()
+	case errors.As(err, &uae):
+		return "certificate signed by unknown authority"
+	}
+	return err.Error()
+}
+
+var _ = url.URL{}
