@@ -38,24 +38,32 @@ type Key struct {
 }
 
 // NewKey returns the Key of a flow between a and b (in either order) using
-// protocol proto. Addresses must be both IPv4 or both IPv6 (IPv4-mapped
-// IPv6 addresses are unmapped).
+// protocol proto. If either address is IPv4 the flow is IPv4 (an
+// IPv4-mapped IPv6 address is unmapped); otherwise it is IPv6, as it would
+// be for an IPv6 packet that carries IPv4-mapped addresses.
 func NewKey(proto uint8, a, b netip.AddrPort) Key {
 	var k Key
-	aa, ba := a.Addr().Unmap(), b.Addr().Unmap()
-	if aa.Is6() {
+	aa, ba, v6 := family(a.Addr(), b.Addr())
+	if v6 {
 		k.kind = kindV6
 	}
 	k.set(proto, addrBytes(aa), addrBytes(ba), a.Port(), b.Port())
 	return k
 }
 
+func family(a, b netip.Addr) (netip.Addr, netip.Addr, bool) {
+	if a.Is4() || b.Is4() {
+		return a.Unmap(), b.Unmap(), false
+	}
+	return a, b, true
+}
+
 // NewFragmentKey returns the fragment key of the datagram with the given
 // addresses, protocol and IP identification.
 func NewFragmentKey(proto uint8, a, b netip.Addr, id uint32) Key {
 	var k Key
-	a, b = a.Unmap(), b.Unmap()
-	if a.Is6() {
+	a, b, v6 := family(a, b)
+	if v6 {
 		k.kind = kindV6
 	}
 	k.kind |= kindFrag
