@@ -44,19 +44,21 @@ func NormalizeName(name string) (string, error) {
 	n := strings.TrimSuffix(name, ".")
 	needIDNA, needLower := false, false
 	for i := 0; i < len(n); i++ {
-		switch c := n[i]; {
+		c := n[i]
+		switch {
 		case c >= 0x80:
 			needIDNA = true
 		case 'A' <= c && c <= 'Z':
 			needLower = true
-		case (c == 'x' || c == 'X') && (i == 0 || n[i-1] == '.') && isACEPrefix(n[i:]):
+		}
+		if (c == 'x' || c == 'X') && (i == 0 || n[i-1] == '.') && isACEPrefix(n[i:]) {
 			// A punycode ("xn--") label must decode to a valid name.
 			needIDNA = true
 		}
 	}
 	if needIDNA {
-		a, err := idna.Lookup.ToASCII(n)
-		if err != nil {
+		a, ok := toASCII(n)
+		if !ok {
 			return "", invalid(name, "not a valid internationalized name")
 		}
 		n = a
@@ -67,6 +69,35 @@ func NormalizeName(name string) (string, error) {
 		return "", invalid(name, err)
 	}
 	return n, nil
+}
+
+// toASCII converts the labels of n that need it (non-ASCII, or "xn--") to
+// lower-case A-labels with the IDNA2008 registration profile, which refuses
+// characters that lookup would silently map or drop (zero-width spaces,
+// full-width forms): a name that reaches the certificate is the name the
+// client sent, not a look-alike. Other labels are only lower-cased.
+func toASCII(n string) (string, bool) {
+	labels := strings.Split(n, ".")
+	for i, l := range labels {
+		ascii := true
+		for j := 0; j < len(l); j++ {
+			if l[j] >= 0x80 {
+				ascii = false
+				break
+			}
+		}
+		l = strings.ToLower(l)
+		if ascii && !isACEPrefix(l) {
+			labels[i] = l
+			continue
+		}
+		a, err := idna.Registration.ToASCII(l)
+		if err != nil || a == "" {
+			return "", false
+		}
+		labels[i] = strings.ToLower(a)
+	}
+	return strings.Join(labels, "."), true
 }
 
 // checkLDH checks n as a lower-case ASCII hostname and returns the reason it
