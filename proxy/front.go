@@ -80,9 +80,6 @@ func (p *Proxy) handleTLS(st *connState) {
 		p.m.decisions.WithLabelValues("deny").Inc()
 		fr := &fixedReply{status: http.StatusForbidden, action: "deny", rule: d.Rule,
 			title: "Forbidden", detail: "Access to " + displayName(hello.ServerName, st) + " is denied by rule " + d.Rule + "."}
-		if d.Rule == "host-mismatch" {
-			fr.status = http.StatusMisdirectedRequest
-		}
 		if p.cfg.DenyTLS == "close" || p.deps.Certs == nil {
 			p.closeWith(st, "deny", d.Rule, "")
 			return
@@ -127,6 +124,11 @@ func displayName(sni string, st *connState) string {
 // decideTLS applies the SSRF guard, the ECH and no-SNI settings, then the
 // rules.
 func (p *Proxy) decideTLS(st *connState, h *Hello) policy.Decision {
+	name, nameErr := policy.NormalizeName(h.ServerName)
+	if nameErr == nil {
+		st.sni = name
+		st.rec.SNI = name
+	}
 	if why := p.guard.Check(st.dst.Addr()); why != "" {
 		return policy.Decision{Action: policy.Deny, Rule: "ssrf:" + why}
 	}
@@ -141,11 +143,9 @@ func (p *Proxy) decideTLS(st *connState, h *Hello) policy.Decision {
 		}
 		return p.pol.Decide(st.input(""))
 	}
-	name, err := policy.NormalizeName(h.ServerName)
-	if err != nil {
+	if nameErr != nil {
 		return policy.Decision{Action: policy.Deny, Rule: "invalid-sni"}
 	}
-	st.sni = name
 	return p.pol.Decide(st.input(name))
 }
 
