@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Validates the deployment artefacts in configs/ offline:
+#   1. packer validate       configs/packer/gwlbproxy.json (Debian's packer 1.6.6,
+#                            built-in amazon-ebs builder, no plugin downloads)
+#   2. systemd-analyze verify configs/gwlbproxy.service (in a scratch root, so
+#                            the ExecStart binary and unit dependencies resolve)
+#   3. go test ./configs/... with CFNSPEC pointing at @aws-cdk/cfnspec's
+#                            CloudFormation resource specification, and
+#                            GWLBPROXY_BIN at a fresh build for `gwlbproxy check`
+#
+# Needs from the network only: the Debian package `packer` (apt) and the npm
+# package @aws-cdk/cfnspec, each installed once. Idempotent; safe to rerun.
+#
+# Environment:
+#   CFNSPEC_DIR   where @aws-cdk/cfnspec is installed (default
+#                 ${TMPDIR:-/tmp}/gwlbproxy-cfnspec; never inside the repo)
+#   CFNSPEC       use this specification.json instead of installing one
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+root=$PWD
+cfnspec_version=2.72.1 # spec 117.0.0
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+step() { printf '\n== %s\n' "$*"; }
+
+# ---------------------------------------------------------------- tools
+step "tools"
+if ! command -v packer >/dev/null; then
+	echo "installing packer (apt)"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q packer >/dev/null ||
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q packer >/dev/null; }
+fi
+packer version
+
+if [[ -z "${CFNSPEC:-}" ]]; then
+	dir=${CFNSPEC_DIR:-${TMPDIR:-/tmp}/gwlbproxy-cfnspec}
+	CFNSPEC=$dir/node_modules/@aws-cdk/cfnspec/spec/specification.json
+	if [[ ! -s "$CFNSPEC" ]]; then
+		echo "installing @aws-cdk/cfnspec@$cfnspec_version (npm) into $dir"
+		mkdir -p "$dir"
+		npm install --prefix "$dir" --no-audit --no-fund --no-save --loglevel=error \
+			"@aws-cdk/cfnspec@$cfnspec_version" >/dev/null
+	fi
+fi
+export CFNSPEC
+echo "CFNSPEC=$CFNSPEC"
+
+# ---------------------------------------------------------------- binary
+# The AMI template and the unit need a binary to point at; the user data
+# config is fed to its `check` command when it builds.
+step "build gwlbproxy"
+bin=$work/gwlbproxy
+if go build -o "$bin" ./cmd/gwlbproxy 2>"$work/build.log"; then
+	echo "built $bin"
+	export GWLBPROXY_BIN=$bin
+else
+	echo "WARNING: go build ./cmd/gwlbproxy failed; using a placeholder binary, config not checked by the binary:"
+	sed 's/^/  /' "$work/build.log"
+	printf '#!/bin/sh\nexit 0\n' >"$bin"
+	chmod 755 "$bin"
+fi
+
+# ---------------------------------------------------------------- packer
+step "packer validate configs/packer/gwlbproxy.json"
+packer validate -var "binary=$bin" configs/packer/gwlbproxy.json
+
+# ---------------------------------------------------------------- systemd
+step "systemd-analyze verify configs/gwlbproxy.service"
+if command -v systemd-analyze >/dev/null && [[ -d /usr/lib/systemd/system ]]; then
+	sysroot=$work/root
+	mkdir -p "$sysroot/usr/lib/systemd" "$sysroot/etc/systemd/system" "$sysroot/usr/local/bin"
+	cp -a /usr/lib/systemd/system "$sysroot/usr/lib/systemd/"
+	cp "$bin" "$sysroot/usr/local/bin/gwlbproxy"
+	verify() { # verify <unit file>: prints findings; systemd exits 0 on many of them
+		cp "$1" "$sysroot/etc/systemd/system/gwlbproxy.service"
+		systemd-analyze verify --man=no --root="$sysroot" gwlbproxy.service 2>&1 || echo "(exit status $?)"
+	}
+	# A broken copy must produce findings, or the check itself is inert.
+	sed 's/^Type=notify$/Type=notifyy/' configs/gwlbproxy.service >"$work/broken.service"
+	if [[ -z "$(verify "$work/broken.service")" ]]; then
+		echo "systemd-analyze verify reports nothing for a broken unit; cannot validate" >&2
+		exit 1
+	fi
+	out=$(verify configs/gwlbproxy.service)
+	if [[ -n "$out" ]]; then
+		printf '%s\n' "$out" >&2
+		exit 1
+	fi
+	echo "ok"
+	systemd-analyze security --offline=true --root="$sysroot" gwlbproxy.service 2>/dev/null | tail -1 || true
+else
+	echo "systemd-analyze unavailable: skipped (TestUnit still checks the unit's keys)"
+fi
+
+# ---------------------------------------------------------------- go test
+step "go test ./configs/... (CloudFormation spec, IAM exact actions, unit/AMI/template contracts)"
+go test -count=1 -v ./configs/...
+echo
+echo "configs validated"
