@@ -20,9 +20,9 @@ const (
 	dropNoFlow               // return packet with no flow (GWLB only accepts flows it started)
 	dropSend                 // sending to GWLB failed
 	dropGeneveBase           // + geneve.Reason
-	dropInnerBase   = dropGeneveBase + int(geneve.NumReasons)
-	dropReturnBase  = dropInnerBase + int(flow.NumReasons)
-	numDrops        = dropReturnBase + int(flow.NumReasons)
+	dropInnerBase     = dropGeneveBase + int(geneve.NumReasons)
+	dropReturnBase    = dropInnerBase + int(flow.NumReasons)
+	numDrops          = dropReturnBase + int(flow.NumReasons)
 )
 
 var dropNames = func() [numDrops]string {
