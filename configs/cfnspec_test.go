@@ -40,12 +40,28 @@ type specProp struct {
 }
 
 // newerThanSpec lists properties CloudFormation gained after the
-// specification the npm package ships (version 117, 2023). Each is allowed
-// with its only acceptable values so a typo is still caught.
-var newerThanSpec = map[string][]string{
+// specification the npm package ships (version 117, 2023), with their shape,
+// so they are still checked rather than waved through.
+var newerThanSpec = map[string]specProp{
 	// LogGroupClass arrived with the Infrequent Access class (Nov 2023).
-	// STANDARD keeps Logs Insights field discovery and field indexes.
-	"AWS::Logs::LogGroup.LogGroupClass": {"STANDARD", "INFREQUENT_ACCESS"},
+	"AWS::Logs::LogGroup.LogGroupClass": {PrimitiveType: "String"},
+	// Listener attributes (GWLB's tcp.idle_timeout.seconds) arrived in 2024.
+	"AWS::ElasticLoadBalancingV2::Listener.ListenerAttributes": {Type: "List", ItemType: "ListenerAttribute"},
+}
+
+// newerPropertyTypes are the property types newerThanSpec refers to.
+var newerPropertyTypes = map[string]specPropType{
+	"AWS::ElasticLoadBalancingV2::Listener.ListenerAttribute": {Properties: map[string]specProp{
+		"Key":   {PrimitiveType: "String", Required: true},
+		"Value": {PrimitiveType: "String", Required: true},
+	}},
+}
+
+// newerValues restricts string properties of newerThanSpec to their
+// documented values, so a typo is caught.
+var newerValues = map[string][]string{
+	"AWS::Logs::LogGroup.LogGroupClass":                           {"STANDARD", "INFREQUENT_ACCESS"},
+	"AWS::ElasticLoadBalancingV2::Listener.ListenerAttribute.Key": {"tcp.idle_timeout.seconds", "send_tcp_reset.on_idle_timeout.enabled"},
 }
 
 var pseudoParams = map[string]bool{
@@ -176,16 +192,16 @@ func (c *specChecker) properties(path, rtype, typName string, props map[string]a
 	for _, name := range sortedKeys(props) {
 		ps, ok := specs[name]
 		if !ok {
-			if allowed, newer := newerThanSpec[typName+"."+name]; newer {
-				if s, isStr := props[name].(string); !isStr || !slices.Contains(allowed, s) {
-					c.errorf("%s.%s: %v is not one of %v", path, name, props[name], allowed)
-				}
+			if nps, newer := newerThanSpec[typName+"."+name]; newer {
+				c.value(path+"."+name, rtype, props[name], nps)
+				c.allowed(path+"."+name, typName+"."+name, props[name])
 				continue
 			}
 			c.errorf("%s: unknown property %q for %s", path, name, typName)
 			continue
 		}
 		c.value(path+"."+name, rtype, props[name], ps)
+		c.allowed(path+"."+name, typName+"."+name, props[name])
 	}
 	for _, name := range sortedKeys(specs) {
 		if specs[name].Required {
@@ -238,6 +254,20 @@ func (c *specChecker) value(path, rtype string, v any, ps specProp) {
 	}
 }
 
+// allowed checks a literal string against newerValues, if listed there.
+func (c *specChecker) allowed(path, key string, v any) {
+	vals, ok := newerValues[key]
+	if !ok {
+		return
+	}
+	if _, _, isFn := intrinsic(v); isFn {
+		return
+	}
+	if s, isStr := v.(string); !isStr || !slices.Contains(vals, s) {
+		c.errorf("%s: %v is not one of %v", path, v, vals)
+	}
+}
+
 func (c *specChecker) item(path, rtype string, v any, ps specProp) {
 	if ps.PrimitiveItemType != "" {
 		c.value(path, rtype, v, specProp{PrimitiveType: ps.PrimitiveItemType})
@@ -249,6 +279,9 @@ func (c *specChecker) item(path, rtype string, v any, ps specProp) {
 func (c *specChecker) nested(path, rtype, typ string, v any) {
 	name := rtype + "." + typ
 	pt, ok := c.spec.PropertyTypes[name]
+	if !ok {
+		pt, ok = newerPropertyTypes[name]
+	}
 	if !ok {
 		name = typ // shared types such as "Tag"
 		if pt, ok = c.spec.PropertyTypes[typ]; !ok {
@@ -537,6 +570,8 @@ func TestSpecCheckerCatches(t *testing.T) {
 		"scalar for list":     "Resources: {A: {Type: AWS::Logs::QueryDefinition, Properties: {Name: n, QueryString: q, LogGroupNames: g}}}",
 		"bad If branch":       "Resources: {A: {Type: AWS::Logs::LogGroup, Properties: {RetentionInDays: !If [C, 7, soon]}}}",
 		"newer prop bad":      "Resources: {A: {Type: AWS::Logs::LogGroup, Properties: {LogGroupClass: CHEAP}}}",
+		"newer nested bad":    "Resources: {A: {Type: AWS::ElasticLoadBalancingV2::Listener, Properties: {LoadBalancerArn: a, DefaultActions: [], ListenerAttributes: [{Key: tcp.idle_timeout}]}}}",
+		"newer shape bad":     "Resources: {A: {Type: AWS::ElasticLoadBalancingV2::Listener, Properties: {LoadBalancerArn: a, DefaultActions: [], ListenerAttributes: {Key: k}}}}",
 		"bad resource attr":   "Resources: {A: {Type: AWS::Logs::LogGroup, DependOn: B}}",
 		"default not allowed": "Parameters: {P: {Type: String, Default: c, AllowedValues: [a, b]}}\nResources: {A: {Type: AWS::Logs::LogGroup}}",
 	}

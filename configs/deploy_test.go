@@ -258,9 +258,6 @@ func TestTargetGroup(t *testing.T) {
 		am := a.(map[string]any)
 		attrs[am["Key"].(string)] = am["Value"]
 	}
-	if _, idle := refParam(t, tpl, attrs["tcp.idle_timeout.seconds"], "tcp.idle_timeout.seconds"); idle != 350 {
-		t.Errorf("TCP idle timeout default %d, want 350", idle)
-	}
 	if _, d := refParam(t, tpl, attrs["deregistration_delay.timeout_seconds"], "deregistration delay"); d != defaultDrainDeadline {
 		t.Errorf("deregistration delay default %d, want the drain deadline %d", d, defaultDrainDeadline)
 	}
@@ -272,6 +269,20 @@ func TestTargetGroup(t *testing.T) {
 	av, _ := tpl.section("Parameters")[p1].(map[string]any)["AllowedValues"].([]any)
 	if fmt.Sprint(av) != "[no_rebalance rebalance]" {
 		t.Errorf("%s AllowedValues = %v", p1, av)
+	}
+	// The TCP idle timeout is a GWLB listener attribute, not a target
+	// group one (ELB API reference, ListenerAttribute).
+	if _, bad := attrs["tcp.idle_timeout.seconds"]; bad {
+		t.Error("tcp.idle_timeout.seconds is a listener attribute, not a target group attribute")
+	}
+	_, ln := tpl.resource("Listener")
+	lattrs := map[string]any{}
+	for _, a := range ln["ListenerAttributes"].([]any) {
+		am := a.(map[string]any)
+		lattrs[am["Key"].(string)] = am["Value"]
+	}
+	if _, idle := refParam(t, tpl, lattrs["tcp.idle_timeout.seconds"], "tcp.idle_timeout.seconds"); idle != 350 {
+		t.Errorf("TCP idle timeout default %d, want 350", idle)
 	}
 	_, lb := tpl.resource("LoadBalancer")
 	if lb["Type"] != "gateway" {
