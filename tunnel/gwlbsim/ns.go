@@ -1,0 +1,135 @@
+package gwlbsim
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"runtime"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// NS is a named network namespace created by a Topology. Name works with
+// `ip netns exec`.
+type NS struct {
+	Name string
+	h    netns.NsHandle
+	nl   *netlink.Handle
+}
+
+// Handle returns the namespace's handle (owned by the NS; do not close).
+func (n *NS) Handle() netns.NsHandle { return n.h }
+
+// Netlink returns a netlink handle operating in the namespace.
+func (n *NS) Netlink() *netlink.Handle { return n.nl }
+
+// Do runs f on an OS thread switched into the namespace. Sockets and tun
+// devices opened by f belong to the namespace and keep working after Do
+// returns. f must not start goroutines expecting them to inherit the
+// namespace.
+func (n *NS) Do(f func() error) error {
+	return doIn(n.h, f)
+}
+
+func doIn(h netns.NsHandle, f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("get current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(h); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter netns: %w", err)
+			return
+		}
+		ferr := f()
+		if err := netns.Set(orig); err != nil {
+			// Leave the thread locked: the runtime discards it when
+			// this goroutine exits, so no other goroutine runs in the
+			// wrong namespace.
+			errc <- fmt.Errorf("restore netns: %w", err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// newNS creates a named namespace with lo up.
+func newNS(name string) (*NS, error) {
+	var h netns.NsHandle
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		h, err = netns.NewNamed(name) // switches this thread
+		if rerr := netns.Set(orig); rerr != nil {
+			errc <- fmt.Errorf("restore netns: %w", rerr)
+			return // thread stays locked and is discarded
+		}
+		runtime.UnlockOSThread()
+		errc <- err
+	}()
+	if err := <-errc; err != nil {
+		return nil, fmt.Errorf("netns %s: %w", name, err)
+	}
+	nl, err := netlink.NewHandleAt(h)
+	if err != nil {
+		h.Close()
+		_ = netns.DeleteNamed(name)
+		return nil, fmt.Errorf("netns %s: netlink: %w", name, err)
+	}
+	n := &NS{Name: name, h: h, nl: nl}
+	lo, err := nl.LinkByName("lo")
+	if err == nil {
+		err = nl.LinkSetUp(lo)
+	}
+	if err != nil {
+		n.close()
+		return nil, fmt.Errorf("netns %s: lo up: %w", name, err)
+	}
+	return n, nil
+}
+
+func (n *NS) close() error {
+	if n == nil {
+		return nil
+	}
+	n.nl.Close()
+	n.h.Close()
+	if err := netns.DeleteNamed(n.Name); err != nil {
+		return fmt.Errorf("netns %s: delete: %w", n.Name, err)
+	}
+	return nil
+}
+
+// Sysctl writes a /proc/sys value (path relative to /proc/sys, slashes)
+// in the namespace; net.* entries are per namespace.
+func (n *NS) Sysctl(path, value string) error {
+	return n.Do(func() error {
+		if err := os.WriteFile("/proc/sys/"+path, []byte(value), 0o644); err != nil {
+			return fmt.Errorf("netns %s: sysctl %s: %w", n.Name, path, err)
+		}
+		return nil
+	})
+}
+
+func randSuffix() string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
