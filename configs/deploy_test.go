@@ -53,7 +53,8 @@ var sampleParams = map[string]string{
 	"DisableSourceDestCheck": "false",
 	"EgressMode":             "nat",
 	"local:GwlbSources":      "10.0.1.0/24, 10.0.2.0/24",
-	"local:CAMode":           "kms",
+	"local:CASource":         "kms",
+	"CACertificate":          "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==",
 }
 
 func sampleValue(t *testing.T) func(string) string {
@@ -111,15 +112,21 @@ func TestUserDataConfig(t *testing.T) {
 	}
 	var cc struct {
 		WriteFiles []struct {
-			Path, Owner, Permissions, Content string
+			Path, Owner, Permissions, Content, Encoding string
 		} `yaml:"write_files"`
 		Runcmd [][]string `yaml:"runcmd"`
 	}
 	if err := yaml.Unmarshal([]byte(rendered), &cc); err != nil {
 		t.Fatalf("cloud-config: %v\n%s", err, rendered)
 	}
-	var content string
+	var content, rootCert string
 	for _, f := range cc.WriteFiles {
+		if f.Path == "/etc/gwlbproxy/ca/root.crt" {
+			rootCert = f.Content
+			if f.Encoding != "b64" {
+				t.Errorf("root certificate written with encoding %q, want b64 (the parameter is base64)", f.Encoding)
+			}
+		}
 		if f.Path == configPath {
 			content = f.Content
 			if f.Permissions != "0640" || f.Owner != "root:gwlbproxy" {
@@ -152,8 +159,9 @@ func TestUserDataConfig(t *testing.T) {
 			CreateGroup *bool  `yaml:"create_group"`
 		}
 		CA struct {
-			Region   string
-			KMSKeyID string `yaml:"kms_key_id"`
+			Source       string
+			KMSKeyID     string `yaml:"kms_key_id"`
+			RootCertFile string `yaml:"root_cert_file"`
 		} `yaml:"ca"`
 	}
 	if err := yaml.Unmarshal([]byte(content), &cfg); err != nil {
@@ -179,8 +187,11 @@ func TestUserDataConfig(t *testing.T) {
 	if cfg.Logship.CreateGroup == nil || *cfg.Logship.CreateGroup {
 		t.Error("logship.create_group must be false: the stack owns the group and the role lacks logs:CreateLogGroup")
 	}
-	if cfg.CA.KMSKeyID != sampleParams["CAKey.Arn"] {
-		t.Errorf("ca.kms_key_id = %q", cfg.CA.KMSKeyID)
+	if cfg.CA.Source != "kms" || cfg.CA.KMSKeyID != sampleParams["CAKey.Arn"] {
+		t.Errorf("ca = %+v, want source kms with the stack's key", cfg.CA)
+	}
+	if rootCert != sampleParams["CACertificate"] || cfg.CA.RootCertFile != "/etc/gwlbproxy/ca/root.crt" {
+		t.Errorf("ca.root_cert_file = %q; the CACertificate parameter must land there (got %q)", cfg.CA.RootCertFile, rootCert)
 	}
 	hook := lifecycleHook(t, tpl)
 	if cfg.Drain.LifecycleHook != hook["LifecycleHookName"] {
@@ -189,6 +200,12 @@ func TestUserDataConfig(t *testing.T) {
 	_, asg := tpl.resource("AutoScalingGroup")
 	if name, err := subString(asg["AutoScalingGroupName"].(map[string]any)["Fn::Sub"], sampleValue(t)); err != nil || name != cfg.Drain.AutoscalingGroup {
 		t.Errorf("drain.autoscaling_group = %q, the group is named %q", cfg.Drain.AutoscalingGroup, name)
+	}
+
+	for _, k := range []string{"MinSize", "DesiredCapacity"} {
+		if fn, arg, _ := intrinsic(asg[k]); fn != "Fn::If" || arg.([]any)[0] != "FleetReady" {
+			t.Errorf("AutoScalingGroup.%s = %v: instances must wait for the CA (FleetReady)", k, asg[k])
+		}
 	}
 
 	bin := os.Getenv("GWLBPROXY_BIN")
