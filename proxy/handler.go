@@ -155,10 +155,7 @@ func (p *Proxy) ship(rec *Record, start time.Time) {
 	id := p.ids.next()
 	bp := bufPool.Get().(*[]byte)
 	b := (*bp)[:0]
-	// The id lives in a stack array; AppendJSON copies it.
-	rec.RecordID = unsafeString(id[:])
-	b = rec.AppendJSON(b, p.cfg.MaxRecordField)
-	rec.RecordID = ""
+	b = rec.appendJSON(b, p.cfg.MaxRecordField, id[:])
 	if err := p.deps.Recorder.Ship(now, b); err != nil {
 		p.stats.shipFail.Add(1)
 		p.m.shipFail.Inc()

@@ -58,10 +58,22 @@ type Record struct {
 // bytes (a "…" marks the cut): no CRLF, ANSI or JSON injection reaches a
 // log line. It allocates nothing when b has room.
 func (r *Record) AppendJSON(b []byte, maxField int) []byte {
+	return r.appendJSON(b, maxField, nil)
+}
+
+// appendJSON takes the record id as bytes (hex, written as is) when id is
+// non-nil, so the hot path need not make a string of it.
+func (r *Record) appendJSON(b []byte, maxField int, id []byte) []byte {
 	b = append(b, `{"time":"`...)
 	b = r.Time.UTC().AppendFormat(b, time.RFC3339Nano)
 	b = append(b, '"')
-	b = appendStr(b, "record_id", r.RecordID, maxField)
+	if id != nil {
+		b = append(b, `,"record_id":"`...)
+		b = append(b, id...)
+		b = append(b, '"')
+	} else {
+		b = appendStr(b, "record_id", r.RecordID, maxField)
+	}
 	b = appendStr(b, "instance_id", r.InstanceID, maxField)
 	b = appendStr(b, "endpoint_id", r.EndpointID, maxField)
 	b = appendStr(b, "client_ip", r.ClientIP, maxField)
