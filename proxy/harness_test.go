@@ -203,6 +203,7 @@ type harness struct {
 	dialedTo sync.Map // dst string -> count
 	override atomic.Pointer[netip.AddrPort]
 	tlsL     net.Listener
+	sseAck   chan struct{}
 	httpL    net.Listener
 }
 
@@ -238,7 +239,8 @@ func newHarness(t testing.TB, mod func(*Config)) *harness {
 	bundle := filepath.Join(dir, "upstream-ca.pem")
 	os.WriteFile(bundle, h.upCA.pem, 0o644)
 
-	mux := upstreamMux()
+	h.sseAck = make(chan struct{}, 1)
+	mux := upstreamMux(h.sseAck)
 	h.upTLS = httptest.NewUnstartedServer(mux)
 	ipCert := h.upCA.issue(t, []string{testDstTLS.Addr().String()}, time.Now().Add(-time.Hour), time.Now().Add(time.Hour), false)
 	// Certificates serves hellos without SNI; GetCertificate the others.
@@ -308,8 +310,9 @@ func newHarness(t testing.TB, mod func(*Config)) *harness {
 	return h
 }
 
-// upstreamMux is the test origin.
-func upstreamMux() *http.ServeMux {
+// upstreamMux is the test origin. sseAck releases the second part of
+// streaming responses.
+func upstreamMux(sseAck <-chan struct{}) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Upstream-Host", r.Host)
@@ -337,17 +340,31 @@ func upstreamMux() *http.ServeMux {
 		}
 	})
 	mux.HandleFunc("/sse", func(w http.ResponseWriter, r *http.Request) {
+		// Event 0, then nothing until the client has acknowledged it via
+		// /sse-ack: a proxy that buffers would deadlock here.
 		w.Header().Set("Content-Type", "text/event-stream")
 		f := w.(http.Flusher)
-		for i := 0; i < 3; i++ {
-			fmt.Fprintf(w, "data: event %d\n\n", i)
-			f.Flush()
-			select {
-			case <-r.Context().Done():
-				return
-			case <-time.After(300 * time.Millisecond):
-			}
+		fmt.Fprint(w, "data: event 0\n\n")
+		f.Flush()
+		select {
+		case <-sseAck:
+		case <-r.Context().Done():
+			return
+		case <-time.After(30 * time.Second):
+			return
 		}
+		fmt.Fprint(w, "data: event 1\n\n")
+	})
+	mux.HandleFunc("/chunked", func(w http.ResponseWriter, r *http.Request) {
+		f := w.(http.Flusher)
+		fmt.Fprint(w, "part one;")
+		f.Flush()
+		select {
+		case <-sseAck:
+		case <-time.After(30 * time.Second):
+			return
+		}
+		fmt.Fprint(w, "part two")
 	})
 	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(500 * time.Millisecond)
@@ -419,3 +436,5 @@ func readDirNames(dir string) ([]string, error) {
 	defer f.Close()
 	return f.Readdirnames(-1)
 }
+
+func byteReader(b []byte) io.Reader { return strings.NewReader(string(b)) }
