@@ -43,6 +43,11 @@ func startReflector(t *testing.T, topo *Topology) *reflector {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if sc, err := r.conn.SyscallConn(); err == nil {
+		_ = sc.Control(func(fd uintptr) {
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20)
+		})
+	}
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
