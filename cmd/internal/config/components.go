@@ -1,9 +1,53 @@
 package config
 
+import (
+	"net/netip"
+
+	"github.com/gwlbproxy/gwlbproxy/ca"
+	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/tunnel"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
+)
+
 // Components holds the per-component sections. Each component owns its
 // Config type, defaults and validation; this file only composes them.
-type Components struct{}
+type Components struct {
+	Tunnel tunnel.Config `yaml:"tunnel"`
+	Steer  steer.Config  `yaml:"steer"`
+	Proxy  proxy.Config  `yaml:"proxy"`
+	CA     ca.Config     `yaml:"ca"`
+}
 
-func defaultComponents() Components { return Components{} }
+// vpcPrivateRanges is the default for tunnel.allowed_sources: GWLB always
+// sends from inside the VPC, so GENEVE from a public address is never
+// GWLB's. Operators should narrow it to the GWLB subnets.
+var vpcPrivateRanges = []netip.Prefix{
+	netip.MustParsePrefix("10.0.0.0/8"),
+	netip.MustParsePrefix("172.16.0.0/12"),
+	netip.MustParsePrefix("192.168.0.0/16"),
+	netip.MustParsePrefix("100.64.0.0/10"),
+}
 
-func (c *Components) validate() error { return nil }
+func defaultComponents() Components {
+	t := tunnel.DefaultConfig()
+	t.AllowedSources = append([]netip.Prefix(nil), vpcPrivateRanges...)
+	return Components{
+		Tunnel: t,
+		Steer:  steer.DefaultConfig(),
+		Proxy:  proxy.DefaultConfig(),
+		CA:     ca.DefaultConfig(),
+	}
+}
+
+func (c *Components) validate() error {
+	if err := prefix("tunnel", c.Tunnel.Validate()); err != nil {
+		return err
+	}
+	if err := prefix("steer", c.Steer.Validate()); err != nil {
+		return err
+	}
+	if err := prefix("proxy", c.Proxy.Validate()); err != nil {
+		return err
+	}
+	return prefix("ca", c.CA.Validate())
+}

@@ -1,0 +1,253 @@
+// Package app wires the appliance together: tunnel, steering, proxy, CA and
+// log shipper, the health verdict and metrics, readiness and shutdown. It is
+// what `gwlbproxy run` executes, in production and in the demo alike.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/gwlbproxy/gwlbproxy/ca"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/health"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/sdnotify"
+	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/tunnel"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
+)
+
+// Run runs the appliance until ctx is cancelled, then drains and removes
+// everything it installed. Startup failures are returned with the component
+// named; whatever was already installed is removed first.
+func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
+	var cleanup cleanups
+	defer func() {
+		if cerr := cleanup.run(log); err == nil {
+			err = cerr
+		}
+	}()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	hs := health.New(c.Health.Mode)
+
+	instanceID := c.InstanceID
+	if instanceID == "" {
+		instanceID, _ = os.Hostname()
+	}
+	log = log.With("instance", instanceID)
+
+	// Background work that must outlive startup but end with Run.
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBG()
+
+	var awsCfg aws.Config
+	if c.CA.Source != ca.SourceFiles {
+		awsCfg, err = awsconfig.LoadDefaultConfig(ctx, awsconfig.WithEC2IMDSRegion())
+		if err != nil {
+			return fmt.Errorf("aws config: %w", err)
+		}
+	}
+	authority, err := ca.Open(bg, c.CA, awsCfg, log.With("component", "ca"))
+	if err != nil {
+		return fmt.Errorf("ca: %w", err)
+	}
+	minter := ca.NewMinter(authority, c.CA.MinterOptions(log.With("component", "ca")), reg)
+
+	recorder := proxy.NewJSONLines(os.Stdout) // replaced by logship when it lands
+
+	st, err := steer.New(c.Steer, log.With("component", "steer"), reg)
+	if err != nil {
+		return fmt.Errorf("steer: %w", err)
+	}
+	if err := st.Start(bg); err != nil {
+		return fmt.Errorf("steer: %w", err)
+	}
+	cleanup.add("steer", st.Close)
+	hs.Add(health.Check{Name: "steer", Health: st.Health, Stats: func() any { return st.Stats() }})
+
+	ls, err := st.ListenAll(ctx)
+	if err != nil {
+		return fmt.Errorf("proxy listeners: %w", err)
+	}
+	cleanup.add("proxy listeners", ls.Close)
+	px, err := proxy.New(c.Proxy, proxy.Deps{
+		Certs:      minter,
+		Recorder:   recorder,
+		EndpointOf: st.EndpointOf,
+		InstanceID: instanceID,
+	}, log.With("component", "proxy"), reg)
+	if err != nil {
+		return fmt.Errorf("proxy: %w", err)
+	}
+	var serving sync.WaitGroup
+	serve := func(kind string, l net.Listener, fn func(net.Listener) error) {
+		serving.Add(1)
+		go func() {
+			defer serving.Done()
+			if err := fn(l); err != nil && !errors.Is(err, net.ErrClosed) {
+				log.Error("proxy listener stopped", "kind", kind, "addr", l.Addr(), "err", err)
+			}
+		}()
+	}
+	for _, l := range ls.HTTP {
+		serve("http", l, px.ServeHTTP)
+	}
+	for _, l := range ls.TLS {
+		serve("tls", l, px.ServeTLS)
+	}
+	hs.Add(health.Check{Name: "proxy", Health: px.Health, Stats: func() any { return px.Stats() }})
+
+	td, err := tunnel.New(c.Tunnel, log.With("component", "tunnel"), reg, st)
+	if err != nil {
+		return fmt.Errorf("tunnel: %w", err)
+	}
+	tunnelDone := make(chan error, 1)
+	tctx, stopTunnel := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopTunnel()
+	go func() { tunnelDone <- td.Run(tctx) }()
+	select {
+	case <-td.Ready():
+	case err := <-tunnelDone:
+		return fmt.Errorf("tunnel: %w", err)
+	case <-ctx.Done():
+		stopTunnel()
+		<-tunnelDone
+		return nil
+	}
+	hs.Add(health.Check{Name: "tunnel", Health: td.Health, Stats: func() any { return td.Stats() }})
+
+	healthSrv, err := listenHTTP(c.Health.Listen, withPaths(hs))
+	if err != nil {
+		return fmt.Errorf("health.listen: %w", err)
+	}
+	cleanup.add("health server", healthSrv.Close)
+	if c.Metrics.Listen != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		msrv, err := listenHTTP(c.Metrics.Listen, mux)
+		if err != nil {
+			return fmt.Errorf("metrics.listen: %w", err)
+		}
+		cleanup.add("metrics server", msrv.Close)
+	}
+
+	log.Info("gwlbproxy ready",
+		"geneve", netip.AddrPortFrom(c.Tunnel.Listen, c.Tunnel.Port),
+		"egress_mode", c.Steer.EgressMode, "health", c.Health.Listen, "metrics", c.Metrics.Listen)
+	_ = sdnotify.Notify(sdnotify.Ready)
+	go watchdog(bg, hs)
+
+	select {
+	case <-ctx.Done():
+	case err := <-tunnelDone:
+		return fmt.Errorf("tunnel stopped: %w", err)
+	}
+
+	// Drain: tell GWLB (503) and systemd, let in-flight requests finish up
+	// to the deadline, then take the data path down.
+	log.Info("draining", "deadline", c.Drain.Deadline)
+	_ = sdnotify.Notify(sdnotify.Stopping)
+	hs.SetDraining(true)
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.Drain.Deadline)
+	defer cancel()
+	if err := px.Shutdown(dctx); err != nil {
+		log.Warn("proxy drain incomplete", "err", err)
+	}
+	ls.Close()
+	serving.Wait()
+	stopTunnel()
+	if err := <-tunnelDone; err != nil {
+		log.Warn("tunnel shutdown", "err", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// withPaths answers the health check on / and /healthz (GWLB's target
+// group path is configurable; both are common).
+func withPaths(h http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/", h)
+	return mux
+}
+
+// listenHTTP starts an HTTP server with conservative timeouts.
+func listenHTTP(addr string, h http.Handler) (*http.Server, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
+	go func() { _ = srv.Serve(l) }()
+	return srv, nil
+}
+
+// watchdog pings systemd's watchdog while the appliance is healthy, so a
+// wedged data path is restarted rather than left black-holing traffic.
+func watchdog(ctx context.Context, hs *health.Server) {
+	iv := sdnotify.WatchdogInterval()
+	if iv == 0 {
+		return
+	}
+	t := time.NewTicker(iv)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if ok, _ := hs.Verdict(false); ok {
+				_ = sdnotify.Notify(sdnotify.Watchdog)
+			}
+		}
+	}
+}
+
+// cleanups runs undo steps in reverse order of installation.
+type cleanups struct {
+	steps []struct {
+		name string
+		fn   func() error
+	}
+}
+
+func (c *cleanups) add(name string, fn func() error) {
+	c.steps = append(c.steps, struct {
+		name string
+		fn   func() error
+	}{name, fn})
+}
+
+func (c *cleanups) run(log *slog.Logger) error {
+	var errs []error
+	for i := len(c.steps) - 1; i >= 0; i-- {
+		s := c.steps[i]
+		if err := s.fn(); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, http.ErrServerClosed) {
+			log.Warn("cleanup", "step", s.name, "err", err)
+			errs = append(errs, fmt.Errorf("%s: %w", s.name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
