@@ -86,27 +86,41 @@ func newRxState(cfg Config) *rxState {
 
 // receive handles one datagram and returns a drop reason or -1.
 func (w *worker) receive(rx *rxState, m *udp.Message, now time.Time) int {
+	t, inner, r := w.decap(rx, m, now)
+	if r >= 0 {
+		return r
+	}
+	if t.state.Load() == stateUp {
+		return w.write(t, inner)
+	}
+	return t.enqueue(inner, w)
+}
+
+// decap is the receive path up to the tun write: source check, GENEVE
+// parse, tunnel lookup (or registration), flow learning. It returns the
+// tunnel and inner packet, or a drop reason (>= 0).
+func (w *worker) decap(rx *rxState, m *udp.Message, now time.Time) (*tunnel, []byte, int) {
 	d := w.d
 	if m.Truncated {
-		return dropOversize
+		return nil, nil, dropOversize
 	}
 	if !d.allowed(m.Src.Addr()) {
-		return dropForeignSource
+		return nil, nil, dropForeignSource
 	}
 	inner, r := geneve.Parse(m.Buf[:m.N], &rx.h)
 	if r != geneve.OK {
-		return dropGeneveBase + int(r)
+		return nil, nil, dropGeneveBase + int(r)
 	}
 	t := rx.cache
 	if t == nil || rx.cacheEP != rx.h.EndpointID || t.state.Load() >= stateFailed {
 		if t = d.tunnelFor(rx.h.EndpointID); t == nil {
-			return dropTunnelLimit
+			return nil, nil, dropTunnelLimit
 		}
 		rx.cache, rx.cacheEP = t, rx.h.EndpointID
 	}
 	info, fr := flow.ParsePacket(inner, &rx.k)
 	if fr != flow.OK {
-		return dropInnerBase + int(fr)
+		return nil, nil, dropInnerBase + int(fr)
 	}
 	// Learn before forwarding, with the newest header: GWLB may give a
 	// reused 5-tuple a new cookie, and the reply may come back quickly.
@@ -114,10 +128,7 @@ func (w *worker) receive(rx *rxState, m *udp.Message, now time.Time) int {
 		t.ctr[w.id].learnFailed.Add(1)
 	}
 	t.touch(now.UnixNano())
-	if t.state.Load() == stateUp {
-		return w.write(t, inner)
-	}
-	return t.enqueue(inner, w)
+	return t, inner, -1
 }
 
 // write delivers an inner packet to the tunnel's gwi- queue for this
@@ -168,7 +179,9 @@ func newTxState(cfg Config, raw *udp.RawSender) *txState {
 		bufs:  make([][]byte, cfg.Batch),
 		sizes: make([]int, cfg.Batch),
 		pkts:  make([]udp.Packet, 0, cfg.Batch),
-		batch: raw.NewBatch(cfg.Batch),
+	}
+	if raw != nil {
+		tx.batch = raw.NewBatch(cfg.Batch)
 	}
 	for i := range tx.bufs {
 		tx.bufs[i] = make([]byte, txHeadroom+cfg.MTU)
