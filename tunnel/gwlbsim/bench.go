@@ -80,6 +80,9 @@ type BenchResult struct {
 	// MaxLoss; BestGbps the same in inner-packet bits.
 	BestPPS  float64 `json:"best_pps"`
 	BestGbps float64 `json:"best_gbps"`
+	// BadLength counts received datagrams whose size was not that of a
+	// correctly returned packet; they are not counted as received.
+	BadLength uint64 `json:"bad_length"`
 	// FlatOut is the probe sending as fast as the generator can.
 	FlatOut StepResult   `json:"flat_out"`
 	Steps   []StepResult `json:"steps"`
@@ -273,7 +276,13 @@ func Bench(ctx context.Context, cfg BenchConfig) (BenchResult, error) {
 		return res, fmt.Errorf("gwlbsim bench: receiver on %s in %s: %w", raddr, rns.Name, err)
 	}
 
-	var received atomic.Uint64
+	// What a correct return looks like: the GENEVE header GWLB sent plus
+	// the inner packet (tunnel), or the bare payload (plain).
+	wantLen := uint32(cfg.PayloadSize)
+	if cfg.Mode == ModeTunnel {
+		wantLen = uint32(geneve.BaseLen + geneve.AWSOptionsLen + innerLen)
+	}
+	var received, badLen atomic.Uint64
 	var stop atomic.Bool
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -287,7 +296,14 @@ func Bench(ctx context.Context, cfg BenchConfig) (BenchResult, error) {
 		for !stop.Load() {
 			n, err := mmsg(unix.SYS_RECVMMSG, rfd, v.hdrs, unix.MSG_WAITFORONE)
 			if err == nil {
-				received.Add(uint64(n))
+				good := 0
+				for i := range v.hdrs[:n] {
+					if v.hdrs[i].Len == wantLen {
+						good++
+					}
+				}
+				received.Add(uint64(good))
+				badLen.Add(uint64(n - good))
 			}
 		}
 		res.ReceiverCPU = threadCPU() - c0
@@ -404,5 +420,6 @@ func Bench(ctx context.Context, cfg BenchConfig) (BenchResult, error) {
 	res.BestGbps = res.BestPPS * float64(innerLen) * 8 / 1e9
 	stop.Store(true)
 	wg.Wait()
+	res.BadLength = badLen.Load()
 	return res, runErr
 }
