@@ -215,3 +215,17 @@ func TestOpen(t *testing.T) {
 		t.Errorf("foreign root: %v", err)
 	}
 }
+
+// FuzzParseSecret: whatever a secret holds, parsing returns an Authority
+// or an error, never panics.
+func FuzzParseSecret(f *testing.F) {
+	f.Add([]byte(`{"certificate":"x","private_key":"y"}`))
+	f.Add([]byte("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"))
+	f.Add([]byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n{"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		a, err := parseSecret(b, time.Now())
+		if err == nil && (a.Certificate() == nil || a.Signer() == nil) {
+			t.Fatal("nil authority without error")
+		}
+	})
+}

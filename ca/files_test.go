@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -224,5 +225,45 @@ func TestExportPEMAndDER(t *testing.T) {
 	}
 	if strings.Contains(p.String(), "PRIVATE") {
 		t.Fatal("export leaked key material")
+	}
+}
+
+// TestLoadFilesIntermediateBundle loads an intermediate CA whose cert file
+// also holds the root: the chain sent to clients is the intermediate only.
+func TestLoadFilesIntermediateBundle(t *testing.T) {
+	rootKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl, _ := rootTemplate(InitOptions{}.withDefaults(), 1)
+	rootDER, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, rootKey.Public(), rootKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, _ := x509.ParseCertificate(rootDER)
+	im, err := NewIntermediate(t.Context(), root, rootKey, IntermediateOptions{CommonName: "file intermediate"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kd, _ := x509.MarshalPKCS8PrivateKey(im.Signer())
+	dir := t.TempDir()
+	cf, kf := filepath.Join(dir, "bundle.pem"), filepath.Join(dir, "key.pem")
+	bundle := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: im.Certificate().Raw})
+	bundle = append(bundle, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: rootDER})...)
+	os.WriteFile(cf, bundle, 0o644)
+	os.WriteFile(kf, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}), 0o600)
+	a, err := LoadFiles(cf, kf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a.Chain()) != 1 || !bytes.Equal(a.Chain()[0], im.Certificate().Raw) {
+		t.Fatalf("chain has %d certs, want the intermediate only", len(a.Chain()))
+	}
+	c, err := NewMinter(a, MinterOptions{}, nil).Certificate(t.Context(), "bundle.example", netip.Addr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Certificate) != 2 {
+		t.Fatalf("leaf carries %d certs, want leaf + intermediate", len(c.Certificate))
+	}
+	if err := verifyLeaf(c.Certificate[0], c.Certificate[1:], rootPool(root), "bundle.example", time.Now()); err != nil {
+		t.Fatal(err)
 	}
 }
