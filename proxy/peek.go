@@ -70,10 +70,8 @@ func ReadClientHello(r io.Reader) (*Hello, []byte, error) {
 	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, errHelloTooBig) {
 		return nil, rc.buf, fmt.Errorf("read client hello: %w", err)
 	}
-	var rhe tls.RecordHeaderError
-	if errors.As(err, &rhe) {
-		return nil, rc.buf, fmt.Errorf("read client hello: %w: %v", ErrNotTLS, err)
-	}
+	// Anything else crypto/tls rejected: not a TLS record, SSLv2, a
+	// malformed or unsupported hello.
 	return nil, rc.buf, fmt.Errorf("read client hello: %w: %v", ErrNotTLS, err)
 }
 
