@@ -167,13 +167,13 @@ func (im *Intermediate) Renew(ctx context.Context) error {
 func (im *Intermediate) Run(ctx context.Context) {
 	t := time.NewTimer(0)
 	defer t.Stop()
+	failed := false
 	for {
 		wait := im.RenewAt().Sub(im.opts.Now())
-		im.mu.Lock()
-		if im.lastErr != nil && wait > im.opts.RetryInterval {
+		if failed {
+			// Past due and failing: retry at a fixed pace, never spin.
 			wait = im.opts.RetryInterval
 		}
-		im.mu.Unlock()
 		t.Reset(max(wait, 0))
 		select {
 		case <-ctx.Done():
@@ -183,7 +183,9 @@ func (im *Intermediate) Run(ctx context.Context) {
 		if im.opts.Now().Before(im.RenewAt()) {
 			continue
 		}
-		if err := im.Renew(ctx); err != nil {
+		err := im.Renew(ctx)
+		failed = err != nil
+		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}

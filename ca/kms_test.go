@@ -298,3 +298,42 @@ func TestNewIntermediateRejects(t *testing.T) {
 		t.Errorf("pathlen-0 root: %v", err)
 	}
 }
+
+// TestIntermediateRunRetriesAtPace: while KMS is down, Run retries every
+// RetryInterval (not in a tight loop) and recovers when KMS returns.
+func TestIntermediateRunRetriesAtPace(t *testing.T) {
+	f, _, root, signer := kmsRoot(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	im, err := NewIntermediate(ctx, root, signer, IntermediateOptions{Validity: 3 * time.Second, RetryInterval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := im.Certificate()
+	f.down.Store(true)
+	go im.Run(ctx)
+	deadline := time.Now().Add(60 * time.Second)
+	for im.Stats().Failures < 3 {
+		if time.Now().After(deadline) {
+			t.Fatal("Run did not retry")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Over the next second a paced loop adds about 5 attempts; a spinning
+	// one (each failure takes ~1ms on loopback) hundreds.
+	n0 := im.Stats().Failures
+	time.Sleep(time.Second)
+	if n := im.Stats().Failures - n0; n > 30 {
+		t.Fatalf("%d renewal attempts in 1s with a 200ms retry interval: not paced", n)
+	}
+	f.down.Store(false)
+	for im.Certificate() == first {
+		if time.Now().After(deadline) {
+			t.Fatal("Run did not recover after the outage")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if im.Stats().LastError != "" {
+		t.Errorf("last error kept after recovery: %s", im.Stats().LastError)
+	}
+}
