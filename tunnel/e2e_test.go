@@ -113,6 +113,7 @@ type harness struct {
 	topo   *gwlbsim.Topology
 	sim    *gwlbsim.Sim
 	d      *tunnel.Daemon
+	reg    *prometheus.Registry
 	events *eventLog
 	cancel context.CancelFunc
 	done   chan error
@@ -153,12 +154,13 @@ func newHarness(t *testing.T, eps []uint64, mod func(*tunnel.Config)) *harness {
 	}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	obs := &routeObserver{nl: topo.Appliance.Netlink(), log: events}
-	d, err := tunnel.New(cfg, log, prometheus.NewRegistry(), obs)
+	reg := prometheus.NewRegistry()
+	d, err := tunnel.New(cfg, log, reg, obs)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &harness{topo: topo, d: d, events: events, cancel: cancel, done: make(chan error, 1)}
+	h := &harness{topo: topo, d: d, reg: reg, events: events, cancel: cancel, done: make(chan error, 1)}
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
 		if err := netns.Set(topo.Appliance.Handle()); err != nil {
@@ -470,6 +472,36 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	simClean(t, h.sim.Stats())
+	t.Run("metrics", func(t *testing.T) {
+		mfs, err := h.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]float64{}
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				key := mf.GetName()
+				for _, l := range m.GetLabel() {
+					key += "," + l.GetName() + "=" + l.GetValue()
+				}
+				got[key] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
+		}
+		hex0 := geneve.EndpointHex(ep0)
+		for _, k := range []string{
+			"gwlbproxy_tunnel_packets_total,direction=in,endpoint_id=" + hex0 + ",interface=" + in0,
+			"gwlbproxy_tunnel_packets_total,direction=out,endpoint_id=" + hex0 + ",interface=" + in0,
+			"gwlbproxy_tunnel_flows,endpoint_id=" + hex0 + ",interface=" + in0,
+			"gwlbproxy_tunnel_drops_total,reason=foreign_source",
+		} {
+			if got[k] <= 0 {
+				t.Errorf("metric %s = %v", k, got[k])
+			}
+		}
+		if got["gwlbproxy_tunnel_pairs"] != 2 {
+			t.Errorf("gwlbproxy_tunnel_pairs = %v", got["gwlbproxy_tunnel_pairs"])
+		}
+	})
 	if st := h.d.Stats(); st.Drops["no_flow"] != 0 {
 		t.Logf("no_flow drops: %d (kernel-originated packets such as IPv6 router solicitations)", st.Drops["no_flow"])
 	}

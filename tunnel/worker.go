@@ -158,7 +158,12 @@ func (d *Daemon) readTun(t *tunnel, q *tun.Queue, wid int) {
 	for {
 		n, err := q.ReadBatch(tx.bufs, tx.sizes, txHeadroom)
 		if err != nil {
-			return
+			if errors.Is(err, os.ErrClosed) || t.state.Load() >= stateClosing {
+				return
+			}
+			d.log.Error("tunnel read failed", "interface", t.pair.In, "worker", wid, "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
 		}
 		d.sendBatch(t, w, tx, n, time.Now())
 	}
