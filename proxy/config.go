@@ -24,8 +24,12 @@ type Config struct {
 	DenyTLS string `yaml:"deny_tls"`
 	// RedactQuery replaces the query string in recorded paths with "?redacted".
 	RedactQuery bool `yaml:"redact_query"`
-	// HTTP2 offers h2 to TLS clients that offer it (bumped connections).
+	// HTTP2 offers h2 (before http/1.1) to bumped TLS clients. The
+	// upstream side stays HTTP/1.1. WebSocket needs HTTP/1.1 (clients
+	// that want it negotiate http/1.1).
 	HTTP2 bool `yaml:"http2"`
+	// HTTP2MaxStreams caps concurrent streams per client HTTP/2 connection.
+	HTTP2MaxStreams uint32 `yaml:"http2_max_streams"`
 
 	// ClientHelloTimeout bounds reading the ClientHello (and the first bytes
 	// of any connection).
@@ -71,7 +75,8 @@ func DefaultConfig() Config {
 		SSRF:                  ssrf.DefaultConfig(),
 		DenyTLS:               "page",
 		RedactQuery:           true,
-		HTTP2:                 false,
+		HTTP2:                 true,
+		HTTP2MaxStreams:       100,
 		ClientHelloTimeout:    10 * time.Second,
 		HandshakeTimeout:      10 * time.Second,
 		HeaderReadTimeout:     30 * time.Second,
@@ -101,8 +106,8 @@ func (c *Config) Validate() error {
 	if c.DenyTLS != "page" && c.DenyTLS != "close" {
 		return fmt.Errorf("deny_tls: %q is not page or close", c.DenyTLS)
 	}
-	if c.HTTP2 {
-		return fmt.Errorf("http2: HTTP/2 to clients is not implemented yet; set false")
+	if c.HTTP2MaxStreams < 1 || c.HTTP2MaxStreams > 1000 {
+		return fmt.Errorf("http2_max_streams: %d out of range 1..1000", c.HTTP2MaxStreams)
 	}
 	durs := []struct {
 		key string

@@ -40,7 +40,7 @@ func TestValidateMessages(t *testing.T) {
 	}{
 		{func(c *Config) { c.MaxConns = 0 }, "max_conns:"},
 		{func(c *Config) { c.DenyTLS = "x" }, "deny_tls:"},
-		{func(c *Config) { c.HTTP2 = true }, "http2:"},
+		{func(c *Config) { c.HTTP2MaxStreams = 0 }, "http2_max_streams:"},
 		{func(c *Config) { c.IdleTimeout = 0 }, "idle_timeout:"},
 		{func(c *Config) { c.Policy.DefaultAction = "x" }, "policy.default_action:"},
 		{func(c *Config) { c.SSRF.SelfRefresh = 0 }, "ssrf.self_refresh:"},

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/http2"
+
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
@@ -160,10 +162,14 @@ func (p *Proxy) bump(st *connState, rc *replayConn, h *Hello) {
 		p.closeWith(st, "error", st.rec.Rule, "minting leaf: "+err.Error())
 		return
 	}
+	protos := []string{"http/1.1"}
+	if p.cfg.HTTP2 {
+		protos = []string{"h2", "http/1.1"}
+	}
 	tc := tls.Server(rc, &tls.Config{
 		Certificates: []tls.Certificate{*cert},
 		MinVersion:   tls.VersionTLS12,
-		NextProtos:   []string{"http/1.1"},
+		NextProtos:   protos,
 	})
 	if err := tc.HandshakeContext(ctx); err != nil {
 		p.closeWith(st, "error", st.rec.Rule, "client handshake: "+err.Error())
@@ -174,7 +180,20 @@ func (p *Proxy) bump(st *connState, rc *replayConn, h *Hello) {
 	st.rec.ALPN = cs.NegotiatedProtocol
 	p.stats.bumped.Add(1)
 	p.m.decisions.WithLabelValues("bump").Inc()
-	if !p.connL.push(&servedConn{Conn: tc, st: st}) {
+	sc := &servedConn{Conn: tc, st: st}
+	if cs.NegotiatedProtocol == "h2" {
+		// net/http's own h2 path needs a *tls.Conn it accepted itself;
+		// x/net/http2 serves our prepared conn, with p.srv's timeouts
+		// and its graceful shutdown (registered by ConfigureServer).
+		p.h2.ServeConn(sc, &http2.ServeConnOpts{
+			Context:    context.WithValue(p.ctx, stateKey{}, st),
+			BaseConfig: p.srv,
+			Handler:    p.srv.Handler,
+		})
+		sc.Close()
+		return
+	}
+	if !p.connL.push(sc) {
 		tc.Close()
 		st.rec.Action, st.rec.UpstreamError = "error", "shutting down"
 		st.finish()

@@ -39,6 +39,7 @@ import (
 
 	"github.com/elazarl/goproxy"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/http2"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/ssrf"
@@ -85,6 +86,7 @@ type Proxy struct {
 	ids    *recordIDs
 	gp     *goproxy.ProxyHttpServer
 	srv    *http.Server
+	h2     *http2.Server
 	connL  *chanListener
 	up     *upstream
 	sem    chan struct{}
@@ -165,9 +167,20 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 			return ctx
 		},
 	}
-	// HTTP/1.1 only on the server side (see Config.HTTP2).
-	p.srv.SetKeepAlivesEnabled(true)
-	p.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
+	p.h2 = &http2.Server{
+		MaxConcurrentStreams:         cfg.HTTP2MaxStreams,
+		MaxReadFrameSize:             1 << 20,
+		IdleTimeout:                  cfg.IdleTimeout,
+		MaxUploadBufferPerConnection: 1 << 20,
+		MaxUploadBufferPerStream:     1 << 20,
+		CountError:                   func(errType string) { p.log.Debug("proxy: http2 error", "type", errType) },
+	}
+	if err := http2.ConfigureServer(p.srv, p.h2); err != nil {
+		cancel()
+		return nil, fmt.Errorf("proxy http2: %w", err)
+	}
+	// Conns reach p.srv wrapped (servedConn), never as *tls.Conn, so its
+	// TLSNextProto is never consulted; h2 is dispatched in bump.
 	go func() { p.served <- p.srv.Serve(p.connL) }()
 	go p.refreshSelf(ctx)
 	return p, nil
