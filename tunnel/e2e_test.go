@@ -81,9 +81,21 @@ func (l *eventLog) lines() []string {
 type routeObserver struct {
 	nl  *netlink.Handle
 	log *eventLog
+	// gates, if set, hold PairUp for an interface until the channel is
+	// closed, to show a slow bring-up stalls no other tunnel.
+	gates   map[string]chan struct{}
+	blocked chan string
 }
 
 func (o *routeObserver) PairUp(ctx context.Context, p tunnel.Pair) error {
+	if g := o.gates[p.In]; g != nil {
+		o.blocked <- p.In
+		select {
+		case <-g:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	if p.InIndex == 0 || p.OutIndex == 0 || p.Slot == 0 {
 		return fmt.Errorf("incomplete pair %+v", p)
 	}
@@ -114,12 +126,17 @@ type harness struct {
 	sim    *gwlbsim.Sim
 	d      *tunnel.Daemon
 	reg    *prometheus.Registry
+	obs    *routeObserver
 	events *eventLog
 	cancel context.CancelFunc
 	done   chan error
 }
 
 func newHarness(t *testing.T, eps []uint64, mod func(*tunnel.Config)) *harness {
+	return newHarnessObs(t, eps, mod, nil)
+}
+
+func newHarnessObs(t *testing.T, eps []uint64, mod func(*tunnel.Config), gates map[string]chan struct{}) *harness {
 	t.Helper()
 	needRoot(t)
 	var ecs []gwlbsim.EndpointConfig
@@ -153,14 +170,14 @@ func newHarness(t *testing.T, eps []uint64, mod func(*tunnel.Config)) *harness {
 		mod(&cfg)
 	}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	obs := &routeObserver{nl: topo.Appliance.Netlink(), log: events}
+	obs := &routeObserver{nl: topo.Appliance.Netlink(), log: events, gates: gates, blocked: make(chan string, 4)}
 	reg := prometheus.NewRegistry()
 	d, err := tunnel.New(cfg, log, reg, obs)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &harness{topo: topo, d: d, reg: reg, events: events, cancel: cancel, done: make(chan error, 1)}
+	h := &harness{topo: topo, d: d, reg: reg, obs: obs, events: events, cancel: cancel, done: make(chan error, 1)}
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
 		if err := netns.Set(topo.Appliance.Handle()); err != nil {
@@ -577,5 +594,80 @@ func TestIdleTimeoutCountsBothDirections(t *testing.T) {
 	}
 	if st := h.d.Stats(); st.TunnelsDestroyed != 1 {
 		t.Fatalf("live tunnel destroyed: %+v", st)
+	}
+}
+
+// TestSlowBringUpStallsNoOne holds the second endpoint's PairUp and shows
+// the first endpoint's traffic keeps flowing meanwhile, and that the second
+// endpoint's first packet, queued during bring-up, is delivered after.
+func TestSlowBringUpStallsNoOne(t *testing.T) {
+	in1, _ := geneve.InterfaceNames(ep1)
+	gate := make(chan struct{})
+	h := newHarnessObs(t, []uint64{ep0, ep1}, func(c *tunnel.Config) { c.ObserverTimeout = 2 * time.Minute },
+		map[string]chan struct{}{in1: gate})
+	blocked := h.obs.blocked
+	e0, e1 := h.topo.Endpoints[0], h.topo.Endpoints[1]
+	if err := ping(t, e0, 1, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	udpEcho(t, e0, 7000)
+	c0 := udpClient(t, e0, 41000, 7000)
+
+	// The ICMP socket must be opened here (it needs t); the echo is
+	// awaited in the background while ep1's bring-up is held.
+	res := make(chan error, 1)
+	go func() { res <- pingNoT(e1, 9, 60*time.Second) }()
+	select {
+	case name := <-blocked:
+		if name != in1 {
+			t.Fatalf("blocked %s", name)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("second endpoint never reached PairUp")
+	}
+	for i := 0; i < 20; i++ {
+		if err := udpRoundTrip(c0, []byte("still flowing")); err != nil {
+			t.Fatalf("endpoint 0 stalled while endpoint 1 comes up: %v", err)
+		}
+	}
+	if st := h.d.Stats(); st.PendingQueued == 0 {
+		t.Fatalf("first packet of endpoint 1 not queued: %+v", st)
+	}
+	close(gate)
+	if err := <-res; err != nil {
+		t.Fatalf("queued first packet of endpoint 1 lost: %v", err)
+	}
+	simClean(t, h.sim.Stats())
+}
+
+// pingNoT is ping without *testing.T, for use off the test goroutine.
+func pingNoT(ep *gwlbsim.Endpoint, seq int, timeout time.Duration) error {
+	var c *icmp.PacketConn
+	if err := ep.Client.Do(func() (err error) {
+		c, err = icmp.ListenPacket("ip4:icmp", gwlbsim.ClientAddr.String())
+		return err
+	}); err != nil {
+		return err
+	}
+	defer c.Close()
+	msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: 0x4343, Seq: seq, Data: []byte("queued")}}
+	b, _ := msg.Marshal(nil)
+	if _, err := c.WriteTo(b, &net.IPAddr{IP: gwlbsim.ServerAddr.AsSlice()}); err != nil {
+		return err
+	}
+	c.SetReadDeadline(time.Now().Add(timeout))
+	buf := make([]byte, 1500)
+	for {
+		n, _, err := c.ReadFrom(buf)
+		if err != nil {
+			return fmt.Errorf("echo seq %d: %w", seq, err)
+		}
+		m, err := icmp.ParseMessage(1, buf[:n])
+		if err != nil || m.Type != ipv4.ICMPTypeEchoReply {
+			continue
+		}
+		if e, ok := m.Body.(*icmp.Echo); ok && e.Seq == seq {
+			return nil
+		}
 	}
 }
