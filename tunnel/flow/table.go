@@ -148,7 +148,9 @@ func NewTable(cfg TableConfig) *Table {
 	}
 	t := &Table{cfg: cfg, epoch: cfg.Now()}
 	t.timeouts = [numClasses]int64{int64(cfg.TCPTimeout), int64(cfg.OtherTimeout), int64(cfg.FragmentTimeout)}
-	hint := min(cfg.MaxEntries/numShards, 1024)
+	// Small initial maps: the tunnel keeps one table per GWLB endpoint,
+	// most of them small; maps grow on insert, never on refresh.
+	hint := min(cfg.MaxEntries/numShards, 16)
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.m = make(map[Key]int32, hint)
