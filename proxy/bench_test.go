@@ -54,3 +54,8 @@ func BenchmarkHTTPKeepAlive(b *testing.B) {
 	h := newHarness(b, nil)
 	benchGets(b, "http://bench.good.test/", func() *http.Client { return h.httpClient(true) })
 }
+
+func BenchmarkHTTPSKeepAliveH2(b *testing.B) {
+	h := newHarness(b, nil)
+	benchGets(b, "https://bench.good.test/", func() *http.Client { return h.h2Client() })
+}
