@@ -523,6 +523,11 @@ func (s *Spool) reap() {
 		s.segs[0] = nil
 		s.segs = s.segs[1:]
 	}
+	// Hysteresis: report room again only once a tenth of the cap is free,
+	// so a fail-closed health verdict does not flap per record.
+	if s.full && s.bytes <= s.cfg.MaxBytes-s.cfg.MaxBytes/10 {
+		s.full = false
+	}
 }
 
 // FirstUnacked is the lowest sequence not yet acknowledged; the reader
@@ -555,7 +560,8 @@ func (s *Spool) oldestLocked(now time.Time) time.Duration {
 	return max(now.Sub(s.cps[0].at), 0)
 }
 
-// Full reports whether the last Append was refused for lack of space.
+// Full reports whether an Append was refused for lack of space and not
+// enough has been acknowledged since to free a tenth of the cap.
 func (s *Spool) Full() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()

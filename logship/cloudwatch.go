@@ -1,0 +1,256 @@
+package logship
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/gwlbproxy/gwlbproxy/logship/batch"
+)
+
+// cwSink puts batches into one log stream with the real SDK. The SDK's
+// retryer is off: the shipper retries forever itself (see deliver),
+// because the SDK gives up after three attempts and that loses records.
+type cwSink struct {
+	log        *slog.Logger
+	client     *cloudwatchlogs.Client
+	transport  *http.Transport
+	group      string
+	stream     string
+	create     bool
+	retention  int
+	putTimeout time.Duration
+
+	ensureMu sync.Mutex
+}
+
+func imdsClient(endpoint string) *imds.Client {
+	return imds.New(imds.Options{Endpoint: endpoint, ClientEnableState: imds.ClientEnabled})
+}
+
+// instanceID returns the configured id, else the EC2 instance id from
+// IMDSv2, else the hostname (outside EC2).
+func instanceID(ctx context.Context, cfg Config, log *slog.Logger) string {
+	if cfg.InstanceID != "" {
+		return cfg.InstanceID
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	out, err := imdsClient(cfg.CloudWatch.IMDSEndpoint).GetMetadata(ctx, &imds.GetMetadataInput{Path: "instance-id"})
+	if err == nil {
+		defer out.Content.Close()
+		var b strings.Builder
+		buf := make([]byte, 64)
+		for {
+			n, rerr := out.Content.Read(buf)
+			b.Write(buf[:n])
+			if rerr != nil {
+				break
+			}
+		}
+		if id := strings.TrimSpace(b.String()); id != "" {
+			return id
+		}
+	}
+	host, herr := os.Hostname()
+	if herr != nil || host == "" {
+		host = "unknown-host"
+	}
+	log.Info("logship: not on EC2 (IMDS unreachable), naming the stream after the host", "host", host, "imds_err", err)
+	return host
+}
+
+func newCloudWatchSink(ctx context.Context, cfg Config, log *slog.Logger) (*cwSink, error) {
+	cw := cfg.CloudWatch
+	hc := awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
+		tr.MaxIdleConnsPerHost = cfg.Senders + 2
+		tr.IdleConnTimeout = 60 * time.Second
+		tr.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	})
+	opts := []func(*config.LoadOptions) error{
+		// A BuildableClient lets the loader apply AWS_CA_BUNDLE.
+		config.WithHTTPClient(hc),
+		config.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }),
+	}
+	if cw.IMDSEndpoint != "" {
+		opts = append(opts, config.WithEC2IMDSEndpoint(cw.IMDSEndpoint))
+	}
+	if cw.Region != "" {
+		opts = append(opts, config.WithRegion(cw.Region))
+	} else {
+		opts = append(opts, config.WithEC2IMDSRegion(func(o *config.UseEC2IMDSRegion) {
+			o.Client = imdsClient(cw.IMDSEndpoint)
+		}))
+	}
+	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("logship: loading AWS configuration: %w", err)
+	}
+	// Own the final transport (CA bundle included) so Close can release
+	// its idle connections.
+	tr := hc.GetTransport()
+	if bc, ok := awsCfg.HTTPClient.(*awshttp.BuildableClient); ok {
+		tr = bc.GetTransport()
+	}
+	awsCfg.HTTPClient = &http.Client{Transport: tr}
+	if awsCfg.Region == "" {
+		return nil, errors.New("logship: cloudwatch.region is empty and IMDS did not give one")
+	}
+	client := cloudwatchlogs.NewFromConfig(awsCfg, func(o *cloudwatchlogs.Options) {
+		if cw.Endpoint != "" {
+			o.BaseEndpoint = aws.String(cw.Endpoint)
+		}
+	})
+	stream := cw.LogStream
+	if stream == "" {
+		stream = instanceID(ctx, cfg, log)
+	}
+	return &cwSink{
+		log: log, client: client, transport: tr,
+		group: cw.LogGroup, stream: stream, create: cw.CreateGroup, retention: cw.RetentionDays,
+		putTimeout: cw.PutTimeout,
+	}, nil
+}
+
+func (c *cwSink) ordered() bool { return false }
+
+func (c *cwSink) close() error {
+	c.transport.CloseIdleConnections()
+	return nil
+}
+
+func (c *cwSink) put(ctx context.Context, b *batch.Batch, evs []batch.Event) ([]rejection, error) {
+	in := make([]types.InputLogEvent, len(evs))
+	ts := make([]int64, len(evs))
+	msgs := make([]string, len(evs))
+	for i, e := range evs {
+		ts[i] = e.TS
+		// Zero-copy view of the arena; the SDK serializes it during the
+		// call and keeps no reference afterwards.
+		msgs[i] = b.MsgString(e)
+		in[i] = types.InputLogEvent{Timestamp: &ts[i], Message: &msgs[i]}
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.putTimeout)
+	defer cancel()
+	out, err := c.client.PutLogEvents(ctx, &cloudwatchlogs.PutLogEventsInput{
+		LogGroupName: &c.group, LogStreamName: &c.stream, LogEvents: in,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return rejections(out.RejectedLogEventsInfo, len(evs)), nil
+}
+
+// rejections turns RejectedLogEventsInfo into index ranges.
+func rejections(ri *types.RejectedLogEventsInfo, n int) []rejection {
+	if ri == nil {
+		return nil
+	}
+	var out []rejection
+	clamp := func(v int32) int { return min(max(int(v), 0), n) }
+	if ri.TooOldLogEventEndIndex != nil {
+		out = append(out, rejection{0, clamp(*ri.TooOldLogEventEndIndex), "too_old"})
+	}
+	if ri.ExpiredLogEventEndIndex != nil {
+		lo := 0
+		if len(out) > 0 {
+			lo = out[0].hi
+		}
+		if hi := clamp(*ri.ExpiredLogEventEndIndex); hi > lo {
+			out = append(out, rejection{lo, hi, "expired"})
+		}
+	}
+	if ri.TooNewLogEventStartIndex != nil {
+		out = append(out, rejection{clamp(*ri.TooNewLogEventStartIndex), n, "too_new"})
+	}
+	return out
+}
+
+// ensure creates the stream, and the group first if it is missing and
+// configured to. "Already exists" is success: another sender (or
+// instance) won the race.
+func (c *cwSink) ensure(ctx context.Context) error {
+	c.ensureMu.Lock()
+	defer c.ensureMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, c.putTimeout)
+	defer cancel()
+	err := c.createStream(ctx)
+	if errorCode(err) == "ResourceNotFoundException" && c.create {
+		if err := c.createGroup(ctx); err != nil {
+			return err
+		}
+		err = c.createStream(ctx)
+	}
+	return err
+}
+
+func (c *cwSink) createStream(ctx context.Context) error {
+	_, err := c.client.CreateLogStream(ctx, &cloudwatchlogs.CreateLogStreamInput{LogGroupName: &c.group, LogStreamName: &c.stream})
+	if err == nil {
+		c.log.Info("logship: created log stream", "group", c.group, "stream", c.stream)
+	}
+	if errorCode(err) == "ResourceAlreadyExistsException" {
+		return nil
+	}
+	return err
+}
+
+func (c *cwSink) createGroup(ctx context.Context) error {
+	_, err := c.client.CreateLogGroup(ctx, &cloudwatchlogs.CreateLogGroupInput{LogGroupName: &c.group})
+	if errorCode(err) == "ResourceAlreadyExistsException" {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	c.log.Info("logship: created log group", "group", c.group)
+	if c.retention > 0 {
+		if _, err := c.client.PutRetentionPolicy(ctx, &cloudwatchlogs.PutRetentionPolicyInput{
+			LogGroupName: &c.group, RetentionInDays: aws.Int32(int32(c.retention))}); err != nil {
+			c.log.Warn("logship: setting retention on the new group", "group", c.group, "err", err)
+		}
+	}
+	return nil
+}
+
+func errorCode(err error) string {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		return ae.ErrorCode()
+	}
+	return ""
+}
+
+// errClass is what the shipper does about a sink error.
+type errClass int
+
+const (
+	classRetry    errClass = iota // throttling, 5xx, timeouts, network: back off, retry
+	classNotFound                 // create the stream (and group), retry
+	classInvalid                  // split the batch until the bad record is alone
+)
+
+func classify(err error) errClass {
+	switch errorCode(err) {
+	case "ResourceNotFoundException":
+		return classNotFound
+	case "InvalidParameterException":
+		return classInvalid
+	}
+	return classRetry
+}

@@ -1,0 +1,151 @@
+package logship
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// emf aggregates records into one CloudWatch Embedded Metric Format record
+// per action per interval, shipped into the same stream: CloudWatch turns
+// it into metrics (no PutMetricData, no IAM for it), and the only dimension
+// is the action, never host or client, so metric cardinality stays fixed.
+type emf struct {
+	cfg      EMFConfig
+	instance string
+	stop     chan struct{}
+
+	mu   sync.Mutex
+	aggs map[string]*emfAgg
+}
+
+type emfAgg struct {
+	requests   uint64
+	status     [6]uint64 // index status/100; 0 = no status
+	latencySum float64
+	latencyMax float64
+	latencyN   uint64
+}
+
+func newEMF(cfg EMFConfig, instance string) *emf {
+	return &emf{cfg: cfg, instance: instance, stop: make(chan struct{}), aggs: make(map[string]*emfAgg)}
+}
+
+func instanceLabel(cfg Config, sk sink) string {
+	if cw, ok := sk.(*cwSink); ok {
+		return cw.stream
+	}
+	if cfg.InstanceID != "" {
+		return cfg.InstanceID
+	}
+	h, _ := os.Hostname()
+	return h
+}
+
+// jsonField returns the raw value of a top-level "key": in a flat record
+// (a string without quotes, or a number), by scanning, without decoding.
+func jsonField(rec []byte, key string) []byte {
+	i := bytes.Index(rec, []byte(`"`+key+`":`))
+	if i < 0 {
+		return nil
+	}
+	v := bytes.TrimLeft(rec[i+len(key)+3:], " ")
+	if len(v) > 0 && v[0] == '"' {
+		if j := bytes.IndexByte(v[1:], '"'); j >= 0 {
+			return v[1 : 1+j]
+		}
+		return nil
+	}
+	j := bytes.IndexAny(v, ",}")
+	if j < 0 {
+		return nil
+	}
+	return bytes.TrimSpace(v[:j])
+}
+
+func (e *emf) observe(rec []byte) {
+	action := jsonField(rec, "action")
+	if len(action) == 0 || len(action) > 16 {
+		action = []byte("unknown")
+	}
+	status, _ := strconv.Atoi(string(jsonField(rec, "status")))
+	lat, latErr := strconv.ParseFloat(string(jsonField(rec, "duration_ms")), 64)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	a := e.aggs[string(action)]
+	if a == nil {
+		a = &emfAgg{}
+		e.aggs[string(action)] = a
+	}
+	a.requests++
+	if c := status / 100; c >= 1 && c <= 5 {
+		a.status[c]++
+	} else {
+		a.status[0]++
+	}
+	if latErr == nil {
+		a.latencySum += lat
+		a.latencyMax = max(a.latencyMax, lat)
+		a.latencyN++
+	}
+}
+
+// flush returns one EMF record per action seen since the last flush.
+func (e *emf) flush(now time.Time) [][]byte {
+	e.mu.Lock()
+	aggs := e.aggs
+	e.aggs = make(map[string]*emfAgg)
+	e.mu.Unlock()
+	actions := make([]string, 0, len(aggs))
+	for a := range aggs {
+		actions = append(actions, a)
+	}
+	sort.Strings(actions)
+	ms := now.UnixMilli()
+	var out [][]byte
+	for _, action := range actions {
+		a := aggs[action]
+		avg := 0.0
+		if a.latencyN > 0 {
+			avg = a.latencySum / float64(a.latencyN)
+		}
+		rec := fmt.Appendf(nil, `{"_aws":{"Timestamp":%d,"CloudWatchMetrics":[{"Namespace":%q,"Dimensions":[["action"]],"Metrics":[`+
+			`{"Name":"requests","Unit":"Count"},{"Name":"status_2xx","Unit":"Count"},{"Name":"status_3xx","Unit":"Count"},`+
+			`{"Name":"status_4xx","Unit":"Count"},{"Name":"status_5xx","Unit":"Count"},`+
+			`{"Name":"latency_ms_avg","Unit":"Milliseconds"},{"Name":"latency_ms_max","Unit":"Milliseconds"}]}]},`+
+			`"record_type":"emf","record_id":"emf-%s-%d-%s","instance_id":%q,"time":%q,"action":%q,`+
+			`"requests":%d,"status_none":%d,"status_1xx":%d,"status_2xx":%d,"status_3xx":%d,"status_4xx":%d,"status_5xx":%d,`+
+			`"latency_ms_avg":%s,"latency_ms_max":%s}`,
+			ms, e.cfg.Namespace, e.instance, ms, action, e.instance, now.UTC().Format(time.RFC3339Nano), action,
+			a.requests, a.status[0], a.status[1], a.status[2], a.status[3], a.status[4], a.status[5],
+			strconv.FormatFloat(avg, 'f', 3, 64), strconv.FormatFloat(a.latencyMax, 'f', 3, 64))
+		out = append(out, rec)
+	}
+	return out
+}
+
+func (s *Shipper) emfLoop() {
+	defer s.bgWG.Done()
+	t := time.NewTicker(s.cfg.EMF.Interval)
+	defer t.Stop()
+	emit := func(now time.Time) {
+		for _, rec := range s.emf.flush(now) {
+			if err := s.ship(now, rec, false); err != nil {
+				s.log.Warn("logship: EMF record not accepted", "err", err)
+			}
+		}
+	}
+	for {
+		select {
+		case now := <-t.C:
+			emit(now)
+		case <-s.emf.stop:
+			emit(time.Now())
+			return
+		}
+	}
+}
