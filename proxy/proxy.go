@@ -1,9 +1,11 @@
 // Package proxy is the transparent inspecting proxy: it takes listeners that
 // receive TPROXY'd connections (their LocalAddr is the original
 // destination), peeks TLS ClientHellos, applies policy, and bumps, splices or
-// denies. Decrypted HTTP/1.1 is served by net/http and handed to goproxy
-// (only its ServeHTTP and OnRequest hooks are used); our RoundTripper dials
-// the original destination, never a re-resolved Host.
+// denies. Decrypted HTTP/1.1 is served by net/http and HTTP/2 (when the
+// client offers h2) by x/net/http2, both with net/http's timeouts and limits;
+// requests go to goproxy (only its ServeHTTP and OnRequest hooks are used);
+// our RoundTripper speaks HTTP/1.1 to the original destination, never to a
+// re-resolved Host, from pools keyed by destination ip:port + SNI.
 //
 // Decisions, in order, for a TLS connection:
 //  1. read the ClientHello (deadline client_hello_timeout); not TLS or
