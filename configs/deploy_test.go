@@ -34,9 +34,11 @@ const (
 	emfNamespace = "gwlbproxy"
 )
 
-// dashboardMetrics are the EMF metric names the dashboard plots; logship
-// must emit each of them.
-var dashboardMetrics = []string{"Requests", "Denied", "Errors", "LatencyP99"}
+// dashboardMetrics are the EMF metric names the dashboard plots (with the
+// dimension set emfDimensions); logship must emit each of them.
+var dashboardMetrics = []string{"latency_ms_avg", "latency_ms_max", "requests", "status_4xx", "status_5xx"}
+
+const emfDimensions = "action"
 
 // sampleParams are parameter values used to render Fn::Sub strings.
 var sampleParams = map[string]string{
@@ -45,7 +47,7 @@ var sampleParams = map[string]string{
 	"AWS::AccountId":         "123456789012",
 	"AWS::Partition":         "aws",
 	"AWS::URLSuffix":         "amazonaws.com",
-	"LogGroup":               "/gwlbproxy/requests",
+	"LogGroup":               "/gwlbproxy/records",
 	"CAKey.Arn":              "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
 	"SecretArn":              "",
 	"HealthCheckPort":        "80",
@@ -154,9 +156,16 @@ func TestUserDataConfig(t *testing.T) {
 			AllowedSources []string `yaml:"allowed_sources"`
 		}
 		Logship struct {
-			Region      string
-			LogGroup    string `yaml:"log_group"`
-			CreateGroup *bool  `yaml:"create_group"`
+			Sink       string
+			CloudWatch struct {
+				Region      string
+				LogGroup    string `yaml:"log_group"`
+				CreateGroup *bool  `yaml:"create_group"`
+			}
+			EMF struct {
+				Enabled   bool
+				Namespace string
+			}
 		}
 		CA struct {
 			Source       string
@@ -181,10 +190,14 @@ func TestUserDataConfig(t *testing.T) {
 			t.Errorf("tunnel.allowed_sources: %v", err)
 		}
 	}
-	if cfg.Logship.LogGroup != sampleParams["LogGroup"] || cfg.Logship.Region != sampleParams["AWS::Region"] {
-		t.Errorf("logship = %+v", cfg.Logship)
+	cw := cfg.Logship.CloudWatch
+	if cfg.Logship.Sink != "cloudwatch" || cw.LogGroup != sampleParams["LogGroup"] || cw.Region != sampleParams["AWS::Region"] {
+		t.Errorf("logship = %+v, want the cloudwatch sink to the stack's group", cfg.Logship)
 	}
-	if cfg.Logship.CreateGroup == nil || *cfg.Logship.CreateGroup {
+	if !cfg.Logship.EMF.Enabled || cfg.Logship.EMF.Namespace != emfNamespace {
+		t.Errorf("logship.emf = %+v, want enabled in namespace %s (the dashboard plots it)", cfg.Logship.EMF, emfNamespace)
+	}
+	if cw.CreateGroup == nil || *cw.CreateGroup {
 		t.Error("logship.create_group must be false: the stack owns the group and the role lacks logs:CreateLogGroup")
 	}
 	if cfg.CA.Source != "kms" || cfg.CA.KMSKeyID != sampleParams["CAKey.Arn"] {
@@ -435,18 +448,23 @@ func TestDashboardMetrics(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &dash); err != nil {
 		t.Fatalf("dashboard body is not JSON: %v\n%s", err, body)
 	}
-	searchRE := regexp.MustCompile(`Namespace="([^"]+)" MetricName="([^"]+)"`)
+	searchRE := regexp.MustCompile(`SEARCH\('\{([^,}]+),([^}]*)\} MetricName="([^"]+)"`)
 	var plotted []string
 	for _, w := range dash.Widgets {
 		for _, m := range w.Properties.Metrics {
 			for _, e := range m {
 				em, _ := e.(map[string]any)
 				expr, _ := em["expression"].(string)
+				if expr != "" && !searchRE.MatchString(expr) {
+					t.Errorf("dashboard expression %q is not a SEARCH('{namespace,dims} MetricName=...')", expr)
+				}
 				for _, sm := range searchRE.FindAllStringSubmatch(expr, -1) {
-					if sm[1] != emfNamespace {
-						t.Errorf("dashboard searches namespace %q, want %q", sm[1], emfNamespace)
+					if sm[1] != emfNamespace || sm[2] != emfDimensions {
+						t.Errorf("dashboard searches {%s,%s}, want {%s,%s}", sm[1], sm[2], emfNamespace, emfDimensions)
 					}
-					plotted = append(plotted, sm[2])
+					if !slices.Contains(plotted, sm[3]) {
+						plotted = append(plotted, sm[3])
+					}
 				}
 			}
 		}
@@ -466,10 +484,16 @@ func TestDashboardMetrics(t *testing.T) {
 		t.Log("logship emits no EMF yet (no \"CloudWatchMetrics\" in its sources); metric names not cross-checked")
 		return
 	}
-	for _, m := range append([]string{emfNamespace}, dashboardMetrics...) {
-		if !lits[m] && !slices.ContainsFunc(sortedKeys(lits), func(l string) bool { return strings.Contains(l, `"`+m+`"`) }) {
-			t.Errorf("dashboard plots %q but logship's sources never name it", m)
+	has := func(sub string) bool {
+		return slices.ContainsFunc(sortedKeys(lits), func(l string) bool { return strings.Contains(l, sub) })
+	}
+	for _, m := range dashboardMetrics {
+		if !has(`{"Name":"` + m + `"`) {
+			t.Errorf("dashboard plots %q but logship's EMF declares no such metric", m)
 		}
+	}
+	if !has(`"Dimensions":[["` + emfDimensions + `"]]`) {
+		t.Errorf("logship's EMF does not use the dimension set [%s] the dashboard searches", emfDimensions)
 	}
 }
 

@@ -43,7 +43,11 @@ var configGated = map[string]struct {
 	userDataHas string // a line the template's config must contain
 }{
 	"logs:CreateLogGroup": {
-		why:         "logship creates the group only with logship.create_group: true; the stack creates the group (with retention and class) itself",
+		why:         "logship creates the group only with logship.cloudwatch.create_group: true; the stack creates the group (with retention and class) itself",
+		userDataHas: "create_group: false",
+	},
+	"logs:PutRetentionPolicy": {
+		why:         "logship sets retention only on a group it created itself (create_group: true); the stack sets the group's retention",
 		userDataHas: "create_group: false",
 	},
 }
