@@ -28,6 +28,7 @@ func commands() map[string]command {
 		"run":     {"run the appliance", cmdRun},
 		"check":   {"validate a config file and print the effective config", cmdCheck},
 		"version": {"print the version", cmdVersion},
+		"ca":      {"create or export the appliance CA", cmdCA},
 	}
 }
 

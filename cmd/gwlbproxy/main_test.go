@@ -1,0 +1,104 @@
+package main
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func run(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := runMain(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestUsageAndHelp(t *testing.T) {
+	if code, out, _ := run(t); code != 2 || !strings.Contains(out, "run ") || !strings.Contains(out, "check ") {
+		t.Fatalf("no args: %d %q", code, out)
+	}
+	for _, c := range []string{"run", "check", "version", "ca"} {
+		if code, _, errs := run(t, c, "--help"); code != 0 || !strings.Contains(errs, "usage: gwlbproxy "+c) {
+			t.Errorf("%s --help: %d %q", c, code, errs)
+		}
+	}
+	if code, _, errs := run(t, "nope"); code != 2 || !strings.Contains(errs, `unknown command "nope"`) {
+		t.Fatalf("unknown: %d %q", code, errs)
+	}
+	if code, out, _ := run(t, "version"); code != 0 || !strings.HasPrefix(out, "gwlbproxy ") {
+		t.Fatalf("version: %d %q", code, out)
+	}
+}
+
+func TestCheck(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	os.WriteFile(good, []byte("tunnel:\n  mtu: 9001\n  allowed_sources: [198.18.0.0/24]\n"), 0o644)
+	code, out, errs := run(t, "check", "--config", good)
+	if code != 0 || !strings.Contains(out, "mtu: 9001") || !strings.Contains(out, "198.18.0.0/24") {
+		t.Fatalf("good: %d %q %q", code, out, errs)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("tunnel:\n  mtu: 70000\n"), 0o644)
+	code, _, errs = run(t, "check", "--config", bad)
+	if code != 1 || strings.Count(strings.TrimSpace(errs), "\n") != 0 || !strings.Contains(errs, "tunnel.mtu") {
+		t.Fatalf("bad: want one line naming tunnel.mtu, got %d %q", code, errs)
+	}
+	code, _, errs = run(t, "check", "--config", filepath.Join(dir, "missing.yaml"))
+	if code != 1 || !strings.Contains(errs, "missing.yaml") {
+		t.Fatalf("missing: %d %q", code, errs)
+	}
+	code, out, _ = run(t, "check", "--config", good, "--explain")
+	if code != 0 || !strings.Contains(out, "table inet") || !strings.Contains(out, "tproxy") {
+		t.Fatalf("explain: %d %q", code, out)
+	}
+}
+
+// The example config documents every key: it must parse, and it must
+// spell out every key the effective config has.
+func TestExampleConfigComplete(t *testing.T) {
+	code, out, errs := run(t, "check", "--config", "../../configs/gwlbproxy.yaml")
+	if code != 0 {
+		t.Fatalf("configs/gwlbproxy.yaml: %s", errs)
+	}
+	example, _ := os.ReadFile("../../configs/gwlbproxy.yaml")
+	for _, line := range strings.Split(out, "\n") {
+		key, _, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || strings.HasPrefix(key, "-") {
+			continue
+		}
+		if !bytes.Contains(example, []byte(key+":")) {
+			t.Errorf("configs/gwlbproxy.yaml does not document key %q", key)
+		}
+	}
+}
+
+func TestCAInitExport(t *testing.T) {
+	dir := t.TempDir()
+	if code, out, errs := run(t, "ca", "init", "--dir", dir, "--name", "Test CA"); code != 0 || !strings.Contains(out, "ca.crt") {
+		t.Fatalf("init: %d %q %q", code, out, errs)
+	}
+	if code, _, errs := run(t, "ca", "init", "--dir", dir); code != 1 || !strings.Contains(errs, "refusing to overwrite") {
+		t.Fatalf("second init: %d %q", code, errs)
+	}
+	code, out, errs := run(t, "ca", "export", "--cert", filepath.Join(dir, "ca.crt"))
+	if code != 0 {
+		t.Fatalf("export: %q", errs)
+	}
+	blk, _ := pem.Decode([]byte(out))
+	if blk == nil {
+		t.Fatalf("export is not PEM: %q", out)
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil || !cert.IsCA || cert.Subject.CommonName != "Test CA" {
+		t.Fatalf("exported cert: %v %+v", err, cert)
+	}
+	code, out, _ = run(t, "ca", "export", "--cert", filepath.Join(dir, "ca.crt"), "--der")
+	if _, err := x509.ParseCertificate([]byte(out)); code != 0 || err != nil {
+		t.Fatalf("der export: %d %v", code, err)
+	}
+}
