@@ -7,16 +7,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -25,6 +28,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/health"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/sdnotify"
+	"github.com/gwlbproxy/gwlbproxy/logship"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 	"github.com/gwlbproxy/gwlbproxy/tunnel"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
@@ -47,7 +51,7 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 
 	instanceID := c.InstanceID
 	if instanceID == "" {
-		instanceID, _ = os.Hostname()
+		instanceID = discoverInstanceID(ctx, c.Logship.CloudWatch.IMDSEndpoint)
 	}
 	log = log.With("instance", instanceID)
 
@@ -68,7 +72,19 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	}
 	minter := ca.NewMinter(authority, c.CA.MinterOptions(log.With("component", "ca")), reg)
 
-	recorder := proxy.NewJSONLines(os.Stdout) // replaced by logship when it lands
+	lc := c.Logship
+	lc.InstanceID = instanceID
+	shipper, err := logship.New(bg, lc, log.With("component", "logship"), reg)
+	if err != nil {
+		return fmt.Errorf("logship: %w", err)
+	}
+	shipperOpen := true
+	defer func() { // startup failed after the shipper opened: keep its spool
+		if shipperOpen {
+			_ = shipper.Close(context.Background())
+		}
+	}()
+	hs.Add(health.Check{Name: "logship", Health: shipper.Health, Stats: func() any { return shipper.Stats() }})
 
 	st, err := steer.New(c.Steer, log.With("component", "steer"), reg)
 	if err != nil {
@@ -87,7 +103,7 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	cleanup.add("proxy listeners", ls.Close)
 	px, err := proxy.New(c.Proxy, proxy.Deps{
 		Certs:      minter,
-		Recorder:   recorder,
+		Recorder:   shipper,
 		EndpointOf: st.EndpointOf,
 		InstanceID: instanceID,
 	}, log.With("component", "proxy"), reg)
@@ -174,8 +190,30 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	if err := <-tunnelDone; err != nil {
 		log.Warn("tunnel shutdown", "err", err)
 	}
+	// Last: every record the proxy wrote is in the spool; ship what the
+	// remaining deadline allows, the rest waits in the spool for next start.
+	shipperOpen = false
+	if err := shipper.Close(dctx); err != nil {
+		log.Warn("log spool not fully drained; the rest ships at next start", "err", err)
+	}
 	log.Info("stopped")
 	return nil
+}
+
+// discoverInstanceID asks IMDSv2 for the instance id, briefly: outside EC2
+// the host name names the appliance instead.
+func discoverInstanceID(ctx context.Context, endpoint string) string {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	opts := imds.Options{ClientEnableState: imds.ClientEnabled, Endpoint: endpoint}
+	if out, err := imds.New(opts).GetMetadata(ctx, &imds.GetMetadataInput{Path: "instance-id"}); err == nil {
+		defer out.Content.Close()
+		if b, err := io.ReadAll(io.LimitReader(out.Content, 64)); err == nil && len(b) > 0 {
+			return strings.TrimSpace(string(b))
+		}
+	}
+	h, _ := os.Hostname()
+	return h
 }
 
 // withPaths answers the health check on / and /healthz (GWLB's target

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 
 	"github.com/gwlbproxy/gwlbproxy/ca"
+	"github.com/gwlbproxy/gwlbproxy/logship"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 	"github.com/gwlbproxy/gwlbproxy/tunnel"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
@@ -12,10 +13,11 @@ import (
 // Components holds the per-component sections. Each component owns its
 // Config type, defaults and validation; this file only composes them.
 type Components struct {
-	Tunnel tunnel.Config `yaml:"tunnel"`
-	Steer  steer.Config  `yaml:"steer"`
-	Proxy  proxy.Config  `yaml:"proxy"`
-	CA     ca.Config     `yaml:"ca"`
+	Tunnel  tunnel.Config  `yaml:"tunnel"`
+	Steer   steer.Config   `yaml:"steer"`
+	Proxy   proxy.Config   `yaml:"proxy"`
+	CA      ca.Config      `yaml:"ca"`
+	Logship logship.Config `yaml:"logship"`
 }
 
 // vpcPrivateRanges is the default for tunnel.allowed_sources: GWLB always
@@ -32,10 +34,11 @@ func defaultComponents() Components {
 	t := tunnel.DefaultConfig()
 	t.AllowedSources = append([]netip.Prefix(nil), vpcPrivateRanges...)
 	return Components{
-		Tunnel: t,
-		Steer:  steer.DefaultConfig(),
-		Proxy:  proxy.DefaultConfig(),
-		CA:     ca.DefaultConfig(),
+		Tunnel:  t,
+		Steer:   steer.DefaultConfig(),
+		Proxy:   proxy.DefaultConfig(),
+		CA:      ca.DefaultConfig(),
+		Logship: logship.DefaultConfig(),
 	}
 }
 
@@ -49,5 +52,8 @@ func (c *Components) validate() error {
 	if err := prefix("proxy", c.Proxy.Validate()); err != nil {
 		return err
 	}
-	return prefix("ca", c.CA.Validate())
+	if err := prefix("ca", c.CA.Validate()); err != nil {
+		return err
+	}
+	return prefix("logship", c.Logship.Validate())
 }
