@@ -1,0 +1,178 @@
+package logship
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestStdoutSinkWithoutSpool(t *testing.T) {
+	noLeak(t)
+	var out syncBuffer
+	cfg := DefaultConfig()
+	cfg.Stdout = &out
+	cfg.Spool.Enabled = false
+	cfg.DeadLetterPath = filepath.Join(t.TempDir(), "dl.jsonl")
+	cfg.FlushInterval = 5 * time.Millisecond
+	s, err := New(context.Background(), cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for i := range 300 {
+		if err := s.Ship(now.Add(time.Duration(i)*time.Millisecond), sampleRecord(i, now)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 300 {
+		t.Fatalf("%d lines", len(lines))
+	}
+	for i, l := range lines {
+		if recordID(l) != fmt.Sprintf("rec-%08d", i) {
+			t.Fatalf("line %d is %s", i, recordID(l))
+		}
+	}
+}
+
+func TestFileSinkRotates(t *testing.T) {
+	noLeak(t)
+	dir := t.TempDir()
+	cfg := DefaultConfig()
+	cfg.Sink = SinkFile
+	cfg.File = FileConfig{Path: filepath.Join(dir, "out", "records.jsonl"), RotateBytes: 64 << 10, Keep: 3}
+	cfg.Spool.Dir = filepath.Join(dir, "spool")
+	cfg.DeadLetterPath = filepath.Join(dir, "dl.jsonl")
+	cfg.FlushInterval = 2 * time.Millisecond
+	s, err := New(context.Background(), cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 2000 // ~900 KB: more than keep+1 files hold, oldest discarded
+	for i := range n {
+		now := time.Now()
+		if err := s.Ship(now, sampleRecord(i, now)); err != nil {
+			t.Fatal(err)
+		}
+		if i%100 == 0 {
+			time.Sleep(3 * time.Millisecond) // let batches stay small
+		}
+	}
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var all []string
+	for _, suffix := range []string{".3", ".2", ".1", ""} {
+		lines := readLines(t, cfg.File.Path+suffix)
+		all = append(all, lines...)
+	}
+	files, _ := filepath.Glob(cfg.File.Path + "*")
+	if len(files) != 4 {
+		t.Fatalf("files %v, want the live file plus keep=3", files)
+	}
+	// The newest records are all there, contiguous, ending with the last.
+	if recordID(all[len(all)-1]) != fmt.Sprintf("rec-%08d", n-1) {
+		t.Fatalf("last line %s", all[len(all)-1])
+	}
+	first := n - len(all)
+	for i, l := range all {
+		if recordID(l) != fmt.Sprintf("rec-%08d", first+i) {
+			t.Fatalf("line %d is %s, want rec %d", i, recordID(l), first+i)
+		}
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	cases := []struct {
+		mut  func(*Config)
+		want string
+	}{
+		{func(c *Config) { c.Sink = "kafka" }, "sink:"},
+		{func(c *Config) { c.Spool.FullPolicy = "block" }, "spool.full_policy:"},
+		{func(c *Config) { c.Spool.FsyncInterval = time.Second }, "spool.fsync_interval:"},
+		{func(c *Config) { c.Spool.Dir = "" }, "spool.dir:"},
+		{func(c *Config) { c.Senders = 0 }, "senders:"},
+		{func(c *Config) { c.MaxEventBytes = 2 << 20 }, "max_event_bytes:"},
+		{func(c *Config) { c.Sink = SinkCloudWatch; c.CloudWatch.LogGroup = "" }, "cloudwatch.log_group:"},
+		{func(c *Config) { c.Sink = SinkCloudWatch; c.CloudWatch.LogStream = "a:b" }, "cloudwatch.log_stream:"},
+		{func(c *Config) { c.Sink = SinkFile; c.File.Keep = 0 }, "file.keep:"},
+		{func(c *Config) { c.Retry.MaxBackoff = time.Millisecond }, "retry.min_backoff:"},
+		{func(c *Config) { c.FlushInterval = 0 }, "flush_interval:"},
+		{func(c *Config) { c.EMF.Enabled = true; c.EMF.Namespace = "" }, "emf.namespace:"},
+	}
+	for _, tc := range cases {
+		c := DefaultConfig()
+		tc.mut(&c)
+		err := c.Validate()
+		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("got %v, want prefix %q", err, tc.want)
+		}
+	}
+}
+
+// TestStreamFromIMDS names the stream after the instance id read over
+// IMDSv2 (token PUT, then GET with the token) from an overridden endpoint,
+// and takes the region from IMDS too.
+func TestStreamFromIMDS(t *testing.T) {
+	noLeak(t)
+	imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == http.MethodPut && r.URL.Path == "/latest/api/token":
+			w.Header().Set("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", "21600")
+			fmt.Fprint(w, "tok")
+		case r.Header.Get("X-Aws-Ec2-Metadata-Token") != "tok":
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+		case r.URL.Path == "/latest/meta-data/instance-id":
+			fmt.Fprint(w, "i-0feedfacecafe0001")
+		case r.URL.Path == "/latest/dynamic/instance-identity/document":
+			fmt.Fprint(w, `{"region":"eu-central-1","instanceId":"i-0feedfacecafe0001","accountId":"123456789012"}`)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer imds.Close()
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "false")
+	e := newEnv(t)
+	e.cfg.CloudWatch.LogStream = ""
+	e.cfg.CloudWatch.Region = ""
+	e.cfg.CloudWatch.IMDSEndpoint = imds.URL
+	s := e.start(t)
+	now := time.Now()
+	s.Ship(now, sampleRecord(1, now))
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.fake.Streams(e.cfg.CloudWatch.LogGroup); len(st) != 1 || st[0] != "i-0feedfacecafe0001" {
+		t.Fatalf("streams %v", st)
+	}
+}
