@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -175,6 +176,14 @@ func (c *specChecker) template(tpl template) {
 		p, _ := params[name].(map[string]any)
 		if _, ok := p["Type"].(string); !ok {
 			c.errorf("Parameters.%s: no Type", name)
+		}
+		if pat, ok := p["AllowedPattern"].(string); ok {
+			re, err := regexp.Compile("^(?:" + pat + ")$") // CloudFormation matches the whole value
+			if err != nil {
+				c.errorf("Parameters.%s: AllowedPattern: %v", name, err)
+			} else if d, has := p["Default"]; has && !re.MatchString(fmt.Sprint(d)) {
+				c.errorf("Parameters.%s: Default %q does not match AllowedPattern", name, d)
+			}
 		}
 		if d, has := p["Default"]; has {
 			if av, ok := p["AllowedValues"].([]any); ok {
@@ -573,6 +582,7 @@ func TestSpecCheckerCatches(t *testing.T) {
 		"newer nested bad":    "Resources: {A: {Type: AWS::ElasticLoadBalancingV2::Listener, Properties: {LoadBalancerArn: a, DefaultActions: [], ListenerAttributes: [{Key: tcp.idle_timeout}]}}}",
 		"newer shape bad":     "Resources: {A: {Type: AWS::ElasticLoadBalancingV2::Listener, Properties: {LoadBalancerArn: a, DefaultActions: [], ListenerAttributes: {Key: k}}}}",
 		"bad resource attr":   "Resources: {A: {Type: AWS::Logs::LogGroup, DependOn: B}}",
+		"default vs pattern":  "Parameters: {P: {Type: String, Default: x, AllowedPattern: '^[0-9]+$'}}\nResources: {A: {Type: AWS::Logs::LogGroup}}",
 		"default not allowed": "Parameters: {P: {Type: String, Default: c, AllowedValues: [a, b]}}\nResources: {A: {Type: AWS::Logs::LogGroup}}",
 	}
 	for name, src := range cases {
