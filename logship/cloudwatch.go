@@ -35,6 +35,9 @@ type cwSink struct {
 	create     bool
 	retention  int
 	putTimeout time.Duration
+	// sdkSerializer makes put use the SDK's own JSON encoding instead of
+	// encodePutBody (tests compare the two).
+	sdkSerializer bool
 
 	ensureMu sync.Mutex
 }
@@ -135,6 +138,22 @@ func (c *cwSink) close() error {
 }
 
 func (c *cwSink) put(ctx context.Context, b *batch.Batch, evs []batch.Event) ([]rejection, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.putTimeout)
+	defer cancel()
+	if c.sdkSerializer {
+		return c.putSDK(ctx, b, evs)
+	}
+	out, err := c.client.PutLogEvents(ctx, &cloudwatchlogs.PutLogEventsInput{
+		LogGroupName: &c.group, LogStreamName: &c.stream, LogEvents: []types.InputLogEvent{},
+	}, rawBody(encodePutBody(c.group, c.stream, b, evs)))
+	if err != nil {
+		return nil, err
+	}
+	return rejections(out.RejectedLogEventsInfo, len(evs)), nil
+}
+
+// putSDK lets the SDK serialize the events (reference path for tests).
+func (c *cwSink) putSDK(ctx context.Context, b *batch.Batch, evs []batch.Event) ([]rejection, error) {
 	in := make([]types.InputLogEvent, len(evs))
 	ts := make([]int64, len(evs))
 	msgs := make([]string, len(evs))
@@ -145,8 +164,6 @@ func (c *cwSink) put(ctx context.Context, b *batch.Batch, evs []batch.Event) ([]
 		msgs[i] = b.MsgString(e)
 		in[i] = types.InputLogEvent{Timestamp: &ts[i], Message: &msgs[i]}
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.putTimeout)
-	defer cancel()
 	out, err := c.client.PutLogEvents(ctx, &cloudwatchlogs.PutLogEventsInput{
 		LogGroupName: &c.group, LogStreamName: &c.stream, LogEvents: in,
 	})

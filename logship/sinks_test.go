@@ -176,3 +176,45 @@ func TestStreamFromIMDS(t *testing.T) {
 		t.Fatalf("streams %v", st)
 	}
 }
+
+// TestRawBodyMatchesSDK ships awkward messages through both encodings of
+// PutLogEvents (ours and the SDK's) and requires identical stored events.
+func TestRawBodyMatchesSDK(t *testing.T) {
+	msgs := []string{
+		`{"record_id":"a","path":"/q?x=\"y\"&z=\\w"}`,
+		"{\"ctl\":\"\x01\x1f\t\r\n\x7f\"}",
+		`{"u":"héllo wörld ✓ 𝄞 \u2028 \u2029 <>&"}`,
+		"{\"bad\":\"\xff\xfe\xc3\x28 end\"}",
+		strings.Repeat(`"\`, 3000),
+	}
+	var stored [2][]string
+	for i, sdk := range []bool{false, true} {
+		e := newEnv(t)
+		e.cfg.Senders = 1
+		s := e.start(t)
+		s.sink.(*cwSink).sdkSerializer = sdk
+		now := time.Now()
+		for j, m := range msgs {
+			if err := s.Ship(now.Add(time.Duration(j)*time.Millisecond), []byte(m)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range e.fake.Events(e.cfg.CloudWatch.LogGroup, e.cfg.CloudWatch.LogStream) {
+			stored[i] = append(stored[i], ev.Message)
+		}
+	}
+	if len(stored[0]) != len(msgs) {
+		t.Fatalf("raw path stored %d of %d", len(stored[0]), len(msgs))
+	}
+	for j := range msgs {
+		if stored[0][j] != stored[1][j] {
+			t.Errorf("message %d: raw %q, sdk %q", j, stored[0][j], stored[1][j])
+		}
+		if j != 3 && stored[0][j] != msgs[j] {
+			t.Errorf("message %d changed: %q", j, stored[0][j])
+		}
+	}
+}

@@ -329,7 +329,7 @@ func (s *Spool) Append(ts int64, payload []byte) (uint64, error) {
 		act := s.segs[len(s.segs)-1]
 		if act.size > 0 && act.size+n > s.cfg.SegmentBytes {
 			act.sealed = true
-			act = &segment{first: seq, next: seq, mem: make([]byte, 0, min(s.cfg.SegmentBytes, 4<<20))}
+			act = &segment{first: seq, next: seq, mem: make([]byte, 0, s.cfg.SegmentBytes)}
 			s.segs = append(s.segs, act)
 		}
 		act.mem = appendFrame(act.mem, seq, ts, payload)

@@ -1,0 +1,183 @@
+package logship
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/logship/cwlfake"
+	"github.com/gwlbproxy/gwlbproxy/proxy"
+)
+
+const fakeChildEnv = "LOGSHIP_FAKE_CHILD"
+
+// TestFakeChild serves a CountOnly fake in its own process for the
+// benchmark, so the benchmark process's CPU time is the shipper's alone.
+func TestFakeChild(t *testing.T) {
+	if os.Getenv(fakeChildEnv) == "" {
+		t.Skip("child process of BenchmarkPipeline only")
+	}
+	f := cwlfake.New(cwlfake.Options{CountOnly: true})
+	url, err := f.Start("127.0.0.1:0")
+	if err != nil {
+		fmt.Println("CHILD-ERROR", err)
+		os.Exit(2)
+	}
+	fmt.Println("URL", url)
+	io.Copy(io.Discard, os.Stdin) // until the parent goes away
+	os.Exit(0)
+}
+
+func startFakeChild(b *testing.B) string {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestFakeChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), fakeChildEnv+"=1")
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if u, ok := strings.CutPrefix(sc.Text(), "URL "); ok {
+			go io.Copy(io.Discard, stdout)
+			return u
+		}
+	}
+	b.Fatal("fake child gave no URL")
+	return ""
+}
+
+// benchRecord is a ~400-byte record as the proxy encodes it.
+func benchRecord() proxy.Record {
+	return proxy.Record{
+		RecordID: "00000000000000000000000000000000", InstanceID: "i-0123456789abcdef0",
+		EndpointID: "vpce-0a1b2c3d4e5f60718", ClientIP: "10.20.30.40", ClientPort: 51234,
+		DstIP: "203.0.113.77", DstPort: 443, SNI: "api.payments.example.com", Host: "api.payments.example.com",
+		Method: "POST", Scheme: "https", Path: "/v2/charges/ch_3NqZ8e2eZvKYlo2C0aBcDeFg", Status: 201,
+		Action: "allow", Rule: "allow-payments", BytesIn: 1834, BytesOut: 623, DurationMS: 87.125,
+		TLSVersion: "TLS1.3", ALPN: "http/1.1", UserAgent: "payments-client/4.2.1 (linux; amd64) go1.26",
+	}
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkPipeline measures records/s end to end: encode (proxy.Record
+// AppendJSON), Ship, spool with group-commit fsync (or the memory queue),
+// batch, PutLogEvents through the real SDK to the fake over loopback,
+// acknowledge. The fake runs in a child process; records/cpu-s is records
+// per second of this process's CPU time (user+sys), i.e. per core.
+func BenchmarkPipeline(b *testing.B) {
+	for _, spoolOn := range []bool{true, false} {
+		b.Run(fmt.Sprintf("spool=%v", spoolOn), func(b *testing.B) {
+			url := startFakeChild(b)
+			cfg := DefaultConfig()
+			cfg.Sink = SinkCloudWatch
+			cfg.CloudWatch = CloudWatchConfig{LogGroup: "/bench", LogStream: "i-bench", Region: "eu-west-1",
+				Endpoint: url, CreateGroup: true, PutTimeout: 30 * time.Second}
+			dir := b.TempDir()
+			cfg.Spool.Enabled = spoolOn
+			cfg.Spool.Dir = filepath.Join(dir, "spool")
+			cfg.Spool.MaxBytes = 8 << 30
+			cfg.DeadLetterPath = filepath.Join(dir, "dl.jsonl")
+			cfg.FlushInterval = 50 * time.Millisecond
+			s, err := New(context.Background(), cfg, nil, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			rec := benchRecord()
+			buf := make([]byte, 0, 1024)
+			rec.Time = time.Now()
+			b.SetBytes(int64(len(rec.AppendJSON(nil, 1024))))
+			b.ReportAllocs()
+			cpu0, t0 := cpuTime(), time.Now()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				rec.Time = time.Now()
+				buf = rec.AppendJSON(buf[:0], 1024)
+				for {
+					err := s.Ship(rec.Time, buf)
+					if err == nil {
+						break
+					}
+					if !errors.Is(err, ErrSpoolFull) {
+						b.Fatal(err)
+					}
+					time.Sleep(time.Millisecond)
+				}
+			}
+			for s.Stats().Acked < uint64(b.N) {
+				time.Sleep(time.Millisecond)
+			}
+			b.StopTimer()
+			wall, cpu := time.Since(t0), cpuTime()-cpu0
+			b.ReportMetric(float64(b.N)/wall.Seconds(), "records/s")
+			b.ReportMetric(float64(b.N)/cpu.Seconds(), "records/cpu-s")
+			if err := s.Close(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}
+
+// BenchmarkEncodeShip is the encode + spool path alone (the proxy's side
+// of Ship): proxy.Record encoding, truncation check, spool append with
+// group-commit fsync, while the pipeline drains to io.Discard. allocs/op
+// is the per-record allocation count of that path (and of batching).
+func BenchmarkEncodeShip(b *testing.B) {
+	for _, spoolOn := range []bool{true, false} {
+		b.Run(fmt.Sprintf("spool=%v", spoolOn), func(b *testing.B) {
+			dir := b.TempDir()
+			cfg := DefaultConfig()
+			cfg.Stdout = io.Discard
+			cfg.Spool.Enabled = spoolOn
+			cfg.Spool.Dir = filepath.Join(dir, "spool")
+			cfg.Spool.MaxBytes = 8 << 30
+			cfg.DeadLetterPath = filepath.Join(dir, "dl.jsonl")
+			cfg.FlushInterval = 20 * time.Millisecond
+			s, err := New(context.Background(), cfg, nil, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			rec := benchRecord()
+			buf := make([]byte, 0, 1024)
+			b.ReportAllocs()
+			t0 := time.Now()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				rec.Time = time.Now()
+				buf = rec.AppendJSON(buf[:0], 1024)
+				for {
+					err := s.Ship(rec.Time, buf)
+					if err == nil {
+						break
+					}
+					if !errors.Is(err, ErrSpoolFull) {
+						b.Fatal(err)
+					}
+					time.Sleep(time.Millisecond)
+				}
+			}
+			for s.Stats().Acked < uint64(b.N) {
+				time.Sleep(time.Millisecond)
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/time.Since(t0).Seconds(), "records/s")
+			s.Close(context.Background())
+		})
+	}
+}
