@@ -27,6 +27,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/ca"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/health"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/lifecycle"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/sdnotify"
 	"github.com/gwlbproxy/gwlbproxy/logship"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
@@ -60,11 +61,28 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	defer stopBG()
 
 	var awsCfg aws.Config
-	if c.CA.Source != ca.SourceFiles {
-		awsCfg, err = awsconfig.LoadDefaultConfig(ctx, awsconfig.WithEC2IMDSRegion())
+	if c.CA.Source != ca.SourceFiles || c.Lifecycle.Enabled {
+		opts := []func(*awsconfig.LoadOptions) error{awsconfig.WithEC2IMDSRegion()}
+		if c.Lifecycle.IMDSEndpoint != "" {
+			opts = append(opts, awsconfig.WithEC2IMDSEndpoint(c.Lifecycle.IMDSEndpoint))
+		}
+		awsCfg, err = awsconfig.LoadDefaultConfig(ctx, opts...)
 		if err != nil {
 			return fmt.Errorf("aws config: %w", err)
 		}
+	}
+
+	// Scale-in: a terminating lifecycle state drains the appliance as
+	// SIGTERM does, and the hook is completed once the drain is over.
+	var lc *lifecycle.Watcher
+	terminating := make(chan struct{})
+	if c.Lifecycle.Enabled {
+		lc = lifecycle.New(c.Lifecycle, lifecycle.NewClient(c.Lifecycle, awsCfg), log.With("component", "lifecycle"))
+		go func() {
+			if lc.Wait(bg) == nil {
+				close(terminating)
+			}
+		}()
 	}
 	authority, err := ca.Open(bg, c.CA, awsCfg, log.With("component", "ca"))
 	if err != nil {
@@ -72,9 +90,9 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	}
 	minter := ca.NewMinter(authority, c.CA.MinterOptions(log.With("component", "ca")), reg)
 
-	lc := c.Logship
-	lc.InstanceID = instanceID
-	shipper, err := logship.New(bg, lc, log.With("component", "logship"), reg)
+	shipCfg := c.Logship
+	shipCfg.InstanceID = instanceID
+	shipper, err := logship.New(bg, shipCfg, log.With("component", "logship"), reg)
 	if err != nil {
 		return fmt.Errorf("logship: %w", err)
 	}
@@ -170,6 +188,7 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 
 	select {
 	case <-ctx.Done():
+	case <-terminating:
 	case err := <-tunnelDone:
 		return fmt.Errorf("tunnel stopped: %w", err)
 	}
@@ -186,6 +205,7 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	}
 	ls.Close()
 	serving.Wait()
+	waitTunnelsQuiet(dctx, td, log)
 	stopTunnel()
 	if err := <-tunnelDone; err != nil {
 		log.Warn("tunnel shutdown", "err", err)
@@ -196,8 +216,43 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	if err := shipper.Close(dctx); err != nil {
 		log.Warn("log spool not fully drained; the rest ships at next start", "err", err)
 	}
+	select {
+	case <-terminating:
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := lc.Complete(cctx, instanceID); err != nil {
+			log.Error("scale-in hook not completed; the group's heartbeat timeout will end it", "err", err)
+		}
+	default:
+	}
 	log.Info("stopped")
 	return nil
+}
+
+// waitTunnelsQuiet keeps forwarded (non-proxied) flows served after the
+// health check turned 503 until no tunnel has carried a packet for a
+// couple of seconds, or the drain deadline.
+func waitTunnelsQuiet(ctx context.Context, td *tunnel.Daemon, log *slog.Logger) {
+	const quiet = 2.0 // seconds without a packet in any tunnel
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		busy := 0
+		for _, ts := range td.Stats().Tunnels {
+			if ts.IdleSeconds < quiet {
+				busy++
+			}
+		}
+		if busy == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			log.Warn("drain deadline reached with tunnels still carrying traffic", "tunnels", busy)
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // discoverInstanceID asks IMDSv2 for the instance id, briefly: outside EC2

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/lifecycle"
 )
 
 // DefaultPath is where `gwlbproxy run` looks for its configuration.
@@ -21,11 +23,12 @@ const DefaultPath = "/etc/gwlbproxy/gwlbproxy.yaml"
 type Config struct {
 	// InstanceID names this appliance in records and the log stream; empty
 	// means "ask IMDSv2, else the hostname".
-	InstanceID string        `yaml:"instance_id"`
-	Log        LogConfig     `yaml:"log"`
-	Health     HealthConfig  `yaml:"health"`
-	Metrics    MetricsConfig `yaml:"metrics"`
-	Drain      DrainConfig   `yaml:"drain"`
+	InstanceID string           `yaml:"instance_id"`
+	Log        LogConfig        `yaml:"log"`
+	Health     HealthConfig     `yaml:"health"`
+	Metrics    MetricsConfig    `yaml:"metrics"`
+	Drain      DrainConfig      `yaml:"drain"`
+	Lifecycle  lifecycle.Config `yaml:"lifecycle"`
 	Components `yaml:",inline"`
 }
 
@@ -62,6 +65,7 @@ func Default() Config {
 		Health:     HealthConfig{Listen: ":80", Mode: "full"},
 		Metrics:    MetricsConfig{Listen: "127.0.0.1:9100"},
 		Drain:      DrainConfig{Deadline: 60 * time.Second},
+		Lifecycle:  lifecycle.DefaultConfig(),
 		Components: defaultComponents(),
 	}
 }
@@ -121,6 +125,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Drain.Deadline < 0 || c.Drain.Deadline > time.Hour {
 		return &FieldError{Path: "drain.deadline", Msg: fmt.Sprintf("%s out of range 0..1h", c.Drain.Deadline)}
+	}
+	if err := prefix("lifecycle", c.Lifecycle.Validate()); err != nil {
+		return err
 	}
 	return c.Components.validate()
 }

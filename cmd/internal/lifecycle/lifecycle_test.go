@@ -1,0 +1,171 @@
+package lifecycle
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+)
+
+// fakeIMDS speaks IMDSv2: a token from PUT /latest/api/token, required on
+// every metadata GET.
+func fakeIMDS(t *testing.T, state *atomic.Value, tags map[string]string) *httptest.Server {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut && r.URL.Path == "/latest/api/token" {
+			if r.Header.Get("X-Aws-Ec2-Metadata-Token-Ttl-Seconds") == "" {
+				http.Error(w, "ttl", 400)
+				return
+			}
+			w.Header().Set("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", "21600")
+			io.WriteString(w, "tok")
+			return
+		}
+		if r.Header.Get("X-Aws-Ec2-Metadata-Token") != "tok" {
+			http.Error(w, "unauthorized", 401)
+			return
+		}
+		switch p := strings.TrimPrefix(r.URL.Path, "/latest/meta-data/"); {
+		case p == "autoscaling/target-lifecycle-state":
+			io.WriteString(w, state.Load().(string))
+		case strings.HasPrefix(p, "tags/instance/"):
+			v, ok := tags[strings.TrimPrefix(p, "tags/instance/")]
+			if !ok {
+				http.NotFound(w, r)
+				return
+			}
+			io.WriteString(w, v)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// fakeAutoScaling speaks the Auto Scaling query protocol for
+// CompleteLifecycleAction and records the calls.
+type fakeAutoScaling struct {
+	mu    sync.Mutex
+	calls []url.Values
+}
+
+func (f *fakeAutoScaling) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !strings.HasPrefix(r.Header.Get("Authorization"), "AWS4-HMAC-SHA256 ") {
+		http.Error(w, "unsigned", 403)
+		return
+	}
+	body, _ := io.ReadAll(r.Body)
+	v, err := url.ParseQuery(string(body))
+	if err != nil || v.Get("Action") != "CompleteLifecycleAction" {
+		w.WriteHeader(400)
+		io.WriteString(w, `<ErrorResponse><Error><Type>Sender</Type><Code>InvalidAction</Code><Message>bad</Message></Error><RequestId>r</RequestId></ErrorResponse>`)
+		return
+	}
+	f.mu.Lock()
+	f.calls = append(f.calls, v)
+	f.mu.Unlock()
+	w.Header().Set("Content-Type", "text/xml")
+	io.WriteString(w, `<CompleteLifecycleActionResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/"><CompleteLifecycleActionResult/><ResponseMetadata><RequestId>r1</RequestId></ResponseMetadata></CompleteLifecycleActionResponse>`)
+}
+
+func TestWaitThenComplete(t *testing.T) {
+	var state atomic.Value
+	state.Store("InService")
+	md := fakeIMDS(t, &state, map[string]string{"aws:autoscaling:groupName": "gwlbproxy-asg"})
+	as := &fakeAutoScaling{}
+	asSrv := httptest.NewServer(as)
+	defer asSrv.Close()
+
+	cfg := DefaultConfig()
+	cfg.Enabled = true
+	cfg.IMDSEndpoint = md.URL
+	cfg.AutoScalingEndpoint = asSrv.URL
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	cfg.PollInterval = 20 * time.Millisecond // below the configurable minimum, to keep the test short
+	awsCfg := aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("AKID", "SECRET", "")}
+	w := New(cfg, NewClient(cfg, awsCfg), slog.New(slog.NewTextHandler(t.Output(), nil)))
+
+	done := make(chan error, 1)
+	go func() { done <- w.Wait(context.Background()) }()
+	select {
+	case err := <-done:
+		t.Fatalf("Wait returned while InService: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	state.Store("Terminated")
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Wait did not notice Terminated")
+	}
+
+	if err := w.Complete(context.Background(), "i-0123456789abcdef0"); err != nil {
+		t.Fatal(err)
+	}
+	as.mu.Lock()
+	defer as.mu.Unlock()
+	if len(as.calls) != 1 {
+		t.Fatalf("calls: %v", as.calls)
+	}
+	c := as.calls[0]
+	for k, want := range map[string]string{
+		"AutoScalingGroupName": "gwlbproxy-asg", "LifecycleHookName": "gwlbproxy-drain",
+		"LifecycleActionResult": "CONTINUE", "InstanceId": "i-0123456789abcdef0",
+	} {
+		if c.Get(k) != want {
+			t.Errorf("%s = %q, want %q", k, c.Get(k), want)
+		}
+	}
+}
+
+func TestWaitCancelled(t *testing.T) {
+	var state atomic.Value
+	state.Store("InService")
+	md := fakeIMDS(t, &state, nil)
+	cfg := DefaultConfig()
+	cfg.PollInterval = 10 * time.Millisecond
+	cfg.IMDSEndpoint = md.URL
+	w := New(cfg, nil, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := w.Wait(ctx); err == nil {
+		t.Fatal("want ctx error")
+	}
+}
+
+func TestCompleteNeedsGroup(t *testing.T) {
+	var state atomic.Value
+	state.Store("Terminated")
+	md := fakeIMDS(t, &state, nil) // no tags exposed
+	cfg := DefaultConfig()
+	cfg.IMDSEndpoint = md.URL
+	w := New(cfg, nil, slog.New(slog.DiscardHandler))
+	err := w.Complete(context.Background(), "i-1")
+	if err == nil || !strings.Contains(err.Error(), "lifecycle.group_name") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	c := DefaultConfig()
+	c.Enabled = true
+	c.PollInterval = time.Millisecond
+	if err := c.Validate(); err == nil || !strings.HasPrefix(err.Error(), "poll_interval:") {
+		t.Fatalf("got %v", err)
+	}
+}
