@@ -221,3 +221,29 @@ func TestStandalone(t *testing.T) {
 		t.Fatal("call not counted")
 	}
 }
+
+// FuzzPutLogEvents: any request body gets an answer, never a panic, and
+// what is stored always satisfies the limits.
+func FuzzPutLogEvents(f *testing.F) {
+	f.Add([]byte(`{"logGroupName":"g","logStreamName":"s","logEvents":[{"timestamp":1,"message":"a"}]}`))
+	f.Add([]byte(`{"logGroupName":"g","logStreamName":"s","logEvents":[{"timestamp":2,"message":"a"},{"timestamp":1,"message":"b"}]}`))
+	f.Add([]byte(`{"logEvents":null}`))
+	f.Add([]byte(`[`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		s := New(Options{Now: func() time.Time { return time.UnixMilli(1_000_000) }})
+		s.CreateLogGroup("g", 0)
+		s.groups["g"].streams["s"] = &stream{}
+		s.putLogEvents(body)
+		evs := s.Events("g", "s")
+		size := 0
+		for i, e := range evs {
+			if e.Message == "" || (i > 0 && e.Timestamp < evs[i-1].Timestamp) {
+				t.Fatalf("stored invalid event %d: %+v", i, e)
+			}
+			size += len(e.Message) + EventOverhead
+		}
+		if size > MaxBatchBytes || len(evs) > MaxBatchEvents {
+			t.Fatalf("stored %d events, %d bytes", len(evs), size)
+		}
+	})
+}
