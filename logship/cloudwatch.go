@@ -90,6 +90,9 @@ func newCloudWatchSink(ctx context.Context, cfg Config, log *slog.Logger) (*cwSi
 		config.WithHTTPClient(hc),
 		config.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }),
 	}
+	if cw.Credentials != nil {
+		opts = append(opts, config.WithCredentialsProvider(cw.Credentials))
+	}
 	if cw.IMDSEndpoint != "" {
 		opts = append(opts, config.WithEC2IMDSEndpoint(cw.IMDSEndpoint))
 	}

@@ -5,6 +5,8 @@ import (
 	"io"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+
 	"github.com/gwlbproxy/gwlbproxy/logship/batch"
 )
 
@@ -81,6 +83,10 @@ type CloudWatchConfig struct {
 	RetentionDays int `yaml:"retention_days"`
 	// PutTimeout bounds one PutLogEvents attempt.
 	PutTimeout time.Duration `yaml:"put_timeout"`
+
+	// Credentials replaces the default credential chain (the demo's fake
+	// uses static keys so nothing asks the instance metadata). Not YAML.
+	Credentials aws.CredentialsProvider `yaml:"-"`
 }
 
 // SpoolConfig is the write-ahead queue between Ship and the sink.

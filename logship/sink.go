@@ -124,13 +124,17 @@ func (s *fileSink) put(_ context.Context, b *batch.Batch, evs []batch.Event) ([]
 		}
 	}
 	n, err := s.f.Write(s.buf)
-	s.size += int64(n)
 	if err == nil {
 		err = s.f.Sync()
 	}
 	if err != nil {
+		// Cut a partial write so the retry does not leave half a line.
+		if n > 0 {
+			s.f.Truncate(s.size)
+		}
 		return nil, fmt.Errorf("logship: writing %s: %w", s.path, err)
 	}
+	s.size += int64(n)
 	return nil, nil
 }
 

@@ -11,6 +11,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/credentials"
+
+	"github.com/gwlbproxy/gwlbproxy/logship/cwlfake"
 )
 
 type syncBuffer struct {
@@ -216,5 +220,41 @@ func TestRawBodyMatchesSDK(t *testing.T) {
 		if j != 3 && stored[0][j] != msgs[j] {
 			t.Errorf("message %d changed: %q", j, stored[0][j])
 		}
+	}
+}
+
+// TestDemoWithStandaloneFake is the `demo --cloudwatch-fake` wiring: the
+// fake started standalone, static credentials instead of the default chain.
+func TestDemoWithStandaloneFake(t *testing.T) {
+	noLeak(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", "")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+	fake := cwlfake.New(cwlfake.Options{})
+	url, err := fake.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	dir := t.TempDir()
+	cfg := DefaultConfig()
+	cfg.Sink = SinkCloudWatch
+	cfg.CloudWatch.Endpoint = url
+	cfg.CloudWatch.Region = "us-east-1"
+	cfg.CloudWatch.LogStream = "demo"
+	cfg.CloudWatch.CreateGroup = true
+	cfg.CloudWatch.Credentials = credentials.NewStaticCredentialsProvider("DEMO", "demo", "")
+	cfg.Spool.Dir = filepath.Join(dir, "spool")
+	cfg.DeadLetterPath = filepath.Join(dir, "dl.jsonl")
+	s, err := New(context.Background(), cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	s.Ship(now, sampleRecord(7, now))
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if evs := fake.Events(cfg.CloudWatch.LogGroup, "demo"); len(evs) != 1 || recordID(evs[0].Message) != "rec-00000007" {
+		t.Fatalf("events %+v", evs)
 	}
 }
