@@ -148,9 +148,12 @@ func TestUserDataConfig(t *testing.T) {
 	var cfg struct {
 		Health struct{ Listen string }
 		Drain  struct {
-			Deadline         string
-			LifecycleHook    string `yaml:"lifecycle_hook"`
-			AutoscalingGroup string `yaml:"autoscaling_group"`
+			Deadline string
+		}
+		Lifecycle struct {
+			Enabled   bool
+			HookName  string `yaml:"hook_name"`
+			GroupName string `yaml:"group_name"`
 		}
 		Tunnel struct {
 			AllowedSources []string `yaml:"allowed_sources"`
@@ -207,12 +210,12 @@ func TestUserDataConfig(t *testing.T) {
 		t.Errorf("ca.root_cert_file = %q; the CACertificate parameter must land there (got %q)", cfg.CA.RootCertFile, rootCert)
 	}
 	hook := lifecycleHook(t, tpl)
-	if cfg.Drain.LifecycleHook != hook["LifecycleHookName"] {
-		t.Errorf("drain.lifecycle_hook = %q, want the hook's name %v", cfg.Drain.LifecycleHook, hook["LifecycleHookName"])
+	if !cfg.Lifecycle.Enabled || cfg.Lifecycle.HookName != hook["LifecycleHookName"] {
+		t.Errorf("lifecycle = %+v, want enabled with the hook's name %v", cfg.Lifecycle, hook["LifecycleHookName"])
 	}
 	_, asg := tpl.resource("AutoScalingGroup")
-	if name, err := subString(asg["AutoScalingGroupName"].(map[string]any)["Fn::Sub"], sampleValue(t)); err != nil || name != cfg.Drain.AutoscalingGroup {
-		t.Errorf("drain.autoscaling_group = %q, the group is named %q", cfg.Drain.AutoscalingGroup, name)
+	if name, err := subString(asg["AutoScalingGroupName"].(map[string]any)["Fn::Sub"], sampleValue(t)); err != nil || name != cfg.Lifecycle.GroupName {
+		t.Errorf("lifecycle.group_name = %q, the group is named %q", cfg.Lifecycle.GroupName, name)
 	}
 
 	for _, k := range []string{"MinSize", "DesiredCapacity"} {
