@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -61,12 +62,21 @@ func startFakeChild(b *testing.B) string {
 // benchRecord is a ~400-byte record as the proxy encodes it.
 func benchRecord() proxy.Record {
 	return proxy.Record{
-		RecordID: "00000000000000000000000000000000", InstanceID: "i-0123456789abcdef0",
+		// A spliced TLS connection: no HTTP fields, like most records of
+		// an egress appliance.
+		RecordID: "0123456789abcdef", InstanceID: "i-0123456789abcdef0",
 		EndpointID: "vpce-0a1b2c3d4e5f60718", ClientIP: "10.20.30.40", ClientPort: 51234,
-		DstIP: "203.0.113.77", DstPort: 443, SNI: "api.payments.example.com", Host: "api.payments.example.com",
-		Method: "POST", Scheme: "https", Path: "/v2/charges/ch_3NqZ8e2eZvKYlo2C0aBcDeFg", Status: 201,
-		Action: "allow", Rule: "allow-payments", BytesIn: 1834, BytesOut: 623, DurationMS: 87.125,
-		TLSVersion: "TLS1.3", ALPN: "http/1.1", UserAgent: "payments-client/4.2.1 (linux; amd64) go1.26",
+		DstIP: "203.0.113.77", DstPort: 443, SNI: "api.example.com",
+		Action: "splice", Rule: "splice-api", BytesIn: 834, BytesOut: 6623, DurationMS: 17.125,
+		TLSVersion: "TLS1.3",
+	}
+}
+
+func TestBenchRecordSize(t *testing.T) {
+	r := benchRecord()
+	r.Time = time.Now()
+	if n := len(r.AppendJSON(nil, 1024)); n < 360 || n > 500 {
+		t.Fatalf("benchmark record is %d bytes, want ~400: %s", n, r.AppendJSON(nil, 1024))
 	}
 }
 
@@ -104,6 +114,8 @@ func BenchmarkPipeline(b *testing.B) {
 			rec.Time = time.Now()
 			b.SetBytes(int64(len(rec.AppendJSON(nil, 1024))))
 			b.ReportAllocs()
+			var ms0, ms1 runtime.MemStats
+			runtime.ReadMemStats(&ms0)
 			cpu0, t0 := cpuTime(), time.Now()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
@@ -125,6 +137,9 @@ func BenchmarkPipeline(b *testing.B) {
 			}
 			b.StopTimer()
 			wall, cpu := time.Since(t0), cpuTime()-cpu0
+			runtime.ReadMemStats(&ms1)
+			// Unrounded, whole process (SDK, HTTP, batcher included).
+			b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/float64(b.N), "mallocs/record")
 			b.ReportMetric(float64(b.N)/wall.Seconds(), "records/s")
 			b.ReportMetric(float64(b.N)/cpu.Seconds(), "records/cpu-s")
 			if err := s.Close(context.Background()); err != nil {
@@ -156,6 +171,8 @@ func BenchmarkEncodeShip(b *testing.B) {
 			rec := benchRecord()
 			buf := make([]byte, 0, 1024)
 			b.ReportAllocs()
+			var ms0, ms1 runtime.MemStats
+			runtime.ReadMemStats(&ms0)
 			t0 := time.Now()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
@@ -176,6 +193,8 @@ func BenchmarkEncodeShip(b *testing.B) {
 				time.Sleep(time.Millisecond)
 			}
 			b.StopTimer()
+			runtime.ReadMemStats(&ms1)
+			b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/float64(b.N), "mallocs/record")
 			b.ReportMetric(float64(b.N)/time.Since(t0).Seconds(), "records/s")
 			s.Close(context.Background())
 		})
