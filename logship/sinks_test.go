@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gwlbproxy/gwlbproxy/logship/cwlfake"
 )
@@ -256,5 +257,53 @@ func TestDemoWithStandaloneFake(t *testing.T) {
 	}
 	if evs := fake.Events(cfg.CloudWatch.LogGroup, "demo"); len(evs) != 1 || recordID(evs[0].Message) != "rec-00000007" {
 		t.Fatalf("events %+v", evs)
+	}
+}
+
+func TestMetricsRegistered(t *testing.T) {
+	noLeak(t)
+	e := newEnv(t)
+	reg := prometheus.NewRegistry()
+	s, err := New(context.Background(), e.cfg, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for i := range 3 {
+		s.Ship(now, sampleRecord(i, now))
+	}
+	waitFor(t, "delivery", func() bool { return s.Stats().Acked == 3 })
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		m := mf.GetMetric()[0]
+		switch {
+		case m.Counter != nil:
+			got[mf.GetName()] = m.Counter.GetValue()
+		case m.Gauge != nil:
+			got[mf.GetName()] = m.Gauge.GetValue()
+		case m.Histogram != nil:
+			got[mf.GetName()] = float64(m.Histogram.GetSampleCount())
+		}
+	}
+	for name, want := range map[string]float64{
+		"gwlbproxy_logship_records_in_total": 3, "gwlbproxy_logship_records_acked_total": 3,
+		"gwlbproxy_logship_records_dropped_total": 0, "gwlbproxy_logship_records_dead_lettered_total": 0,
+	} {
+		if v, ok := got[name]; !ok || v != want {
+			t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
+		}
+	}
+	for _, name := range []string{"gwlbproxy_logship_put_duration_seconds", "gwlbproxy_logship_batch_records",
+		"gwlbproxy_logship_spool_bytes", "gwlbproxy_logship_oldest_unacked_seconds", "gwlbproxy_logship_put_retries_total"} {
+		if _, ok := got[name]; !ok {
+			t.Errorf("%s not registered", name)
+		}
+	}
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 }
