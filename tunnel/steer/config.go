@@ -1,0 +1,186 @@
+package steer
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+)
+
+// Egress modes.
+const (
+	// EgressNAT (two-arm): non-intercepted traffic leaves through the egress
+	// interface with masquerade; the proxy's upstream connections use the
+	// appliance's own address.
+	EgressNAT = "nat"
+	// EgressTunnel (one-arm): everything goes back into the tunnel it came
+	// from; the proxy's upstream connections keep the client's address and
+	// port.
+	EgressTunnel = "tunnel"
+)
+
+// maxSlot is the largest tunnel.Pair.Slot.
+const maxSlot = 65535
+
+// Config configures steering. Every field has a default in DefaultConfig.
+type Config struct {
+	// EgressMode is "nat" (two-arm, default) or "tunnel" (one-arm).
+	EgressMode string `yaml:"egress_mode"`
+	// EgressInterface is where non-intercepted traffic leaves in nat mode
+	// (masquerade applies to it). Empty: the interface of the IPv4 default
+	// route, looked up at Start.
+	EgressInterface string `yaml:"egress_interface"`
+	// HTTPPorts and TLSPorts are the TCP destination ports intercepted from
+	// the tunnels and handed to the HTTP and TLS listeners.
+	HTTPPorts []uint16 `yaml:"http_ports"`
+	TLSPorts  []uint16 `yaml:"tls_ports"`
+	// HTTPListenPort and TLSListenPort are the ports of the transparent
+	// listeners. They listen on 127.0.0.1 and ::1 only, so nothing can reach
+	// them except packets TPROXY hands over (see doc.go).
+	HTTPListenPort uint16 `yaml:"http_listen_port"`
+	TLSListenPort  uint16 `yaml:"tls_listen_port"`
+	// IPv6 installs the IPv6 half (rules, routes, listeners on ::1).
+	IPv6 bool `yaml:"ipv6"`
+	// TableName is the name of our nftables table (family inet).
+	TableName string `yaml:"table_name"`
+	// MarkBase is the packet/conntrack mark space we own: MarkBase itself
+	// marks intercepted packets (local delivery), MarkBase+slot marks tunnel
+	// slot. The low 16 bits must be zero; nobody else may use marks whose
+	// upper 16 bits equal MarkBase's.
+	MarkBase uint32 `yaml:"mark_base"`
+	// RouteTableBase is the routing table for local delivery of intercepted
+	// packets; RouteTableBase+slot is tunnel slot's table.
+	RouteTableBase uint32 `yaml:"route_table_base"`
+	// RulePriority is the priority of the local-delivery ip rule; per-tunnel
+	// rules use RulePriority+1 (fwmark) and RulePriority+2 (iif, tunnel mode).
+	RulePriority int `yaml:"rule_priority"`
+	// ConntrackZone is the zone of the proxy's upstream connections in tunnel
+	// mode; it keeps them apart from the client-side connection that has
+	// the same 5-tuple.
+	ConntrackZone uint16 `yaml:"conntrack_zone"`
+	// DropQUIC drops (and counts) UDP to QUICPorts from the tunnels, so
+	// browsers fall back to TCP, which is intercepted.
+	DropQUIC  bool     `yaml:"drop_quic"`
+	QUICPorts []uint16 `yaml:"quic_ports"`
+	// SysctlInterval is how often the sysctls are re-asserted.
+	SysctlInterval time.Duration `yaml:"sysctl_interval"`
+	// DisableSourceDestCheck turns the EC2 source/destination check off on
+	// the instance at Start. Only needed for un-NATed forwarding out of the
+	// instance's own NIC; see doc.go.
+	DisableSourceDestCheck bool `yaml:"disable_source_dest_check"`
+	// EC2Endpoint and IMDSEndpoint override the AWS endpoints (VPC
+	// endpoints, tests). Empty: SDK defaults.
+	EC2Endpoint  string `yaml:"ec2_endpoint"`
+	IMDSEndpoint string `yaml:"imds_endpoint"`
+}
+
+// DefaultConfig returns every default.
+func DefaultConfig() Config {
+	return Config{
+		EgressMode:     EgressNAT,
+		HTTPPorts:      []uint16{80},
+		TLSPorts:       []uint16{443},
+		HTTPListenPort: 3129,
+		TLSListenPort:  3130,
+		IPv6:           true,
+		TableName:      "gwlbproxy",
+		MarkBase:       0x47570000,
+		RouteTableBase: 20000,
+		RulePriority:   100,
+		ConntrackZone:  4757,
+		DropQUIC:       true,
+		QUICPorts:      []uint16{80, 443},
+		SysctlInterval: 30 * time.Second,
+	}
+}
+
+// Validate checks the configuration; messages start with the yaml key.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	switch c.EgressMode {
+	case EgressNAT, EgressTunnel:
+	default:
+		add("egress_mode: %q is not one of nat, tunnel", c.EgressMode)
+	}
+	if len(c.EgressInterface) >= 16 {
+		add("egress_interface: %q longer than 15 bytes", c.EgressInterface)
+	}
+	if len(c.HTTPPorts)+len(c.TLSPorts) == 0 {
+		add("http_ports: no port intercepted (http_ports and tls_ports both empty)")
+	}
+	seen := map[uint16]string{}
+	for _, l := range []struct {
+		key   string
+		ports []uint16
+	}{{"http_ports", c.HTTPPorts}, {"tls_ports", c.TLSPorts}} {
+		for _, p := range l.ports {
+			if p == 0 {
+				add("%s: port 0", l.key)
+			}
+			if k, dup := seen[p]; dup {
+				add("%s: port %d already in %s", l.key, p, k)
+			}
+			seen[p] = l.key
+		}
+	}
+	for _, p := range c.QUICPorts {
+		if p == 0 {
+			add("quic_ports: port 0")
+		}
+	}
+	if c.HTTPListenPort == 0 {
+		add("http_listen_port: must not be 0")
+	}
+	if c.TLSListenPort == 0 {
+		add("tls_listen_port: must not be 0")
+	}
+	if c.HTTPListenPort == c.TLSListenPort && c.HTTPListenPort != 0 {
+		add("tls_listen_port: %d equals http_listen_port", c.TLSListenPort)
+	}
+	if c.TableName == "" || len(c.TableName) > 255 {
+		add("table_name: %q must be 1..255 bytes", c.TableName)
+	}
+	if c.MarkBase&0xffff != 0 || c.MarkBase == 0 {
+		add("mark_base: %#x must be non-zero with the low 16 bits zero", c.MarkBase)
+	}
+	if c.RouteTableBase < 256 || uint64(c.RouteTableBase)+maxSlot > 0xffffffff {
+		add("route_table_base: %d out of range 256..%d", c.RouteTableBase, uint32(0xffffffff-maxSlot))
+	}
+	if c.RulePriority < 1 || c.RulePriority > 32000 {
+		add("rule_priority: %d out of range 1..32000", c.RulePriority)
+	}
+	if c.ConntrackZone == 0 {
+		add("conntrack_zone: must not be 0 (the default zone)")
+	}
+	if c.SysctlInterval < time.Second {
+		add("sysctl_interval: %s shorter than 1s", c.SysctlInterval)
+	}
+	if c.EC2Endpoint != "" {
+		if _, err := urlHost(c.EC2Endpoint); err != nil {
+			add("ec2_endpoint: %v", err)
+		}
+	}
+	if c.IMDSEndpoint != "" {
+		if _, err := urlHost(c.IMDSEndpoint); err != nil {
+			add("imds_endpoint: %v", err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func urlHost(u string) (string, error) {
+	p, err := url.Parse(u)
+	if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+		return "", fmt.Errorf("%q is not an http(s) URL", u)
+	}
+	return p.Hostname(), nil
+}
+
+func (c *Config) tunnelMode() bool { return c.EgressMode == EgressTunnel }
+
+// markMask selects the part of a mark that says "ours".
+const markMask = 0xffff0000
+
+func (c *Config) tunnelMark(slot uint16) uint32 { return c.MarkBase | uint32(slot) }
+func (c *Config) tunnelTable(slot uint16) int   { return int(c.RouteTableBase) + int(slot) }

@@ -1,0 +1,395 @@
+package steer
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// Counter object names; Stats and the metrics read them back from the kernel.
+const (
+	ctrIntercepted    = "intercepted"     // packets handed to a transparent socket
+	ctrInterceptFail  = "intercept_failed" // intercept port but no listener: dropped (fail closed)
+	ctrQUICDropped    = "quic_dropped"
+	ctrGuardDropped   = "guard_dropped"  // forward to link-local/loopback/IMDS
+	ctrLocalDropped   = "local_dropped"  // tunnel traffic to the appliance itself
+	ctrDirectRefused  = "direct_refused" // direct connects to the listener ports
+	ctrForwarded      = "forwarded"      // forwarded from the tunnels
+	setTunnels        = "tunnels"        // iif index of every gwi-*
+	mapTunnelMark     = "tunnel_mark"    // gwi-* iif index -> tunnel mark
+	setHTTPPorts      = "http_ports"
+	setTLSPorts       = "tls_ports"
+	setQUICPorts      = "quic_ports"
+	chainRawPre       = "raw_prerouting"
+	chainRawOut       = "raw_output"
+	chainMarkPre      = "mark_prerouting"
+	chainTProxyPre    = "tproxy_prerouting"
+	chainRouteOut     = "route_output"
+	chainFilterFwd    = "filter_forward"
+	chainFilterIn     = "filter_input"
+	chainNATPost      = "nat_postrouting"
+	priorityMarkFirst = -155 // mangle - 5: ct mark is set before TPROXY looks at anything
+)
+
+var counterNames = []string{ctrIntercepted, ctrInterceptFail, ctrQUICDropped, ctrGuardDropped, ctrLocalDropped, ctrDirectRefused, ctrForwarded}
+
+// guardPrefixes are never forwarded from a tunnel: instance-local services
+// (IMDS, the VPC DNS and time servers live in 169.254.0.0/16 and
+// fd00:ec2::/32), link-local and loopback.
+var guardPrefixes = []netip.Prefix{
+	netip.MustParsePrefix("169.254.0.0/16"),
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("fe80::/10"),
+	netip.MustParsePrefix("::1/128"),
+	netip.MustParsePrefix("fd00:ec2::/32"),
+}
+
+// ruleSpec is one nftables rule with the nft-syntax text Explain prints.
+type ruleSpec struct {
+	chain string
+	text  string
+	exprs []expr.Any
+}
+
+// ruleset is the whole table, built from the configuration, installed in
+// one batch.
+type ruleset struct {
+	table   *nftables.Table
+	chains  map[string]*nftables.Chain
+	order   []string // chain creation order, for Explain
+	sets    map[string]*nftables.Set
+	setVals map[string][]nftables.SetElement
+	rules   []ruleSpec
+	egress  string
+}
+
+func (s *Steerer) buildRuleset(egress string) *ruleset {
+	c := &s.cfg
+	rs := &ruleset{
+		table:   &nftables.Table{Name: c.TableName, Family: nftables.TableFamilyINet},
+		chains:  map[string]*nftables.Chain{},
+		sets:    map[string]*nftables.Set{},
+		setVals: map[string][]nftables.SetElement{},
+		egress:  egress,
+	}
+	t := rs.table
+	chain := func(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio int32) {
+		rs.chains[name] = &nftables.Chain{Name: name, Table: t, Type: typ, Hooknum: hook, Priority: nftables.ChainPriorityRef(nftables.ChainPriority(prio))}
+		rs.order = append(rs.order, name)
+	}
+	if c.tunnelMode() {
+		chain(chainRawPre, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, -300)
+		chain(chainRawOut, nftables.ChainTypeFilter, nftables.ChainHookOutput, -300)
+	}
+	chain(chainMarkPre, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, priorityMarkFirst)
+	chain(chainTProxyPre, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, -150)
+	chain(chainRouteOut, nftables.ChainTypeRoute, nftables.ChainHookOutput, -150)
+	chain(chainFilterIn, nftables.ChainTypeFilter, nftables.ChainHookInput, 0)
+	chain(chainFilterFwd, nftables.ChainTypeFilter, nftables.ChainHookForward, 0)
+	if !c.tunnelMode() {
+		chain(chainNATPost, nftables.ChainTypeNAT, nftables.ChainHookPostrouting, 100)
+	}
+
+	set := func(name string, key, val nftables.SetDatatype, isMap bool, elems []nftables.SetElement) {
+		rs.sets[name] = &nftables.Set{Table: t, Name: name, KeyType: key, DataType: val, IsMap: isMap}
+		rs.setVals[name] = elems
+	}
+	ports := func(ps []uint16) []nftables.SetElement {
+		var out []nftables.SetElement
+		for _, p := range ps {
+			out = append(out, nftables.SetElement{Key: binaryutil.BigEndian.PutUint16(p)})
+		}
+		return out
+	}
+	set(setTunnels, nftables.TypeIFIndex, nftables.TypeInvalid, false, nil)
+	set(mapTunnelMark, nftables.TypeIFIndex, nftables.TypeMark, true, nil)
+	set(setHTTPPorts, nftables.TypeInetService, nftables.TypeInvalid, false, ports(c.HTTPPorts))
+	set(setTLSPorts, nftables.TypeInetService, nftables.TypeInvalid, false, ports(c.TLSPorts))
+	set(setQUICPorts, nftables.TypeInetService, nftables.TypeInvalid, false, ports(c.QUICPorts))
+
+	add := func(chain, text string, e ...expr.Any) {
+		rs.rules = append(rs.rules, ruleSpec{chain: chain, text: text, exprs: e})
+	}
+	fromTunnel := lookup(setTunnels, rs.sets, false)
+	notFromTunnel := lookup(setTunnels, rs.sets, true)
+	base := c.MarkBase
+	mark := fmt.Sprintf("%#x", base)
+
+	if c.tunnelMode() {
+		// The proxy's upstream connection has the client's 5-tuple. Put it
+		// (both directions) in its own conntrack zone so it does not merge
+		// with the client-side connection. Upstream sockets carry a tunnel
+		// mark (SO_MARK); accepted client-side sockets carry none.
+		add(chainRawPre, fmt.Sprintf("meta l4proto tcp iif @%s socket mark & %#x == %s ct zone set %d", setTunnels, markMask, mark, c.ConntrackZone),
+			cat(l4proto(unix.IPPROTO_TCP), fromTunnel,
+				[]expr.Any{&expr.Socket{Key: expr.SocketKeyMark, Register: 1}},
+				maskEq(base),
+				ctZoneSet(c.ConntrackZone))...)
+		add(chainRawOut, fmt.Sprintf("meta mark & %#x == %s ct zone set %d", markMask, mark, c.ConntrackZone),
+			cat([]expr.Any{&expr.Meta{Key: expr.MetaKeyMARK, Register: 1}}, maskEq(base), ctZoneSet(c.ConntrackZone))...)
+	}
+
+	// Remember the tunnel of every new connection from a tunnel.
+	add(chainMarkPre, fmt.Sprintf("iif @%s ct state new ct mark set iif map @%s", setTunnels, mapTunnelMark),
+		cat(fromTunnel, ctStateNew(), []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIF, Register: 1},
+			&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: mapTunnelMark, SetID: rs.sets[mapTunnelMark].ID},
+			&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
+		})...)
+	// Packets of a tunnel's flow arriving elsewhere (NAT replies on the
+	// egress interface) take the tunnel's mark, which routes them to gwo-*.
+	add(chainMarkPre, fmt.Sprintf("iif != @%s ct mark & %#x == %s ct mark != %s meta mark set ct mark", setTunnels, markMask, mark, mark),
+		cat(notFromTunnel, ctMarkOurs(base), []expr.Any{
+			&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1, SourceRegister: true},
+		})...)
+
+	// TPROXY. Established connections first: a packet that belongs to a
+	// transparent socket (accepted client-side, or upstream in tunnel mode)
+	// is delivered locally by mark.
+	add(chainTProxyPre, fmt.Sprintf("iif @%s meta l4proto tcp socket transparent 1 meta mark set %s counter name %s accept", setTunnels, mark, ctrIntercepted),
+		cat(fromTunnel, l4proto(unix.IPPROTO_TCP), []expr.Any{
+			&expr.Socket{Key: expr.SocketKeyTransparent, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{1}},
+		}, setMark(base), objref(ctrIntercepted), accept())...)
+	for _, l := range []struct {
+		set  string
+		port uint16
+	}{{setHTTPPorts, c.HTTPListenPort}, {setTLSPorts, c.TLSListenPort}} {
+		if len(rs.setVals[l.set]) == 0 {
+			continue
+		}
+		fams := []struct {
+			nfproto byte
+			addr    netip.Addr
+			name    string
+		}{{unix.NFPROTO_IPV4, netip.MustParseAddr("127.0.0.1"), "ip"}}
+		if c.IPv6 {
+			fams = append(fams, struct {
+				nfproto byte
+				addr    netip.Addr
+				name    string
+			}{unix.NFPROTO_IPV6, netip.IPv6Loopback(), "ip6"})
+		}
+		for _, f := range fams {
+			add(chainTProxyPre, fmt.Sprintf("iif @%s meta nfproto %s tcp dport @%s tproxy %s to %s meta mark set %s counter name %s accept",
+				setTunnels, f.name, l.set, f.name, netip.AddrPortFrom(f.addr, l.port), mark, ctrIntercepted),
+				cat(fromTunnel, nfproto(f.nfproto), l4proto(unix.IPPROTO_TCP), tcpDport(), lookup(l.set, rs.sets, false), []expr.Any{
+					&expr.Immediate{Register: 1, Data: f.addr.AsSlice()},
+					&expr.Immediate{Register: 2, Data: binaryutil.BigEndian.PutUint16(l.port)},
+					&expr.TProxy{Family: f.nfproto, TableFamily: byte(nftables.TableFamilyINet), RegAddr: 1, RegPort: 2},
+				}, setMark(base), objref(ctrIntercepted), accept())...)
+		}
+		// Fail closed: an intercepted port whose listener is missing must
+		// not be forwarded uninspected.
+		add(chainTProxyPre, fmt.Sprintf("iif @%s meta l4proto tcp tcp dport @%s counter name %s drop", setTunnels, l.set, ctrInterceptFail),
+			cat(fromTunnel, l4proto(unix.IPPROTO_TCP), tcpDport(), lookup(l.set, rs.sets, false), objref(ctrInterceptFail), drop())...)
+	}
+
+	// Replies of the proxy (and ICMP errors about forwarded packets) get
+	// their connection's tunnel mark. A route chain, so the new mark causes
+	// a new route lookup (fwmark rule -> the tunnel's table -> gwo-*).
+	add(chainRouteOut, fmt.Sprintf("meta mark 0 ct mark & %#x == %s ct mark != %s meta mark set ct mark", markMask, mark, mark),
+		cat([]expr.Any{
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: native32(0)},
+		}, ctMarkOurs(base), []expr.Any{
+			&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1, SourceRegister: true},
+		})...)
+
+	// Input: from a tunnel only what TPROXY handed over; nobody reaches the
+	// listener ports directly (not even from loopback).
+	add(chainFilterIn, fmt.Sprintf("iif @%s meta mark != %s counter name %s drop", setTunnels, mark, ctrLocalDropped),
+		cat(fromTunnel, []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: native32(base)},
+		}, objref(ctrLocalDropped), drop())...)
+	for _, p := range []uint16{c.HTTPListenPort, c.TLSListenPort} {
+		add(chainFilterIn, fmt.Sprintf("meta l4proto tcp tcp dport %d meta mark != %s counter name %s reject with tcp reset", p, mark, ctrDirectRefused),
+			cat(l4proto(unix.IPPROTO_TCP), tcpDport(), []expr.Any{
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(p)},
+				&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: native32(base)},
+			}, objref(ctrDirectRefused), []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}})...)
+	}
+
+	// Forward guards.
+	if c.DropQUIC && len(c.QUICPorts) > 0 {
+		add(chainFilterFwd, fmt.Sprintf("iif @%s meta l4proto udp udp dport @%s counter name %s drop", setTunnels, setQUICPorts, ctrQUICDropped),
+			cat(fromTunnel, l4proto(unix.IPPROTO_UDP), tcpDport(), lookup(setQUICPorts, rs.sets, false), objref(ctrQUICDropped), drop())...)
+	}
+	for _, p := range guardPrefixes {
+		if p.Addr().Is6() && !c.IPv6 {
+			continue
+		}
+		fam, name := byte(unix.NFPROTO_IPV4), "ip"
+		off := uint32(16)
+		if p.Addr().Is6() {
+			fam, name, off = unix.NFPROTO_IPV6, "ip6", 24
+		}
+		n := uint32(p.Addr().BitLen() / 8)
+		maskBytes := prefixMask(p)
+		add(chainFilterFwd, fmt.Sprintf("iif @%s %s daddr %s counter name %s drop", setTunnels, name, p, ctrGuardDropped),
+			cat(fromTunnel, nfproto(fam), []expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: n, Mask: maskBytes, Xor: make([]byte, n)},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p.Masked().Addr().AsSlice()},
+			}, objref(ctrGuardDropped), drop())...)
+	}
+	add(chainFilterFwd, fmt.Sprintf("iif @%s counter name %s accept", setTunnels, ctrForwarded),
+		cat(fromTunnel, objref(ctrForwarded), accept())...)
+
+	if !c.tunnelMode() {
+		add(chainNATPost, fmt.Sprintf("oifname %q ct mark & %#x == %s ct mark != %s masquerade", egress, markMask, mark, mark),
+			cat([]expr.Any{
+				&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(egress)},
+			}, ctMarkOurs(base), []expr.Any{&expr.Masq{}})...)
+	}
+	return rs
+}
+
+// install queues the whole table on conn: the stale table of an earlier run
+// is deleted and the new one created in the same batch, so the switch is
+// atomic when the caller flushes.
+func (rs *ruleset) install(conn *nftables.Conn) error {
+	conn.AddTable(rs.table) // no-op if it exists; makes the delete below valid
+	conn.DelTable(rs.table)
+	conn.AddTable(rs.table)
+	for _, n := range counterNames {
+		conn.AddObj(&nftables.NamedObj{Table: rs.table, Name: n, Type: nftables.ObjTypeCounter, Obj: &expr.Counter{}})
+	}
+	for _, name := range []string{setTunnels, mapTunnelMark, setHTTPPorts, setTLSPorts, setQUICPorts} {
+		if err := conn.AddSet(rs.sets[name], rs.setVals[name]); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	for _, n := range rs.order {
+		conn.AddChain(rs.chains[n])
+	}
+	for _, r := range rs.rules {
+		conn.AddRule(&nftables.Rule{Table: rs.table, Chain: rs.chains[r.chain], Exprs: r.exprs})
+	}
+	return nil
+}
+
+func cat(parts ...[]expr.Any) []expr.Any {
+	var out []expr.Any
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+func native32(v uint32) []byte { return binaryutil.NativeEndian.PutUint32(v) }
+
+func ifname(n string) []byte {
+	b := make([]byte, 16)
+	copy(b, n)
+	return b
+}
+
+func lookup(name string, sets map[string]*nftables.Set, invert bool) []expr.Any {
+	k := expr.MetaKeyIIF
+	load := []expr.Any{}
+	switch name {
+	case setTunnels:
+		load = append(load, &expr.Meta{Key: k, Register: 1})
+	}
+	return append(load, &expr.Lookup{SourceRegister: 1, SetName: name, SetID: sets[name].ID, Invert: invert})
+}
+
+func l4proto(p byte) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p}},
+	}
+}
+
+func nfproto(p byte) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p}},
+	}
+}
+
+// tcpDport loads the destination port (TCP and UDP share the offset).
+func tcpDport() []expr.Any {
+	return []expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}}
+}
+
+// maskEq compares register 1 & markMask with base.
+func maskEq(base uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(markMask), Xor: native32(0)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: native32(base)},
+	}
+}
+
+// ctMarkOurs matches ct mark in base+1..base+0xffff (a tunnel mark).
+func ctMarkOurs(base uint32) []expr.Any {
+	return cat([]expr.Any{&expr.Ct{Key: expr.CtKeyMARK, Register: 1}}, maskEq(base), []expr.Any{
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: native32(base)},
+	})
+}
+
+func ctStateNew() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(expr.CtStateBitNEW), Xor: native32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: native32(0)},
+	}
+}
+
+func ctZoneSet(zone uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Immediate{Register: 1, Data: binaryutil.NativeEndian.PutUint16(zone)},
+		&expr.Ct{Key: expr.CtKeyZONE, Register: 1, SourceRegister: true},
+	}
+}
+
+func setMark(m uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Immediate{Register: 1, Data: native32(m)},
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1, SourceRegister: true},
+	}
+}
+
+func objref(name string) []expr.Any {
+	return []expr.Any{&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: name}}
+}
+
+func accept() []expr.Any { return []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}} }
+func drop() []expr.Any   { return []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}} }
+
+func prefixMask(p netip.Prefix) []byte {
+	n := p.Addr().BitLen() / 8
+	b := make([]byte, n)
+	bits := p.Bits()
+	for i := range b {
+		switch {
+		case bits >= 8:
+			b[i] = 0xff
+			bits -= 8
+		case bits > 0:
+			b[i] = byte(0xff << (8 - bits))
+			bits = 0
+		}
+	}
+	return b
+}
+
+// elemIfIndex is a set key for an interface index (host byte order).
+func elemIfIndex(idx int) []byte {
+	b := make([]byte, 4)
+	binary.NativeEndian.PutUint32(b, uint32(idx))
+	return b
+}

@@ -1,0 +1,438 @@
+package steer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/gwlbproxy/gwlbproxy/tunnel"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+var _ tunnel.Observer = (*Steerer)(nil)
+
+// Steerer owns the nftables table, policy routing and sysctls that steer
+// tunnel traffic into the proxy and replies back into the right tunnel.
+type Steerer struct {
+	cfg Config
+	log *slog.Logger
+	ns  nsExec
+
+	mu         sync.Mutex // serialises nft batches and routing changes; guards below
+	nft        *nftables.Conn
+	nl         *netlink.Handle
+	rs         *ruleset
+	loIndex    int
+	egress     string
+	pairs      map[uint16]tunnel.Pair
+	addrMu     sync.Mutex // guards localAddrs only (read on every dial)
+	localAddrs map[netip.Addr]struct{}
+	started    bool
+	closed     bool
+	cancel     context.CancelFunc
+	done       chan struct{}
+
+	ct          atomic.Pointer[ctLookup]
+	reasserts   atomic.Uint64
+	lastErr     atomic.Pointer[string]
+	pairErrors  atomic.Uint64
+	sysctlFails atomic.Uint64
+}
+
+// New validates cfg and prepares a Steerer; nothing is changed in the
+// kernel before Start. reg may be nil.
+func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Steerer, error) {
+	return newSteerer(cfg, log, reg, -1)
+}
+
+func newSteerer(cfg Config, log *slog.Logger, reg prometheus.Registerer, nsFd int) (*Steerer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cfg.HTTPPorts = append([]uint16(nil), cfg.HTTPPorts...)
+	cfg.TLSPorts = append([]uint16(nil), cfg.TLSPorts...)
+	cfg.QUICPorts = append([]uint16(nil), cfg.QUICPorts...)
+	s := &Steerer{
+		cfg:        cfg,
+		log:        log.With("component", "steer"),
+		ns:         nsExec{fd: nsFd},
+		pairs:      map[uint16]tunnel.Pair{},
+		localAddrs: map[netip.Addr]struct{}{},
+	}
+	if reg != nil {
+		if err := reg.Register(&collector{s: s}); err != nil {
+			return nil, fmt.Errorf("steer metrics: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Start installs the table, base rules and routes and sysctls, and starts
+// re-asserting the sysctls every sysctl_interval until Close or ctx ends.
+func (s *Steerer) Start(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return errors.New("steer: already started")
+	}
+	if err := s.open(); err != nil {
+		return err
+	}
+	lo, err := s.nl.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("steer: lo: %w", err)
+	}
+	s.loIndex = lo.Attrs().Index
+	if !s.cfg.tunnelMode() {
+		s.egress = s.cfg.EgressInterface
+		if s.egress == "" {
+			if s.egress, err = s.defaultRouteInterface(); err != nil {
+				return fmt.Errorf("steer: egress_interface not set and %w", err)
+			}
+		}
+	}
+	if _, err := s.applySysctls(s.baseSysctls()); err != nil {
+		return fmt.Errorf("steer: %w", err)
+	}
+	// Leftovers of a crashed run: rules/routes in our range go; the table
+	// is replaced atomically below.
+	if err := s.sweepRouting(); err != nil {
+		s.log.Warn("removing stale routing", "err", err)
+	}
+	s.rs = s.buildRuleset(s.egress)
+	if err := s.rs.install(s.nft); err != nil {
+		return fmt.Errorf("steer: nftables: %w", err)
+	}
+	if err := s.nft.Flush(); err != nil {
+		return fmt.Errorf("steer: nftables table %s: %w", s.cfg.TableName, err)
+	}
+	rules, routes := s.baseRoutes()
+	if err := s.addRouting(rules, routes); err != nil {
+		return fmt.Errorf("steer: %w", err)
+	}
+	s.refreshLocalAddrs()
+	if s.cfg.DisableSourceDestCheck {
+		if err := disableSourceDestCheckDefault(ctx, s.cfg, s.log); err != nil {
+			return fmt.Errorf("steer: disable_source_dest_check: %w", err)
+		}
+	}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	s.done = make(chan struct{})
+	go s.reassert(rctx, ctx.Done())
+	s.started = true
+	s.log.Info("steering installed", "table", s.cfg.TableName, "mode", s.cfg.EgressMode, "egress", s.egress)
+	return nil
+}
+
+func (s *Steerer) open() error {
+	var opts []nftables.ConnOption
+	var err error
+	if s.ns.fd >= 0 {
+		opts = append(opts, nftables.WithNetNSFd(s.ns.fd))
+		s.nl, err = netlink.NewHandleAt(netns.NsHandle(s.ns.fd))
+	} else {
+		s.nl, err = netlink.NewHandle()
+	}
+	if err != nil {
+		return fmt.Errorf("steer: netlink: %w", err)
+	}
+	opts = append(opts, nftables.AsLasting())
+	if s.nft, err = nftables.New(opts...); err != nil {
+		return fmt.Errorf("steer: nftables: %w", err)
+	}
+	ct, err := dialConntrack(s.ns)
+	if err != nil {
+		return fmt.Errorf("steer: %w", err)
+	}
+	s.ct.Store(ct)
+	return nil
+}
+
+// reassert re-applies the sysctls (systemd-sysctl resets them after boot)
+// and refreshes the list of the appliance's own addresses.
+func (s *Steerer) reassert(ctx context.Context, parent <-chan struct{}) {
+	defer close(s.done)
+	t := time.NewTicker(s.cfg.SysctlInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-parent:
+			return
+		case <-t.C:
+		}
+		list := s.baseSysctls()
+		s.mu.Lock()
+		for _, p := range s.pairs {
+			list = append(list, pairSysctls(p.In, p.Out)...)
+		}
+		s.mu.Unlock()
+		n, err := s.applySysctls(list)
+		if err != nil {
+			s.sysctlFails.Add(1)
+			msg := err.Error()
+			s.lastErr.Store(&msg)
+			s.log.Warn("re-asserting sysctls", "err", err)
+		} else {
+			s.lastErr.Store(nil)
+		}
+		if n > 0 {
+			s.reasserts.Add(uint64(n))
+			s.log.Warn("sysctls had been reset; re-asserted", "count", n)
+		}
+		s.refreshLocalAddrs()
+	}
+}
+
+func (s *Steerer) refreshLocalAddrs() {
+	addrs, err := s.nl.AddrList(nil, unix.AF_UNSPEC)
+	if err != nil {
+		s.log.Warn("listing local addresses", "err", err)
+		return
+	}
+	m := make(map[netip.Addr]struct{}, len(addrs))
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok {
+			m[ip.Unmap()] = struct{}{}
+		}
+	}
+	s.addrMu.Lock()
+	s.localAddrs = m
+	s.addrMu.Unlock()
+}
+
+// PairUp adds the tunnel's routing table, rules, sysctls and set elements.
+func (s *Steerer) PairUp(ctx context.Context, p tunnel.Pair) error {
+	if err := s.pairUp(p); err != nil {
+		s.pairErrors.Add(1)
+		return fmt.Errorf("steer: pair %s/%s: %w", p.In, p.Out, err)
+	}
+	s.log.Info("tunnel steered", "in", p.In, "out", p.Out, "slot", p.Slot, "endpoint", fmt.Sprintf("%017x", p.EndpointID))
+	return nil
+}
+
+func (s *Steerer) pairUp(p tunnel.Pair) error {
+	if p.Slot == 0 {
+		return errors.New("slot 0")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.started || s.closed {
+		return errors.New("steerer not running")
+	}
+	if old, ok := s.pairs[p.Slot]; ok && old != p {
+		return fmt.Errorf("slot %d already used by %s", p.Slot, old.In)
+	}
+	if _, err := s.applySysctls(pairSysctls(p.In, p.Out)); err != nil {
+		return err
+	}
+	rules, routes := s.pairRoutes(p)
+	if err := s.addRouting(rules, routes); err != nil {
+		_ = s.delRouting(rules, routes)
+		return err
+	}
+	// Elements last: only once the route exists do packets get the mark.
+	if err := s.nft.SetAddElements(s.rs.sets[setTunnels], []nftables.SetElement{{Key: elemIfIndex(p.InIndex)}}); err != nil {
+		return err
+	}
+	if err := s.nft.SetAddElements(s.rs.sets[mapTunnelMark], []nftables.SetElement{{Key: elemIfIndex(p.InIndex), Val: native32(s.cfg.tunnelMark(p.Slot))}}); err != nil {
+		return err
+	}
+	if err := s.nft.Flush(); err != nil {
+		_ = s.delRouting(rules, routes)
+		return fmt.Errorf("nftables elements: %w", err)
+	}
+	s.pairs[p.Slot] = p
+	return nil
+}
+
+// PairDown removes what PairUp added.
+func (s *Steerer) PairDown(ctx context.Context, p tunnel.Pair) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.started || s.closed {
+		return nil
+	}
+	var errs []error
+	if _, ok := s.pairs[p.Slot]; ok {
+		set, m := s.rs.sets[setTunnels], s.rs.sets[mapTunnelMark]
+		if err := s.nft.SetDeleteElements(set, []nftables.SetElement{{Key: elemIfIndex(p.InIndex)}}); err != nil {
+			errs = append(errs, err)
+		}
+		if err := s.nft.SetDeleteElements(m, []nftables.SetElement{{Key: elemIfIndex(p.InIndex)}}); err != nil {
+			errs = append(errs, err)
+		}
+		if err := s.nft.Flush(); err != nil {
+			errs = append(errs, fmt.Errorf("nftables elements: %w", err))
+		}
+	}
+	rules, routes := s.pairRoutes(p)
+	if err := s.delRouting(rules, routes); err != nil {
+		errs = append(errs, err)
+	}
+	delete(s.pairs, p.Slot)
+	if err := errors.Join(errs...); err != nil {
+		s.pairErrors.Add(1)
+		return fmt.Errorf("steer: pair %s/%s down: %w", p.In, p.Out, err)
+	}
+	s.log.Info("tunnel unsteered", "in", p.In, "slot", p.Slot)
+	return nil
+}
+
+// Close removes the table, every ip rule and route in our table range. It
+// restores nothing else (sysctls stay as set: other tunnels' hosts may rely
+// on forwarding).
+func (s *Steerer) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	cancel, done := s.cancel, s.done
+	s.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	if s.nft != nil && s.started {
+		s.nft.DelTable(&nftables.Table{Name: s.cfg.TableName, Family: nftables.TableFamilyINet})
+		if err := s.nft.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("delete table %s: %w", s.cfg.TableName, err))
+		}
+	}
+	if s.nl != nil {
+		if s.started {
+			if err := s.sweepRouting(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		s.nl.Close()
+	}
+	if s.nft != nil {
+		errs = append(errs, s.nft.CloseLasting())
+	}
+	if ct := s.ct.Swap(nil); ct != nil {
+		errs = append(errs, ct.Close())
+	}
+	s.pairs = map[uint16]tunnel.Pair{}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("steer: close: %w", err)
+	}
+	return nil
+}
+
+// Health is nil while the table is installed and the last sysctl pass
+// succeeded.
+func (s *Steerer) Health() error {
+	s.mu.Lock()
+	started, closed := s.started, s.closed
+	s.mu.Unlock()
+	if !started || closed {
+		return errors.New("steer: not running")
+	}
+	if _, err := s.nft.ListTableOfFamily(s.cfg.TableName, nftables.TableFamilyINet); err != nil {
+		return fmt.Errorf("steer: table %s: %w", s.cfg.TableName, err)
+	}
+	if e := s.lastErr.Load(); e != nil {
+		return fmt.Errorf("steer: %s", *e)
+	}
+	return nil
+}
+
+// Counter is one nftables counter.
+type Counter struct {
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+// Stats is the JSON-able state of steering.
+type Stats struct {
+	Mode             string             `json:"mode"`
+	Egress           string             `json:"egress,omitempty"`
+	Tunnels          int                `json:"tunnels"`
+	Counters         map[string]Counter `json:"counters"`
+	SysctlReasserted uint64             `json:"sysctl_reasserted"`
+	SysctlFailures   uint64             `json:"sysctl_failures"`
+	PairErrors       uint64             `json:"pair_errors"`
+}
+
+// Stats reads the counter objects from the kernel.
+func (s *Steerer) Stats() Stats {
+	s.mu.Lock()
+	st := Stats{Mode: s.cfg.EgressMode, Egress: s.egress, Tunnels: len(s.pairs)}
+	running := s.started && !s.closed
+	s.mu.Unlock()
+	st.SysctlReasserted = s.reasserts.Load()
+	st.SysctlFailures = s.sysctlFails.Load()
+	st.PairErrors = s.pairErrors.Load()
+	if running {
+		st.Counters, _ = s.counters()
+	}
+	return st
+}
+
+func (s *Steerer) counters() (map[string]Counter, error) {
+	objs, err := s.nft.GetNamedObjects(&nftables.Table{Name: s.cfg.TableName, Family: nftables.TableFamilyINet})
+	if err != nil {
+		return nil, fmt.Errorf("steer: counters: %w", err)
+	}
+	out := make(map[string]Counter, len(objs))
+	for _, o := range objs {
+		no, ok := o.(*nftables.NamedObj)
+		if !ok {
+			continue
+		}
+		if c, ok := no.Obj.(*expr.Counter); ok {
+			out[no.Name] = Counter{Packets: c.Packets, Bytes: c.Bytes}
+		}
+	}
+	return out, nil
+}
+
+// collector exports the nft counters and steering state to Prometheus,
+// reading the kernel at scrape time.
+type collector struct{ s *Steerer }
+
+var (
+	descPackets   = prometheus.NewDesc("gwlbproxy_steer_packets_total", "Packets counted by the steering nftables table.", []string{"counter"}, nil)
+	descBytes     = prometheus.NewDesc("gwlbproxy_steer_bytes_total", "Bytes counted by the steering nftables table.", []string{"counter"}, nil)
+	descTunnels   = prometheus.NewDesc("gwlbproxy_steer_tunnels", "Tunnel pairs currently steered.", nil, nil)
+	descReasserts = prometheus.NewDesc("gwlbproxy_steer_sysctl_reasserted_total", "Sysctl values found reset and written again.", nil, nil)
+	descPairErrs  = prometheus.NewDesc("gwlbproxy_steer_pair_errors_total", "Failed PairUp/PairDown calls.", nil, nil)
+)
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descPackets, descBytes, descTunnels, descReasserts, descPairErrs} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	st := c.s.Stats()
+	for name, v := range st.Counters {
+		ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(v.Packets), name)
+		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(v.Bytes), name)
+	}
+	ch <- prometheus.MustNewConstMetric(descTunnels, prometheus.GaugeValue, float64(st.Tunnels))
+	ch <- prometheus.MustNewConstMetric(descReasserts, prometheus.CounterValue, float64(st.SysctlReasserted))
+	ch <- prometheus.MustNewConstMetric(descPairErrs, prometheus.CounterValue, float64(st.PairErrors))
+}
