@@ -29,6 +29,7 @@ func commands() map[string]command {
 		"check":   {"validate a config file and print the effective config", cmdCheck},
 		"version": {"print the version", cmdVersion},
 		"ca":      {"create or export the appliance CA", cmdCA},
+		"bench":   {"run benchmarks that print figures (root)", cmdBench},
 	}
 }
 

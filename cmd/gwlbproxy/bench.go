@@ -1,0 +1,70 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/proxybench"
+)
+
+// cmdBench dispatches the benchmarks. Each prints its figures; none is run
+// by CI (they need root, namespaces and, for proxy, Squid).
+func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	benchUsage := func(w io.Writer) {
+		fmt.Fprintf(w, "usage: gwlbproxy bench <benchmark> [flags]\n\nbenchmarks:\n")
+		fmt.Fprintf(w, "  proxy    gwlbproxy vs Squid ssl-bump: bumped HTTPS, new connection per request and keep-alive (root)\n")
+	}
+	if len(args) == 0 {
+		benchUsage(stderr)
+		return errUsage
+	}
+	switch args[0] {
+	case "proxy":
+		return cmdBenchProxy(ctx, args[1:], stdout, stderr)
+	case "proxy-server": // hidden: the proxy under test, started by "bench proxy"
+		return proxybench.ServerMain(ctx, args[1:], stdout, stderr)
+	case "-h", "--help", "help":
+		benchUsage(stdout)
+		return nil
+	}
+	fmt.Fprintf(stderr, "gwlbproxy bench: unknown benchmark %q\n", args[0])
+	benchUsage(stderr)
+	return errUsage
+}
+
+func cmdBenchProxy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	d := proxybench.DefaultConfig()
+	fs := newFlags("bench proxy", "bench proxy [flags]", stderr)
+	fs.IntVar(&d.Conns, "conns", d.Conns, "concurrent client connections")
+	fs.DurationVar(&d.Duration, "duration", d.Duration, "measured time per proxy and scenario")
+	fs.DurationVar(&d.Warmup, "warmup", d.Warmup, "warm-up before each measurement")
+	fs.IntVar(&d.BodySize, "body", d.BodySize, "upstream response body bytes")
+	fs.StringVar(&d.Squid, "squid", d.Squid, `Squid binary ("" skips Squid)`)
+	fs.StringVar(&d.Certgen, "certgen", d.Certgen, "Squid's security_file_certgen")
+	fs.BoolVar(&d.Baseline, "baseline", d.Baseline, "also measure without a proxy")
+	fs.IntVar(&d.ProxyCPU, "proxy-cpu", d.ProxyCPU, "CPU the proxy under test is pinned to")
+	fs.IntVar(&d.ClientCPU, "client-cpu", d.ClientCPU, "CPU the client and upstream are pinned to")
+	fs.StringVar(&d.Profile, "cpuprofile", "", "write gwlbproxy's CPU profile (pprof) to this file")
+	fs.StringVar(&d.Dir, "dir", "", "keep CA, configs and logs in this directory (default: temporary)")
+	verbose := fs.Bool("v", false, "log progress to stderr")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	d.ServerCommand = []string{exe, "bench", "proxy-server"}
+	if *verbose {
+		d.Log = slog.New(slog.NewTextHandler(stderr, nil))
+	}
+	res, err := proxybench.Run(ctx, d)
+	if err != nil {
+		return err
+	}
+	res.WriteTable(stdout)
+	return nil
+}

@@ -1,0 +1,392 @@
+package proxybench
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gwlbproxy/gwlbproxy/ca"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/nsexec"
+)
+
+// Config configures Run. DefaultConfig fills every field.
+type Config struct {
+	// Conns is the number of concurrent client connections.
+	Conns int
+	// Duration of each measured scenario; Warmup runs before each.
+	Duration, Warmup time.Duration
+	// BodySize is the upstream response body in bytes.
+	BodySize int
+	// Host is the name the client asks for (SNI and Host header).
+	Host string
+	// ServerCommand starts the gwlbproxy proxy server (ServerMain) when its
+	// flags are appended: normally the gwlbproxy binary with "bench",
+	// "proxy-server". It runs in the router namespace through nsexec.
+	ServerCommand []string
+	// Squid and Certgen are Squid's binaries. Squid "" skips Squid.
+	Squid, Certgen string
+	// Baseline adds the no-proxy rows.
+	Baseline bool
+	// ProxyCPU is the core each proxy is pinned to; the client and the
+	// upstream (this process) are pinned to ClientCPU.
+	ProxyCPU, ClientCPU int
+	// Profile, when set, is a file gwlbproxy writes a CPU profile of its
+	// whole run to (pprof format).
+	Profile string
+	// Dir keeps the run's files (CA, configs, logs) there; "" uses a
+	// temporary directory removed at the end.
+	Dir string
+	// Log receives progress; nil discards.
+	Log *slog.Logger
+}
+
+// DefaultConfig returns the defaults: 16 connections, 10 s per scenario
+// after 2 s of warm-up, 1 KiB responses, Squid from squid-openssl.
+func DefaultConfig() Config {
+	return Config{
+		Conns: 16, Duration: 10 * time.Second, Warmup: 2 * time.Second, BodySize: 1024,
+		Host: "bench.test", Squid: DefaultSquid, Certgen: DefaultCertgen, Baseline: true,
+		ProxyCPU: 1, ClientCPU: 0,
+	}
+}
+
+// Scenario names.
+const (
+	NewConn   = "new-conn"
+	KeepAlive = "keep-alive"
+)
+
+// Row is one proxy in one scenario.
+type Row struct {
+	Proxy     string        `json:"proxy"` // "none", "gwlbproxy", "squid"
+	Scenario  string        `json:"scenario"`
+	Requests  int           `json:"requests"`
+	Errors    int           `json:"errors"`
+	FirstErr  string        `json:"first_error,omitempty"`
+	Elapsed   time.Duration `json:"elapsed"`
+	RPS       float64       `json:"requests_per_second"`
+	P50       time.Duration `json:"p50"`
+	P99       time.Duration `json:"p99"`
+	ProxyCPU  time.Duration `json:"proxy_cpu"`  // user+system of the proxy's processes
+	ClientCPU time.Duration `json:"client_cpu"` // client + upstream (this process)
+}
+
+// PerCPUSecond is requests per CPU-second of the proxy (0 without a proxy).
+func (r Row) PerCPUSecond() float64 {
+	if r.ProxyCPU <= 0 {
+		return 0
+	}
+	return float64(r.Requests) / r.ProxyCPU.Seconds()
+}
+
+// Result is a whole run.
+type Result struct {
+	Config Config
+	Rows   []Row
+	// LogLines counts the lines each proxy wrote to its request log
+	// (gwlbproxy records, Squid access.log) over the run, warm-up included;
+	// Sent counts the requests the client completed through it.
+	LogLines, Sent map[string]int
+}
+
+// Find returns the row for proxy and scenario.
+func (r *Result) Find(proxyName, scenario string) (Row, bool) {
+	for _, x := range r.Rows {
+		if x.Proxy == proxyName && x.Scenario == scenario {
+			return x, true
+		}
+	}
+	return Row{}, false
+}
+
+// Run builds the namespaces, runs every scenario against no proxy,
+// gwlbproxy and Squid in turn, and tears everything down.
+func Run(ctx context.Context, cfg Config) (res Result, err error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	res = Result{Config: cfg, LogLines: map[string]int{}, Sent: map[string]int{}}
+	if os.Geteuid() != 0 {
+		return res, errors.New("needs root: it creates network namespaces, nftables rules and policy routes")
+	}
+	if cfg.Conns < 1 || cfg.Duration <= 0 || cfg.Warmup < 0 || cfg.BodySize < 0 {
+		return res, fmt.Errorf("conns, duration, warm-up or body size out of range")
+	}
+	if len(cfg.ServerCommand) == 0 {
+		return res, errors.New("no command for the gwlbproxy proxy server")
+	}
+	if cfg.Squid != "" {
+		for _, f := range []string{cfg.Squid, cfg.Certgen} {
+			if _, err := os.Stat(f); err != nil {
+				return res, fmt.Errorf("%s missing (install Squid with ssl-bump: apt-get install -y squid-openssl), or run without Squid: %w", f, err)
+			}
+		}
+	}
+	if cfg.ProxyCPU == cfg.ClientCPU {
+		return res, fmt.Errorf("proxy and client must be on different CPUs (both %d)", cfg.ProxyCPU)
+	}
+
+	dir := cfg.Dir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "proxybench-"); err != nil {
+			return res, err
+		}
+		defer os.RemoveAll(dir)
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		return res, err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil { // Squid's user needs to reach its subdirectory
+		return res, err
+	}
+	bumpDir, upDir := filepath.Join(dir, "bump-ca"), filepath.Join(dir, "upstream-ca")
+	for _, d := range []string{bumpDir, upDir} {
+		os.RemoveAll(d)
+		if err := ca.Init(d, ca.InitOptions{CommonName: "proxybench " + filepath.Base(d)}); err != nil {
+			return res, err
+		}
+	}
+	bumpCert, bumpKey := filepath.Join(bumpDir, ca.CertFileName), filepath.Join(bumpDir, ca.KeyFileName)
+	upCA := filepath.Join(upDir, ca.CertFileName)
+	bumpRoots, err := pool(bumpCert)
+	if err != nil {
+		return res, err
+	}
+	upRoots, err := pool(upCA)
+	if err != nil {
+		return res, err
+	}
+
+	// This process is the client and the upstream: pin all its threads
+	// (new ones inherit) to the client core.
+	if err := pinTree(os.Getpid(), cfg.ClientCPU); err != nil {
+		return res, err
+	}
+
+	t, err := newTopology("pb")
+	if err != nil {
+		return res, err
+	}
+	defer func() { err = errors.Join(err, t.close()) }()
+	up, err := startUpstream(t, upDir, cfg.Host, cfg.BodySize)
+	if err != nil {
+		return res, err
+	}
+	defer up.close()
+
+	dst := netip.AddrPortFrom(upstreamAddr, 443)
+	scenarios := func(name string, roots *x509.CertPool, p *proc) error {
+		for _, keep := range []bool{false, true} {
+			l := &load{ns: t.client, dst: dst, host: cfg.Host, roots: roots, conns: cfg.Conns, keepAlive: keep, bodyLen: int64(cfg.BodySize)}
+			scen := NewConn
+			if keep {
+				scen = KeepAlive
+			}
+			if cfg.Warmup > 0 {
+				w := l.run(ctx, cfg.Warmup)
+				res.Sent[name] += w.Requests
+				if w.Requests == 0 {
+					return fmt.Errorf("%s %s: warm-up completed no request: %s", name, scen, w.FirstErr)
+				}
+			}
+			if p != nil {
+				if err := pinTree(p.pid(), cfg.ProxyCPU); err != nil {
+					return err
+				}
+			}
+			cfg.Log.Info("measuring", "proxy", name, "scenario", scen)
+			var c0 time.Duration
+			if p != nil {
+				c0 = cpuTime(p.pid())
+			}
+			s0 := selfCPU()
+			r := l.run(ctx, cfg.Duration)
+			row := Row{
+				Proxy: name, Scenario: scen, Requests: r.Requests, Errors: r.Errors, FirstErr: r.FirstErr,
+				Elapsed: r.Elapsed, RPS: r.rate(), P50: r.pct(0.50), P99: r.pct(0.99),
+				ClientCPU: selfCPU() - s0,
+			}
+			if p != nil {
+				row.ProxyCPU = cpuTime(p.pid()) - c0
+				if p.exited() {
+					return fmt.Errorf("%s exited during the run: %v", name, p.exitErr())
+				}
+			}
+			res.Sent[name] += r.Requests
+			res.Rows = append(res.Rows, row)
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+
+	if cfg.Baseline {
+		if err := t.setTProxy(0); err != nil {
+			return res, err
+		}
+		if err := scenarios("none", upRoots, nil); err != nil {
+			return res, err
+		}
+	}
+
+	// gwlbproxy.
+	const gwPort, squidPort = 3443, 3130
+	records := filepath.Join(dir, "gwlbproxy-records.jsonl")
+	os.Remove(records)
+	args := append(append([]string{}, cfg.ServerCommand[1:]...),
+		"--listen", netip.AddrPortFrom(loopback, gwPort).String(),
+		"--ca-cert", bumpCert, "--ca-key", bumpKey, "--upstream-ca", upCA, "--records", records)
+	if cfg.Profile != "" {
+		args = append(args, "--cpuprofile", cfg.Profile)
+	}
+	cmd := nsexec.Command(t.router.name, cfg.ServerCommand[0], args...)
+	cmd.Env = append(cmd.Env, "GOMAXPROCS=1")
+	if err := runProxy(ctx, cfg, t, "gwlbproxy", cmd, gwPort, bumpRoots, scenarios); err != nil {
+		return res, err
+	}
+	res.LogLines["gwlbproxy"] = countLines(records)
+
+	if cfg.Squid != "" {
+		sdir := filepath.Join(dir, "squid")
+		os.RemoveAll(sdir)
+		cmd, err := prepareSquid(&cfg, t, sdir, squidPort, bumpCert, bumpKey, upCA)
+		if err != nil {
+			return res, err
+		}
+		if err := runProxy(ctx, cfg, t, "squid", cmd, squidPort, bumpRoots, scenarios); err != nil {
+			return res, fmt.Errorf("%w\ncache.log: %s", err, tail(readFile(filepath.Join(sdir, "cache.log")), 3000))
+		}
+		res.LogLines["squid"] = countLines(filepath.Join(sdir, "access.log"))
+	}
+	return res, nil
+}
+
+// runProxy starts a proxy, waits for its listener, points TPROXY at it,
+// runs the scenarios and stops it.
+func runProxy(ctx context.Context, cfg Config, t *topology, name string, cmd *exec.Cmd, port uint16,
+	roots *x509.CertPool, scenarios func(string, *x509.CertPool, *proc) error) (err error) {
+	p, err := startProc(name, cmd)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if serr := p.stop(10 * time.Second); serr != nil && err == nil {
+			err = serr
+		}
+	}()
+	if err := pinTree(p.pid(), cfg.ProxyCPU); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !listening(t.router, port) {
+		if p.exited() {
+			return fmt.Errorf("%s exited before listening: %v\n%s", name, p.exitErr(), tail(p.stderr.String(), 3000))
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not listening on port %d after 30s\n%s", name, port, tail(p.stderr.String(), 3000))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := pinTree(p.pid(), cfg.ProxyCPU); err != nil {
+		return err
+	}
+	if err := t.setTProxy(port); err != nil {
+		return err
+	}
+	defer t.setTProxy(0)
+	cfg.Log.Info("proxy up", "proxy", name, "pid", p.pid())
+	return scenarios(name, roots, p)
+}
+
+func pool(certFile string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, err
+	}
+	p := x509.NewCertPool()
+	if !p.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("%s: no certificate", certFile)
+	}
+	return p, nil
+}
+
+func selfCPU() time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func readFile(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
+}
+
+// WriteTable prints the rows, the gwlbproxy/Squid ratios and the targets.
+func (r *Result) WriteTable(w io.Writer) {
+	c := r.Config
+	fmt.Fprintf(w, "HTTPS through a bumping proxy: %d connections, %v per scenario after %v warm-up, %d-byte responses\n",
+		c.Conns, c.Duration, c.Warmup, c.BodySize)
+	fmt.Fprintf(w, "TLS 1.3 X25519, ECDSA P-256 CA shared by both proxies, full handshakes (no resumption), HTTP/1.1\n")
+	fmt.Fprintf(w, "proxy pinned to CPU %d (gwlbproxy GOMAXPROCS=1, Squid one worker); client + upstream on CPU %d\n\n", c.ProxyCPU, c.ClientCPU)
+	fmt.Fprintf(w, "%-10s %-10s %9s %9s %9s %7s %10s %11s %9s %10s\n",
+		"proxy", "scenario", "requests", "req/s", "p50", "p99", "errors", "proxy CPU", "req/CPU-s", "client CPU")
+	for _, x := range r.Rows {
+		perCPU, pcpu := "-", "-"
+		if x.ProxyCPU > 0 {
+			perCPU = strconv.FormatFloat(x.PerCPUSecond(), 'f', 0, 64)
+			pcpu = fmt.Sprintf("%.2fs %3.0f%%", x.ProxyCPU.Seconds(), 100*x.ProxyCPU.Seconds()/x.Elapsed.Seconds())
+		}
+		fmt.Fprintf(w, "%-10s %-10s %9d %9.0f %9s %9s %7d %10s %11s %3.0f%%\n",
+			x.Proxy, x.Scenario, x.Requests, x.RPS, ms(x.P50), ms(x.P99), x.Errors, pcpu, perCPU,
+			100*x.ClientCPU.Seconds()/x.Elapsed.Seconds())
+	}
+	for _, x := range r.Rows {
+		if x.FirstErr != "" {
+			fmt.Fprintf(w, "first error, %s %s: %s\n", x.Proxy, x.Scenario, x.FirstErr)
+		}
+	}
+	if len(r.LogLines) > 0 {
+		fmt.Fprintf(w, "\nrequest log lines (warm-up included):")
+		for _, n := range []string{"gwlbproxy", "squid"} {
+			if l, ok := r.LogLines[n]; ok {
+				fmt.Fprintf(w, " %s %d for %d requests;", n, l, r.Sent[n])
+			}
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w)
+	for _, s := range []struct {
+		scen   string
+		target float64
+	}{{NewConn, 3}, {KeepAlive, 2}} {
+		g, ok1 := r.Find("gwlbproxy", s.scen)
+		q, ok2 := r.Find("squid", s.scen)
+		if !ok1 || !ok2 || q.RPS == 0 || q.PerCPUSecond() == 0 {
+			continue
+		}
+		ratioCPU := g.PerCPUSecond() / q.PerCPUSecond()
+		verdict := "met"
+		if ratioCPU < s.target {
+			verdict = "NOT met"
+		}
+		fmt.Fprintf(w, "gwlbproxy/squid %-10s req/s %.2fx, req per CPU-second %.2fx, p50 %.2fx lower, p99 %.2fx lower (target >= %.0fx per core: %s)\n",
+			s.scen, g.RPS/q.RPS, ratioCPU, q.P50.Seconds()/g.P50.Seconds(), q.P99.Seconds()/g.P99.Seconds(), s.target, verdict)
+	}
+}
+
+func ms(d time.Duration) string {
+	return strconv.FormatFloat(d.Seconds()*1000, 'f', 2, 64) + "ms"
+}

@@ -1,0 +1,163 @@
+package proxybench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime/pprof"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/ca"
+	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+)
+
+// ServerReady is the line the proxy server prints on stdout once its
+// transparent listener accepts connections.
+const ServerReady = "proxybench: ready"
+
+// ServerMain is the hidden `gwlbproxy bench proxy-server` child: the real
+// proxy (proxy.New, a ca.Minter over the bench CA, an IP_TRANSPARENT
+// listener whose accepted connections carry the original destination as
+// LocalAddr) and nothing else of the appliance. Records go to a file, one
+// JSON object per line through a 64 KiB buffer, as Squid's access.log
+// does. It serves until ctx is done, then shuts down and flushes.
+func ServerMain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("gwlbproxy bench proxy-server", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "127.0.0.1:3443", "transparent TLS listener address")
+	caCert := fs.String("ca-cert", "", "bump CA certificate (PEM)")
+	caKey := fs.String("ca-key", "", "bump CA key (PEM)")
+	upCA := fs.String("upstream-ca", "", "PEM bundle trusted for upstream servers")
+	records := fs.String("records", "", "file the records are appended to (empty: discarded)")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+
+	auth, err := ca.LoadFiles(*caCert, *caKey)
+	if err != nil {
+		return err
+	}
+	minter := ca.NewMinter(auth, ca.MinterOptions{Logger: log}, nil)
+
+	cfg := proxy.DefaultConfig()
+	cfg.Policy.DefaultAction = policy.Allow
+	cfg.Policy.NoSNIAction = "allow"
+	cfg.UpstreamCABundle = *upCA
+	cfg.HTTP2 = false // the load client and Squid speak HTTP/1.1 only
+
+	var rec proxy.Recorder = discard{}
+	var fr *fileRecorder
+	if *records != "" {
+		if fr, err = newFileRecorder(*records); err != nil {
+			return err
+		}
+		rec = fr
+	}
+	px, err := proxy.New(cfg, proxy.Deps{Certs: minter, Recorder: rec, InstanceID: "proxybench"}, log, nil)
+	if err != nil {
+		return err
+	}
+	lc := net.ListenConfig{Control: transparent}
+	l, err := lc.Listen(ctx, "tcp4", *listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", *listen, err)
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
+	served := make(chan error, 1)
+	go func() { served <- px.ServeTLS(l) }()
+	fmt.Fprintln(stdout, ServerReady)
+
+	select {
+	case <-ctx.Done():
+	case err := <-served:
+		return fmt.Errorf("serve: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	serr := px.Shutdown(sctx)
+	if errors.Is(serr, context.DeadlineExceeded) {
+		serr = nil // forced close of idle keep-alive conns is fine here
+	}
+	if fr != nil {
+		serr = errors.Join(serr, fr.Close())
+	}
+	return serr
+}
+
+// transparent sets IP_TRANSPARENT (and SO_REUSEADDR) on the listener so
+// TPROXY may hand it connections addressed to anywhere.
+func transparent(_, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		if serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); serr != nil {
+			return
+		}
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_IP, syscall.IP_TRANSPARENT, 1)
+	})
+	if err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("IP_TRANSPARENT: %w", serr)
+	}
+	return nil
+}
+
+type discard struct{}
+
+func (discard) Ship(time.Time, []byte) error { return nil }
+
+// fileRecorder appends one record per line through a buffer, the way a
+// stdio access log does.
+type fileRecorder struct {
+	mu sync.Mutex
+	f  *os.File
+	w  *bufio.Writer
+}
+
+func newFileRecorder(path string) (*fileRecorder, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("records: %w", err)
+	}
+	return &fileRecorder{f: f, w: bufio.NewWriterSize(f, 64<<10)}, nil
+}
+
+// Ship implements proxy.Recorder.
+func (r *fileRecorder) Ship(_ time.Time, record []byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, err := r.w.Write(record); err != nil {
+		return err
+	}
+	return r.w.WriteByte('\n')
+}
+
+func (r *fileRecorder) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return errors.Join(r.w.Flush(), r.f.Close())
+}
