@@ -30,6 +30,7 @@ func commands() map[string]command {
 		"version": {"print the version", cmdVersion},
 		"ca":      {"create or export the appliance CA", cmdCA},
 		"bench":   {"run benchmarks that print figures (root)", cmdBench},
+		"demo":    {"run the appliance in namespaces with a simulated GWLB and tour it (root)", cmdDemo},
 	}
 }
 

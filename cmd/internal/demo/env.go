@@ -1,0 +1,230 @@
+package demo
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/health"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
+)
+
+// Options configure an Env.
+type Options struct {
+	// Mode is the egress mode, "nat" or "tunnel".
+	Mode string
+	// Binary is the gwlbproxy executable to run as the appliance.
+	Binary string
+	// Dir holds the generated files; empty: a new temporary directory,
+	// removed by Close.
+	Dir string
+	// Prefix starts every namespace name (a random suffix follows).
+	Prefix string
+	// Modify, if set, adjusts the appliance configuration.
+	Modify func(*config.Config)
+	// Progress, if set, is told about each setup step as it starts.
+	Progress func(step string)
+}
+
+// Env is a whole demo deployment: network, files, appliance, clients.
+type Env struct {
+	Opts    Options
+	Net     *Network
+	Files   Files
+	Records *Records
+	App     *Appliance
+	// Clients are the client of VPC A (endpoint A) and of VPC B
+	// (endpoint B); both have the address gwlbsim.ClientAddr.
+	Clients [2]*Client
+	ownDir  bool
+}
+
+// Start builds the network and files and starts the appliance.
+func Start(ctx context.Context, o Options) (_ *Env, err error) {
+	if o.Prefix == "" {
+		o.Prefix = "gd"
+	}
+	if o.Progress == nil {
+		o.Progress = func(string) {}
+	}
+	e := &Env{Opts: o, Records: NewRecords()}
+	defer func() {
+		if err != nil {
+			_ = e.Close()
+		}
+	}()
+	if o.Dir == "" {
+		if o.Dir, err = os.MkdirTemp("", "gwlbproxy-demo-"); err != nil {
+			return nil, err
+		}
+		e.ownDir = true
+		e.Opts.Dir = o.Dir
+	}
+	o.Progress("building network namespaces, GWLB simulator and internet servers")
+	if e.Net, err = NewNetwork(ctx, o.Mode, o.Prefix); err != nil {
+		return nil, err
+	}
+	o.Progress("creating the appliance CA and configuration")
+	if e.Files, err = MakeFiles(o.Dir, o.Mode, e.Net.Internet.CAPEM, o.Modify); err != nil {
+		return nil, err
+	}
+	roots, err := Roots(e.Files.ApplianceCA)
+	if err != nil {
+		return nil, err
+	}
+	roots.AddCert(e.Net.Internet.CACert)
+	for i, name := range []string{"VPC A", "VPC B"} {
+		e.Clients[i] = &Client{Name: name, NS: e.Net.Topo.Endpoints[i].Client, Roots: roots}
+	}
+	o.Progress("starting the appliance (gwlbproxy run) in " + e.Net.Topo.Appliance.Name)
+	if err = e.StartAppliance(ctx); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// StartAppliance starts (or restarts) the appliance and waits for ready.
+func (e *Env) StartAppliance(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	a, err := StartAppliance(ctx, e.Opts.Binary, e.Net.Topo.Appliance.Name, e.Files, e.Records)
+	if err != nil {
+		return err
+	}
+	e.App = a
+	return nil
+}
+
+// Close stops the appliance and removes everything.
+func (e *Env) Close() error {
+	var errs []error
+	if e.App != nil {
+		select {
+		case <-e.App.Done():
+		default:
+			if err := e.App.Stop(15 * time.Second); err != nil {
+				errs = append(errs, fmt.Errorf("appliance: %w", err))
+			}
+		}
+	}
+	if e.Net != nil {
+		errs = append(errs, e.Net.Close())
+	}
+	if e.ownDir && e.Opts.Dir != "" {
+		errs = append(errs, os.RemoveAll(e.Opts.Dir))
+	}
+	return errors.Join(errs...)
+}
+
+// EndpointOf names the endpoint id as records write it.
+func EndpointOf(id uint64) string { return fmt.Sprintf("vpce-%017x", id) }
+
+// applianceHTTP is an http.Client dialling from the appliance namespace
+// (health and metrics listen there).
+func (e *Env) applianceHTTP() *http.Client {
+	ns := e.Net.Topo.Appliance
+	return &http.Client{
+		Timeout: 20 * time.Second,
+		Transport: &http.Transport{
+			DisableKeepAlives: true,
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				var c net.Conn
+				err := ns.Do(func() error {
+					var d net.Dialer
+					var err error
+					c, err = d.DialContext(ctx, network, addr)
+					return err
+				})
+				return c, err
+			},
+		},
+	}
+}
+
+// HealthURL is where the appliance's health check answers.
+func HealthURL() string {
+	return "http://" + netip.AddrPortFrom(gwlbsim.ApplianceAddr, HealthPort).String() + "/"
+}
+
+// Health asks the appliance's health check.
+func (e *Env) Health(ctx context.Context) (int, health.Report, error) {
+	var rep health.Report
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, HealthURL(), nil)
+	if err != nil {
+		return 0, rep, err
+	}
+	resp, err := e.applianceHTTP().Do(req)
+	if err != nil {
+		return 0, rep, err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
+		return resp.StatusCode, rep, fmt.Errorf("health body: %w", err)
+	}
+	return resp.StatusCode, rep, nil
+}
+
+// Metrics scrapes the appliance's Prometheus endpoint into a map from
+// "name{labels}" (as exposed) to value.
+func (e *Env) Metrics(ctx context.Context) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+MetricsAddr+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := e.applianceHTTP().Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("metrics: %s", resp.Status)
+	}
+	return parseMetrics(resp.Body)
+}
+
+func parseMetrics(r io.Reader) (map[string]float64, error) {
+	m := map[string]float64{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		m[line[:i]] = v
+	}
+	return m, sc.Err()
+}
+
+// SteerCounter is the packets counted by steering's nftables counter name
+// (forwarded, quic_dropped, intercepted, ...), read from the metrics.
+func (e *Env) SteerCounter(ctx context.Context, name string) (float64, error) {
+	m, err := e.Metrics(ctx)
+	if err != nil {
+		return 0, err
+	}
+	v, ok := m[`gwlbproxy_steer_packets_total{counter="`+name+`"}`]
+	if !ok {
+		return 0, fmt.Errorf("metric gwlbproxy_steer_packets_total{counter=%q} not exposed", name)
+	}
+	return v, nil
+}
