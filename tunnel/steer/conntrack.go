@@ -83,7 +83,7 @@ func (l *ctLookup) Close() error {
 
 // request builds the CT GET for the TCP connection src -> dst in the
 // default zone.
-func ctRequest(seq uint32, src, dst netip.AddrPort) ([]byte, error) {
+func ctRequest(seq uint32, src, dst netip.AddrPort, zone uint16) ([]byte, error) {
 	sa, da := src.Addr().Unmap(), dst.Addr().Unmap()
 	if sa.Is4() != da.Is4() {
 		return nil, errors.New("conntrack: mixed address families")
@@ -109,7 +109,7 @@ func ctRequest(seq uint32, src, dst netip.AddrPort) ([]byte, error) {
 		})
 		return nil
 	})
-	ae.Uint16(ctaZone, 0)
+	ae.Uint16(ctaZone, zone)
 	attrs, err := ae.Encode()
 	if err != nil {
 		return nil, fmt.Errorf("conntrack: encode: %w", err)
@@ -126,15 +126,20 @@ func ctRequest(seq uint32, src, dst netip.AddrPort) ([]byte, error) {
 	return b, nil
 }
 
-// mark returns the conntrack mark of the TCP connection src -> dst.
+// mark returns the conntrack mark of the TCP connection src -> dst in the
+// default zone (where client-side connections are tracked).
 func (l *ctLookup) mark(src, dst netip.AddrPort) (uint32, error) {
+	return l.markZone(src, dst, 0)
+}
+
+func (l *ctLookup) markZone(src, dst netip.AddrPort, zone uint16) (uint32, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.fd < 0 {
 		return 0, errors.New("conntrack: closed")
 	}
 	l.seq++
-	req, err := ctRequest(l.seq, src, dst)
+	req, err := ctRequest(l.seq, src, dst, zone)
 	if err != nil {
 		return 0, err
 	}

@@ -13,7 +13,7 @@ import (
 
 // Counter object names; Stats and the metrics read them back from the kernel.
 const (
-	ctrIntercepted    = "intercepted"     // packets handed to a transparent socket
+	ctrIntercepted    = "intercepted"      // packets handed to a transparent socket
 	ctrInterceptFail  = "intercept_failed" // intercept port but no listener: dropped (fail closed)
 	ctrQUICDropped    = "quic_dropped"
 	ctrGuardDropped   = "guard_dropped"  // forward to link-local/loopback/IMDS
@@ -121,7 +121,7 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 	base := c.MarkBase
 	mark := fmt.Sprintf("%#x", base)
 
-	if c.tunnelMode() {
+	if c.tunnelMode() && !s.testNoZone {
 		// The proxy's upstream connection has the client's 5-tuple. Put it
 		// (both directions) in its own conntrack zone so it does not merge
 		// with the client-side connection. Upstream sockets carry a tunnel

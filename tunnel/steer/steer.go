@@ -42,6 +42,10 @@ type Steerer struct {
 	cancel     context.CancelFunc
 	done       chan struct{}
 
+	// testNoZone leaves out the conntrack zone rules (tests prove they
+	// are needed).
+	testNoZone bool
+
 	ct          atomic.Pointer[ctLookup]
 	reasserts   atomic.Uint64
 	lastErr     atomic.Pointer[string]

@@ -81,6 +81,11 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 func newTopo(t *testing.T, cfg Config, tunnels ...string) *topo {
 	t.Helper()
+	return newTopoWith(t, cfg, nil, tunnels...)
+}
+
+func newTopoWith(t *testing.T, cfg Config, tweak func(*Steerer), tunnels ...string) *topo {
+	t.Helper()
 	needRoot(t)
 	tp := &topo{t: t, tun: map[string]*tunNS{}}
 	tp.app = newNS(t, "app")
@@ -101,6 +106,9 @@ func newTopo(t *testing.T, cfg Config, tunnels ...string) *topo {
 		t.Fatal(err)
 	}
 	tp.s = s
+	if tweak != nil {
+		tweak(s)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	if err := s.Start(ctx); err != nil {
@@ -196,8 +204,16 @@ func (tp *topo) serve(n *nsh, side string) {
 					if err != nil {
 						return
 					}
-					fmt.Fprintf(c, "%s %s\n", side, c.RemoteAddr())
-					c.Close()
+					go func() {
+						defer c.Close()
+						c.SetDeadline(time.Now().Add(30 * time.Second))
+						fmt.Fprintf(c, "%s %s\n", side, c.RemoteAddr())
+						if port == 443 {
+							// A bulk answer: enough segments for
+							// conntrack's window tracking to matter.
+							c.Write(make([]byte, bulkSize))
+						}
+					}()
 				}
 			}()
 		}
@@ -239,6 +255,27 @@ func dial(t *testing.T, n *nsh, dst netip.AddrPort, timeout time.Duration) (net.
 		return err
 	})
 	return c, err
+}
+
+const bulkSize = 4 << 20
+
+// bulk dials dst, reads the first line and counts the bytes after it.
+func bulk(t *testing.T, n *nsh, dst netip.AddrPort) (line string, local netip.AddrPort, total int64, err error) {
+	t.Helper()
+	c, err := dial(t, n, dst, 20*time.Second)
+	if err != nil {
+		return "", local, 0, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	local, _ = addrPort(c.LocalAddr())
+	br := bufio.NewReader(c)
+	line, err = br.ReadString('\n')
+	if err != nil {
+		return line, local, 0, err
+	}
+	total, err = io.Copy(io.Discard, br)
+	return strings.TrimSpace(line), local, total, err
 }
 
 // request dials, reads one line and returns it.
@@ -296,12 +333,14 @@ func (tp *topo) startProxy(upstream bool) {
 					}
 					defer u.Close()
 					u.SetDeadline(time.Now().Add(20 * time.Second))
-					line, err := bufio.NewReader(u).ReadString('\n')
+					br := bufio.NewReader(u)
+					line, err := br.ReadString('\n')
 					if err != nil && err != io.EOF {
 						fmt.Fprintf(c, "proxy upstream read error: %v\n", err)
 						return
 					}
 					fmt.Fprintf(c, "proxied ep=%x via %s", ep, line)
+					io.Copy(c, br)
 				}()
 			}
 		}()
