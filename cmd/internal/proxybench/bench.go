@@ -341,7 +341,7 @@ func (r *Result) WriteTable(w io.Writer) {
 		c.Conns, c.Duration, c.Warmup, c.BodySize)
 	fmt.Fprintf(w, "TLS 1.3 X25519, ECDSA P-256 CA shared by both proxies, full handshakes (no resumption), HTTP/1.1\n")
 	fmt.Fprintf(w, "proxy pinned to CPU %d (gwlbproxy GOMAXPROCS=1, Squid one worker); client + upstream on CPU %d\n\n", c.ProxyCPU, c.ClientCPU)
-	fmt.Fprintf(w, "%-10s %-10s %9s %9s %9s %7s %10s %11s %9s %10s\n",
+	fmt.Fprintf(w, "%-10s %-10s %9s %9s %9s %9s %7s %12s %10s %11s\n",
 		"proxy", "scenario", "requests", "req/s", "p50", "p99", "errors", "proxy CPU", "req/CPU-s", "client CPU")
 	for _, x := range r.Rows {
 		perCPU, pcpu := "-", "-"
@@ -349,7 +349,7 @@ func (r *Result) WriteTable(w io.Writer) {
 			perCPU = strconv.FormatFloat(x.PerCPUSecond(), 'f', 0, 64)
 			pcpu = fmt.Sprintf("%.2fs %3.0f%%", x.ProxyCPU.Seconds(), 100*x.ProxyCPU.Seconds()/x.Elapsed.Seconds())
 		}
-		fmt.Fprintf(w, "%-10s %-10s %9d %9.0f %9s %9s %7d %10s %11s %3.0f%%\n",
+		fmt.Fprintf(w, "%-10s %-10s %9d %9.0f %9s %9s %7d %12s %10s %10.0f%%\n",
 			x.Proxy, x.Scenario, x.Requests, x.RPS, ms(x.P50), ms(x.P99), x.Errors, pcpu, perCPU,
 			100*x.ClientCPU.Seconds()/x.Elapsed.Seconds())
 	}
