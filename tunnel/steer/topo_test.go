@@ -224,7 +224,13 @@ func (tp *topo) serve(n *nsh, side string) {
 				if a == "::" {
 					nw = "udp6"
 				}
-				pc, err = net.ListenPacket(nw, net.JoinHostPort(a, fmt.Sprint(port)))
+				// Bound to the server address: an unbound socket would
+				// answer from the egress namespace's primary address.
+				host := serverAddr.String()
+				if a == "::" {
+					host = serverAddr6.String()
+				}
+				pc, err = net.ListenPacket(nw, net.JoinHostPort(host, fmt.Sprint(port)))
 				return err
 			})
 			if err != nil {
