@@ -24,9 +24,6 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stderr, "--egress: %q is not nat or tunnel\n", *egress)
 		return errUsage
 	}
-	if *cwFake {
-		return errors.New("--cloudwatch-fake: the appliance does not ship records through logship yet (records go to its stdout)")
-	}
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: it creates network namespaces, tun devices and nftables rules")
 	}
@@ -34,5 +31,5 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	return demo.Run(ctx, demo.RunOptions{Mode: *egress, Keep: *keep, Binary: self, Out: stdout})
+	return demo.Run(ctx, demo.RunOptions{Mode: *egress, Keep: *keep, Binary: self, Out: stdout, CloudWatchFake: *cwFake})
 }

@@ -141,12 +141,13 @@ type Appliance struct {
 // StartAppliance starts binary with the config in files inside namespace
 // ns, and waits until it reports ready (or ctx ends, or it exits). The
 // child is killed if this process dies.
-func StartAppliance(ctx context.Context, binary, ns string, f Files, records *Records) (*Appliance, error) {
+func StartAppliance(ctx context.Context, binary, ns string, f Files, records *Records, env ...string) (*Appliance, error) {
 	lf, err := os.OpenFile(f.ApplianceLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
 	cmd := nsexec.Command(ns, binary, "run", "--config", f.Config)
+	cmd.Env = append(cmd.Env, env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

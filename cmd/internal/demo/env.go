@@ -17,6 +17,8 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/health"
+	"github.com/gwlbproxy/gwlbproxy/logship"
+	"github.com/gwlbproxy/gwlbproxy/logship/cwlfake"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
 )
 
@@ -33,6 +35,10 @@ type Options struct {
 	Prefix string
 	// Modify, if set, adjusts the appliance configuration.
 	Modify func(*config.Config)
+	// CloudWatchFake ships records to a CloudWatch Logs fake (logship's
+	// cwlfake, served from this process inside the appliance namespace)
+	// instead of the appliance's stdout; Records then come from the fake.
+	CloudWatchFake bool
 	// Progress, if set, is told about each setup step as it starts.
 	Progress func(step string)
 }
@@ -47,8 +53,18 @@ type Env struct {
 	// Clients are the client of VPC A (endpoint A) and of VPC B
 	// (endpoint B); both have the address gwlbsim.ClientAddr.
 	Clients [2]*Client
-	ownDir  bool
+	// CloudWatch is the fake with Options.CloudWatchFake, else nil.
+	CloudWatch *cwlfake.Server
+	ownDir     bool
+	stopPoll   context.CancelFunc
+	polled     chan struct{}
 }
+
+// CloudWatch Logs placement of the records with Options.CloudWatchFake.
+const (
+	LogGroup  = "/gwlbproxy/demo"
+	LogStream = "demo-appliance"
+)
 
 // Start builds the network and files and starts the appliance.
 func Start(ctx context.Context, o Options) (_ *Env, err error) {
@@ -75,8 +91,31 @@ func Start(ctx context.Context, o Options) (_ *Env, err error) {
 	if e.Net, err = NewNetwork(ctx, o.Mode, o.Prefix); err != nil {
 		return nil, err
 	}
+	modify := o.Modify
+	if o.CloudWatchFake {
+		o.Progress("starting the CloudWatch Logs fake in " + e.Net.Topo.Appliance.Name)
+		endpoint, err := e.startCloudWatch(ctx)
+		if err != nil {
+			return nil, err
+		}
+		modify = func(c *config.Config) {
+			c.Logship.Sink = logship.SinkCloudWatch
+			c.Logship.CloudWatch.Endpoint = endpoint
+			c.Logship.CloudWatch.Region = "us-east-1"
+			c.Logship.CloudWatch.LogGroup = LogGroup
+			c.Logship.CloudWatch.LogStream = LogStream
+			c.Logship.CloudWatch.CreateGroup = true
+			c.Logship.CloudWatch.PutTimeout = 5 * time.Second
+			c.Logship.UnhealthyAge = 5 * time.Second
+			c.Logship.Retry.MinBackoff = 100 * time.Millisecond
+			c.Logship.Retry.MaxBackoff = time.Second
+			if o.Modify != nil {
+				o.Modify(c)
+			}
+		}
+	}
 	o.Progress("creating the appliance CA and configuration")
-	if e.Files, err = MakeFiles(o.Dir, o.Mode, e.Net.Internet.CAPEM, o.Modify); err != nil {
+	if e.Files, err = MakeFiles(o.Dir, o.Mode, e.Net.Internet.CAPEM, modify); err != nil {
 		return nil, err
 	}
 	roots, err := Roots(e.Files.ApplianceCA)
@@ -98,7 +137,12 @@ func Start(ctx context.Context, o Options) (_ *Env, err error) {
 func (e *Env) StartAppliance(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	a, err := StartAppliance(ctx, e.Opts.Binary, e.Net.Topo.Appliance.Name, e.Files, e.Records)
+	var env []string
+	if e.CloudWatch != nil {
+		// Static keys for the fake: nothing asks instance metadata.
+		env = []string{"AWS_ACCESS_KEY_ID=demo", "AWS_SECRET_ACCESS_KEY=demo", "AWS_REGION=us-east-1", "AWS_EC2_METADATA_DISABLED=true"}
+	}
+	a, err := StartAppliance(ctx, e.Opts.Binary, e.Net.Topo.Appliance.Name, e.Files, e.Records, env...)
 	if err != nil {
 		return err
 	}
@@ -117,6 +161,13 @@ func (e *Env) Close() error {
 				errs = append(errs, fmt.Errorf("appliance: %w", err))
 			}
 		}
+	}
+	if e.stopPoll != nil {
+		e.stopPoll()
+		<-e.polled
+	}
+	if e.CloudWatch != nil {
+		errs = append(errs, e.CloudWatch.Close())
 	}
 	if e.Net != nil {
 		errs = append(errs, e.Net.Close())
@@ -227,4 +278,41 @@ func (e *Env) SteerCounter(ctx context.Context, name string) (float64, error) {
 		return 0, fmt.Errorf("metric gwlbproxy_steer_packets_total{counter=%q} not exposed", name)
 	}
 	return v, nil
+}
+
+// startCloudWatch serves a CloudWatch Logs fake on 127.0.0.1 inside the
+// appliance namespace and moves what arrives there into Records.
+func (e *Env) startCloudWatch(ctx context.Context) (string, error) {
+	fake := cwlfake.New(cwlfake.Options{})
+	var endpoint string
+	err := e.Net.Topo.Appliance.Do(func() error {
+		var err error
+		endpoint, err = fake.Start("127.0.0.1:0")
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	e.CloudWatch = fake
+	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	e.stopPoll, e.polled = cancel, make(chan struct{})
+	go func() {
+		defer close(e.polled)
+		seen := 0
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-pctx.Done():
+				return
+			case <-t.C:
+			}
+			evs := fake.Events(LogGroup, LogStream)
+			for _, ev := range evs[min(seen, len(evs)):] {
+				e.Records.Add([]byte(ev.Message))
+			}
+			seen = max(seen, len(evs))
+		}
+	}()
+	return endpoint, nil
 }

@@ -12,10 +12,12 @@ import (
 
 // RunOptions configure Run (the `gwlbproxy demo` subcommand).
 type RunOptions struct {
-	Mode   string // nat or tunnel
-	Keep   bool   // leave everything up until ctx ends
-	Binary string // the gwlbproxy executable (normally os.Executable)
-	Out    io.Writer
+	Mode string // nat or tunnel
+	Keep bool   // leave everything up until ctx ends
+	// CloudWatchFake ships the records to a local CloudWatch Logs fake.
+	CloudWatchFake bool
+	Binary         string // the gwlbproxy executable (normally os.Executable)
+	Out            io.Writer
 }
 
 // Run builds the demo, runs the tour, prints it, and removes everything
@@ -28,7 +30,7 @@ func Run(ctx context.Context, o RunOptions) (err error) {
 		fmt.Fprintf(out, "  [%5.1fs] %s\n", time.Since(t0).Seconds(), step)
 	}
 	fmt.Fprintf(out, "gwlbproxy demo, egress mode %q\n", o.Mode)
-	e, err := Start(ctx, Options{Mode: o.Mode, Binary: o.Binary, Prefix: "gd", Progress: progress})
+	e, err := Start(ctx, Options{Mode: o.Mode, Binary: o.Binary, Prefix: "gd", Progress: progress, CloudWatchFake: o.CloudWatchFake})
 	if err != nil {
 		return err
 	}
@@ -43,7 +45,11 @@ func Run(ctx context.Context, o RunOptions) (err error) {
 		}
 		fmt.Fprintln(out, "done")
 	}()
-	progress(fmt.Sprintf("appliance ready (pid %d); records are read from its stdout, its own log is %s", e.App.PID(), e.Files.ApplianceLog))
+	where := "records are read from its stdout"
+	if e.CloudWatch != nil {
+		where = "records are read back from the CloudWatch Logs fake (" + LogGroup + " / " + LogStream + ")"
+	}
+	progress(fmt.Sprintf("appliance ready (pid %d); %s; its own log is %s", e.App.PID(), where, e.Files.ApplianceLog))
 	printTopology(out, e)
 
 	fmt.Fprintf(out, "\nThe tour (every request below really crosses GENEVE, the appliance and its proxy):\n")
