@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"net/http"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -36,6 +37,14 @@ type connState struct {
 	preMu  sync.Mutex
 	pre    net.Conn // upstream TLS conn verified before minting, unused yet
 	preKey poolKey
+
+	// Per-client mode only (Deps.UpstreamPerClient): this connection's
+	// own upstream transport and its one live upstream connection, both
+	// closed by finish.
+	upMu   sync.Mutex
+	upTr   *http.Transport
+	up     net.Conn
+	upDone bool
 
 	finishOnce sync.Once
 	released   atomic.Bool
@@ -99,9 +108,55 @@ func (st *connState) takePre(key poolKey) net.Conn {
 	return nil
 }
 
+// ownTransport returns (creating on first use) the connection's own
+// upstream transport in per-client mode.
+func (st *connState) ownTransport(u *upstream, key poolKey) *http.Transport {
+	st.upMu.Lock()
+	defer st.upMu.Unlock()
+	if st.upTr == nil {
+		st.upTr = u.perClientTransport(st, key)
+	}
+	return st.upTr
+}
+
+var errClientGone = errors.New("client connection closed")
+
+// adopt makes c the connection's live upstream (per-client mode). The
+// transport allows one connection, so a new dial means the previous one
+// is gone; it is closed again to be sure. After finish, c is refused.
+func (st *connState) adopt(c net.Conn) (net.Conn, error) {
+	st.upMu.Lock()
+	defer st.upMu.Unlock()
+	if st.upDone {
+		c.Close()
+		return nil, errClientGone
+	}
+	if st.up != nil {
+		st.up.Close()
+	}
+	st.up = c
+	return c, nil
+}
+
+// closeUpstream closes the per-client upstream connection and transport.
+func (st *connState) closeUpstream() {
+	st.upMu.Lock()
+	st.upDone = true
+	up, tr := st.up, st.upTr
+	st.up = nil
+	st.upMu.Unlock()
+	if up != nil {
+		up.Close()
+	}
+	if tr != nil {
+		tr.CloseIdleConnections()
+	}
+}
+
 // finish runs once when the client connection is gone: it closes an unused
-// pre-dialed upstream, records connections that carried no request, and
-// releases the connection slot.
+// pre-dialed upstream and (per-client mode) the connection's own upstream,
+// records connections that carried no request, and releases the
+// connection slot.
 func (st *connState) finish() {
 	st.finishOnce.Do(func() {
 		st.preMu.Lock()
@@ -110,6 +165,7 @@ func (st *connState) finish() {
 			st.pre = nil
 		}
 		st.preMu.Unlock()
+		st.closeUpstream()
 		if st.requests.Load() == 0 {
 			if st.rec.Action == "" {
 				st.rec.Action = "error"

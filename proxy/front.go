@@ -98,9 +98,11 @@ func (p *Proxy) handleTLS(st *connState) {
 		return
 	}
 	key := poolKey{dst: st.dst, sni: st.sni, tls: true}
-	if !p.up.recentlyVerified(key) {
+	// Per-client mode always dials first: no pooled connection could serve
+	// this client, and the verified one becomes its upstream.
+	if p.deps.UpstreamPerClient || !p.up.recentlyVerified(key) {
 		ctx, cancel := context.WithTimeout(context.WithValue(p.ctx, stateKey{}, st), p.cfg.DialTimeout+p.cfg.UpstreamTLSTimeout)
-		uc, err := p.up.dialTLS(ctx, key)
+		uc, err := p.up.dialTLS(ctx, st, key)
 		cancel()
 		if err != nil {
 			status, msg := classifyUpstreamErr(err)
@@ -163,7 +165,11 @@ func (p *Proxy) bump(st *connState, rc *replayConn, h *Hello) {
 		return
 	}
 	protos := []string{"http/1.1"}
-	if p.cfg.HTTP2 {
+	// Per-client mode: no h2 to clients. Its streams would have to share
+	// the client's single upstream connection one request at a time (a
+	// long poll or SSE stream would stall the others); over HTTP/1.1 a
+	// browser opens parallel connections, each with its own upstream.
+	if p.cfg.HTTP2 && !p.deps.UpstreamPerClient {
 		protos = []string{"h2", "http/1.1"}
 	}
 	tc := tls.Server(rc, &tls.Config{
@@ -208,7 +214,7 @@ func (p *Proxy) splice(st *connState, rc *replayConn) {
 	p.m.decisions.WithLabelValues("splice").Inc()
 	st.rec.Action = "splice"
 	ctx, cancel := context.WithTimeout(p.ctx, p.cfg.DialTimeout)
-	up, err := p.deps.Dial(ctx, "tcp", st.dst.String())
+	up, err := p.deps.DialUpstream(ctx, st.client, st.dst)
 	cancel()
 	if err != nil {
 		_, msg := classifyUpstreamErr(err)

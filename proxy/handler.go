@@ -23,6 +23,9 @@ type reqInfo struct {
 	start    time.Time
 	bytesIn  atomic.Int64
 	hijacked net.Conn
+	// closeClient asks for Connection: close on the response (per-client
+	// mode: the upstream connection is ending).
+	closeClient atomic.Bool
 }
 
 // newGoproxy configures goproxy for the decrypted/plain HTTP layer: our
@@ -182,6 +185,9 @@ func (w *respWriter) WriteHeader(code int) {
 		w.status = code
 		if code >= 200 {
 			w.flushEach = w.w.Header().Get("Content-Length") == ""
+			if w.ri.closeClient.Load() && code != http.StatusSwitchingProtocols {
+				w.w.Header().Set("Connection", "close")
+			}
 		}
 	}
 	w.w.WriteHeader(code)

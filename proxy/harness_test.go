@@ -38,8 +38,8 @@ import (
 // The tests run on loopback without TPROXY. The proxy listens on 127.0.0.1;
 // Deps.OriginalDst maps each accepted connection to a realistic original
 // destination in TEST-NET-3 (203.0.113.10:443 for the TLS listener, :80 for
-// the HTTP listener, or an override such as 169.254.169.254), and Deps.Dial
-// routes those destinations back to loopback test upstreams. So the SSRF
+// the HTTP listener, or an override such as 169.254.169.254), and
+// Deps.DialUpstream routes those destinations back to loopback test upstreams. So the SSRF
 // guard and the pool keys see what they would see in production, and the
 // tests can prove which address the proxy dialed.
 
@@ -221,6 +221,31 @@ func testPolicy() policy.Config {
 
 func newHarness(t testing.TB, mod func(*Config)) *harness {
 	t.Helper()
+	return newHarnessOpts(t, harnessOpts{cfg: mod})
+}
+
+// harnessOpts adjust a harness: cfg the config, deps the Deps (after the
+// test defaults are set), logger replaces the discarding logger.
+type harnessOpts struct {
+	cfg    func(*Config)
+	deps   func(*harness, *Deps)
+	logger *slog.Logger
+}
+
+// route maps a TEST-NET original destination to its loopback upstream.
+func (h *harness) route(dst netip.AddrPort) (string, error) {
+	switch dst {
+	case testDstTLS:
+		return h.upTLS.Listener.Addr().String(), nil
+	case testDstHTTP:
+		return h.upHTTP.Listener.Addr().String(), nil
+	}
+	return "", fmt.Errorf("test dialer: no route to %s", dst)
+}
+
+func newHarnessOpts(t testing.TB, o harnessOpts) *harness {
+	t.Helper()
+	mod := o.cfg
 	h := &harness{t: t, rec: &memRecorder{}}
 	dir := t.TempDir()
 	if err := ca.Init(dir, ca.InitOptions{CommonName: "gwlbproxy test appliance CA"}); err != nil {
@@ -273,26 +298,30 @@ func newHarness(t testing.TB, mod func(*Config)) *harness {
 			return testDstHTTP, nil
 		},
 		EndpointOf: func(net.Conn) (uint64, bool) { return 0x0123456789abcdef, true },
-		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		DialUpstream: func(ctx context.Context, client net.Conn, dst netip.AddrPort) (net.Conn, error) {
 			h.dials.Add(1)
-			v, _ := h.dialedTo.LoadOrStore(addr, new(atomic.Int64))
+			v, _ := h.dialedTo.LoadOrStore(dst.String(), new(atomic.Int64))
 			v.(*atomic.Int64).Add(1)
-			var to string
-			switch addr {
-			case testDstTLS.String():
-				to = h.upTLS.Listener.Addr().String()
-			case testDstHTTP.String():
-				to = h.upHTTP.Listener.Addr().String()
-			default:
-				return nil, fmt.Errorf("test dialer: no route to %s", addr)
+			if client == nil {
+				return nil, errors.New("test dialer: no client connection")
+			}
+			to, err := h.route(dst)
+			if err != nil {
+				return nil, err
 			}
 			var d net.Dialer
-			return d.DialContext(ctx, network, to)
+			return d.DialContext(ctx, "tcp", to)
 		},
 	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() && os.Getenv("PROXY_LOG") != "" {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	if o.logger != nil {
+		logger = o.logger
+	}
+	if o.deps != nil {
+		o.deps(h, &deps)
 	}
 	p, err := New(cfg, deps, logger, nil)
 	if err != nil {
@@ -317,7 +346,13 @@ func upstreamMux(sseAck <-chan struct{}) *http.ServeMux {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Upstream-Host", r.Host)
 		w.Header().Set("X-Upstream-AE", r.Header.Get("Accept-Encoding"))
+		w.Header().Set("X-Upstream-Peer", r.RemoteAddr)
 		fmt.Fprintf(w, "%s host=%s path=%s", upstreamMarker, r.Host, r.URL.Path)
+	})
+	mux.HandleFunc("/close", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Upstream-Peer", r.RemoteAddr)
+		w.Header().Set("Connection", "close")
+		fmt.Fprint(w, upstreamMarker+" closing")
 	})
 	mux.HandleFunc("/post", func(w http.ResponseWriter, r *http.Request) {
 		n, err := io.Copy(io.Discard, r.Body)

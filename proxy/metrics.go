@@ -11,6 +11,7 @@ type metrics struct {
 	helloFail prometheus.Counter
 	upErrs    prometheus.Counter
 	shipFail  prometheus.Counter
+	refused   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -31,9 +32,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Upstream dial, TLS verification or response failures."}),
 		shipFail: prometheus.NewCounter(prometheus.CounterOpts{Name: "gwlbproxy_proxy_records_rejected_total",
 			Help: "Records the Recorder did not accept."}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "gwlbproxy_proxy_connections_refused_total",
+			Help: "Connections reset at once because Admit refused them (log spool full under fail_closed)."}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.accepted, m.decisions, m.requests, m.active, m.limited, m.helloFail, m.upErrs, m.shipFail} {
+		for _, c := range []prometheus.Collector{m.accepted, m.decisions, m.requests, m.active, m.limited, m.helloFail, m.upErrs, m.shipFail, m.refused} {
 			reg.MustRegister(c)
 		}
 	}

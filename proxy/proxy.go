@@ -7,6 +7,20 @@
 // our RoundTripper speaks HTTP/1.1 to the original destination, never to a
 // re-resolved Host, from pools keyed by destination ip:port + SNI.
 //
+// Upstream connections are dialed through Deps.DialUpstream with the client
+// connection. In one-arm (steer egress_mode tunnel) they carry the client's
+// own address and port, so a client connection can have only one upstream
+// connection at a time and it serves no one else: with
+// Deps.UpstreamPerClient each client connection has its own one-connection
+// transport (the pre-verified connection serves its first request; a second
+// request waits for the first to finish), closed with the client
+// connection, and bumped clients are offered HTTP/1.1 only, because h2
+// streams would queue behind each other on that one connection while
+// HTTP/1.1 browsers open parallel connections, each with its own upstream.
+//
+// Deps.Admit gates every new connection (fail closed when the log spool is
+// full): refused connections are reset before anything else happens.
+//
 // Decisions, in order, for a TLS connection:
 //  1. read the ClientHello (deadline client_hello_timeout); not TLS or
 //     silent: close and record;
@@ -62,13 +76,34 @@ type Deps struct {
 	// EndpointOf returns the GWLB endpoint a connection arrived through
 	// (tunnel/steer). Nil: no endpoint.
 	EndpointOf func(net.Conn) (uint64, bool)
-	// Dial dials upstream (tunnel/steer provides one that leaves through
-	// the right interface). Nil: a net.Dialer.
-	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// DialUpstream connects to dst on behalf of the accepted client
+	// connection client (tunnel/steer's DialUpstream: in nat mode a plain
+	// dial, in tunnel mode bound to the client's own ip:port). client is
+	// the raw accepted connection. Nil: a net.Dialer to dst.
+	//
+	// In shared mode (UpstreamPerClient false) client is the connection
+	// whose request caused the dial; the upstream connection is then pooled
+	// by (destination, SNI) and may serve other clients' requests later.
+	DialUpstream func(ctx context.Context, client net.Conn, dst netip.AddrPort) (net.Conn, error)
+	// UpstreamPerClient says DialUpstream binds the client's address and
+	// port (steer egress_mode tunnel), so every upstream connection of one
+	// client connection has the same 5-tuple: at most one can exist at a
+	// time and it can serve no other client. Then each client connection
+	// gets its own upstream transport limited to one connection (the
+	// pre-verified one serves the first request), closed with the client
+	// connection; bumped clients are offered HTTP/1.1 only (see doc.go);
+	// splices are one connection per client anyway.
+	UpstreamPerClient bool
+	// Admit is asked before anything else is done with every new client
+	// connection; a non-nil error closes the connection at once (RST) and
+	// counts it (Stats.Refused). The app passes the log shipper's
+	// "spool full under fail_closed" state, so that records that cannot be
+	// kept stop traffic instead of being lost. Nil: always admit.
+	Admit func() error
 	// OriginalDst returns a connection's original destination. Nil: the
 	// accepted conn's LocalAddr, which is what TPROXY gives. Tests map
 	// loopback listeners to TEST-NET addresses and route them back with
-	// Dial, so the SSRF guard sees a realistic destination.
+	// DialUpstream, so the SSRF guard sees a realistic destination.
 	OriginalDst func(net.Conn) (netip.AddrPort, error)
 	// SelfAddrs lists the appliance's own addresses for the SSRF guard.
 	// Nil: net.InterfaceAddrs.
@@ -100,6 +135,7 @@ type Proxy struct {
 	listeners map[net.Listener]string
 	listenErr error
 	closing   atomic.Bool
+	refusing  atomic.Bool    // Deps.Admit said no to the last connection
 	conns     sync.WaitGroup // non-HTTP phases: peek, bump setup, splice
 	stop      context.CancelFunc
 	ctx       context.Context
@@ -117,9 +153,11 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if deps.Dial == nil {
+	if deps.DialUpstream == nil {
 		d := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
-		deps.Dial = d.DialContext
+		deps.DialUpstream = func(ctx context.Context, _ net.Conn, dst netip.AddrPort) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", dst.String())
+		}
 	}
 	if deps.OriginalDst == nil {
 		deps.OriginalDst = localAddrDst
@@ -275,6 +313,9 @@ func (p *Proxy) serve(l net.Listener, isTLS bool) error {
 			return p.listenErr
 		}
 		delay = 0
+		if !p.admit(c) {
+			continue
+		}
 		select {
 		case p.sem <- struct{}{}:
 		default:
@@ -289,6 +330,33 @@ func (p *Proxy) serve(l net.Listener, isTLS bool) error {
 		p.conns.Add(1)
 		go p.handleConn(c, isTLS)
 	}
+}
+
+// admit asks Deps.Admit about a new connection. Refused connections are
+// reset at once and counted, without a record (the record sink is what is
+// refusing); the switch between admitting and refusing is logged once each
+// way, not per connection.
+func (p *Proxy) admit(c net.Conn) bool {
+	if p.deps.Admit == nil {
+		return true
+	}
+	err := p.deps.Admit()
+	if err == nil {
+		if p.refusing.CompareAndSwap(true, false) {
+			p.log.Info("proxy: accepting connections again", "refused", p.stats.refused.Load())
+		}
+		return true
+	}
+	if p.refusing.CompareAndSwap(false, true) {
+		p.log.Error("proxy: refusing new connections", "err", err)
+	}
+	p.stats.refused.Add(1)
+	p.m.refused.Inc()
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0) // RST: the client fails fast instead of waiting
+	}
+	c.Close()
+	return false
 }
 
 // errTemporary maps EMFILE-like accept errors (which the kernel reports on
@@ -335,10 +403,16 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// Health is nil while no listener has failed and Shutdown was not called.
+// Health is nil while no listener has failed, Deps.Admit admits and
+// Shutdown was not called.
 func (p *Proxy) Health() error {
 	if p.closing.Load() {
 		return errors.New("proxy: shut down")
+	}
+	if p.deps.Admit != nil {
+		if err := p.deps.Admit(); err != nil {
+			return fmt.Errorf("proxy: refusing new connections: %w", err)
+		}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -362,10 +436,17 @@ type Stats struct {
 	UpstreamErrs  uint64 `json:"upstream_errors"`
 	ShipFailures  uint64 `json:"ship_failures"`
 	UpstreamPools int    `json:"upstream_pools"`
+	// Refused counts connections Deps.Admit refused; Refusing is true
+	// while the last one was refused.
+	Refused  uint64 `json:"refused"`
+	Refusing bool   `json:"refusing"`
+	// UpstreamPerClient is Deps.UpstreamPerClient (upstream_pools is then
+	// 0: every client connection has its own upstream).
+	UpstreamPerClient bool `json:"upstream_per_client"`
 }
 
 type counters struct {
-	accepted, limited, bumped, spliced, denied, helloFail, requests, upErrs, shipFail atomic.Uint64
+	accepted, limited, bumped, spliced, denied, helloFail, requests, upErrs, shipFail, refused atomic.Uint64
 }
 
 // Stats returns current counters.
@@ -380,5 +461,7 @@ func (p *Proxy) Stats() Stats {
 		HelloFailures: p.stats.helloFail.Load(), Requests: p.stats.requests.Load(),
 		UpstreamErrs: p.stats.upErrs.Load(), ShipFailures: p.stats.shipFail.Load(),
 		UpstreamPools: p.up.size(),
+		Refused:       p.stats.refused.Load(), Refusing: p.refusing.Load(),
+		UpstreamPerClient: p.deps.UpstreamPerClient,
 	}
 }

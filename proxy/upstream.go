@@ -59,6 +59,15 @@ func (u *upstream) closeIdle() {
 	}
 }
 
+// transport returns the RoundTripper for st's requests: in shared mode the
+// pool for key, in per-client mode st's own transport.
+func (u *upstream) transport(st *connState, key poolKey) *http.Transport {
+	if u.p.deps.UpstreamPerClient {
+		return st.ownTransport(u, key)
+	}
+	return u.entry(key).tr
+}
+
 func (u *upstream) entry(key poolKey) *poolEntry {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -68,21 +77,44 @@ func (u *upstream) entry(key poolKey) *poolEntry {
 	}
 	cfg := &u.p.cfg
 	pe := &poolEntry{key: key}
-	pe.tr = &http.Transport{
-		Proxy: nil,
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return u.dial(ctx, key)
+	pe.tr = u.newTransport(
+		func(ctx context.Context) (net.Conn, error) {
+			return u.dial(ctx, clientOf(stateFrom(ctx)), key)
 		},
-		DialTLSContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			if st := stateFrom(ctx); st != nil {
+		func(ctx context.Context) (net.Conn, error) {
+			st := stateFrom(ctx)
+			if st != nil {
 				if c := st.takePre(key); c != nil {
 					return c, nil
 				}
 			}
-			return u.dialTLS(ctx, key)
+			return u.dialTLS(ctx, st, key)
+		})
+	pe.tr.MaxIdleConnsPerHost = cfg.UpstreamIdlePerDest
+	pe.tr.MaxIdleConns = cfg.UpstreamIdlePerDest
+	u.m[key] = u.lru.PushFront(pe)
+	for len(u.m) > cfg.UpstreamPools {
+		old := u.lru.Back()
+		oe := old.Value.(*poolEntry)
+		u.lru.Remove(old)
+		delete(u.m, oe.key)
+		oe.tr.CloseIdleConnections()
+	}
+	return pe
+}
+
+// newTransport builds an HTTP/1.1 transport whose every dial goes to one
+// destination through dial (plain) or dialTLS (verified TLS).
+func (u *upstream) newTransport(dial, dialTLS func(context.Context) (net.Conn, error)) *http.Transport {
+	cfg := &u.p.cfg
+	return &http.Transport{
+		Proxy: nil,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return dial(ctx)
 		},
-		MaxIdleConnsPerHost:    cfg.UpstreamIdlePerDest,
-		MaxIdleConns:           cfg.UpstreamIdlePerDest,
+		DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return dialTLS(ctx)
+		},
 		IdleConnTimeout:        cfg.UpstreamIdleTimeout,
 		ResponseHeaderTimeout:  cfg.ResponseHeaderTimeout,
 		TLSHandshakeTimeout:    cfg.UpstreamTLSTimeout,
@@ -93,15 +125,48 @@ func (u *upstream) entry(key poolKey) *poolEntry {
 		// HTTP/1.1 upstream only: no TLSNextProto.
 		TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{},
 	}
-	u.m[key] = u.lru.PushFront(pe)
-	for len(u.m) > cfg.UpstreamPools {
-		old := u.lru.Back()
-		oe := old.Value.(*poolEntry)
-		u.lru.Remove(old)
-		delete(u.m, oe.key)
-		oe.tr.CloseIdleConnections()
+}
+
+// perClientTransport is the transport of one client connection in
+// per-client mode: at most one upstream connection, dialed with the
+// client's own address, owned by st (closed by st.finish). Requests of
+// that client wait for the connection instead of dialing a second one,
+// which the kernel would refuse (same 5-tuple) or GWLB would not know.
+func (u *upstream) perClientTransport(st *connState, key poolKey) *http.Transport {
+	tr := u.newTransport(
+		func(ctx context.Context) (net.Conn, error) {
+			c, err := u.dial(ctx, st.client, key)
+			if err != nil {
+				return nil, err
+			}
+			return st.adopt(c)
+		},
+		func(ctx context.Context) (net.Conn, error) {
+			c := st.takePre(key)
+			if c == nil {
+				var err error
+				if c, err = u.dialTLS(ctx, st, key); err != nil {
+					return nil, err
+				}
+			}
+			return st.adopt(c)
+		})
+	tr.MaxConnsPerHost = 1
+	tr.MaxIdleConnsPerHost = 1
+	tr.MaxIdleConns = 1
+	// No idle timeout of our own: closing first would leave our side in
+	// TIME_WAIT and the client's next request could not redial the same
+	// 5-tuple. The connection lives as long as the client connection
+	// (whose idle timeout applies) or until the server closes it.
+	tr.IdleConnTimeout = 0
+	return tr
+}
+
+func clientOf(st *connState) net.Conn {
+	if st == nil {
+		return nil
 	}
-	return pe
+	return st.client
 }
 
 func (u *upstream) recentlyVerified(key poolKey) bool {
@@ -125,14 +190,15 @@ func (u *upstream) markVerified(key poolKey) {
 	u.mu.Unlock()
 }
 
-// dial opens TCP to the key's destination after the SSRF guard.
-func (u *upstream) dial(ctx context.Context, key poolKey) (net.Conn, error) {
+// dial opens TCP to the key's destination after the SSRF guard, on behalf
+// of client (nil when unknown; never nil in per-client mode).
+func (u *upstream) dial(ctx context.Context, client net.Conn, key poolKey) (net.Conn, error) {
 	if why := u.p.guard.Check(key.dst.Addr()); why != "" {
 		return nil, &ssrfError{why}
 	}
 	ctx, cancel := context.WithTimeout(ctx, u.p.cfg.DialTimeout)
 	defer cancel()
-	c, err := u.p.deps.Dial(ctx, "tcp", key.dst.String())
+	c, err := u.p.deps.DialUpstream(ctx, client, key.dst)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", key.dst, err)
 	}
@@ -141,10 +207,14 @@ func (u *upstream) dial(ctx context.Context, key poolKey) (net.Conn, error) {
 
 // dialTLS dials and completes a verified TLS handshake: ServerName is the
 // SNI (or the destination IP when the client sent none), roots are the system
-// pool plus upstream_ca_bundle, TLS 1.2 minimum, HTTP/1.1 only.
-func (u *upstream) dialTLS(ctx context.Context, key poolKey) (net.Conn, error) {
-	u.entry(key) // make sure the pool exists so verification is remembered
-	c, err := u.dial(ctx, key)
+// pool plus upstream_ca_bundle, TLS 1.2 minimum, HTTP/1.1 only. st is the
+// client connection it is dialed for (may be nil in shared mode).
+func (u *upstream) dialTLS(ctx context.Context, st *connState, key poolKey) (net.Conn, error) {
+	shared := !u.p.deps.UpstreamPerClient
+	if shared {
+		u.entry(key) // make sure the pool exists so verification is remembered
+	}
+	c, err := u.dial(ctx, clientOf(st), key)
 	if err != nil {
 		return nil, err
 	}
@@ -164,7 +234,9 @@ func (u *upstream) dialTLS(ctx context.Context, key poolKey) (net.Conn, error) {
 		c.Close()
 		return nil, fmt.Errorf("tls to %s (%s): %w", key.dst, name, err)
 	}
-	u.markVerified(key)
+	if shared {
+		u.markVerified(key)
+	}
 	return tc, nil
 }
 
@@ -182,7 +254,7 @@ func (u *upstream) roundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Resp
 		return nil, errors.New("proxy: request without connection state")
 	}
 	key := poolKey{dst: st.dst, sni: st.sni, tls: st.isTLS}
-	pe := u.entry(key)
+	tr := u.transport(st, key)
 	out := *req
 	ou := *req.URL
 	ou.Host = st.dst.String()
@@ -196,7 +268,15 @@ func (u *upstream) roundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Resp
 	// upstream connection stays pooled.
 	out.Close = false
 	out.RequestURI = ""
-	resp, err := pe.tr.RoundTrip(&out)
+	resp, err := tr.RoundTrip(&out)
+	if u.p.deps.UpstreamPerClient && (err != nil || resp.Close) {
+		// The client's one upstream connection is ending (or failed):
+		// end the client connection after this response, so the client's
+		// next request comes on a new connection with a new 5-tuple,
+		// instead of redialing the old one (which our TIME_WAIT or the
+		// server's could refuse).
+		ri.closeClient.Store(true)
+	}
 	if err == nil {
 		return resp, nil
 	}
