@@ -120,9 +120,19 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	}
 	cleanup.add("proxy listeners", ls.Close)
 	px, err := proxy.New(c.Proxy, proxy.Deps{
-		Certs:      minter,
-		Recorder:   shipper,
-		EndpointOf: st.EndpointOf,
+		Certs:             minter,
+		Recorder:          shipper,
+		EndpointOf:        st.EndpointOf,
+		DialUpstream:      st.DialUpstream,
+		UpstreamPerClient: c.Steer.EgressMode == steer.EgressTunnel,
+		// Fail closed on a full spool only (Health is also red for old
+		// unacked records, which the spool absorbs).
+		Admit: func() error {
+			if c.Logship.Spool.FullPolicy == logship.FullFailClosed && shipper.Stats().Spool.Full {
+				return logship.ErrSpoolFull
+			}
+			return nil
+		},
 		InstanceID: instanceID,
 	}, log.With("component", "proxy"), reg)
 	if err != nil {
