@@ -49,6 +49,8 @@ func cmdBenchProxy(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.IntVar(&d.ClientCPU, "client-cpu", d.ClientCPU, "CPU the client and upstream are pinned to")
 	fs.StringVar(&d.Profile, "cpuprofile", "", "write gwlbproxy's CPU profile (pprof) to this file")
 	fs.StringVar(&d.Dir, "dir", "", "keep CA, configs and logs in this directory (default: temporary)")
+	fs.IntVar(&d.Rounds, "rounds", d.Rounds, "repeat no proxy, gwlbproxy, Squid this many times, taking turns; rows aggregate the rounds")
+	fs.StringVar(&d.Scenario, "scenario", "", "run only new-conn or keep-alive (default both)")
 	verbose := fs.Bool("v", false, "log progress to stderr")
 	if err := parseFlags(fs, args); err != nil {
 		return err

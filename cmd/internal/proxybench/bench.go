@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -47,6 +48,12 @@ type Config struct {
 	// Dir keeps the run's files (CA, configs, logs) there; "" uses a
 	// temporary directory removed at the end.
 	Dir string
+	// Scenario limits the run to NewConn or KeepAlive; "" runs both.
+	Scenario string
+	// Rounds repeats the whole sequence (no proxy, gwlbproxy, Squid) so
+	// the proxies take turns and slow drifts of a shared machine hit both;
+	// each row aggregates its rounds (sums, merged latencies).
+	Rounds int
 	// Log receives progress; nil discards.
 	Log *slog.Logger
 }
@@ -57,7 +64,7 @@ func DefaultConfig() Config {
 	return Config{
 		Conns: 16, Duration: 10 * time.Second, Warmup: 2 * time.Second, BodySize: 1024,
 		Host: "bench.test", Squid: DefaultSquid, Certgen: DefaultCertgen, Baseline: true,
-		ProxyCPU: 1, ClientCPU: 0,
+		ProxyCPU: 1, ClientCPU: 0, Rounds: 1,
 	}
 }
 
@@ -71,6 +78,7 @@ const (
 type Row struct {
 	Proxy     string        `json:"proxy"` // "none", "gwlbproxy", "squid"
 	Scenario  string        `json:"scenario"`
+	Rounds    int           `json:"rounds"`
 	Requests  int           `json:"requests"`
 	Errors    int           `json:"errors"`
 	FirstErr  string        `json:"first_error,omitempty"`
@@ -120,6 +128,9 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	if os.Geteuid() != 0 {
 		return res, errors.New("needs root: it creates network namespaces, nftables rules and policy routes")
 	}
+	if cfg.Rounds < 1 {
+		cfg.Rounds = 1
+	}
 	if cfg.Conns < 1 || cfg.Duration <= 0 || cfg.Warmup < 0 || cfg.BodySize < 0 {
 		return res, fmt.Errorf("conns, duration, warm-up or body size out of range")
 	}
@@ -132,6 +143,9 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 				return res, fmt.Errorf("%s missing (install Squid with ssl-bump: apt-get install -y squid-openssl), or run without Squid: %w", f, err)
 			}
 		}
+	}
+	if cfg.Scenario != "" && cfg.Scenario != NewConn && cfg.Scenario != KeepAlive {
+		return res, fmt.Errorf("scenario %q is not %s or %s", cfg.Scenario, NewConn, KeepAlive)
 	}
 	if cfg.ProxyCPU == cfg.ClientCPU {
 		return res, fmt.Errorf("proxy and client must be on different CPUs (both %d)", cfg.ProxyCPU)
@@ -185,12 +199,16 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	defer up.close()
 
 	dst := netip.AddrPortFrom(upstreamAddr, 443)
+	var agg aggregator
 	scenarios := func(name string, roots *x509.CertPool, p *proc) error {
 		for _, keep := range []bool{false, true} {
 			l := &load{ns: t.client, dst: dst, host: cfg.Host, roots: roots, conns: cfg.Conns, keepAlive: keep, bodyLen: int64(cfg.BodySize)}
 			scen := NewConn
 			if keep {
 				scen = KeepAlive
+			}
+			if cfg.Scenario != "" && cfg.Scenario != scen {
+				continue
 			}
 			if cfg.Warmup > 0 {
 				w := l.run(ctx, cfg.Warmup)
@@ -211,19 +229,16 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 			}
 			s0 := selfCPU()
 			r := l.run(ctx, cfg.Duration)
-			row := Row{
-				Proxy: name, Scenario: scen, Requests: r.Requests, Errors: r.Errors, FirstErr: r.FirstErr,
-				Elapsed: r.Elapsed, RPS: r.rate(), P50: r.pct(0.50), P99: r.pct(0.99),
-				ClientCPU: selfCPU() - s0,
-			}
+			clientCPU := selfCPU() - s0
+			var proxyCPU time.Duration
 			if p != nil {
-				row.ProxyCPU = cpuTime(p.pid()) - c0
+				proxyCPU = cpuTime(p.pid()) - c0
 				if p.exited() {
 					return fmt.Errorf("%s exited during the run: %v", name, p.exitErr())
 				}
 			}
 			res.Sent[name] += r.Requests
-			res.Rows = append(res.Rows, row)
+			agg.add(&res, name, scen, r, proxyCPU, clientCPU)
 			if err := ctx.Err(); err != nil {
 				return err
 			}
@@ -231,19 +246,32 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		return nil
 	}
 
-	if cfg.Baseline {
-		if err := t.setTProxy(0); err != nil {
-			return res, err
-		}
-		if err := scenarios("none", upRoots, nil); err != nil {
-			return res, err
-		}
-	}
-
-	// gwlbproxy.
 	const gwPort, squidPort = 3443, 3130
 	records := filepath.Join(dir, "gwlbproxy-records.jsonl")
 	os.Remove(records)
+	for round := 1; round <= cfg.Rounds; round++ {
+		cfg.Log.Info("round", "n", round, "of", cfg.Rounds)
+		if err := runRound(ctx, cfg, &res, t, dir, records, bumpCert, bumpKey, upCA, upRoots, bumpRoots, scenarios); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+// runRound runs no proxy, gwlbproxy and Squid once each.
+func runRound(ctx context.Context, cfg Config, res *Result, t *topology, dir, records, bumpCert, bumpKey, upCA string,
+	upRoots, bumpRoots *x509.CertPool, scenarios func(string, *x509.CertPool, *proc) error) error {
+	const gwPort, squidPort = 3443, 3130
+	if cfg.Baseline {
+		if err := t.setTProxy(0); err != nil {
+			return err
+		}
+		if err := scenarios("none", upRoots, nil); err != nil {
+			return err
+		}
+	}
+
+	// gwlbproxy: records append to one file over all rounds.
 	args := append(append([]string{}, cfg.ServerCommand[1:]...),
 		"--listen", netip.AddrPortFrom(loopback, gwPort).String(),
 		"--ca-cert", bumpCert, "--ca-key", bumpKey, "--upstream-ca", upCA, "--records", records)
@@ -253,7 +281,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	cmd := nsexec.Command(t.router.name, cfg.ServerCommand[0], args...)
 	cmd.Env = append(cmd.Env, "GOMAXPROCS=1")
 	if err := runProxy(ctx, cfg, t, "gwlbproxy", cmd, gwPort, bumpRoots, scenarios); err != nil {
-		return res, err
+		return err
 	}
 	res.LogLines["gwlbproxy"] = countLines(records)
 
@@ -262,14 +290,46 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		os.RemoveAll(sdir)
 		cmd, err := prepareSquid(&cfg, t, sdir, squidPort, bumpCert, bumpKey, upCA)
 		if err != nil {
-			return res, err
+			return err
 		}
 		if err := runProxy(ctx, cfg, t, "squid", cmd, squidPort, bumpRoots, scenarios); err != nil {
-			return res, fmt.Errorf("%w\ncache.log: %s", err, tail(readFile(filepath.Join(sdir, "cache.log")), 3000))
+			return fmt.Errorf("%w\ncache.log: %s", err, tail(readFile(filepath.Join(sdir, "cache.log")), 3000))
 		}
-		res.LogLines["squid"] = countLines(filepath.Join(sdir, "access.log"))
+		res.LogLines["squid"] += countLines(filepath.Join(sdir, "access.log"))
 	}
-	return res, nil
+	return nil
+}
+
+// aggregator merges the rounds of each (proxy, scenario) into one row.
+type aggregator struct {
+	lat map[[2]string][]time.Duration
+}
+
+func (a *aggregator) add(res *Result, name, scen string, r loadResult, proxyCPU, clientCPU time.Duration) {
+	if a.lat == nil {
+		a.lat = map[[2]string][]time.Duration{}
+	}
+	k := [2]string{name, scen}
+	a.lat[k] = append(a.lat[k], r.Latencies...)
+	i := slices.IndexFunc(res.Rows, func(x Row) bool { return x.Proxy == name && x.Scenario == scen })
+	if i < 0 {
+		res.Rows = append(res.Rows, Row{Proxy: name, Scenario: scen})
+		i = len(res.Rows) - 1
+	}
+	row := &res.Rows[i]
+	row.Rounds++
+	row.Requests += r.Requests
+	row.Errors += r.Errors
+	if row.FirstErr == "" {
+		row.FirstErr = r.FirstErr
+	}
+	row.Elapsed += r.Elapsed
+	row.ProxyCPU += proxyCPU
+	row.ClientCPU += clientCPU
+	lat := a.lat[k]
+	slices.Sort(lat)
+	merged := loadResult{Requests: row.Requests, Elapsed: row.Elapsed, Latencies: lat}
+	row.RPS, row.P50, row.P99 = merged.rate(), merged.pct(0.50), merged.pct(0.99)
 }
 
 // runProxy starts a proxy, waits for its listener, points TPROXY at it,
@@ -337,8 +397,8 @@ func readFile(path string) string {
 // WriteTable prints the rows, the gwlbproxy/Squid ratios and the targets.
 func (r *Result) WriteTable(w io.Writer) {
 	c := r.Config
-	fmt.Fprintf(w, "HTTPS through a bumping proxy: %d connections, %v per scenario after %v warm-up, %d-byte responses\n",
-		c.Conns, c.Duration, c.Warmup, c.BodySize)
+	fmt.Fprintf(w, "HTTPS through a bumping proxy: %d connections, %v per scenario after %v warm-up, %d-byte responses, %d round(s) taking turns\n",
+		c.Conns, c.Duration, c.Warmup, c.BodySize, max(c.Rounds, 1))
 	fmt.Fprintf(w, "TLS 1.3 X25519, ECDSA P-256 CA shared by both proxies, full handshakes (no resumption), HTTP/1.1\n")
 	fmt.Fprintf(w, "proxy pinned to CPU %d (gwlbproxy GOMAXPROCS=1, Squid one worker); client + upstream on CPU %d\n\n", c.ProxyCPU, c.ClientCPU)
 	fmt.Fprintf(w, "%-10s %-10s %9s %9s %9s %9s %7s %12s %10s %11s\n",
