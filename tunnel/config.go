@@ -40,6 +40,14 @@ type Config struct {
 	SocketBuffer int `yaml:"socket_buffer"`
 	// TxQueueLen is the kernel transmit queue of each tun device.
 	TxQueueLen int `yaml:"tx_queue_len"`
+	// Offload opens the tun devices with virtio-net headers and TCP/UDP
+	// segmentation offload: packets of one flow received in a batch are
+	// written to gwi- as one GSO super-packet, and super-packets the kernel
+	// routes back are split into MTU-sized packets before encapsulation.
+	// Per-packet kernel work drops by the merge factor. Falls back to one
+	// packet per system call when the kernel refuses (logged once per
+	// tunnel). Disable only to compare.
+	Offload bool `yaml:"offload"`
 	// Flows configures each tunnel's flow table (one table per GWLB
 	// endpoint, so overlapping client CIDRs behind different endpoints do
 	// not collide). max_entries is per tunnel.
@@ -74,6 +82,7 @@ func DefaultConfig() Config {
 		Batch:           64,
 		SocketBuffer:    8 << 20,
 		TxQueueLen:      1000,
+		Offload:         true,
 		Flows:           flow.DefaultTableConfig(),
 		MaxTunnels:      256,
 		PendingPackets:  256,

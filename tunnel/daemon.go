@@ -58,6 +58,8 @@ type Daemon struct {
 	workers []*worker
 	started atomic.Bool
 	running atomic.Bool
+	// offloadWarned: the kernel's refusal of tun offloads was logged.
+	offloadWarned atomic.Bool
 
 	created, destroyed, failures, hookFailures, pendingQueued atomic.Uint64
 }

@@ -19,6 +19,8 @@ const (
 	dropTunWrite             // writing to gwi- failed
 	dropNoFlow               // return packet with no flow (GWLB only accepts flows it started)
 	dropSend                 // sending to GWLB failed
+	dropGSOMalformed         // super-packet read from a tun with a virtio-net header that does not fit it
+	dropGSOOverMTU           // UDP super-packet whose datagrams exceed the MTU (GWLB would drop them)
 	dropGeneveBase           // + geneve.Reason
 	dropInnerBase     = dropGeneveBase + int(geneve.NumReasons)
 	dropReturnBase    = dropInnerBase + int(flow.NumReasons)
@@ -35,6 +37,8 @@ var dropNames = func() [numDrops]string {
 	n[dropTunWrite] = "tun_write"
 	n[dropNoFlow] = "no_flow"
 	n[dropSend] = "send_error"
+	n[dropGSOMalformed] = "return_gso_malformed"
+	n[dropGSOOverMTU] = "return_gso_over_mtu"
 	for r := geneve.Reason(0); r < geneve.NumReasons; r++ {
 		n[dropGeneveBase+int(r)] = "geneve_" + r.String()
 	}
@@ -51,7 +55,8 @@ type dirCounters struct {
 	inPackets, inBytes   atomic.Uint64 // GWLB -> gwi-
 	outPackets, outBytes atomic.Uint64 // gwi-/gwo- -> GWLB
 	learnFailed          atomic.Uint64 // flow table full: forwarded, return unmatched
-	_                    [24]byte
+	tunWrites, tunReads  atomic.Uint64 // system calls; below packets when offloads merge them
+	_                    [8]byte
 }
 
 // collector exports the daemon's counters at scrape time, so the packet
@@ -61,7 +66,7 @@ type collector struct {
 
 	tunnels, created, destroyed, failed    *prometheus.Desc
 	packets, bytes, drops, flows, learnErr *prometheus.Desc
-	hookFail, pending                      *prometheus.Desc
+	hookFail, pending, tunIO               *prometheus.Desc
 }
 
 func newCollector(d *Daemon) *collector {
@@ -79,11 +84,12 @@ func newCollector(d *Daemon) *collector {
 		learnErr:  prometheus.NewDesc("gwlbproxy_tunnel_flow_learn_failures_total", "Packets forwarded whose flow could not be stored (table full).", ep, nil),
 		hookFail:  prometheus.NewDesc("gwlbproxy_tunnel_hook_failures_total", "CREATE/DESTROY hooks that failed or timed out.", nil, nil),
 		pending:   prometheus.NewDesc("gwlbproxy_tunnel_pending_packets_total", "Packets queued while a new tunnel came up.", nil, nil),
+		tunIO:     prometheus.NewDesc("gwlbproxy_tunnel_tun_io_total", "Tun device writes (direction in) and reads (out); fewer than packets when offloads coalesce them into GSO super-packets.", append(ep, "direction"), nil),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.tunnels, c.created, c.destroyed, c.failed, c.packets, c.bytes, c.drops, c.flows, c.learnErr, c.hookFail, c.pending} {
+	for _, d := range []*prometheus.Desc{c.tunnels, c.created, c.destroyed, c.failed, c.packets, c.bytes, c.drops, c.flows, c.learnErr, c.hookFail, c.pending, c.tunIO} {
 		ch <- d
 	}
 }
@@ -108,6 +114,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(s.BytesIn), id, in, "in")
 		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(s.BytesOut), id, in, "out")
 		ch <- prometheus.MustNewConstMetric(c.learnErr, prometheus.CounterValue, float64(s.LearnFailed), id, in)
+		ch <- prometheus.MustNewConstMetric(c.tunIO, prometheus.CounterValue, float64(s.TunWrites), id, in, "in")
+		ch <- prometheus.MustNewConstMetric(c.tunIO, prometheus.CounterValue, float64(s.TunReads), id, in, "out")
 		ch <- prometheus.MustNewConstMetric(c.flows, prometheus.GaugeValue, float64(t.flows.Stats().Flows), id, in)
 	}
 }

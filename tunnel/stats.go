@@ -23,19 +23,23 @@ type Stats struct {
 
 // TunnelStats describes one tunnel pair.
 type TunnelStats struct {
-	EndpointID  string     `json:"endpoint_id"` // vpce-<17 hex>
-	In          string     `json:"in"`
-	Out         string     `json:"out"`
-	Slot        uint16     `json:"slot"`
-	State       string     `json:"state"`
-	Created     time.Time  `json:"created"`
-	IdleSeconds float64    `json:"idle_seconds"`
-	PacketsIn   uint64     `json:"packets_in"` // from GWLB
-	BytesIn     uint64     `json:"bytes_in"`
-	PacketsOut  uint64     `json:"packets_out"` // back to GWLB
-	BytesOut    uint64     `json:"bytes_out"`
-	LearnFailed uint64     `json:"learn_failed"`
-	Flows       flow.Stats `json:"flows"`
+	EndpointID  string    `json:"endpoint_id"` // vpce-<17 hex>
+	In          string    `json:"in"`
+	Out         string    `json:"out"`
+	Slot        uint16    `json:"slot"`
+	State       string    `json:"state"`
+	Created     time.Time `json:"created"`
+	IdleSeconds float64   `json:"idle_seconds"`
+	PacketsIn   uint64    `json:"packets_in"` // from GWLB
+	BytesIn     uint64    `json:"bytes_in"`
+	PacketsOut  uint64    `json:"packets_out"` // back to GWLB
+	BytesOut    uint64    `json:"bytes_out"`
+	LearnFailed uint64    `json:"learn_failed"`
+	// TunWrites and TunReads count tun system calls; with offloads one
+	// carries many packets (PacketsIn/TunWrites is the merge factor).
+	TunWrites uint64     `json:"tun_writes"`
+	TunReads  uint64     `json:"tun_reads"`
+	Flows     flow.Stats `json:"flows"`
 }
 
 // WorkerStats describes one worker.
@@ -64,6 +68,8 @@ func (t *tunnel) counters() TunnelStats {
 		s.PacketsOut += c.outPackets.Load()
 		s.BytesOut += c.outBytes.Load()
 		s.LearnFailed += c.learnFailed.Load()
+		s.TunWrites += c.tunWrites.Load()
+		s.TunReads += c.tunReads.Load()
 	}
 	return s
 }

@@ -106,7 +106,7 @@ func (d *Daemon) bringUp(t *tunnel) {
 	}
 	start := time.Now()
 	mk := func(name string) (*tun.Device, error) {
-		return tun.Create(tun.Config{Name: name, Queues: d.nworkers, MTU: d.cfg.MTU, TxQueueLen: d.cfg.TxQueueLen}, d.nl)
+		return tun.Create(tun.Config{Name: name, Queues: d.nworkers, MTU: d.cfg.MTU, TxQueueLen: d.cfg.TxQueueLen, Offload: d.cfg.Offload}, d.nl)
 	}
 	in, err := mk(t.pair.In)
 	if err != nil {
@@ -155,8 +155,14 @@ func (d *Daemon) bringUp(t *tunnel) {
 	t.state.Store(stateUp)
 	t.mu.Unlock()
 	d.created.Add(1)
+	off := in.Offloads()
 	d.log.Info("tunnel up", "endpoint", "vpce-"+t.hex, "in", t.pair.In, "out", t.pair.Out,
-		"slot", t.pair.Slot, "queued", flushed, "took", time.Since(start).Round(time.Microsecond))
+		"slot", t.pair.Slot, "queued", flushed, "took", time.Since(start).Round(time.Microsecond),
+		"tso", off.TSO, "uso", off.USO)
+	if d.cfg.Offload && !off.USO && d.offloadWarned.CompareAndSwap(false, true) {
+		d.log.Warn("tun offloads refused by the kernel: fewer packets per system call",
+			"interface", t.pair.In, "tso", off.TSO, "uso", off.USO)
+	}
 	d.runHook(t, "CREATE", d.cfg.CreateHook, func() {
 		t.createHookDone = true
 		if t.destroying {

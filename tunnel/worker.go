@@ -9,6 +9,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/tunnel/flow"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/geneve"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/offload"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/tun"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/udp"
 )
@@ -59,41 +60,126 @@ func (w *worker) run() {
 		}
 		now = time.Now()
 		for i := 0; i < n; i++ {
-			if r := w.receive(rx, &rx.msgs[i], now); r >= 0 {
+			if r := w.receive(rx, i, now); r >= 0 {
 				w.drops[r].Add(1)
 			}
+		}
+		if len(rx.gro) > 0 {
+			w.flushGRO(rx)
 		}
 	}
 }
 
+// rxHeadroom is reserved in front of every receive buffer so that a
+// virtio-net header fits before the inner packet even when the GENEVE
+// header in front of it is shorter (it carries no options).
+const rxHeadroom = 16
+
 // rxState is a worker's preallocated receive buffers and scratch.
 type rxState struct {
 	msgs    []udp.Message
+	raw     [][]byte // raw[i][rxHeadroom:] is msgs[i].Buf
 	h       geneve.Header
 	k       flow.Key
 	cache   *tunnel
 	cacheEP uint64
+
+	// Packets held for coalescing until the end of the batch.
+	gro    []groPkt
+	pkts   [][]byte
+	idx    []int // pkts[j] is gro[idx[j]]
+	parts  [][]byte
+	merger *offload.Coalescer
+}
+
+// groPkt is an inner packet waiting in rx.raw[msg][start:end].
+type groPkt struct {
+	t          *tunnel
+	msg        int
+	start, end int
 }
 
 func newRxState(cfg Config) *rxState {
-	rx := &rxState{msgs: make([]udp.Message, cfg.Batch)}
+	rx := &rxState{
+		msgs:   make([]udp.Message, cfg.Batch),
+		raw:    make([][]byte, cfg.Batch),
+		gro:    make([]groPkt, 0, cfg.Batch),
+		pkts:   make([][]byte, 0, cfg.Batch),
+		idx:    make([]int, 0, cfg.Batch),
+		parts:  make([][]byte, 0, offload.MaxSegments+1),
+		merger: offload.NewCoalescer(cfg.Batch, true),
+	}
 	size := geneve.MaxHeaderLen + cfg.MTU
 	for i := range rx.msgs {
-		rx.msgs[i].Buf = make([]byte, size)
+		rx.raw[i] = make([]byte, rxHeadroom+size)
+		rx.msgs[i].Buf = rx.raw[i][rxHeadroom:]
 	}
 	return rx
 }
 
-// receive handles one datagram and returns a drop reason or -1.
-func (w *worker) receive(rx *rxState, m *udp.Message, now time.Time) int {
+// receive handles datagram i and returns a drop reason or -1. Packets for
+// a tunnel with offloads are held in rx.gro and written by flushGRO.
+func (w *worker) receive(rx *rxState, i int, now time.Time) int {
+	m := &rx.msgs[i]
 	t, inner, r := w.decap(rx, m, now)
 	if r >= 0 {
 		return r
 	}
 	if t.state.Load() == stateUp {
+		if t.in.Queue(w.id).VnetHdr() {
+			end := rxHeadroom + m.N
+			rx.gro = append(rx.gro, groPkt{t: t, msg: i, start: end - len(inner), end: end})
+			return -1
+		}
 		return w.write(t, inner)
 	}
 	return t.enqueue(inner, w)
+}
+
+// flushGRO writes the held packets, tunnel by tunnel: each tunnel's
+// packets are coalesced and every result is written with one writev of a
+// virtio-net header, the head packet and the merged payloads.
+func (w *worker) flushGRO(rx *rxState) {
+	for first := 0; first < len(rx.gro); first++ {
+		t := rx.gro[first].t
+		if t == nil {
+			continue // done with an earlier tunnel
+		}
+		rx.pkts, rx.idx = rx.pkts[:0], rx.idx[:0]
+		for j := first; j < len(rx.gro); j++ {
+			g := &rx.gro[j]
+			if g.t == t {
+				rx.pkts = append(rx.pkts, rx.raw[g.msg][g.start:g.end])
+				rx.idx = append(rx.idx, j)
+				g.t = nil
+			}
+		}
+		q := t.in.Queue(w.id)
+		rx.merger.UDP = t.in.Offloads().USO
+		for _, sp := range rx.merger.Coalesce(rx.pkts) {
+			g := &rx.gro[rx.idx[sp.Head]]
+			// The head's virtio-net header goes in the bytes just before
+			// it (GENEVE header, already learned), so head and header are
+			// one iovec.
+			hs := g.start - offload.VirtioNetHdrLen
+			sp.Hdr.Encode(rx.raw[g.msg][hs:g.start])
+			rx.parts = rx.merger.AppendParts(rx.parts[:0], rx.pkts, &sp)
+			rx.parts[0] = rx.raw[g.msg][hs:g.end]
+			n, err := q.WriteVec(rx.parts)
+			if err != nil {
+				w.drops[dropTunWrite].Add(uint64(sp.Segments))
+				continue
+			}
+			// Count the original packets' bytes: every merged packet lost
+			// its headers.
+			c := &t.ctr[w.id]
+			c.inPackets.Add(uint64(sp.Segments))
+			c.tunWrites.Add(1)
+			c.inBytes.Add(uint64(n - offload.VirtioNetHdrLen + (sp.Segments-1)*int(sp.Hdr.HdrLen)))
+		}
+	}
+	clear(rx.gro) // drop tunnel references
+	rx.gro = rx.gro[:0]
 }
 
 // decap is the receive path up to the tun write: source check, GENEVE
@@ -145,6 +231,7 @@ func (w *worker) countIn(t *tunnel, n int) {
 	c := &t.ctr[w.id]
 	c.inPackets.Add(1)
 	c.inBytes.Add(uint64(n))
+	c.tunWrites.Add(1)
 }
 
 // readTun is the return path for one tun queue: packets the kernel routed
@@ -153,6 +240,10 @@ func (w *worker) countIn(t *tunnel, n int) {
 // and GWLB's source port, to the GENEVE port.
 func (d *Daemon) readTun(t *tunnel, q *tun.Queue, wid int) {
 	defer t.readers.Done()
+	if q.VnetHdr() {
+		d.readTunOffload(t, q, wid)
+		return
+	}
 	tx := newTxState(d.cfg, d.workers[wid].raw)
 	w := d.workers[wid]
 	for {
@@ -165,6 +256,7 @@ func (d *Daemon) readTun(t *tunnel, q *tun.Queue, wid int) {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
+		t.ctr[wid].tunReads.Add(uint64(n))
 		d.sendBatch(t, w, tx, n, time.Now())
 	}
 }
@@ -242,4 +334,152 @@ func (d *Daemon) sendBatch(t *tunnel, w *worker, tx *txState, n int, now time.Ti
 	c := &t.ctr[w.id]
 	c.outPackets.Add(uint64(sent))
 	c.outBytes.Add(bytes)
+}
+
+// maxVnetRead is the largest read from a tun queue with offloads: a
+// virtio-net header and a 64 KiB GSO super-packet, with slack so a read
+// that fills it exactly can be recognised as truncated.
+const maxVnetRead = offload.VirtioNetHdrLen + 65536 + 64
+
+// segRoom is one segment's slot in txOffload.scratch: room for the outer
+// and GENEVE headers, then the inner headers the Splitter writes.
+const segRoom = txHeadroom + offload.MaxHeaderLen
+
+// txOffload is a tun reader's state when the device has offloads: reads
+// are packed into one arena (a few super-packets or many small packets),
+// super-packets are split into segments whose headers are built in
+// scratch and whose payloads are sent straight from the arena.
+type txOffload struct {
+	arena   []byte
+	rpkts   [][]byte
+	scratch []byte
+	used    int // scratch slots in use
+	pkts    []udp.Packet
+	bytes   uint64
+	batch   *udp.Batch
+	sp      offload.Splitter
+	k       flow.Key
+	e       flow.Entry
+}
+
+func newTxOffload(cfg Config, raw *udp.RawSender) *txOffload {
+	return &txOffload{
+		arena:   make([]byte, 4*(txHeadroom+maxVnetRead)),
+		rpkts:   make([][]byte, cfg.Batch),
+		scratch: make([]byte, cfg.Batch*segRoom),
+		pkts:    make([]udp.Packet, 0, cfg.Batch),
+		batch:   raw.NewBatch(cfg.Batch),
+	}
+}
+
+// readTunOffload is readTun for a queue with virtio-net headers.
+func (d *Daemon) readTunOffload(t *tunnel, q *tun.Queue, wid int) {
+	w := d.workers[wid]
+	tx := newTxOffload(d.cfg, w.raw)
+	for {
+		n, err := q.ReadPackets(tx.arena, txHeadroom, maxVnetRead, tx.rpkts)
+		if err != nil {
+			if errors.Is(err, os.ErrClosed) || t.state.Load() >= stateClosing {
+				return
+			}
+			d.log.Error("tunnel read failed", "interface", t.pair.In, "worker", wid, "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		now := time.Now()
+		t.touch(now.UnixNano())
+		t.ctr[wid].tunReads.Add(uint64(n))
+		for i := 0; i < n; i++ {
+			d.returnPacket(t, w, tx, tx.rpkts[i], now)
+		}
+		d.flushTx(t, w, tx)
+	}
+}
+
+// returnPacket encapsulates one read (virtio-net header and packet, maybe
+// a super-packet) into tx.pkts, sending whenever the batch fills.
+func (d *Daemon) returnPacket(t *tunnel, w *worker, tx *txOffload, raw []byte, now time.Time) {
+	var vh offload.VirtioNetHdr
+	if len(raw) >= maxVnetRead || vh.Decode(raw) != nil {
+		w.drops[dropGSOMalformed].Add(1)
+		return
+	}
+	p := raw[offload.VirtioNetHdrLen:]
+	if err := tx.sp.Reset(p, vh, d.cfg.MTU); err != nil {
+		if errors.Is(err, offload.ErrTooBig) {
+			w.drops[dropGSOOverMTU].Add(uint64(max(tx.sp.Segments(), 1)))
+		} else {
+			w.drops[dropGSOMalformed].Add(1)
+		}
+		return
+	}
+	segs := uint64(tx.sp.Segments())
+	// One flow lookup for the whole super-packet: its segments share
+	// addresses and ports.
+	info, r := flow.ParsePacket(p, &tx.k)
+	if r != flow.OK {
+		w.drops[dropReturnBase+int(r)].Add(segs)
+		return
+	}
+	if !t.flows.Lookup(tx.k, info, &tx.e, now) {
+		w.drops[dropNoFlow].Add(segs)
+		return
+	}
+	hdr := tx.e.Header()
+	gw := tx.e.GWLB
+	src, dst := netip.AddrPortFrom(tx.e.Local, gw.Port()), netip.AddrPortFrom(gw.Addr(), d.cfg.Port)
+	if !tx.sp.GSO() {
+		if len(tx.pkts) == cap(tx.pkts) {
+			d.flushTx(t, w, tx)
+		}
+		// In place: the arena has txHeadroom free before every read.
+		off := cap(tx.arena) - cap(p)
+		start := off - len(hdr)
+		copy(tx.arena[start:off], hdr)
+		pkt, err := udp.Encap(tx.arena, start, len(hdr)+len(p), src, dst, udp.DefaultTTL)
+		if err != nil {
+			w.drops[dropSend].Add(1)
+			return
+		}
+		tx.pkts = append(tx.pkts, udp.Packet{Buf: pkt, Dst: gw.Addr()})
+		tx.bytes += uint64(len(p))
+		return
+	}
+	for {
+		if len(tx.pkts) == cap(tx.pkts) || tx.used == cap(tx.pkts) {
+			d.flushTx(t, w, tx)
+		}
+		slot := tx.scratch[tx.used*segRoom : (tx.used+1)*segRoom]
+		hl, pl, plSum, ok := tx.sp.Next(slot[txHeadroom:])
+		if !ok {
+			return
+		}
+		tx.used++
+		start := txHeadroom - len(hdr)
+		copy(slot[start:txHeadroom], hdr)
+		pkt, err := udp.EncapTail(slot, start, len(hdr)+hl, pl, plSum, src, dst, udp.DefaultTTL)
+		if err != nil {
+			w.drops[dropSend].Add(1)
+			continue
+		}
+		tx.pkts = append(tx.pkts, udp.Packet{Buf: pkt, Tail: pl, Dst: gw.Addr()})
+		tx.bytes += uint64(hl + len(pl))
+	}
+}
+
+// flushTx sends tx.pkts and frees the scratch slots.
+func (d *Daemon) flushTx(t *tunnel, w *worker, tx *txOffload) {
+	if len(tx.pkts) > 0 {
+		sent, _ := tx.batch.Send(tx.pkts)
+		bytes := tx.bytes
+		if lost := len(tx.pkts) - sent; lost > 0 {
+			w.drops[dropSend].Add(uint64(lost))
+			bytes = bytes * uint64(sent) / uint64(len(tx.pkts))
+		}
+		c := &t.ctr[w.id]
+		c.outPackets.Add(uint64(sent))
+		c.outBytes.Add(bytes)
+	}
+	clear(tx.pkts)
+	tx.pkts, tx.used, tx.bytes = tx.pkts[:0], 0, 0
 }

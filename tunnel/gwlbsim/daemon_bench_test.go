@@ -59,6 +59,7 @@ func TestBenchDaemon(t *testing.T) {
 	}
 	cfg := tunnel.DefaultConfig()
 	cfg.AllowedSources = []netip.Prefix{netip.PrefixFrom(gwlbsim.GWLBAddr, 32)}
+	cfg.Offload = os.Getenv("GWLBSIM_NO_OFFLOAD") == ""
 	d, err := tunnel.New(cfg, slog.New(slog.DiscardHandler), nil, oneArm{topo.Appliance.Netlink()})
 	if err != nil {
 		t.Fatal(err)
@@ -87,6 +88,7 @@ func TestBenchDaemon(t *testing.T) {
 	for _, size := range []int{64, 8472} {
 		var res [2]gwlbsim.BenchResult
 		for i, mode := range []gwlbsim.Mode{gwlbsim.ModePlain, gwlbsim.ModeTunnel} {
+			before := d.Stats()
 			bc := gwlbsim.DefaultBenchConfig(topo)
 			bc.Mode, bc.PayloadSize = mode, size
 			r, err := gwlbsim.Bench(context.Background(), bc)
@@ -97,6 +99,15 @@ func TestBenchDaemon(t *testing.T) {
 				t.Fatalf("%s: %+v", mode, r)
 			}
 			res[i] = r
+			if after := d.Stats(); mode == gwlbsim.ModeTunnel && len(after.Tunnels) == 1 {
+				a := after.Tunnels[0]
+				var b tunnel.TunnelStats
+				if len(before.Tunnels) == 1 {
+					b = before.Tunnels[0]
+				}
+				t.Logf("tun writes %d for %d packets in, reads %d for %d packets out; drops %v",
+					a.TunWrites-b.TunWrites, a.PacketsIn-b.PacketsIn, a.TunReads-b.TunReads, a.PacketsOut-b.PacketsOut, after.Drops)
+			}
 			t.Logf("%-6s %5dB: best %8.0f pps %6.2f Gbps (flat out sent %8.0f recv %8.0f loss %4.1f%%) sender cpu %v receiver cpu %v of %v",
 				mode, r.InnerSize, r.BestPPS, r.BestGbps, r.FlatOut.SentPPS, r.FlatOut.ReceivedPPS, r.FlatOut.Loss*100,
 				r.SenderCPU.Round(time.Millisecond), r.ReceiverCPU.Round(time.Millisecond), r.Duration.Round(time.Millisecond))

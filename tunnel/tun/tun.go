@@ -18,6 +18,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -40,13 +41,32 @@ type Config struct {
 	MTU int
 	// TxQueueLen, if > 0, replaces the kernel's default of 500 packets.
 	TxQueueLen int
+	// Offload asks for IFF_VNET_HDR and the checksum and segmentation
+	// offloads (TUN_F_CSUM|TSO4|TSO6, and USO4|USO6 on kernels from 6.2):
+	// every packet read or written is then preceded by a virtio-net
+	// header and may be a GSO super-packet. What the kernel granted is in
+	// Device.Offloads; if it refuses even TSO the device is opened
+	// without IFF_VNET_HDR, as if Offload were false.
+	Offload bool
+}
+
+// Offloads is what a device negotiated.
+type Offloads struct {
+	// VnetHdr: packets carry a virtio-net header (see tunnel/offload).
+	VnetHdr bool
+	// TSO: TCP super-packets may be read and written (with checksum
+	// offload).
+	TSO bool
+	// USO: UDP super-packets (GSO_UDP_L4) too.
+	USO bool
 }
 
 // Device is an up tun interface with one Queue per worker.
 type Device struct {
-	name   string
-	index  int
-	queues []*Queue
+	name     string
+	index    int
+	queues   []*Queue
+	offloads Offloads
 
 	closeOnce sync.Once
 	closeErr  error
@@ -75,8 +95,22 @@ func Create(cfg Config, nl *netlink.Handle) (*Device, error) {
 		nl = h
 	}
 	d := &Device{name: cfg.Name}
-	for i := 0; i < cfg.Queues; i++ {
-		q, err := openQueue(cfg.Name, i)
+	flags := uint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_MULTI_QUEUE)
+	if cfg.Offload {
+		// The flags and offloads are per device: negotiate on the first
+		// queue, open the others alike.
+		q, off, err := openOffloadQueue(cfg.Name, flags)
+		if err != nil {
+			return nil, err
+		}
+		d.offloads = off
+		if off.VnetHdr {
+			flags |= unix.IFF_VNET_HDR
+		}
+		d.queues = append(d.queues, q)
+	}
+	for i := len(d.queues); i < cfg.Queues; i++ {
+		q, err := openQueue(cfg.Name, i, flags)
 		if err != nil {
 			d.closeQueues()
 			return nil, err
@@ -106,26 +140,71 @@ func Create(cfg Config, nl *netlink.Handle) (*Device, error) {
 	return d, nil
 }
 
-func openQueue(name string, i int) (*Queue, error) {
+const (
+	tunTSO = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
+	tunUSO = unix.TUN_F_USO4 | unix.TUN_F_USO6
+)
+
+// openOffloadQueue opens queue 0 with IFF_VNET_HDR and the richest offload
+// set the kernel accepts; if it accepts none, queue 0 is reopened plain.
+func openOffloadQueue(name string, flags uint16) (*Queue, Offloads, error) {
+	fd, err := openFD(name, 0, flags|unix.IFF_VNET_HDR)
+	if err != nil {
+		return nil, Offloads{}, err
+	}
+	off := Offloads{VnetHdr: true, TSO: true, USO: true}
+	if unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, tunTSO|tunUSO) != nil {
+		off.USO = false
+		if unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, tunTSO) != nil {
+			// No offloads at all: the header would be pure overhead.
+			unix.Close(fd) // the device goes with its only queue
+			fd, err = openFD(name, 0, flags)
+			if err != nil {
+				return nil, Offloads{}, err
+			}
+			off = Offloads{}
+		}
+	}
+	q, err := newQueue(os.NewFile(uintptr(fd), name))
+	if err != nil {
+		return nil, Offloads{}, err
+	}
+	q.vnet = off.VnetHdr
+	return q, off, nil
+}
+
+func openFD(name string, i int, flags uint16) (int, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, fmt.Errorf("tun %s: open /dev/net/tun: %w", name, err)
+		return -1, fmt.Errorf("tun %s: open /dev/net/tun: %w", name, err)
 	}
 	ifr, err := unix.NewIfreq(name)
 	if err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("tun %s: %w", name, err)
+		return -1, fmt.Errorf("tun %s: %w", name, err)
 	}
-	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_MULTI_QUEUE)
+	ifr.SetUint16(flags)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("tun %s: TUNSETIFF queue %d: %w", name, i, err)
+		return -1, fmt.Errorf("tun %s: TUNSETIFF queue %d: %w", name, i, err)
+	}
+	return fd, nil
+}
+
+func openQueue(name string, i int, flags uint16) (*Queue, error) {
+	fd, err := openFD(name, i, flags)
+	if err != nil {
+		return nil, err
 	}
 	// A non-blocking fd handed to os.NewFile is registered with the
 	// runtime poller, so reads park the goroutine instead of a thread and
 	// Close wakes blocked readers.
-	f := os.NewFile(uintptr(fd), name)
-	return newQueue(f)
+	q, err := newQueue(os.NewFile(uintptr(fd), name))
+	if err != nil {
+		return nil, err
+	}
+	q.vnet = flags&unix.IFF_VNET_HDR != 0
+	return q, nil
 }
 
 // Name returns the interface name.
@@ -133,6 +212,10 @@ func (d *Device) Name() string { return d.name }
 
 // Index returns the kernel interface index.
 func (d *Device) Index() int { return d.index }
+
+// Offloads returns what the kernel granted (all false unless
+// Config.Offload was set).
+func (d *Device) Offloads() Offloads { return d.offloads }
 
 // Queues returns the number of queues.
 func (d *Device) Queues() int { return len(d.queues) }
@@ -182,8 +265,25 @@ func (d *Device) Close(nl *netlink.Handle) error {
 // Queue must come from one goroutine at a time; writes may be concurrent
 // with reads.
 type Queue struct {
-	f  *os.File
-	rc syscall.RawConn
+	f    *os.File
+	rc   syscall.RawConn
+	vnet bool
+
+	// Vectored writes: the iovecs and the callback are reused under wmu.
+	wmu     sync.Mutex
+	wIov    []unix.Iovec
+	writeFn func(fd uintptr) bool
+	wN      int
+	wErr    error
+	wParts  [2][]byte
+
+	// ReadPackets state.
+	pktFn  func(fd uintptr) bool
+	pArena []byte
+	pPkts  [][]byte
+	pHead  int
+	pMax   int
+	pOff   int
 
 	// State for ReadBatch's callback, preallocated so that a read
 	// allocates nothing: the callback passed to RawConn.Read escapes, so
@@ -204,8 +304,14 @@ func newQueue(f *os.File) (*Queue, error) {
 	}
 	q := &Queue{f: f, rc: rc}
 	q.readFn = q.doRead
+	q.writeFn = q.doWritev
+	q.pktFn = q.doReadPackets
 	return q, nil
 }
+
+// VnetHdr reports whether every packet on this queue is preceded by a
+// virtio-net header (the device was opened with offloads).
+func (q *Queue) VnetHdr() bool { return q.vnet }
 
 // doRead reads packets until the batch is full or the queue is empty. It
 // returns false (wait for readability) only when it read nothing.
@@ -252,9 +358,130 @@ func (q *Queue) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error) {
 }
 
 // Write writes one IP packet to the queue, i.e. delivers it to the
-// kernel as if received on the interface.
+// kernel as if received on the interface. On a queue with a virtio-net
+// header it writes an all-zero header (no offload) first; the count
+// returned is that of pkt alone.
 func (q *Queue) Write(pkt []byte) (int, error) {
-	return q.f.Write(pkt)
+	if !q.vnet {
+		return q.f.Write(pkt)
+	}
+	q.wmu.Lock()
+	q.wParts[0], q.wParts[1] = zeroVnetHdr[:], pkt
+	n, err := q.writev(q.wParts[:])
+	q.wParts[0], q.wParts[1] = nil, nil
+	q.wmu.Unlock()
+	return max(n-len(zeroVnetHdr), 0), err
+}
+
+var zeroVnetHdr [10]byte
+
+// WriteVec writes the concatenation of parts as one packet (writev): the
+// caller's virtio-net header first on a VnetHdr queue, then the packet,
+// possibly a GSO super-packet made of a head and other packets' payloads.
+// It returns the bytes written.
+func (q *Queue) WriteVec(parts [][]byte) (int, error) {
+	q.wmu.Lock()
+	n, err := q.writev(parts)
+	q.wmu.Unlock()
+	return n, err
+}
+
+func (q *Queue) writev(parts [][]byte) (int, error) {
+	if cap(q.wIov) < len(parts) {
+		q.wIov = make([]unix.Iovec, len(parts))
+	}
+	q.wIov = q.wIov[:0]
+	for _, p := range parts {
+		if len(p) == 0 {
+			continue
+		}
+		v := unix.Iovec{Base: unsafe.SliceData(p)}
+		v.SetLen(len(p))
+		q.wIov = append(q.wIov, v)
+	}
+	if len(q.wIov) == 0 {
+		return 0, nil
+	}
+	q.wN, q.wErr = 0, nil
+	if err := q.rc.Write(q.writeFn); err != nil {
+		return 0, fmt.Errorf("tun %s: write: %w", q.f.Name(), err)
+	}
+	if q.wErr != nil {
+		return 0, fmt.Errorf("tun %s: write: %w", q.f.Name(), q.wErr)
+	}
+	return q.wN, nil
+}
+
+func (q *Queue) doWritev(fd uintptr) bool {
+	for {
+		r, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&q.wIov[0])), uintptr(len(q.wIov)))
+		switch e {
+		case 0:
+			q.wN = int(r)
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			q.wErr = e
+			return true
+		}
+	}
+}
+
+// ReadPackets reads packets back to back into arena, each headroom bytes
+// after the end of the previous one (aligned to 8), so the caller can
+// prepend headers in place; pkts[i] is the packet as read, starting with
+// its virtio-net header on a VnetHdr queue. maxPacket is the largest read
+// to allow for (a GSO super-packet plus header on a VnetHdr queue: 65546
+// and a little). It stops when pkts is full, when the arena has less than
+// headroom+maxPacket bytes left, or when the queue is empty, blocks until
+// at least one packet is read, and returns the count. A packet that fills
+// maxPacket exactly may have been truncated and should be dropped.
+func (q *Queue) ReadPackets(arena []byte, headroom, maxPacket int, pkts [][]byte) (int, error) {
+	if len(arena) < headroom+maxPacket || len(pkts) == 0 {
+		return 0, fmt.Errorf("tun %s: read: arena %d too small for %d+%d", q.f.Name(), len(arena), headroom, maxPacket)
+	}
+	q.pArena, q.pPkts, q.pHead, q.pMax, q.pOff, q.rN, q.rErr = arena, pkts, headroom, maxPacket, 0, 0, nil
+	err := q.rc.Read(q.pktFn)
+	n := q.rN
+	if err == nil {
+		err = q.rErr
+	}
+	q.pArena, q.pPkts = nil, nil
+	if n > 0 {
+		return n, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("tun %s: read: %w", q.f.Name(), err)
+	}
+	return 0, nil
+}
+
+func (q *Queue) doReadPackets(fd uintptr) bool {
+	for q.rN < len(q.pPkts) {
+		start := q.pOff + q.pHead
+		if start+q.pMax > len(q.pArena) {
+			return true
+		}
+		b := q.pArena[start : start+q.pMax]
+		n, err := unix.Read(int(fd), b)
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			if err == unix.EAGAIN {
+				return q.rN > 0
+			}
+			q.rErr = err
+			return true
+		}
+		q.pPkts[q.rN] = b[:n]
+		q.rN++
+		q.pOff = (start + n + 7) &^ 7
+	}
+	return true
 }
 
 // Close closes the queue.

@@ -43,6 +43,15 @@ func HeaderLen(a netip.Addr) int {
 // anyway for raw sockets). IPv4 packets carry DF: GWLB neither fragments
 // nor reassembles.
 func Encap(buf []byte, off, n int, src, dst netip.AddrPort, ttl uint8) ([]byte, error) {
+	return EncapTail(buf, off, n, nil, 0, src, dst, ttl)
+}
+
+// EncapTail is Encap for a UDP payload in two parts, buf[off:off+n]
+// followed by tail (sent as a second iovec: Packet.Tail), so a segment of
+// a larger packet is sent without being copied. tailSum must be
+// Checksum(tail, 0); callers that already summed the tail (a segmenter
+// computing the inner checksum) save a pass over it.
+func EncapTail(buf []byte, off, n int, tail []byte, tailSum uint64, src, dst netip.AddrPort, ttl uint8) ([]byte, error) {
 	sa, da := src.Addr(), dst.Addr()
 	if sa.Is4() != da.Is4() || !sa.IsValid() || !da.IsValid() {
 		return nil, fmt.Errorf("udp encap: address family mismatch %s -> %s", src, dst)
@@ -51,7 +60,7 @@ func Encap(buf []byte, off, n int, src, dst netip.AddrPort, ttl uint8) ([]byte, 
 	if off < hl || off+n > len(buf) {
 		return nil, errors.New("udp encap: no headroom")
 	}
-	ulen := UDPHeaderLen + n
+	ulen := UDPHeaderLen + n + len(tail)
 	start := off - hl
 	pkt := buf[start : off+n]
 	u := pkt[hl-UDPHeaderLen : hl]
@@ -92,6 +101,17 @@ func Encap(buf []byte, off, n int, src, dst netip.AddrPort, ttl uint8) ([]byte, 
 		sum = Checksum(ip[8:40], uint64(unix.IPPROTO_UDP)+uint64(ulen))
 	}
 	sum = Checksum(pkt[hl-UDPHeaderLen:], sum)
+	if len(tail) > 0 {
+		ts := fold(tailSum)
+		if n%2 == 1 {
+			// The tail starts at an odd offset: its bytes fall in the
+			// other half of each 16-bit word.
+			ts = ts<<8 | ts>>8
+		}
+		var c uint64
+		sum, c = bits.Add64(sum, uint64(ts), 0)
+		sum += c
+	}
 	cs := ^fold(sum)
 	if cs == 0 {
 		cs = 0xffff // 0 means "no checksum" in UDP
@@ -102,8 +122,11 @@ func Encap(buf []byte, off, n int, src, dst netip.AddrPort, ttl uint8) ([]byte, 
 
 // Packet is one outer packet for Batch.Send.
 type Packet struct {
-	// Buf is the complete IP packet as built by Encap.
+	// Buf is the complete IP packet as built by Encap, or its head as
+	// built by EncapTail.
 	Buf []byte
+	// Tail, if not empty, is the rest of the packet (EncapTail's tail).
+	Tail []byte
 	// Dst is its destination (the kernel routes on it).
 	Dst netip.Addr
 }
@@ -185,14 +208,14 @@ func (s *RawSender) NewBatch(n int) *Batch {
 	b := &Batch{
 		s:        s,
 		hdrs:     make([]unix.Mmsghdr, n),
-		iovs:     make([]unix.Iovec, n),
+		iovs:     make([]unix.Iovec, 2*n),
 		names:    make([]unix.RawSockaddrInet6, n),
 		pending4: make([]Packet, 0, n),
 		pending6: make([]Packet, 0, n),
 	}
 	for i := range b.hdrs {
 		b.hdrs[i].Hdr.Name = (*byte)(unsafe.Pointer(&b.names[i]))
-		b.hdrs[i].Hdr.Iov = &b.iovs[i]
+		b.hdrs[i].Hdr.Iov = &b.iovs[2*i]
 		b.hdrs[i].Hdr.SetIovlen(1)
 	}
 	b.writeFn = b.doWrite
@@ -277,8 +300,15 @@ func (b *Batch) send(s *rawSock, pkts []Packet, v4 bool) (int, error) {
 			nm.Addr = p.Dst.As16()
 			b.hdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
 		}
-		b.iovs[i].Base = unsafe.SliceData(p.Buf)
-		b.iovs[i].SetLen(len(p.Buf))
+		b.iovs[2*i].Base = unsafe.SliceData(p.Buf)
+		b.iovs[2*i].SetLen(len(p.Buf))
+		if len(p.Tail) > 0 {
+			b.iovs[2*i+1].Base = unsafe.SliceData(p.Tail)
+			b.iovs[2*i+1].SetLen(len(p.Tail))
+			b.hdrs[i].Hdr.SetIovlen(2)
+		} else {
+			b.hdrs[i].Hdr.SetIovlen(1)
+		}
 	}
 	b.wOff, b.wN, b.wErr, b.wFail = 0, len(pkts), nil, 0
 	err := s.rc.Write(b.writeFn)
