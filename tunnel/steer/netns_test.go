@@ -41,7 +41,9 @@ type nsh struct {
 	nl   *netlink.Handle
 }
 
-func newNS(t *testing.T, tag string) *nsh {
+func newNS(t *testing.T, tag string) *nsh { return newNSB(t, tag) }
+
+func newNSB(t testing.TB, tag string) *nsh {
 	t.Helper()
 	name := "gwlbt-" + tag + "-" + randSuffix()
 	var h netns.NsHandle
