@@ -65,9 +65,6 @@ func Run(ctx context.Context, o RunOptions) (err error) {
 		fmt.Fprintf(out, "; unexpected: %s", strings.Join(bad, ", "))
 	}
 	fmt.Fprintln(out)
-	if o.Mode == "tunnel" && len(bad) > 0 {
-		fmt.Fprintln(out, "note: in tunnel mode the proxy must dial upstreams with the client's address and port (steer.DialUpstream); steps that need an upstream fail until it does")
-	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}

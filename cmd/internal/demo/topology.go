@@ -77,6 +77,18 @@ func NewNetwork(ctx context.Context, mode, prefix string) (_ *Network, err error
 			return nil, err
 		}
 	} else {
+		// An EC2 instance always has a default route (the VPC router);
+		// the GWLB namespace stands in for it. Steering needs one: the
+		// proxy's SYN-ACKs are routed by the main table before the
+		// output route chain re-marks them into the tunnel, and without
+		// any route the kernel drops the SYN (TcpExtListenDrops).
+		r := &netlink.Route{
+			Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
+			Gw:  gwlbsim.GWLBAddr.AsSlice(),
+		}
+		if err = n.Topo.Appliance.Netlink().RouteAdd(r); err != nil {
+			return nil, fmt.Errorf("netns %s: default route: %w", n.Topo.Appliance.Name, err)
+		}
 		for _, ep := range n.Topo.Endpoints {
 			if err = addAddrs(ep.Server, ep.Server.Name, "i0", 24, internetAddrs); err != nil {
 				return nil, err
