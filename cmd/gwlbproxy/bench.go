@@ -16,6 +16,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	benchUsage := func(w io.Writer) {
 		fmt.Fprintf(w, "usage: gwlbproxy bench <benchmark> [flags]\n\nbenchmarks:\n")
 		fmt.Fprintf(w, "  proxy    gwlbproxy vs Squid ssl-bump: bumped HTTPS, new connection per request and keep-alive (root)\n")
+		fmt.Fprintf(w, "  tunnel   GENEVE tunnel vs plain kernel forwarding: pps and Gbps, 64-byte and 8500-byte packets (root)\n")
 	}
 	if len(args) == 0 {
 		benchUsage(stderr)
@@ -24,6 +25,8 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	switch args[0] {
 	case "proxy":
 		return cmdBenchProxy(ctx, args[1:], stdout, stderr)
+	case "tunnel":
+		return cmdBenchTunnel(ctx, args[1:], stdout, stderr)
 	case "proxy-server": // hidden: the proxy under test, started by "bench proxy"
 		return proxybench.ServerMain(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":

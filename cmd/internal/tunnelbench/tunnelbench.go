@@ -1,0 +1,359 @@
+// Package tunnelbench measures the GENEVE tunnel of the real gwlbproxy
+// binary against plain kernel forwarding on the same network namespaces,
+// in one run, and prints a table: `gwlbproxy bench tunnel`.
+//
+// The topology is tunnel/gwlbsim's (gwlb -- appliance -- sink). The
+// appliance is `gwlbproxy run` started inside the appliance namespace
+// through nsexec, with one-arm steering (steer.egress_mode tunnel), so a
+// packet goes GENEVE in -> gwi- -> kernel routing -> gwo- -> GENEVE out,
+// the production path. The generator (tunnel/gwlbsim.Bench: pre-built
+// packets, sendmmsg/recvmmsg, a stepped search for the best rate at <= 1 %
+// loss) is pinned to one CPU and the appliance to another, so that the
+// appliance's figures are those of one core.
+//
+// Plain forwarding is the baseline the issue asks for: the same inner
+// packets sent from the GWLB namespace through the appliance namespace to
+// the sink, forwarded by the kernel alone. Note that veth delivery runs on
+// the sending CPU, so plain forwarding is done entirely on the generator's
+// core (it is often the generator that limits it).
+package tunnelbench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gwlbproxy/gwlbproxy/ca"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/nsexec"
+	"github.com/gwlbproxy/gwlbproxy/logship"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
+)
+
+// Config configures Run.
+type Config struct {
+	// Binary is the gwlbproxy executable to run as the appliance.
+	Binary string
+	// Payloads are the inner UDP payload sizes: 64 (the issue's small
+	// packets) and 8472 (an 8500-byte inner packet, GWLB's MTU).
+	Payloads []int
+	// Flows is the number of inner 5-tuples (and GWLB source ports).
+	Flows int
+	// Step is how long each offered rate is held.
+	Step time.Duration
+	// GeneratorCPU and ApplianceCPU pin the two sides; -1 leaves one
+	// unpinned.
+	GeneratorCPU, ApplianceCPU int
+	// Offload sets tunnel.offload in the appliance's config.
+	Offload bool
+	// Workers sets tunnel.workers (0: one per CPU the process may use).
+	Workers int
+	// Dir keeps config and logs; empty uses a temporary directory.
+	Dir string
+	// Log receives progress; nil discards.
+	Log *slog.Logger
+}
+
+// DefaultConfig returns the issue's measurement.
+func DefaultConfig() Config {
+	return Config{Payloads: []int{64, 8472}, Flows: 64, Step: time.Second,
+		GeneratorCPU: 0, ApplianceCPU: 1, Offload: true, Workers: 1}
+}
+
+// Row is one measurement.
+type Row struct {
+	Path      string // "plain" or "tunnel"
+	InnerSize int
+	gwlbsim.BenchResult
+	// ApplianceCPU is the appliance process's CPU time over the run.
+	ApplianceCPU time.Duration
+}
+
+// Result is every row, in pairs (plain, tunnel) per payload size.
+type Result struct {
+	Config Config
+	Rows   []Row
+}
+
+// Run builds the topology, starts the appliance, measures and tears
+// everything down.
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("bench tunnel needs root (network namespaces, tun devices)")
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	dir := cfg.Dir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "gwlbproxy-tunnelbench-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(d)
+		dir = d
+	}
+	topo, err := gwlbsim.NewTopology(gwlbsim.TopologyConfig{Prefix: "tb",
+		Endpoints: []gwlbsim.EndpointConfig{{ID: 0x0123456789abcdef, AttachmentID: 1}}})
+	if err != nil {
+		return nil, err
+	}
+	defer topo.Close()
+	cfgFile, err := writeConfig(dir, cfg)
+	if err != nil {
+		return nil, err
+	}
+	app, err := start(ctx, cfg, topo.Appliance.Name, cfgFile, filepath.Join(dir, "appliance.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer app.stop()
+	log.Info("appliance ready", "pid", app.cmdPid(), "config", cfgFile)
+
+	// Warm up: the first GENEVE packet creates the tunnel pair (and its
+	// steering); measure only once it carries traffic.
+	warm := gwlbsim.DefaultBenchConfig(topo)
+	warm.Step, warm.Steps, warm.Flows, warm.CPU = 500*time.Millisecond, 1, cfg.Flows, cfg.GeneratorCPU
+	var wr gwlbsim.BenchResult
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if wr, err = gwlbsim.Bench(ctx, warm); err != nil {
+			return nil, err
+		}
+		if wr.FlatOut.ReceivedPPS > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("no GENEVE came back from the appliance; its log:\n%s", tail(filepath.Join(dir, "appliance.log"), 20))
+		}
+	}
+	_ = pinAll(app.pid, cfg.ApplianceCPU) // threads started since
+
+	res := &Result{Config: cfg}
+	for _, size := range cfg.Payloads {
+		for _, mode := range []gwlbsim.Mode{gwlbsim.ModePlain, gwlbsim.ModeTunnel} {
+			bc := gwlbsim.DefaultBenchConfig(topo)
+			bc.Mode, bc.PayloadSize, bc.Flows, bc.Step, bc.CPU = mode, size, cfg.Flows, cfg.Step, cfg.GeneratorCPU
+			c0 := procCPU(app.pid)
+			r, err := gwlbsim.Bench(ctx, bc)
+			if err != nil {
+				return nil, fmt.Errorf("%s %d B: %w", mode, size, err)
+			}
+			row := Row{Path: string(mode), InnerSize: r.InnerSize, BenchResult: r, ApplianceCPU: procCPU(app.pid) - c0}
+			log.Info("measured", "path", mode, "inner", r.InnerSize, "best_pps", int(r.BestPPS), "flat_out_recv", int(r.FlatOut.ReceivedPPS))
+			res.Rows = append(res.Rows, row)
+			if r.BadLength > 0 {
+				return res, fmt.Errorf("%s %d B: %d datagrams of the wrong length came back", mode, size, r.BadLength)
+			}
+		}
+	}
+	return res, nil
+}
+
+func writeConfig(dir string, cfg Config) (string, error) {
+	caDir := filepath.Join(dir, "ca")
+	if err := ca.Init(caDir, ca.InitOptions{CommonName: "gwlbproxy tunnel bench CA", Validity: 24 * time.Hour}); err != nil {
+		return "", fmt.Errorf("bench CA: %w", err)
+	}
+	c := config.Default()
+	c.InstanceID = "tunnel-bench"
+	c.Log = config.LogConfig{Level: "info", Format: "json"}
+	// Health and metrics on loopback ports nothing else uses in the
+	// appliance's own namespace.
+	c.Health.Listen = "127.0.0.1:18080"
+	c.Metrics.Listen = "127.0.0.1:19100"
+	c.Drain.Deadline = time.Second
+	c.Tunnel.Listen = gwlbsim.ApplianceAddr
+	c.Tunnel.AllowedSources = []netip.Prefix{netip.PrefixFrom(gwlbsim.GWLBAddr, 32)}
+	c.Tunnel.Offload = cfg.Offload
+	c.Tunnel.Workers = cfg.Workers
+	c.Steer.EgressMode = steer.EgressTunnel
+	c.Steer.IPv6 = false
+	c.CA.CertFile = filepath.Join(caDir, ca.CertFileName)
+	c.CA.KeyFile = filepath.Join(caDir, ca.KeyFileName)
+	c.Logship.Sink = logship.SinkStdout
+	c.Logship.Spool.Dir = filepath.Join(dir, "spool")
+	c.Logship.DeadLetterPath = filepath.Join(dir, "deadletter.jsonl")
+	b, err := c.Marshal()
+	if err != nil {
+		return "", fmt.Errorf("config: %w", err)
+	}
+	if _, err := config.Parse(b); err != nil {
+		return "", fmt.Errorf("generated config: %w", err)
+	}
+	f := filepath.Join(dir, "gwlbproxy.yaml")
+	return f, os.WriteFile(f, b, 0o644)
+}
+
+type appliance struct {
+	pid  int
+	proc *os.Process
+	done chan struct{}
+	log  *os.File
+}
+
+func (a *appliance) cmdPid() int { return a.pid }
+
+// start runs `binary run --config file` in namespace ns with the CPU
+// affinity of cpu (inherited from the forking thread), and waits for the
+// "gwlbproxy ready" log line.
+func start(ctx context.Context, cfg Config, ns, file, logPath string) (*appliance, error) {
+	lf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := nsexec.Command(ns, cfg.Binary, "run", "--config", file)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.Stdout = io.Discard
+	cmd.Stderr = lf
+	// Fork from a thread pinned to the appliance's CPU: the child and
+	// every thread it creates inherit the mask. The thread then waits for
+	// the child: Pdeathsig fires when the forking thread exits.
+	a := &appliance{done: make(chan struct{}), log: lf}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread's mask is changed
+		if cfg.ApplianceCPU >= 0 {
+			var set unix.CPUSet
+			set.Set(cfg.ApplianceCPU)
+			if err := unix.SchedSetaffinity(0, &set); err != nil {
+				errc <- fmt.Errorf("pin appliance to CPU %d: %w", cfg.ApplianceCPU, err)
+				return
+			}
+		}
+		if err := cmd.Start(); err != nil {
+			errc <- err
+			return
+		}
+		a.pid, a.proc = cmd.Process.Pid, cmd.Process
+		errc <- nil
+		_ = cmd.Wait()
+		close(a.done)
+	}()
+	if err := <-errc; err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("start %s: %w", cfg.Binary, err)
+	}
+	deadline := time.After(60 * time.Second)
+	for {
+		if strings.Contains(tail(logPath, 200), "gwlbproxy ready") {
+			return a, nil
+		}
+		select {
+		case <-a.done:
+			lf.Close()
+			return nil, fmt.Errorf("appliance exited before ready:\n%s", tail(logPath, 20))
+		case <-ctx.Done():
+			a.stop()
+			return nil, ctx.Err()
+		case <-deadline:
+			a.stop()
+			return nil, fmt.Errorf("appliance not ready after 60s:\n%s", tail(logPath, 20))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (a *appliance) stop() {
+	_ = a.proc.Signal(syscall.SIGTERM)
+	select {
+	case <-a.done:
+	case <-time.After(15 * time.Second):
+		_ = a.proc.Kill()
+		<-a.done
+	}
+	a.log.Close()
+}
+
+// pinAll sets the affinity of every thread of pid.
+func pinAll(pid, cpu int) error {
+	if cpu < 0 {
+		return nil
+	}
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return err
+	}
+	var set unix.CPUSet
+	set.Set(cpu)
+	var errs []error
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err == nil {
+			errs = append(errs, unix.SchedSetaffinity(tid, &set))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// procCPU is the user+system CPU time of process pid so far.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 {
+		s = s[i+2:]
+	}
+	f := strings.Fields(s)
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
+}
+
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// WriteTable prints the result.
+func (r *Result) WriteTable(w io.Writer) {
+	c := r.Config
+	fmt.Fprintf(w, "gwlbproxy bench tunnel: %d flows, %s steps, best rate at <= 1%% loss; generator on CPU %d, appliance on CPU %d; tunnel.offload=%v\n\n",
+		c.Flows, c.Step, c.GeneratorCPU, c.ApplianceCPU, c.Offload)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "inner size\tpath\tbest pps\tbest Gbps\tflat-out sent pps\tflat-out recv pps\tflat-out loss\tgenerator CPU\tappliance CPU\ttunnel/plain\t")
+	var plain float64
+	for _, row := range r.Rows {
+		ratio := ""
+		if row.Path == "plain" {
+			plain = row.BestPPS
+		} else if plain > 0 {
+			ratio = fmt.Sprintf("%.2f", row.BestPPS/plain)
+		}
+		d := row.Duration.Seconds()
+		gen := (row.SenderCPU + row.ReceiverCPU).Seconds() / d * 100
+		app := row.ApplianceCPU.Seconds() / d * 100
+		fmt.Fprintf(tw, "%d B\t%s\t%.0f\t%.2f\t%.0f\t%.0f\t%.1f %%\t%.0f %%\t%.0f %%\t%s\t\n",
+			row.InnerSize, row.Path, row.BestPPS, row.BestGbps, row.FlatOut.SentPPS, row.FlatOut.ReceivedPPS,
+			row.FlatOut.Loss*100, gen, app, ratio)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\ngenerator CPU: sender+receiver thread time / wall time (one core = 100 %%); appliance CPU: the gwlbproxy process.\n")
+	fmt.Fprintf(w, "plain forwarding runs in the generator's softirq context (veth delivers on the sending CPU).\n")
+}
