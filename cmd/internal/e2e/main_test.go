@@ -1,0 +1,99 @@
+// Package e2e runs the real gwlbproxy binary behind the GWLB simulator in
+// network namespaces (cmd/internal/demo builds them) and checks what the
+// demo shows plus load, memory, restart and health behaviour. It needs
+// root; every test builds and removes its own namespaces.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/demo"
+)
+
+// binary is the gwlbproxy built once for the run by TestMain.
+var binary string
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() == 0 {
+		dir, err := os.MkdirTemp("", "gwlbproxy-e2e-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		binary = filepath.Join(dir, "gwlbproxy")
+		cmd := exec.Command("go", "build", "-o", binary, "github.com/gwlbproxy/gwlbproxy/cmd/gwlbproxy")
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: building gwlbproxy: %v\n", err)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
+		code := m.Run()
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+// newEnv starts a demo deployment for the test and removes it at cleanup.
+func newEnv(t *testing.T, mode string, modify func(*config.Config), cloudwatch bool) *demo.Env {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("e2e: needs root (network namespaces, tun devices, nftables); run the suite as root, e.g. sudo go test ./cmd/internal/e2e")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	e, err := demo.Start(ctx, demo.Options{
+		Mode: mode, Binary: binary, Dir: t.TempDir(), Prefix: "ge", Modify: modify, CloudWatchFake: cloudwatch,
+		Progress: func(s string) { t.Log(s) },
+	})
+	if err != nil {
+		t.Fatalf("demo environment: %v", err)
+	}
+	names := e.Net.Namespaces()
+	t.Cleanup(func() {
+		if t.Failed() && e.App != nil {
+			t.Logf("appliance log tail:\n%s", e.App.LogTail(40))
+		}
+		if err := e.Close(); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+		for _, ns := range names {
+			if _, err := os.Stat("/run/netns/" + ns); err == nil {
+				t.Errorf("namespace %s left behind", ns)
+			}
+		}
+	})
+	return e
+}
+
+func testCtx(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	var last string
+	for {
+		ok, s := cond()
+		if ok {
+			return
+		}
+		last = s
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s (last: %s)", d, what, last)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
