@@ -1,0 +1,155 @@
+package steer
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/tunnel"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netns"
+)
+
+// TestE2EWithTunnelDaemon runs the real tunnel daemon (GENEVE from the
+// GWLB simulator, tun pairs created on the first packet) with the Steerer as
+// its Observer: TCP 443 from the client of each of two endpoints (same
+// client address in both VPCs) is intercepted, attributed to its endpoint,
+// and the reply goes back through the right tunnel and GENEVE options.
+//
+// NOT YET PASSING, so opt-in (STEER_E2E=1): the SYNs reach the TPROXY rule
+// (the intercepted counter moves) but no connection completes. Not
+// diagnosed yet (candidates: the appliance namespace of gwlbsim differs
+// from the steer tests' topology, or the reply path through the daemon's
+// gwo-* write side). The same rules pass every namespace test with tun
+// pairs relayed by the test itself.
+func TestE2EWithTunnelDaemon(t *testing.T) {
+	if os.Getenv("STEER_E2E") == "" {
+		t.Skip("opt-in: STEER_E2E=1 (known failing, see comment)")
+	}
+	for _, off := range []bool{false, true} {
+		t.Run(fmt.Sprint("offload=", off), func(t *testing.T) { e2e(t, off) })
+	}
+}
+
+func e2e(t *testing.T, offload bool) {
+	needRoot(t)
+	eps := []uint64{0x0123456789abcdef, 0x76bc493b822cd32f}
+	var ecs []gwlbsim.EndpointConfig
+	for i, ep := range eps {
+		ecs = append(ecs, gwlbsim.EndpointConfig{ID: ep, AttachmentID: 0x1000 + uint64(i)})
+	}
+	topo, err := gwlbsim.NewTopology(gwlbsim.TopologyConfig{Prefix: "st", Endpoints: ecs})
+	if err != nil {
+		t.Fatalf("topology: %v", err)
+	}
+	t.Cleanup(func() { topo.Close() })
+	// Local delivery (table route_table_base) routes via lo.
+	lo, err := topo.Appliance.Netlink().LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := topo.Appliance.Netlink().LinkSetUp(lo); err != nil {
+		t.Fatal(err)
+	}
+
+	log := testLogger(t)
+	scfg := tunnelConfig()
+	s, err := newSteerer(scfg, log, prometheus.NewRegistry(), int(topo.Appliance.Handle()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	tp := &topo_{s: s}
+	tp.t = t
+	tp.startProxy(false)
+
+	cfg := tunnel.DefaultConfig()
+	cfg.AllowedSources = []netip.Prefix{netip.PrefixFrom(gwlbsim.GWLBAddr, 32)}
+	cfg.Workers = 2
+	cfg.Offload = offload
+	d, err := tunnel.New(cfg, log, prometheus.NewRegistry(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		if err := netns.Set(topo.Appliance.Handle()); err != nil {
+			done <- err
+			return
+		}
+		done <- d.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(60 * time.Second):
+			t.Error("Run did not return")
+		}
+	})
+	select {
+	case <-d.Ready():
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("daemon not ready")
+	}
+	sctx, scancel := context.WithCancel(context.Background())
+	t.Cleanup(scancel)
+	sim, err := gwlbsim.Start(sctx, topo, gwlbsim.Config{Logger: log})
+	if err != nil {
+		t.Fatalf("sim: %v", err)
+	}
+	t.Cleanup(func() { sim.Close() })
+
+	for round := 0; round < 2; round++ {
+		for i, ep := range topo.Endpoints {
+			var c net.Conn
+			err := ep.Client.Do(func() (err error) {
+				d := net.Dialer{Timeout: 20 * time.Second}
+				c, err = d.Dial("tcp4", netip.AddrPortFrom(gwlbsim.ServerAddr, 443).String())
+				return err
+			})
+			if err != nil {
+				t.Fatalf("endpoint %d: dial: %v; steer stats %+v", i, err, s.Stats())
+			}
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			line, err := bufio.NewReader(c).ReadString('\n')
+			local := c.LocalAddr().String()
+			c.Close()
+			if err != nil {
+				t.Fatalf("endpoint %d: read: %v", i, err)
+			}
+			want := fmt.Sprintf("proxy dst=%s:443 ep=%x ok=true client=%s", gwlbsim.ServerAddr, eps[i], local)
+			if strings.TrimSpace(line) != want {
+				t.Fatalf("endpoint %d: got %q want %q", i, line, want)
+			}
+		}
+	}
+	if st := s.Stats(); st.Tunnels != 2 {
+		t.Fatalf("tunnels %d, want 2", st.Tunnels)
+	}
+}
+
+// topo_ reuses startProxy without the namespace topology.
+type topo_ = topo
