@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -106,6 +107,9 @@ type Result struct {
 	// (gwlbproxy records, Squid access.log) over the run, warm-up included;
 	// Sent counts the requests the client completed through it.
 	LogLines, Sent map[string]int
+	// LoadAvg is /proc/loadavg's 1-minute figure at the start and the end:
+	// on a shared machine other work skews the figures.
+	LoadAvg [2]string
 }
 
 // Find returns the row for proxy and scenario.
@@ -125,6 +129,8 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	res = Result{Config: cfg, LogLines: map[string]int{}, Sent: map[string]int{}}
+	res.LoadAvg[0] = loadAvg()
+	defer func() { res.LoadAvg[1] = loadAvg() }()
 	if os.Geteuid() != 0 {
 		return res, errors.New("needs root: it creates network namespaces, nftables rules and policy routes")
 	}
@@ -389,6 +395,14 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+func loadAvg() string {
+	f := strings.Fields(readFile("/proc/loadavg"))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
+}
+
 func readFile(path string) string {
 	b, _ := os.ReadFile(path)
 	return string(b)
@@ -400,7 +414,8 @@ func (r *Result) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "HTTPS through a bumping proxy: %d connections, %v per scenario after %v warm-up, %d-byte responses, %d round(s) taking turns\n",
 		c.Conns, c.Duration, c.Warmup, c.BodySize, max(c.Rounds, 1))
 	fmt.Fprintf(w, "TLS 1.3 X25519, ECDSA P-256 CA shared by both proxies, full handshakes (no resumption), HTTP/1.1\n")
-	fmt.Fprintf(w, "proxy pinned to CPU %d (gwlbproxy GOMAXPROCS=1, Squid one worker); client + upstream on CPU %d\n\n", c.ProxyCPU, c.ClientCPU)
+	fmt.Fprintf(w, "proxy pinned to CPU %d (gwlbproxy GOMAXPROCS=1, Squid one worker); client + upstream on CPU %d; load average %s at start, %s at end\n\n",
+		c.ProxyCPU, c.ClientCPU, r.LoadAvg[0], r.LoadAvg[1])
 	fmt.Fprintf(w, "%-10s %-10s %9s %9s %9s %9s %7s %12s %10s %11s\n",
 		"proxy", "scenario", "requests", "req/s", "p50", "p99", "errors", "proxy CPU", "req/CPU-s", "client CPU")
 	for _, x := range r.Rows {
