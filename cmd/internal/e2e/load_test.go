@@ -121,7 +121,9 @@ func TestLargeDownloadBoundedMemory(t *testing.T) {
 	if grow := hwm1 - hwm0; grow > 24<<20 {
 		t.Errorf("peak RSS grew by %d MiB for a %d MiB body: the proxy buffers", grow>>20, size>>20)
 	}
-	recs, err := e.Records.Wait(ctx, 1, func(r *demo.Record) bool { return r.Path == "/bytes?redacted" || r.Path == fmt.Sprintf("/bytes?n=%d", size) })
+	recs, err := e.Records.Wait(ctx, 1, func(r *demo.Record) bool {
+		return r.Path == "/bytes?redacted" || r.Path == fmt.Sprintf("/bytes?n=%d", size)
+	})
 	if err != nil {
 		t.Fatalf("record: %v", err)
 	}
