@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -152,6 +153,9 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	}
 	if cfg.Scenario != "" && cfg.Scenario != NewConn && cfg.Scenario != KeepAlive {
 		return res, fmt.Errorf("scenario %q is not %s or %s", cfg.Scenario, NewConn, KeepAlive)
+	}
+	if n := runtime.NumCPU(); cfg.ProxyCPU < 0 || cfg.ClientCPU < 0 || cfg.ProxyCPU >= n || cfg.ClientCPU >= n {
+		return res, fmt.Errorf("proxy CPU %d or client CPU %d not in 0..%d", cfg.ProxyCPU, cfg.ClientCPU, n-1)
 	}
 	if cfg.ProxyCPU == cfg.ClientCPU {
 		return res, fmt.Errorf("proxy and client must be on different CPUs (both %d)", cfg.ProxyCPU)

@@ -50,5 +50,14 @@
 // (including connect and handshake for new connections) to the last body
 // byte. The proxy's CPU time is user+system from /proc/<pid>/stat over the
 // measured interval; requests per CPU-second is the honest "per core"
-// figure when the client rather than the proxy is the bottleneck.
+// figure when the client rather than the proxy is the bottleneck (on a
+// two-core machine the client's core saturates first in the keep-alive and
+// no-proxy rows) or when other work shares the proxy's core. With Rounds > 1
+// the proxies take turns and each row sums its rounds.
+//
+// Both proxies pay the same kernel cost per keep-alive request (one read
+// and one write on each side; over veth a write also runs the receiving
+// namespace's TCP input), so requests per CPU-second compare user-space
+// efficiency only partly: the ratio between two proxies is bounded by how
+// much of the slower one's time is that shared kernel cost.
 package proxybench
