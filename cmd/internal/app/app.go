@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -46,6 +47,7 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 		}
 	}()
 
+	applyRuntime(c.Runtime)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	hs := health.New(c.Health.Mode)
@@ -237,6 +239,16 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// applyRuntime sets the collector's pace unless the environment already did.
+func applyRuntime(rc config.RuntimeConfig) {
+	if _, ok := os.LookupEnv("GOGC"); !ok {
+		debug.SetGCPercent(rc.GCPercent)
+	}
+	if _, ok := os.LookupEnv("GOMEMLIMIT"); !ok && rc.MemoryLimitMiB > 0 {
+		debug.SetMemoryLimit(int64(rc.MemoryLimitMiB) << 20)
+	}
 }
 
 // waitTunnelsQuiet keeps forwarded (non-proxied) flows served after the

