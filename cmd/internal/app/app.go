@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -47,7 +46,7 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 		}
 	}()
 
-	applyRuntime(c.Runtime)
+	c.Runtime.Apply()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	hs := health.New(c.Health.Mode)
@@ -239,16 +238,6 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	}
 	log.Info("stopped")
 	return nil
-}
-
-// applyRuntime sets the collector's pace unless the environment already did.
-func applyRuntime(rc config.RuntimeConfig) {
-	if _, ok := os.LookupEnv("GOGC"); !ok {
-		debug.SetGCPercent(rc.GCPercent)
-	}
-	if _, ok := os.LookupEnv("GOMEMLIMIT"); !ok && rc.MemoryLimitMiB > 0 {
-		debug.SetMemoryLimit(int64(rc.MemoryLimitMiB) << 20)
-	}
 }
 
 // waitTunnelsQuiet keeps forwarded (non-proxied) flows served after the

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -61,6 +62,16 @@ type RuntimeConfig struct {
 	GCPercent int `yaml:"gc_percent"`
 	// MemoryLimitMiB is a soft heap limit; 0 means none.
 	MemoryLimitMiB int `yaml:"memory_limit_mib"`
+}
+
+// Apply sets the collector's pace unless the environment already did.
+func (rc RuntimeConfig) Apply() {
+	if _, ok := os.LookupEnv("GOGC"); !ok {
+		debug.SetGCPercent(rc.GCPercent)
+	}
+	if _, ok := os.LookupEnv("GOMEMLIMIT"); !ok && rc.MemoryLimitMiB > 0 {
+		debug.SetMemoryLimit(int64(rc.MemoryLimitMiB) << 20)
+	}
 }
 
 // DrainConfig governs graceful shutdown and scale-in.

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/ca"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
@@ -46,6 +47,7 @@ func ServerMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	config.Default().Runtime.Apply() // the appliance's runtime tuning, as `gwlbproxy run` applies it
 
 	auth, err := ca.LoadFiles(*caCert, *caKey)
 	if err != nil {
