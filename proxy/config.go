@@ -24,9 +24,11 @@ type Config struct {
 	DenyTLS string `yaml:"deny_tls"`
 	// RedactQuery replaces the query string in recorded paths with "?redacted".
 	RedactQuery bool `yaml:"redact_query"`
-	// HTTP2 offers h2 (before http/1.1) to bumped TLS clients. The
-	// upstream side stays HTTP/1.1. WebSocket needs HTTP/1.1 (clients
-	// that want it negotiate http/1.1).
+	// HTTP2 offers h2 (before http/1.1) to bumped TLS clients and, on the
+	// verified upstream TLS dial, to upstreams (shared pools only: in
+	// per-client upstream mode both sides stay HTTP/1.1). WebSocket needs
+	// HTTP/1.1 (clients that want it negotiate http/1.1; upgrade requests
+	// go upstream over HTTP/1.1).
 	HTTP2 bool `yaml:"http2"`
 	// HTTP2MaxStreams caps concurrent streams per client HTTP/2 connection.
 	HTTP2MaxStreams uint32 `yaml:"http2_max_streams"`

@@ -96,11 +96,12 @@ func (st *connState) input(name string) policy.Input {
 	return policy.Input{Endpoint: st.endpoint, HasEndpoint: st.hasEP, Client: st.clientAP.Addr(), Dst: st.dst, Name: name}
 }
 
-// takePre hands the pre-verified upstream conn to the first dial for key.
-func (st *connState) takePre(key poolKey) net.Conn {
+// takePre hands the pre-verified upstream conn to the first dial for key;
+// an HTTP/1.1-only dialer (h2 false) leaves a conn that negotiated h2.
+func (st *connState) takePre(key poolKey, h2 bool) net.Conn {
 	st.preMu.Lock()
 	defer st.preMu.Unlock()
-	if st.pre != nil && st.preKey == key {
+	if st.pre != nil && st.preKey == key && (h2 || !isH2(st.pre)) {
 		c := st.pre
 		st.pre = nil
 		return c
@@ -187,6 +188,11 @@ func (st *connState) release() {
 		<-p.sem
 		p.conns.Done()
 	}
+}
+
+func isH2(c net.Conn) bool {
+	tc, ok := c.(*tls.Conn)
+	return ok && tc.ConnectionState().NegotiatedProtocol == "h2"
 }
 
 func tlsVersionName(v uint16) string {

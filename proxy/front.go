@@ -102,7 +102,7 @@ func (p *Proxy) handleTLS(st *connState) {
 	// this client, and the verified one becomes its upstream.
 	if p.deps.UpstreamPerClient || !p.up.recentlyVerified(key) {
 		ctx, cancel := context.WithTimeout(context.WithValue(p.ctx, stateKey{}, st), p.cfg.DialTimeout+p.cfg.UpstreamTLSTimeout)
-		uc, err := p.up.dialTLS(ctx, st, key)
+		uc, err := p.up.dialTLS(ctx, st, key, p.up.h2())
 		cancel()
 		if err != nil {
 			status, msg := classifyUpstreamErr(err)

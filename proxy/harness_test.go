@@ -271,6 +271,7 @@ func newHarnessOpts(t testing.TB, o harnessOpts) *harness {
 	// Certificates serves hellos without SNI; GetCertificate the others.
 	h.upTLS.TLS = &tls.Config{GetCertificate: h.upCA.upstreamCert(t), Certificates: []tls.Certificate{*ipCert}}
 	h.upTLS.Config.ErrorLog = log.New(io.Discard, "", 0)
+	h.upTLS.EnableHTTP2 = true // offers h2 and http/1.1, like most origins
 	h.upTLS.StartTLS()
 	t.Cleanup(h.upTLS.Close)
 	h.upHTTP = httptest.NewServer(mux)
@@ -347,6 +348,7 @@ func upstreamMux(sseAck <-chan struct{}) *http.ServeMux {
 		w.Header().Set("X-Upstream-Host", r.Host)
 		w.Header().Set("X-Upstream-AE", r.Header.Get("Accept-Encoding"))
 		w.Header().Set("X-Upstream-Peer", r.RemoteAddr)
+		w.Header().Set("X-Upstream-Proto", r.Proto)
 		fmt.Fprintf(w, "%s host=%s path=%s", upstreamMarker, r.Host, r.URL.Path)
 	})
 	mux.HandleFunc("/close", func(w http.ResponseWriter, r *http.Request) {

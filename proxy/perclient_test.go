@@ -182,6 +182,9 @@ func TestUpstreamPerClient(t *testing.T) {
 					t.Errorf("client %d request %d: %d %q", i, j, resp.StatusCode, body)
 					return
 				}
+				if p := resp.Header.Get("X-Upstream-Proto"); p != "HTTP/1.1" {
+					t.Errorf("client %d: upstream spoke %s in per-client mode", i, p)
+				}
 				res[i].peers = append(res[i].peers, resp.Header.Get("X-Upstream-Peer"))
 				res[i].proto = append(res[i].proto, resp.ProtoMajor)
 			}

@@ -4,8 +4,11 @@
 // denies. Decrypted HTTP/1.1 is served by net/http and HTTP/2 (when the
 // client offers h2) by x/net/http2, both with net/http's timeouts and limits;
 // requests go to goproxy (only its ServeHTTP and OnRequest hooks are used);
-// our RoundTripper speaks HTTP/1.1 to the original destination, never to a
-// re-resolved Host, from pools keyed by destination ip:port + SNI.
+// our RoundTripper sends them to the original destination, never to a
+// re-resolved Host, from pools keyed by destination ip:port + SNI. Upstream
+// TLS offers h2 when http2 is on (shared mode): one verified, multiplexed
+// connection then serves many clients; upgrade requests (WebSocket) and
+// upstreams without h2 use HTTP/1.1, as does plain HTTP.
 //
 // Upstream connections are dialed through Deps.DialUpstream with the client
 // connection. In one-arm (steer egress_mode tunnel) they carry the client's
@@ -91,7 +94,8 @@ type Deps struct {
 	// time and it can serve no other client. Then each client connection
 	// gets its own upstream transport limited to one connection (the
 	// pre-verified one serves the first request), closed with the client
-	// connection; bumped clients are offered HTTP/1.1 only (see doc.go);
+	// connection; bumped clients are offered HTTP/1.1 only and upstreams
+	// are spoken to in HTTP/1.1 (see the package doc);
 	// splices are one connection per client anyway.
 	UpstreamPerClient bool
 	// Admit is asked before anything else is done with every new client
@@ -223,6 +227,9 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 	// TLSNextProto is never consulted; h2 is dispatched in bump.
 	go func() { p.served <- p.srv.Serve(p.connL) }()
 	go p.refreshSelf(ctx)
+	if p.up.h2() {
+		go p.up.sweepH2(ctx)
+	}
 	return p, nil
 }
 

@@ -26,10 +26,24 @@ type poolKey struct {
 	tls bool
 }
 
+// poolEntry is one destination's transports: tr speaks h2 when the
+// upstream offers it (HTTP2 on, shared mode), tr1 is HTTP/1.1 only, for
+// requests that need it (Upgrade: WebSocket). Without h2 they are the same.
 type poolEntry struct {
 	key        poolKey
-	tr         *http.Transport
+	tr, tr1    *http.Transport
+	h2         *h2Pool // tr's h2 connections; nil without h2
 	verifiedAt time.Time
+}
+
+func (pe *poolEntry) closeIdle() {
+	pe.tr.CloseIdleConnections()
+	if pe.tr1 != pe.tr {
+		pe.tr1.CloseIdleConnections()
+	}
+	if pe.h2 != nil {
+		pe.h2.sweep(0)
+	}
 }
 
 // upstream owns one http.Transport per poolKey (LRU-bounded), each dialing
@@ -55,17 +69,28 @@ func (u *upstream) closeIdle() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	for _, e := range u.m {
-		e.Value.(*poolEntry).tr.CloseIdleConnections()
+		e.Value.(*poolEntry).closeIdle()
 	}
 }
 
-// transport returns the RoundTripper for st's requests: in shared mode the
-// pool for key, in per-client mode st's own transport.
-func (u *upstream) transport(st *connState, key poolKey) *http.Transport {
+// h2 says whether upstream TLS connections offer h2: http2 is on and
+// connections are shared (per-client mode stays HTTP/1.1: one request at a
+// time per client connection gains nothing from streams, and an h2 client
+// could redial the client's 5-tuple on GOAWAY).
+func (u *upstream) h2() bool { return u.p.cfg.HTTP2 && !u.p.deps.UpstreamPerClient }
+
+// transport returns the RoundTripper for st's request req: in shared mode
+// the pool for key (its HTTP/1.1 transport for upgrade requests), in
+// per-client mode st's own transport.
+func (u *upstream) transport(st *connState, key poolKey, req *http.Request) *http.Transport {
 	if u.p.deps.UpstreamPerClient {
 		return st.ownTransport(u, key)
 	}
-	return u.entry(key).tr
+	pe := u.entry(key)
+	if req.Header.Get("Upgrade") != "" {
+		return pe.tr1
+	}
+	return pe.tr
 }
 
 func (u *upstream) entry(key poolKey) *poolEntry {
@@ -77,34 +102,46 @@ func (u *upstream) entry(key poolKey) *poolEntry {
 	}
 	cfg := &u.p.cfg
 	pe := &poolEntry{key: key}
-	pe.tr = u.newTransport(
-		func(ctx context.Context) (net.Conn, error) {
-			return u.dial(ctx, clientOf(stateFrom(ctx)), key)
-		},
-		func(ctx context.Context) (net.Conn, error) {
-			st := stateFrom(ctx)
-			if st != nil {
-				if c := st.takePre(key); c != nil {
-					return c, nil
+	mk := func(h2 bool) *http.Transport {
+		tr := u.newTransport(
+			func(ctx context.Context) (net.Conn, error) {
+				return u.dial(ctx, clientOf(stateFrom(ctx)), key)
+			},
+			func(ctx context.Context) (net.Conn, error) {
+				st := stateFrom(ctx)
+				if st != nil {
+					if c := st.takePre(key, h2); c != nil {
+						return c, nil
+					}
 				}
-			}
-			return u.dialTLS(ctx, st, key)
-		})
-	pe.tr.MaxIdleConnsPerHost = cfg.UpstreamIdlePerDest
-	pe.tr.MaxIdleConns = cfg.UpstreamIdlePerDest
+				return u.dialTLS(ctx, st, key, h2)
+			})
+		tr.MaxIdleConnsPerHost = cfg.UpstreamIdlePerDest
+		tr.MaxIdleConns = cfg.UpstreamIdlePerDest
+		if h2 && key.tls {
+			pe.h2 = u.enableH2(tr)
+		}
+		return tr
+	}
+	pe.tr = mk(u.h2())
+	pe.tr1 = pe.tr
+	if u.h2() && key.tls {
+		pe.tr1 = mk(false)
+	}
 	u.m[key] = u.lru.PushFront(pe)
 	for len(u.m) > cfg.UpstreamPools {
 		old := u.lru.Back()
 		oe := old.Value.(*poolEntry)
 		u.lru.Remove(old)
 		delete(u.m, oe.key)
-		oe.tr.CloseIdleConnections()
+		oe.closeIdle()
 	}
 	return pe
 }
 
-// newTransport builds an HTTP/1.1 transport whose every dial goes to one
-// destination through dial (plain) or dialTLS (verified TLS).
+// newTransport builds a transport whose every dial goes to one destination
+// through dial (plain) or dialTLS (verified TLS). It speaks HTTP/1.1 unless
+// enableH2 is applied.
 func (u *upstream) newTransport(dial, dialTLS func(context.Context) (net.Conn, error)) *http.Transport {
 	cfg := &u.p.cfg
 	return &http.Transport{
@@ -122,7 +159,7 @@ func (u *upstream) newTransport(dial, dialTLS func(context.Context) (net.Conn, e
 		ExpectContinueTimeout:  time.Second,
 		MaxResponseHeaderBytes: int64(cfg.MaxHeaderBytes) * 4,
 		ForceAttemptHTTP2:      false,
-		// HTTP/1.1 upstream only: no TLSNextProto.
+		// No h2 unless enableH2 adds it.
 		TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{},
 	}
 }
@@ -142,10 +179,10 @@ func (u *upstream) perClientTransport(st *connState, key poolKey) *http.Transpor
 			return st.adopt(c)
 		},
 		func(ctx context.Context) (net.Conn, error) {
-			c := st.takePre(key)
+			c := st.takePre(key, false)
 			if c == nil {
 				var err error
-				if c, err = u.dialTLS(ctx, st, key); err != nil {
+				if c, err = u.dialTLS(ctx, st, key, false); err != nil {
 					return nil, err
 				}
 			}
@@ -207,9 +244,10 @@ func (u *upstream) dial(ctx context.Context, client net.Conn, key poolKey) (net.
 
 // dialTLS dials and completes a verified TLS handshake: ServerName is the
 // SNI (or the destination IP when the client sent none), roots are the system
-// pool plus upstream_ca_bundle, TLS 1.2 minimum, HTTP/1.1 only. st is the
-// client connection it is dialed for (may be nil in shared mode).
-func (u *upstream) dialTLS(ctx context.Context, st *connState, key poolKey) (net.Conn, error) {
+// pool plus upstream_ca_bundle, TLS 1.2 minimum, ALPN h2 (when h2) and
+// http/1.1. st is the client connection it is dialed for (may be nil in
+// shared mode).
+func (u *upstream) dialTLS(ctx context.Context, st *connState, key poolKey, h2 bool) (net.Conn, error) {
 	shared := !u.p.deps.UpstreamPerClient
 	if shared {
 		u.entry(key) // make sure the pool exists so verification is remembered
@@ -222,11 +260,15 @@ func (u *upstream) dialTLS(ctx context.Context, st *connState, key poolKey) (net
 	if name == "" {
 		name = key.dst.Addr().String()
 	}
+	protos := alpnH1
+	if h2 {
+		protos = alpnH2
+	}
 	tc := tls.Client(c, &tls.Config{
 		ServerName: name,
 		RootCAs:    u.p.roots,
 		MinVersion: tls.VersionTLS12,
-		NextProtos: []string{"http/1.1"},
+		NextProtos: protos,
 	})
 	hctx, cancel := context.WithTimeout(ctx, u.p.cfg.UpstreamTLSTimeout)
 	defer cancel()
@@ -239,6 +281,11 @@ func (u *upstream) dialTLS(ctx context.Context, st *connState, key poolKey) (net
 	}
 	return tc, nil
 }
+
+var (
+	alpnH1 = []string{"http/1.1"}
+	alpnH2 = []string{"h2", "http/1.1"}
+)
 
 type ssrfError struct{ why string }
 
@@ -254,7 +301,7 @@ func (u *upstream) roundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Resp
 		return nil, errors.New("proxy: request without connection state")
 	}
 	key := poolKey{dst: st.dst, sni: st.sni, tls: st.isTLS}
-	tr := u.transport(st, key)
+	tr := u.transport(st, key, req)
 	out := *req
 	ou := *req.URL
 	ou.Host = st.dst.String()
