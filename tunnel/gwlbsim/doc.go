@@ -24,6 +24,17 @@
 // reusing a 5-tuple with a new cookie; SendUDP injects malformed GENEVE or
 // GENEVE from ForeignAddr.
 //
+// Config.Targets may name several appliances (underlay addresses
+// reachable from the GWLB namespace; default ApplianceAddr). With
+// Config.HealthCheck the simulator probes each over HTTP from the GWLB
+// namespace as a target group does (healthy after HealthyThreshold 200s,
+// unhealthy after UnhealthyThreshold failures, unhealthy until first
+// passing) and places each new flow by its hash over the healthy targets;
+// a flow stays on its target for life whatever that target's health
+// (GWLB's default failover). With no healthy target new flows are dropped
+// and counted (NoHealthyTarget) unless FailOpen. Targets reports per
+// target health, new flows placed and packets sent and returned.
+//
 // Bench drives the appliance with pre-built GENEVE packets (sendmmsg on a
 // raw socket, recvmmsg on the GWLB port) and steps the offered rate to
 // find the highest rate with at most 1% loss; Mode Plain measures the

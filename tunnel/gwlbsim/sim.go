@@ -12,6 +12,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -27,6 +28,19 @@ type Config struct {
 	ExtraOption *geneve.Option
 	// Logger receives debug logs of dropped returns; nil discards.
 	Logger *slog.Logger
+	// Targets are the appliances' underlay addresses GENEVE is sent to;
+	// empty: ApplianceAddr, the Topology's appliance. Further targets
+	// must be reachable from the GWLB namespace.
+	Targets []netip.Addr
+	// HealthCheck, when set, probes every target over HTTP and places
+	// new flows on healthy targets only; flows keep their target for
+	// their lifetime whatever its health (GWLB's default: no rebalance
+	// on failover). Nil: every target is always healthy.
+	HealthCheck *HealthCheck
+	// FailOpen places new flows over all targets when none is healthy,
+	// as GWLB does; false drops them and counts NoHealthyTarget, which
+	// lets a test with one appliance see that no new flow reached it.
+	FailOpen bool
 }
 
 // Stats are the simulator's counters.
@@ -42,15 +56,17 @@ type Stats struct {
 	UnknownFlow     uint64 // returned packets for a flow GWLB never sent
 	OptionMismatch  uint64 // returned header differs from the one sent for the flow
 	UDPCsumErrors   uint64 // UDP checksum errors counted by the GWLB namespace's kernel
+	NoHealthyTarget uint64 // packets of new flows dropped: no healthy target to place them on
 }
 
 type counters struct {
 	sent, sendErrors, returned, delivered, wrongSource, wrongSourcePort,
-	badGeneve, badInner, unknownFlow, optionMismatch atomic.Uint64
+	badGeneve, badInner, unknownFlow, optionMismatch, noHealthyTarget atomic.Uint64
 }
 
 type simFlow struct {
 	ep      *simEndpoint
+	target  *target
 	srcPort uint16
 	cookie  uint32
 	hdr     []byte // the header last sent for the flow
@@ -84,6 +100,9 @@ type Sim struct {
 	frags  map[simKey]flow.Key
 	wg     sync.WaitGroup
 	closed atomic.Bool
+
+	targets []*target
+	stop    chan struct{} // closed by Close: ends the health checks
 }
 
 // Start opens the tun devices and sockets on topo and starts carrying
@@ -95,7 +114,18 @@ func Start(ctx context.Context, topo *Topology, cfg Config) (_ *Sim, err error) 
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Sim{topo: topo, cfg: cfg, log: log, raw: -1,
-		flows: make(map[simKey]*simFlow), frags: make(map[simKey]flow.Key)}
+		flows: make(map[simKey]*simFlow), frags: make(map[simKey]flow.Key), stop: make(chan struct{})}
+	addrs := cfg.Targets
+	if len(addrs) == 0 {
+		addrs = []netip.Addr{ApplianceAddr}
+	}
+	now := time.Now()
+	for _, a := range addrs {
+		t := &target{addr: a, since: now}
+		// Without health checks every target is healthy from the start.
+		t.healthy.Store(cfg.HealthCheck == nil)
+		s.targets = append(s.targets, t)
+	}
 	defer func() {
 		if err != nil {
 			_ = s.Close()
@@ -143,6 +173,13 @@ func Start(ctx context.Context, topo *Topology, cfg Config) (_ *Sim, err error) 
 	}
 	s.wg.Add(1)
 	go s.fromAppliance()
+	if cfg.HealthCheck != nil {
+		hc := cfg.HealthCheck.withDefaults()
+		for _, t := range s.targets {
+			s.wg.Add(1)
+			go s.healthLoop(t, hc, s.stop)
+		}
+	}
 	go func() {
 		<-ctx.Done()
 		_ = s.Close()
@@ -188,7 +225,6 @@ func (s *Sim) fromVPC(ep *simEndpoint) {
 	defer s.wg.Done()
 	buf := make([]byte, 65536)
 	var out, pkt []byte
-	dst := netip.AddrPortFrom(ApplianceAddr, geneve.Port)
 	for {
 		n, err := ep.tun.Read(buf)
 		if err != nil {
@@ -209,21 +245,27 @@ func (s *Sim) fromVPC(ep *simEndpoint) {
 			proto = geneve.ProtoIPv6
 		}
 		f := s.flowFor(ep, k, info)
+		if f == nil {
+			s.c.noHealthyTarget.Add(1)
+			continue
+		}
 		s.mu.Lock()
 		out = geneve.AppendHeader(out[:0], 0, proto, ep.ID, ep.AttachmentID, f.cookie, s.extra()...)
 		f.hdr = append(f.hdr[:0], out...)
 		port := f.srcPort
 		s.mu.Unlock()
 		out = append(out, inner...)
-		pkt = buildUDP4(pkt, netip.AddrPortFrom(GWLBAddr, port), dst, out)
+		dst := f.target.addr
+		pkt = buildUDP4(pkt, netip.AddrPortFrom(GWLBAddr, port), netip.AddrPortFrom(dst, geneve.Port), out)
 		s.rawMu.Lock()
-		err = sendRaw(s.raw, pkt, ApplianceAddr)
+		err = sendRaw(s.raw, pkt, dst)
 		s.rawMu.Unlock()
 		if err != nil {
 			s.c.sendErrors.Add(1)
 			continue
 		}
 		s.c.sent.Add(1)
+		f.target.sent.Add(1)
 	}
 }
 
@@ -235,7 +277,9 @@ func (s *Sim) extra() []geneve.Option {
 }
 
 // flowFor returns the flow state for a packet from ep, creating it with a
-// fresh random cookie. Later fragments join their first fragment's flow.
+// fresh random cookie on a target chosen among the healthy ones. Later
+// fragments join their first fragment's flow. It returns nil for a new
+// flow when no target can take it.
 func (s *Sim) flowFor(ep *simEndpoint, k flow.Key, info flow.Info) *simFlow {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -246,7 +290,12 @@ func (s *Sim) flowFor(ep *simEndpoint, k flow.Key, info flow.Info) *simFlow {
 	}
 	f, ok := s.flows[simKey{ep.ID, k}]
 	if !ok {
-		f = &simFlow{ep: ep, srcPort: srcPortFor(k), cookie: rand.Uint32()}
+		t := place(s.targets, k, s.cfg.FailOpen)
+		if t == nil {
+			return nil
+		}
+		t.newFlows.Add(1)
+		f = &simFlow{ep: ep, target: t, srcPort: srcPortFor(k), cookie: rand.Uint32()}
 		s.flows[simKey{ep.ID, k}] = f
 	}
 	if info.FirstFragment {
@@ -281,7 +330,8 @@ func (s *Sim) fromAppliance() {
 			return
 		}
 		s.c.returned.Add(1)
-		if from.Addr().Unmap() != ApplianceAddr {
+		tgt := s.targetAt(from.Addr().Unmap())
+		if tgt == nil {
 			s.c.wrongSource.Add(1)
 			continue
 		}
@@ -306,7 +356,14 @@ func (s *Sim) fromAppliance() {
 		same := bytes.Equal(h.Raw, f.hdr)
 		port := f.srcPort
 		ep := f.ep
+		owner := f.target
 		s.mu.Unlock()
+		if owner != tgt {
+			// GWLB accepts a flow's packets only from the target it
+			// placed the flow on.
+			s.c.wrongSource.Add(1)
+			continue
+		}
 		if !same {
 			s.c.optionMismatch.Add(1)
 			s.log.Debug("gwlbsim: options differ", "flow", k)
@@ -320,6 +377,7 @@ func (s *Sim) fromAppliance() {
 			continue
 		}
 		s.c.delivered.Add(1)
+		tgt.returned.Add(1)
 	}
 }
 
@@ -331,6 +389,7 @@ func (s *Sim) Stats() Stats {
 		WrongSource: s.c.wrongSource.Load(), WrongSourcePort: s.c.wrongSourcePort.Load(),
 		BadGeneve: s.c.badGeneve.Load(), BadInner: s.c.badInner.Load(),
 		UnknownFlow: s.c.unknownFlow.Load(), OptionMismatch: s.c.optionMismatch.Load(),
+		NoHealthyTarget: s.c.noHealthyTarget.Load(),
 	}
 	if v, err := udpCsumErrors(s.topo.GWLB); err == nil && v >= s.csum0 {
 		st.UDPCsumErrors = v - s.csum0
@@ -344,6 +403,7 @@ type FlowInfo struct {
 	EndpointID uint64
 	SrcPort    uint16
 	Cookie     uint32
+	Target     netip.Addr // the appliance the flow is pinned to
 }
 
 // Flows lists the flows the simulator has sent.
@@ -352,7 +412,7 @@ func (s *Sim) Flows() []FlowInfo {
 	defer s.mu.Unlock()
 	out := make([]FlowInfo, 0, len(s.flows))
 	for sk, f := range s.flows {
-		out = append(out, FlowInfo{Key: sk.k, EndpointID: f.ep.ID, SrcPort: f.srcPort, Cookie: f.cookie})
+		out = append(out, FlowInfo{Key: sk.k, EndpointID: f.ep.ID, SrcPort: f.srcPort, Cookie: f.cookie, Target: f.target.addr})
 	}
 	return out
 }
@@ -393,6 +453,7 @@ func (s *Sim) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
+	close(s.stop)
 	var errs []error
 	if s.conn != nil {
 		errs = append(errs, s.conn.Close())

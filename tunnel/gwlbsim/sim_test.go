@@ -30,6 +30,13 @@ type reflector struct {
 
 func startReflector(t *testing.T, topo *Topology) *reflector {
 	t.Helper()
+	return startReflectorAt(t, topo, ApplianceAddr)
+}
+
+// startReflectorAt runs a reflector on addr (an address of the appliance
+// namespace), answering from it.
+func startReflectorAt(t *testing.T, topo *Topology, addr netip.Addr) *reflector {
+	t.Helper()
 	r := &reflector{}
 	var err error
 	if r.raw, err = openRaw(topo.Appliance); err != nil {
@@ -37,7 +44,7 @@ func startReflector(t *testing.T, topo *Topology) *reflector {
 	}
 	err = topo.Appliance.Do(func() error {
 		var err error
-		r.conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: ApplianceAddr.AsSlice(), Port: geneve.Port})
+		r.conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: addr.AsSlice(), Port: geneve.Port})
 		return err
 	})
 	if err != nil {
@@ -63,7 +70,7 @@ func startReflector(t *testing.T, topo *Topology) *reflector {
 			if f := r.tamper.Load(); f != nil {
 				(*f)(p)
 			}
-			out = buildUDP4(out, netip.AddrPortFrom(ApplianceAddr, from.Port()), netip.AddrPortFrom(from.Addr().Unmap(), geneve.Port), p)
+			out = buildUDP4(out, netip.AddrPortFrom(addr, from.Port()), netip.AddrPortFrom(from.Addr().Unmap(), geneve.Port), p)
 			_ = sendRaw(r.raw, out, from.Addr().Unmap())
 		}
 	}()
