@@ -1,7 +1,10 @@
 package proxy
 
 import (
+	"context"
+	"crypto/tls"
 	"io"
+	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -58,4 +61,36 @@ func BenchmarkHTTPKeepAlive(b *testing.B) {
 func BenchmarkHTTPSKeepAliveH2(b *testing.B) {
 	h := newHarness(b, nil)
 	benchGets(b, "https://bench.good.test/", func() *http.Client { return h.h2Client() })
+}
+
+// BenchmarkHTTPSKeepAliveUpstreamH1 is BenchmarkHTTPSKeepAlive with http2
+// off: the upstream side speaks HTTP/1.1 from a pool of connections.
+func BenchmarkHTTPSKeepAliveUpstreamH1(b *testing.B) {
+	h := newHarness(b, func(c *Config) { c.HTTP2 = false })
+	benchGets(b, "https://bench.good.test/", func() *http.Client { return h.httpsClient(true) })
+}
+
+// Per-client mode (one-arm): every client connection dials its own
+// upstream bound to the client's address (loopback stand-in for steer's
+// tunnel-mode dialer), so new connections cost an upstream handshake each.
+func perClientClient(h *harness, keepAlive bool) *http.Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			d := net.Dialer{Control: reuseAddr}
+			return d.DialContext(ctx, network, h.tlsAddr)
+		},
+		TLSClientConfig:   &tls.Config{RootCAs: h.clientCA},
+		DisableKeepAlives: !keepAlive,
+	}
+	return &http.Client{Transport: tr, Timeout: 60 * time.Second}
+}
+
+func BenchmarkHTTPSNewConnectionPerClient(b *testing.B) {
+	h, _ := perClientHarness(b)
+	benchGets(b, "https://bench.good.test/", func() *http.Client { return perClientClient(h, false) })
+}
+
+func BenchmarkHTTPSKeepAlivePerClient(b *testing.B) {
+	h, _ := perClientHarness(b)
+	benchGets(b, "https://bench.good.test/", func() *http.Client { return perClientClient(h, true) })
 }

@@ -101,7 +101,7 @@ func (c *trackedUp) Close() error {
 	return err
 }
 
-func perClientHarness(t *testing.T) (*harness, *bindDialer) {
+func perClientHarness(t testing.TB) (*harness, *bindDialer) {
 	var bd *bindDialer
 	h := newHarnessOpts(t, harnessOpts{deps: func(h *harness, d *Deps) {
 		bd = newBindDialer(h)
