@@ -175,6 +175,16 @@ func (s *Shipper) ship(ts time.Time, record []byte, observe bool) error {
 	return nil
 }
 
+// Admit reports whether new records would be refused: ErrSpoolFull while
+// the spool is full under the fail_closed policy. The proxy asks it for
+// every new connection, so it takes one short lock and allocates nothing.
+func (s *Shipper) Admit() error {
+	if s.cfg.Spool.FullPolicy == FullFailClosed && s.sp.Full() {
+		return ErrSpoolFull
+	}
+	return nil
+}
+
 // logDrop logs dropped records loudly but at most every 10 s.
 func (s *Shipper) logDrop() {
 	s.dropLogMu.Lock()

@@ -286,8 +286,14 @@ func TestSpoolFullFailClosed(t *testing.T) {
 	if s.Health() == nil {
 		t.Fatal("health green with a full fail-closed spool")
 	}
+	if !errors.Is(s.Admit(), ErrSpoolFull) {
+		t.Fatalf("Admit = %v with a full fail-closed spool", s.Admit())
+	}
 	e.fake.ClearFaults()
 	waitFor(t, "health to recover after the spool drains", func() bool { return s.Health() == nil })
+	if err := s.Admit(); err != nil {
+		t.Fatalf("Admit = %v after recovery", err)
+	}
 	now := time.Now()
 	if err := s.Ship(now, sampleRecord(accepted, now)); err != nil {
 		t.Fatalf("Ship after recovery: %v", err)
@@ -318,6 +324,9 @@ func TestSpoolFullDrop(t *testing.T) {
 	}
 	if err := s.Health(); err != nil {
 		t.Fatalf("drop policy turned health red: %v", err)
+	}
+	if err := s.Admit(); err != nil {
+		t.Fatalf("drop policy refuses connections: %v", err)
 	}
 	e.fake.ClearFaults()
 	waitFor(t, "delivery", func() bool { return s.Stats().Unacked == 0 })

@@ -128,12 +128,7 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 		UpstreamPerClient: c.Steer.EgressMode == steer.EgressTunnel,
 		// Fail closed on a full spool only (Health is also red for old
 		// unacked records, which the spool absorbs).
-		Admit: func() error {
-			if c.Logship.Spool.FullPolicy == logship.FullFailClosed && shipper.Stats().Spool.Full {
-				return logship.ErrSpoolFull
-			}
-			return nil
-		},
+		Admit:      shipper.Admit,
 		InstanceID: instanceID,
 	}, log.With("component", "proxy"), reg)
 	if err != nil {
