@@ -55,6 +55,17 @@
 //   - replies: the proxy's SYN-ACK goes out by the main table (the instance
 //     NIC) instead of gwo-X, GWLB never sees it, the client times out. The
 //     ct mark + route-type output chain fixes that;
+//   - no route to the client: the SYN-ACK is sent by the kernel during the
+//     handshake and routed once before the output chain can re-mark it. With
+//     mark 0 that first lookup uses the main table; an appliance without a
+//     default route (one-arm needs none) has no route to the client, the
+//     SYN-ACK is never sent (conntrack stuck in SYN_SENT, TcpExtListenDrops
+//     rising). The listeners therefore carry SO_MARK mark_base: the request
+//     socket and the accepted socket inherit the listener's mark (with
+//     tcp_fwmark_accept=0), the first lookup goes to the local-delivery
+//     table, which always has a route, and the route chain re-marks
+//     mark_base packets of our connections into their tunnel like mark-0
+//     ones (TestTunnelModeWithoutDefaultRoute, TestE2EWithTunnelDaemon);
 //   - a listener without IP_TRANSPARENT, or bound to another address than
 //     the one TPROXY targets, makes the socket lookup fail and the rule
 //     falls through (here: fail closed, the packet is dropped and counted as
@@ -67,7 +78,8 @@
 // # The transparent listeners
 //
 // They listen on 127.0.0.1 and ::1 (http_listen_port, tls_listen_port) and
-// the TPROXY rules name those addresses. Nothing from the network can reach
+// the TPROXY rules name those addresses; they carry SO_MARK mark_base (see
+// "no route to the client" above). Nothing from the network can reach
 // a loopback address, so a direct connection to the appliance's own address
 // on those ports finds no listener and gets RST; a local connection to
 // 127.0.0.1 on them is rejected with RST by the input chain (mark !=
@@ -84,8 +96,9 @@
 // overlap across endpoints. The alternative, tcp_fwmark_accept=1 so the
 // accepted socket inherits the SYN's mark (SO_MARK readable for free), was
 // rejected: the sysctl is namespace-wide and changes every other listener on
-// the host, and the inherited mark would route the socket's replies into
-// the local table unless the output chain rewrites it on every packet.
+// the host. (Our own listeners' SO_MARK is inherited instead, which is
+// per-socket; it is the same mark for every connection, so it says nothing
+// about the tunnel.)
 // Dumping the table (netlink ConntrackTableList) is O(table) per connection.
 // ctnetlink answers a GET with NLM_F_MULTI and no NLMSG_DONE, so the lookup
 // uses a plain netlink socket rather than a generic client that would wait
@@ -117,8 +130,8 @@
 // sequence space, leaving one entry that describes neither connection
 // correctly. Upstream connections are therefore tracked in their own zone
 // (conntrack_zone): in raw output by their socket mark, in raw prerouting by
-// the mark of the socket the packet belongs to (accepted client-side
-// sockets have no mark). TestUpstreamZone shows two entries with the zone
+// the mark of the socket the packet belongs to (a tunnel mark; accepted
+// client-side sockets carry mark_base, which is not one). TestUpstreamZone shows two entries with the zone
 // rules and one without, with 4 MiB moved through a host firewall that drops
 // ct state invalid.
 //
@@ -144,7 +157,7 @@
 // PairUp, re-asserted every sysctl_interval (resets are counted). Not set,
 // on purpose: accept_local (no routed packet has one of our addresses as
 // source), route_localnet (see above), src_valid_mark (only rp_filter uses
-// it), tcp_fwmark_accept (must stay 0). Close restores nothing: forwarding
+// it), tcp_fwmark_accept (our marked listeners ignore it). Close restores nothing: forwarding
 // may be relied on by others once on. Note that IPv6 forwarding=1 stops
 // router advertisements being accepted on interfaces with accept_ra=1; an
 // instance that gets its IPv6 default route from RA needs accept_ra=2 on

@@ -104,7 +104,7 @@ func (s *Steerer) Explain() string {
 	for _, sc := range list {
 		fmt.Fprintf(&b, "%s = %s (now %s)  # %s\n", sc.key, sc.val, s.readSysctl(sc), sc.why)
 	}
-	b.WriteString("net.ipv4.tcp_fwmark_accept = 0 (not written)  # 1 would make accepted sockets inherit the local-delivery mark\n")
+	b.WriteString("net.ipv4.tcp_fwmark_accept (not written)  # no effect here: the listeners carry SO_MARK mark_base, which accepted sockets inherit\n")
 	return b.String()
 }
 

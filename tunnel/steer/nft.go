@@ -126,13 +126,16 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 		// (both directions) in its own conntrack zone so it does not merge
 		// with the client-side connection. Upstream sockets carry a tunnel
 		// mark (SO_MARK); accepted client-side sockets carry none.
-		add(chainRawPre, fmt.Sprintf("meta l4proto tcp iif @%s socket mark & %#x == %s ct zone set %d", setTunnels, markMask, mark, c.ConntrackZone),
+		// The listeners (and so the accepted sockets) carry mark_base
+		// itself, which is not a tunnel mark.
+		sockMark := []expr.Any{&expr.Socket{Key: expr.SocketKeyMark, Register: 1}}
+		metaMark := []expr.Any{&expr.Meta{Key: expr.MetaKeyMARK, Register: 1}}
+		add(chainRawPre, fmt.Sprintf("meta l4proto tcp iif @%s socket mark & %#x == %s socket mark != %s ct zone set %d", setTunnels, markMask, mark, mark, c.ConntrackZone),
 			cat(l4proto(unix.IPPROTO_TCP), fromTunnel,
-				[]expr.Any{&expr.Socket{Key: expr.SocketKeyMark, Register: 1}},
-				maskEq(base),
+				sockMark, maskEq(base), sockMark, neq(base),
 				ctZoneSet(c.ConntrackZone))...)
-		add(chainRawOut, fmt.Sprintf("meta mark & %#x == %s ct zone set %d", markMask, mark, c.ConntrackZone),
-			cat([]expr.Any{&expr.Meta{Key: expr.MetaKeyMARK, Register: 1}}, maskEq(base), ctZoneSet(c.ConntrackZone))...)
+		add(chainRawOut, fmt.Sprintf("meta mark & %#x == %s meta mark != %s ct zone set %d", markMask, mark, mark, c.ConntrackZone),
+			cat(metaMark, maskEq(base), metaMark, neq(base), ctZoneSet(c.ConntrackZone))...)
 	}
 
 	// Remember the tunnel of every new connection from a tunnel.
@@ -195,14 +198,22 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 	// Replies of the proxy (and ICMP errors about forwarded packets) get
 	// their connection's tunnel mark. A route chain, so the new mark causes
 	// a new route lookup (fwmark rule -> the tunnel's table -> gwo-*).
-	add(chainRouteOut, fmt.Sprintf("meta mark 0 ct mark & %#x == %s ct mark != %s meta mark set ct mark", markMask, mark, mark),
-		cat([]expr.Any{
-			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: native32(0)},
-		}, ctMarkOurs(base), []expr.Any{
-			&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
-			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1, SourceRegister: true},
-		})...)
+	// Packets of the transparent listeners and their accepted sockets
+	// carry mark_base (SO_MARK on the listener, inherited by the request
+	// and the child socket): their first route lookup, made before this
+	// chain, then finds the local table and succeeds even when the main
+	// table has no route to the client (one-arm appliances need no
+	// default route). Other local traffic has mark 0.
+	for _, m := range []uint32{0, base} {
+		add(chainRouteOut, fmt.Sprintf("meta mark %#x ct mark & %#x == %s ct mark != %s meta mark set ct mark", m, markMask, mark, mark),
+			cat([]expr.Any{
+				&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: native32(m)},
+			}, ctMarkOurs(base), []expr.Any{
+				&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+				&expr.Meta{Key: expr.MetaKeyMARK, Register: 1, SourceRegister: true},
+			})...)
+	}
 
 	// Input: from a tunnel only what TPROXY handed over; nobody reaches the
 	// listener ports directly (not even from loopback).
@@ -339,6 +350,11 @@ func ctMarkOurs(base uint32) []expr.Any {
 		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: native32(base)},
 	})
+}
+
+// neq compares register 1 (a mark) with v for inequality.
+func neq(v uint32) []expr.Any {
+	return []expr.Any{&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: native32(v)}}
 }
 
 func ctStateNew() []expr.Any {

@@ -49,7 +49,9 @@ func transparentControl(mark uint32) func(network, address string, c syscall.Raw
 // TCP listener on addr, which should be 127.0.0.1:<port> or [::1]:<port>
 // with the http/tls listen port: that is where the TPROXY rules deliver.
 // Accepted connections have the client's original destination as their
-// local address.
+// local address. The listener carries SO_MARK mark_base, inherited by the
+// accepted connections, so their first route lookup never depends on the
+// main table (see doc.go).
 func (s *Steerer) ListenTransparent(ctx context.Context, addr string) (net.Listener, error) {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
@@ -59,7 +61,12 @@ func (s *Steerer) ListenTransparent(ctx context.Context, addr string) (net.Liste
 	if ap.Addr().Is6() && !ap.Addr().Is4In6() {
 		network = "tcp6"
 	}
-	lc := net.ListenConfig{Control: transparentControl(0)}
+	// mark_base on the listener: the SYN-ACK and the accepted socket's
+	// packets are first routed by the local-delivery table (always a
+	// route), then re-marked into their tunnel by the output route chain.
+	// With mark 0 the first lookup uses the main table and fails without
+	// a route to the client (one-arm without a default route).
+	lc := net.ListenConfig{Control: transparentControl(s.cfg.MarkBase)}
 	var ln net.Listener
 	err = s.ns.do(func() error {
 		var err error

@@ -24,8 +24,9 @@ func (s sysctl) path() string {
 // us), route_localnet (TPROXY assigns the socket without rewriting the
 // destination, so no packet is routed to 127.0.0.1), src_valid_mark (only
 // consulted by rp_filter, which is off on the tunnels), tcp_fwmark_accept
-// (must stay 0: accepted sockets would inherit the local-delivery mark and
-// their replies would loop into lo).
+// (no effect on our listeners: a listener with SO_MARK passes its own mark
+// to accepted sockets whatever the sysctl says; namespace-wide, so not
+// ours to change).
 func (s *Steerer) baseSysctls() []sysctl {
 	out := []sysctl{
 		{"net.ipv4.ip_forward", "1", "forward non-intercepted tunnel traffic"},
