@@ -190,7 +190,7 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 		"geneve", netip.AddrPortFrom(c.Tunnel.Listen, c.Tunnel.Port),
 		"egress_mode", c.Steer.EgressMode, "health", c.Health.Listen, "metrics", c.Metrics.Listen)
 	_ = sdnotify.Notify(sdnotify.Ready)
-	go watchdog(bg, hs)
+	go watchdog(bg, td.Health)
 
 	select {
 	case <-ctx.Done():
@@ -303,9 +303,11 @@ func listenHTTP(addr string, h http.Handler) (*http.Server, error) {
 	return srv, nil
 }
 
-// watchdog pings systemd's watchdog while the appliance is healthy, so a
-// wedged data path is restarted rather than left black-holing traffic.
-func watchdog(ctx context.Context, hs *health.Server) {
+// watchdog pings systemd's watchdog while the packet workers are alive, so
+// a wedged data path is restarted. It follows liveness, not the health
+// verdict: a restart cannot fix a CloudWatch outage or a full spool, and
+// must not be tried while GWLB is draining flows away on a 503.
+func watchdog(ctx context.Context, alive func() error) {
 	iv := sdnotify.WatchdogInterval()
 	if iv == 0 {
 		return
@@ -317,7 +319,7 @@ func watchdog(ctx context.Context, hs *health.Server) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if ok, _ := hs.Verdict(false); ok {
+			if alive() == nil {
 				_ = sdnotify.Notify(sdnotify.Watchdog)
 			}
 		}
