@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -226,6 +227,24 @@ func (w *respWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	w.ri.hijacked = cc
 	return cc, brw, nil
 }
+
+// ReadFrom copies a response body through Write (status, counting,
+// streaming flushes) with a pooled buffer. goproxy copies every body with
+// io.Copy; without ReadFrom (the wrapper hides net/http's own), io.Copy
+// would allocate a fresh 32 KiB buffer per request.
+func (w *respWriter) ReadFrom(r io.Reader) (int64, error) {
+	bp := copyBufPool.Get().(*[]byte)
+	defer copyBufPool.Put(bp)
+	return io.CopyBuffer(writeOnly{w}, r, *bp)
+}
+
+// writeOnly hides respWriter.ReadFrom from io.CopyBuffer (which would
+// otherwise call it again).
+type writeOnly struct{ w *respWriter }
+
+func (w writeOnly) Write(b []byte) (int, error) { return w.w.Write(b) }
+
+var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // Unwrap lets http.ResponseController reach the real writer.
 func (w *respWriter) Unwrap() http.ResponseWriter { return w.w }
