@@ -150,6 +150,21 @@
 // is intercepted. Counters are named nftables counter objects; Stats and the
 // gwlbproxy_steer_packets_total / _bytes_total metrics read them at scrape.
 //
+// # Self-repair
+//
+// Steering can be taken away from outside at any time (`nft flush
+// ruleset`, a config-management run rewriting rules, a firewall service
+// restart). Every sysctl_interval, and at once when Health finds a
+// difference, the kernel is compared with what was installed: the table,
+// its chains and their rule counts, the counter objects, every set and map
+// (the tunnel elements from the live pairs), every ip rule and route of the
+// base and of the live pairs. Missing rules and routes are added back; any
+// nftables difference reinstalls the whole table with the live pairs'
+// elements in one atomic transaction (its counters restart from zero).
+// Each repair is logged once and counted (Stats nft_repairs,
+// routing_repairs, repair_failures; gwlbproxy_steer_repairs_total{what}).
+// Health is red from the moment a difference is found until it is gone.
+//
 // # sysctls
 //
 // net.ipv4.ip_forward=1, net.ipv6.conf.all.forwarding=1 (with ipv6),

@@ -46,11 +46,15 @@ type Steerer struct {
 	// are needed).
 	testNoZone bool
 
+	kick        chan struct{} // Health found drift: check and repair now
+	lastRepair  string        // last repair failure logged (mu)
 	ct          atomic.Pointer[ctLookup]
 	reasserts   atomic.Uint64
 	lastErr     atomic.Pointer[string]
 	pairErrors  atomic.Uint64
 	sysctlFails atomic.Uint64
+
+	nftRepairs, routingRepairs, repairFailures atomic.Uint64
 }
 
 // New validates cfg and prepares a Steerer; nothing is changed in the
@@ -75,6 +79,7 @@ func newSteerer(cfg Config, log *slog.Logger, reg prometheus.Registerer, nsFd in
 		ns:         nsExec{fd: nsFd},
 		pairs:      map[uint16]tunnel.Pair{},
 		localAddrs: map[netip.Addr]struct{}{},
+		kick:       make(chan struct{}, 1),
 	}
 	if reg != nil {
 		if err := reg.Register(&collector{s: s}); err != nil {
@@ -85,7 +90,8 @@ func newSteerer(cfg Config, log *slog.Logger, reg prometheus.Registerer, nsFd in
 }
 
 // Start installs the table, base rules and routes and sysctls, and starts
-// re-asserting the sysctls every sysctl_interval until Close or ctx ends.
+// re-asserting the sysctls and repairing the table, rules and routes (see
+// repair.go) every sysctl_interval until Close or ctx ends.
 func (s *Steerer) Start(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -166,8 +172,9 @@ func (s *Steerer) open() error {
 	return nil
 }
 
-// reassert re-applies the sysctls (systemd-sysctl resets them after boot)
-// and refreshes the list of the appliance's own addresses.
+// reassert re-applies the sysctls (systemd-sysctl resets them after boot),
+// repairs the table, rules and routes if someone else changed them, and
+// refreshes the list of the appliance's own addresses.
 func (s *Steerer) reassert(ctx context.Context, parent <-chan struct{}) {
 	defer close(s.done)
 	t := time.NewTicker(s.cfg.SysctlInterval)
@@ -179,6 +186,7 @@ func (s *Steerer) reassert(ctx context.Context, parent <-chan struct{}) {
 		case <-parent:
 			return
 		case <-t.C:
+		case <-s.kick:
 		}
 		list := s.baseSysctls()
 		s.mu.Lock()
@@ -199,7 +207,12 @@ func (s *Steerer) reassert(ctx context.Context, parent <-chan struct{}) {
 			s.reasserts.Add(uint64(n))
 			s.log.Warn("sysctls had been reset; re-asserted", "count", n)
 		}
-		s.refreshLocalAddrs()
+		s.mu.Lock()
+		if !s.closed {
+			s.selfRepairLocked()
+			s.refreshLocalAddrs()
+		}
+		s.mu.Unlock()
 	}
 }
 
@@ -344,17 +357,25 @@ func (s *Steerer) Close() error {
 	return nil
 }
 
-// Health is nil while the table is installed and the last sysctl pass
-// succeeded.
+// Health is nil while the table (chains, rule counts, set elements,
+// counters), the ip rules and routes are as installed and the last sysctl
+// pass succeeded. When it finds something missing it asks for a repair at
+// once rather than at the next sysctl_interval; the repair runs in the
+// background and a later call is green again.
 func (s *Steerer) Health() error {
 	s.mu.Lock()
-	started, closed := s.started, s.closed
-	s.mu.Unlock()
-	if !started || closed {
+	if !s.started || s.closed {
+		s.mu.Unlock()
 		return errors.New("steer: not running")
 	}
-	if _, err := s.nft.ListTableOfFamily(s.cfg.TableName, nftables.TableFamilyINet); err != nil {
-		return fmt.Errorf("steer: table %s: %w", s.cfg.TableName, err)
+	d, err := s.checkLocked()
+	s.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("steer: checking the kernel: %w", err)
+	}
+	if !d.empty() {
+		s.kickRepair()
+		return fmt.Errorf("steer: altered by someone else, repairing: %s", d)
 	}
 	if e := s.lastErr.Load(); e != nil {
 		return fmt.Errorf("steer: %s", *e)
@@ -377,18 +398,29 @@ type Stats struct {
 	SysctlReasserted uint64             `json:"sysctl_reasserted"`
 	SysctlFailures   uint64             `json:"sysctl_failures"`
 	PairErrors       uint64             `json:"pair_errors"`
+	// NFTRepairs counts reinstalls of the table after someone else
+	// removed or changed it (its counters restart from zero each time);
+	// RoutingRepairs counts passes that put back missing ip rules or
+	// routes; RepairFailures counts checks or repairs that failed.
+	NFTRepairs     uint64 `json:"nft_repairs"`
+	RoutingRepairs uint64 `json:"routing_repairs"`
+	RepairFailures uint64 `json:"repair_failures"`
 }
 
 // Stats reads the counter objects from the kernel.
 func (s *Steerer) Stats() Stats {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	st := Stats{Mode: s.cfg.EgressMode, Egress: s.egress, Tunnels: len(s.pairs)}
-	running := s.started && !s.closed
-	s.mu.Unlock()
 	st.SysctlReasserted = s.reasserts.Load()
 	st.SysctlFailures = s.sysctlFails.Load()
 	st.PairErrors = s.pairErrors.Load()
-	if running {
+	st.NFTRepairs = s.nftRepairs.Load()
+	st.RoutingRepairs = s.routingRepairs.Load()
+	st.RepairFailures = s.repairFailures.Load()
+	// Under mu: a netlink query must not interleave with a batch being
+	// flushed (PairUp, repair) on the same socket.
+	if s.started && !s.closed {
 		st.Counters, _ = s.counters()
 	}
 	return st
@@ -422,10 +454,12 @@ var (
 	descTunnels   = prometheus.NewDesc("gwlbproxy_steer_tunnels", "Tunnel pairs currently steered.", nil, nil)
 	descReasserts = prometheus.NewDesc("gwlbproxy_steer_sysctl_reasserted_total", "Sysctl values found reset and written again.", nil, nil)
 	descPairErrs  = prometheus.NewDesc("gwlbproxy_steer_pair_errors_total", "Failed PairUp/PairDown calls.", nil, nil)
+	descRepairs   = prometheus.NewDesc("gwlbproxy_steer_repairs_total", "Steering found altered by someone else and put back, by what was repaired (nftables: the table was reinstalled; routing: ip rules or routes were added back).", []string{"what"}, nil)
+	descRepairErr = prometheus.NewDesc("gwlbproxy_steer_repair_failures_total", "Failed steering checks or repairs.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPackets, descBytes, descTunnels, descReasserts, descPairErrs} {
+	for _, d := range []*prometheus.Desc{descPackets, descBytes, descTunnels, descReasserts, descPairErrs, descRepairs, descRepairErr} {
 		ch <- d
 	}
 }
@@ -439,4 +473,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descTunnels, prometheus.GaugeValue, float64(st.Tunnels))
 	ch <- prometheus.MustNewConstMetric(descReasserts, prometheus.CounterValue, float64(st.SysctlReasserted))
 	ch <- prometheus.MustNewConstMetric(descPairErrs, prometheus.CounterValue, float64(st.PairErrors))
+	ch <- prometheus.MustNewConstMetric(descRepairs, prometheus.CounterValue, float64(st.NFTRepairs), "nftables")
+	ch <- prometheus.MustNewConstMetric(descRepairs, prometheus.CounterValue, float64(st.RoutingRepairs), "routing")
+	ch <- prometheus.MustNewConstMetric(descRepairErr, prometheus.CounterValue, float64(st.RepairFailures))
 }

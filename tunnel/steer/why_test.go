@@ -14,6 +14,7 @@ import (
 // socket: the SYN vanishes, the client times out, nothing is logged.
 func TestWhyTProxyNeedsLocalRoute(t *testing.T) {
 	cfg := natConfig()
+	cfg.SysctlInterval = time.Hour // no self-repair of the removed rules during the experiment
 	tp := newTopo(t, cfg, "a")
 	tp.startProxy(false)
 	tn := tp.tun["a"]
