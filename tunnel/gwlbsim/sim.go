@@ -247,6 +247,9 @@ func (s *Sim) fromVPC(ep *simEndpoint) {
 		f := s.flowFor(ep, k, info)
 		if f == nil {
 			s.c.noHealthyTarget.Add(1)
+			if s.log.Enabled(context.Background(), slog.LevelDebug) {
+				s.log.Debug("gwlbsim: no healthy target for new flow", "flow", k, "len", n)
+			}
 			continue
 		}
 		s.mu.Lock()

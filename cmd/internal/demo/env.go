@@ -41,6 +41,14 @@ type Options struct {
 	CloudWatchFake bool
 	// Progress, if set, is told about each setup step as it starts.
 	Progress func(step string)
+	// Sim configures the GWLB simulator (health checks of the appliance,
+	// for one); zero: no health checks.
+	Sim gwlbsim.Config
+	// Prepare, if set, runs once the network is built and before the
+	// appliance's configuration is written: it may start fakes (inside
+	// e.Net.Topo.Appliance) whose addresses Modify then puts into the
+	// configuration.
+	Prepare func(ctx context.Context, e *Env) error
 }
 
 // Env is a whole demo deployment: network, files, appliance, clients.
@@ -88,8 +96,14 @@ func Start(ctx context.Context, o Options) (_ *Env, err error) {
 		e.Opts.Dir = o.Dir
 	}
 	o.Progress("building network namespaces, GWLB simulator and internet servers")
-	if e.Net, err = NewNetwork(ctx, o.Mode, o.Prefix); err != nil {
+	if e.Net, err = NewNetworkSim(ctx, o.Mode, o.Prefix, o.Sim); err != nil {
 		return nil, err
+	}
+	if o.Prepare != nil {
+		o.Progress("preparing the test's fakes")
+		if err = o.Prepare(ctx, e); err != nil {
+			return nil, fmt.Errorf("prepare: %w", err)
+		}
 	}
 	modify := o.Modify
 	if o.CloudWatchFake {

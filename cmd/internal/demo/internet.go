@@ -222,7 +222,8 @@ func (in *Internet) Close() error {
 // handle answers every demo name. Paths:
 //
 //	/            a greeting naming the server and the peer it saw
-//	/bytes?n=N   N bytes of a deterministic pattern (PatternByte)
+//	/bytes?n=N   N bytes of a deterministic pattern (PatternByte); with
+//	             &rate=R at most R bytes per second (a slow download)
 //	/slow?s=S    one line every 100ms for S seconds
 func (in *Internet) handle(w http.ResponseWriter, r *http.Request) {
 	local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
@@ -237,10 +238,23 @@ func (in *Internet) handle(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "bad n", http.StatusBadRequest)
 			return
 		}
+		rate, _ := strconv.ParseInt(r.URL.Query().Get("rate"), 10, 64)
 		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
 		w.Header().Set("Content-Type", "application/octet-stream")
 		buf := make([]byte, 32<<10)
+		start := time.Now()
 		for off := int64(0); off < n; {
+			if rate > 0 {
+				// Pace: byte off is due at start + off/rate.
+				due := start.Add(time.Duration(float64(off) / float64(rate) * float64(time.Second)))
+				if d := time.Until(due); d > 0 {
+					select {
+					case <-r.Context().Done():
+						return
+					case <-time.After(d):
+					}
+				}
+			}
 			k := min(int64(len(buf)), n-off)
 			for i := range k {
 				buf[i] = PatternByte(off + i)

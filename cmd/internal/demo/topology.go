@@ -49,7 +49,13 @@ type Network struct {
 // NewNetwork builds the topology for mode (steer.EgressNAT or
 // steer.EgressTunnel). prefix starts every namespace name (a random suffix
 // follows). Callers must Close it.
-func NewNetwork(ctx context.Context, mode, prefix string) (_ *Network, err error) {
+func NewNetwork(ctx context.Context, mode, prefix string) (*Network, error) {
+	return NewNetworkSim(ctx, mode, prefix, gwlbsim.Config{})
+}
+
+// NewNetworkSim is NewNetwork with the GWLB simulator configured by sim
+// (health checks of the appliance, for one).
+func NewNetworkSim(ctx context.Context, mode, prefix string, sim gwlbsim.Config) (_ *Network, err error) {
 	if mode != steer.EgressNAT && mode != steer.EgressTunnel {
 		return nil, fmt.Errorf("egress mode %q is not nat or tunnel", mode)
 	}
@@ -103,7 +109,7 @@ func NewNetwork(ctx context.Context, mode, prefix string) (_ *Network, err error
 	}
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	n.cancel = cancel
-	if n.Sim, err = gwlbsim.Start(sctx, n.Topo, gwlbsim.Config{}); err != nil {
+	if n.Sim, err = gwlbsim.Start(sctx, n.Topo, sim); err != nil {
 		return nil, fmt.Errorf("gwlb simulator: %w", err)
 	}
 	return n, nil
