@@ -115,8 +115,17 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	cleanup.add("steer", st.Close)
 	hs.Add(health.Check{Name: "steer", Health: st.Health, Stats: func() any { return st.Stats() }})
 
-	ls, err := st.ListenAll(ctx)
+	sls, err := st.ListenAll(ctx)
 	if err != nil {
+		return fmt.Errorf("proxy listeners: %w", err)
+	}
+	// Self-healing: a listener whose accept fails for good is re-opened
+	// (see relisten.go) instead of leaving interception down until restart.
+	ls, err := newProxyListeners(sls.HTTP, sls.TLS, func(addr string) (net.Listener, error) {
+		return st.ListenTransparent(bg, addr)
+	}, log.With("component", "proxy"), reg)
+	if err != nil {
+		sls.Close()
 		return fmt.Errorf("proxy listeners: %w", err)
 	}
 	cleanup.add("proxy listeners", ls.Close)
@@ -150,7 +159,11 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	for _, l := range ls.TLS {
 		serve("tls", l, px.ServeTLS)
 	}
-	hs.Add(health.Check{Name: "proxy", Health: px.Health, Stats: func() any { return px.Stats() }})
+	hs.Add(health.Check{
+		Name:   "proxy",
+		Health: func() error { return errors.Join(px.Health(), ls.Health()) },
+		Stats:  func() any { return proxyStats{Stats: px.Stats(), ListenerReopens: ls.Reopens()} },
+	})
 
 	td, err := tunnel.New(c.Tunnel, log.With("component", "tunnel"), reg, st)
 	if err != nil {
