@@ -23,10 +23,13 @@ type connState struct {
 	client   net.Conn // raw accepted conn, for forced close
 	clientAP netip.AddrPort
 	dst      netip.AddrPort
-	endpoint uint64
-	hasEP    bool
-	isTLS    bool
-	sni      string // normalized SNI ("" when absent)
+	// dstHostPort is dst.String(), the upstream URL authority of every
+	// request (computed once per connection).
+	dstHostPort string
+	endpoint    uint64
+	hasEP       bool
+	isTLS       bool
+	sni         string // normalized SNI ("" when absent)
 	// fixed, when set, answers every request on this connection (deny or
 	// upstream error page) and nothing is forwarded.
 	fixed *fixedReply
@@ -69,6 +72,7 @@ func (p *Proxy) newState(c net.Conn, isTLS bool) *connState {
 	if dst, err := p.deps.OriginalDst(c); err == nil {
 		st.dst = dst
 	}
+	st.dstHostPort = st.dst.String()
 	if p.deps.EndpointOf != nil {
 		st.endpoint, st.hasEP = p.deps.EndpointOf(c)
 	}

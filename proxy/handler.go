@@ -27,6 +27,9 @@ type reqInfo struct {
 	// closeClient asks for Connection: close on the response (per-client
 	// mode: the upstream connection is ending).
 	closeClient atomic.Bool
+	// rw is the request's response writer, part of reqInfo to save an
+	// allocation per request.
+	rw respWriter
 }
 
 // newGoproxy configures goproxy for the decrypted/plain HTTP layer: our
@@ -68,7 +71,8 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	ri.rec.Method = r.Method
 	ri.rec.Path = p.recordPath(r)
 	ri.rec.UserAgent = r.Header.Get("User-Agent")
-	rw := &respWriter{w: w, ri: ri}
+	ri.rw = respWriter{w: w, ri: ri}
+	rw := &ri.rw
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = &countingBody{rc: r.Body, n: &ri.bytesIn}
 	}

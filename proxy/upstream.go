@@ -302,20 +302,21 @@ func (u *upstream) roundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Resp
 	}
 	key := poolKey{dst: st.dst, sni: st.sni, tls: st.isTLS}
 	tr := u.transport(st, key, req)
-	out := *req
-	ou := *req.URL
-	ou.Host = st.dst.String()
+	// One allocation for the outgoing request and its URL.
+	o := &outReq{req: *req, url: *req.URL}
+	out, ou := &o.req, &o.url
+	ou.Host = st.dstHostPort
 	ou.Scheme = "http"
 	if st.isTLS {
 		ou.Scheme = "https"
 	}
-	out.URL = &ou
+	out.URL = ou
 	out.Host = req.Host
 	// A client's Connection: close ends the client connection only; the
 	// upstream connection stays pooled.
 	out.Close = false
 	out.RequestURI = ""
-	resp, err := tr.RoundTrip(&out)
+	resp, err := tr.RoundTrip(out)
 	if u.p.deps.UpstreamPerClient && (err != nil || resp.Close) {
 		// The client's one upstream connection is ending (or failed):
 		// end the client connection after this response, so the client's
@@ -339,6 +340,12 @@ func (u *upstream) roundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Resp
 	u.p.log.Info("proxy: upstream failed", "dst", st.dst.String(), "sni", st.sni, "err", err)
 	return u.p.pageResponse(req, status, http.StatusText(status),
 		"The proxy could not complete the request to "+req.Host+": "+msg, ri), nil
+}
+
+// outReq is the copy of a request sent upstream, with its own URL.
+type outReq struct {
+	req http.Request
+	url url.URL
 }
 
 // classifyUpstreamErr maps an upstream failure to a status and a message
@@ -381,5 +388,3 @@ func certReason(err error) string {
 	}
 	return err.Error()
 }
-
-var _ = url.URL{}

@@ -43,8 +43,10 @@ func NormalizeName(s string) (string, error) {
 	if strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") {
 		s = s[1 : len(s)-1]
 	}
-	if a, err := netip.ParseAddr(s); err == nil {
-		return a.Unmap().String(), nil
+	if mayBeIP(s) {
+		if a, err := netip.ParseAddr(s); err == nil {
+			return a.Unmap().String(), nil
+		}
 	}
 	s = strings.TrimSuffix(s, ".")
 	if s == "" {
@@ -57,10 +59,8 @@ func NormalizeName(s string) (string, error) {
 		if len(out) > MaxNameLen {
 			return "", fmt.Errorf("%w: longer than %d", ErrInvalidName, MaxNameLen)
 		}
-		for _, l := range strings.Split(out, ".") {
-			if l == "" || len(l) > 63 {
-				return "", fmt.Errorf("%w: bad label", ErrInvalidName)
-			}
+		if !labelsOK(out) {
+			return "", fmt.Errorf("%w: bad label", ErrInvalidName)
 		}
 		if strings.HasPrefix(out, "xn--") || strings.Contains(out, ".xn--") {
 			// Validate punycode labels and canonicalize them.
@@ -81,6 +81,27 @@ func NormalizeName(s string) (string, error) {
 		return "", fmt.Errorf("%w: longer than %d", ErrInvalidName, MaxNameLen)
 	}
 	return a, nil
+}
+
+// mayBeIP is false for strings netip.ParseAddr certainly rejects (no ':'
+// and not starting with a digit), sparing its error allocation for every
+// host name.
+func mayBeIP(s string) bool {
+	return s != "" && (s[0] >= '0' && s[0] <= '9' || strings.IndexByte(s, ':') >= 0)
+}
+
+// labelsOK says every dot-separated label of s is 1..63 bytes.
+func labelsOK(s string) bool {
+	for {
+		i := strings.IndexByte(s, '.')
+		if i < 0 {
+			return s != "" && len(s) <= 63
+		}
+		if i == 0 || i > 63 {
+			return false
+		}
+		s = s[i+1:]
+	}
 }
 
 func isASCIIHost(s string) bool {
