@@ -62,7 +62,9 @@ type Config struct {
 	// browsers fall back to TCP, which is intercepted.
 	DropQUIC  bool     `yaml:"drop_quic"`
 	QUICPorts []uint16 `yaml:"quic_ports"`
-	// SysctlInterval is how often the sysctls are re-asserted.
+	// SysctlInterval is how often the sysctls are re-asserted and the
+	// table, ip rules and routes checked and repaired if someone else
+	// changed them (Health also triggers a check at once).
 	SysctlInterval time.Duration `yaml:"sysctl_interval"`
 	// DisableSourceDestCheck turns the EC2 source/destination check off on
 	// the instance at Start. Only needed for un-NATed forwarding out of the
