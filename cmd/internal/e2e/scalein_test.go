@@ -288,6 +288,19 @@ func testScaleIn(t *testing.T, viaLifecycle bool) {
 		steadyMu sync.Mutex
 		steady   []steadyResult
 	)
+	// The transport dials on its own context (a cancelled request's dial
+	// goes on for a later request); bound it, or SYNs the simulator drops
+	// would be retried for two minutes.
+	// Dials are waited for before the namespaces go away.
+	var dials sync.WaitGroup
+	steadyClient := e.Clients[0].HTTPClient(false)
+	steadyClient.Transport.(*http.Transport).DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		defer dials.Done()
+		ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		return e.Clients[0].Dial(ctx, network, addr)
+	}
 	stopSteady := make(chan struct{})
 	steadyDone := make(chan struct{})
 	go func() {
@@ -308,9 +321,16 @@ func testScaleIn(t *testing.T, viaLifecycle bool) {
 				rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 				defer cancel()
 				res := steadyResult{start: time.Now()}
-				r := e.Clients[0].Get(rctx, "https://"+demo.HostApp+"/")
-				res.status, res.port, res.err = r.Status, int(r.Local.Port()), r.Err
-				if r.Err == nil && r.Status == 200 {
+				var port atomic.Int64
+				req, _ := http.NewRequestWithContext(withLocalPort(rctx, &port), http.MethodGet, "https://"+demo.HostApp+"/", nil)
+				resp, err := steadyClient.Do(req)
+				if err == nil {
+					_, err = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					res.status = resp.StatusCode
+				}
+				res.port, res.err = int(port.Load()), err
+				if err == nil && res.status == 200 {
 					got(res.port, "/")
 				}
 				steadyMu.Lock()
@@ -359,6 +379,7 @@ func testScaleIn(t *testing.T, viaLifecycle bool) {
 	time.Sleep(1500 * time.Millisecond)
 	close(stopSteady)
 	<-steadyDone
+	dials.Wait()
 
 	select {
 	case err := <-dlDone:
