@@ -125,6 +125,17 @@ func appendEscaped(b []byte, s string, max int) []byte {
 		cut = true
 	}
 	for i := 0; i < len(s); {
+		// Copy a run of printable ASCII needing no escape at once.
+		j := i
+		for j < len(s) && plainJSON(s[j]) {
+			j++
+		}
+		if j > i {
+			b = append(b, s[i:j]...)
+			if i = j; i == len(s) {
+				break
+			}
+		}
 		c := s[i]
 		if c < utf8.RuneSelf {
 			switch {
@@ -157,6 +168,11 @@ func appendEscaped(b []byte, s string, max int) []byte {
 		b = append(b, "…"...)
 	}
 	return b
+}
+
+// plainJSON says c is copied into a JSON string as is.
+func plainJSON(c byte) bool {
+	return c >= 0x20 && c < 0x7f && c != '"' && c != '\\'
 }
 
 // recordIDs makes 128-bit record ids: 64 random bits chosen at start and a
