@@ -36,6 +36,10 @@ type connState struct {
 	// rec is the connection-level record template; requests copy it.
 	rec      Record
 	requests atomic.Int64
+	// cur is the request being served on an HTTP/1 connection (nil
+	// between requests, unused for HTTP/2). Only the connection's serving
+	// goroutine touches it: HTTP/1 requests are sequential.
+	cur *reqInfo
 
 	preMu  sync.Mutex
 	pre    net.Conn // upstream TLS conn verified before minting, unused yet

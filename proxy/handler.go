@@ -112,9 +112,18 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	p.m.requests.WithLabelValues("allow").Inc()
 	r.URL.Scheme = st.rec.Scheme
 	r.URL.Host = r.Host
-	ctx := r.Context()
-	r = r.WithContext(contextWithReq(ctx, ri))
-	p.gp.ServeHTTP(rw, r)
+	if r.ProtoMajor == 1 {
+		// An HTTP/1 connection serves one request at a time on one
+		// goroutine, and goproxy calls our RoundTripper on it: the
+		// connection state carries the request (no context and request
+		// copy per request).
+		st.cur = ri
+		p.gp.ServeHTTP(rw, r)
+		st.cur = nil
+	} else {
+		r = r.WithContext(contextWithReq(r.Context(), ri))
+		p.gp.ServeHTTP(rw, r)
+	}
 	if ri.hijacked != nil {
 		// goproxy returns from a WebSocket relay without closing the
 		// client side.

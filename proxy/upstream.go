@@ -297,6 +297,9 @@ func (e *ssrfError) Error() string { return "destination denied by ssrf guard: "
 func (u *upstream) roundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Response, error) {
 	ctx := req.Context()
 	st, ri := stateFrom(ctx), reqFrom(ctx)
+	if ri == nil && st != nil && req.ProtoMajor == 1 {
+		ri = st.cur
+	}
 	if st == nil || ri == nil {
 		return nil, errors.New("proxy: request without connection state")
 	}
