@@ -30,19 +30,19 @@ type reflector struct {
 
 func startReflector(t *testing.T, topo *Topology) *reflector {
 	t.Helper()
-	return startReflectorAt(t, topo, ApplianceAddr)
+	return startReflectorAt(t, topo.Appliance, ApplianceAddr)
 }
 
-// startReflectorAt runs a reflector on addr (an address of the appliance
-// namespace), answering from it.
-func startReflectorAt(t *testing.T, topo *Topology, addr netip.Addr) *reflector {
+// startReflectorAt runs a reflector on addr (an address of appliance
+// namespace ns), answering from it.
+func startReflectorAt(t *testing.T, ns *NS, addr netip.Addr) *reflector {
 	t.Helper()
 	r := &reflector{}
 	var err error
-	if r.raw, err = openRaw(topo.Appliance); err != nil {
+	if r.raw, err = openRaw(ns); err != nil {
 		t.Fatal(err)
 	}
-	err = topo.Appliance.Do(func() error {
+	err = ns.Do(func() error {
 		var err error
 		r.conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: addr.AsSlice(), Port: geneve.Port})
 		return err

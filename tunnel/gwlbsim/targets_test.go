@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/gwlbproxy/gwlbproxy/tunnel/flow"
 )
 
@@ -81,12 +79,12 @@ func TestTargetThresholds(t *testing.T) {
 	}
 }
 
-// healthServer answers GWLB's probes on addr:8080 in the appliance
-// namespace with the status in code.
-func healthServer(t *testing.T, topo *Topology, addr netip.Addr, code *atomic.Int32) {
+// healthServer answers GWLB's probes on addr:8080 in appliance
+// namespace ns with the status in code.
+func healthServer(t *testing.T, ns *NS, addr netip.Addr, code *atomic.Int32) {
 	t.Helper()
 	var l net.Listener
-	err := topo.Appliance.Do(func() error {
+	err := ns.Do(func() error {
 		var err error
 		l, err = net.Listen("tcp4", netip.AddrPortFrom(addr, 8080).String())
 		return err
@@ -101,26 +99,29 @@ func healthServer(t *testing.T, topo *Topology, addr netip.Addr, code *atomic.In
 	t.Cleanup(func() { srv.Close() })
 }
 
-// TestHealthCheckedTargets: two appliances (reflectors on two addresses)
-// behind the simulator. New flows spread over the healthy ones; when one
+// TestHealthCheckedTargets: two appliances (reflectors in the appliance
+// namespace and in an extra one) behind the simulator. New flows spread over the healthy ones; when one
 // answers 503 it gets no new flow while its existing flow keeps being
 // carried to it; with none healthy new flows are dropped.
 func TestHealthCheckedTargets(t *testing.T) {
-	topo := newTopo(t, EndpointConfig{ID: 0x0123456789abcdef, AttachmentID: 11})
-	second := netip.MustParseAddr("198.18.0.3")
-	u0, err := topo.Appliance.Netlink().LinkByName(underlayLink)
+	needRoot(t)
+	topo, err := NewTopology(TopologyConfig{Prefix: "gst", ExtraAppliances: 1,
+		Endpoints: []EndpointConfig{{ID: 0x0123456789abcdef, AttachmentID: 11}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := topo.Appliance.Netlink().AddrAdd(u0, &netlink.Addr{IPNet: &net.IPNet{IP: second.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(func() {
+		if err := topo.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	second := topo.Extra[0].Addr
 	targets := []netip.Addr{ApplianceAddr, second}
 	var codes [2]atomic.Int32
-	for i, a := range targets {
+	for i, ns := range []*NS{topo.Appliance, topo.Extra[0].NS} {
 		codes[i].Store(200)
-		startReflectorAt(t, topo, a)
-		healthServer(t, topo, a, &codes[i])
+		startReflectorAt(t, ns, targets[i])
+		healthServer(t, ns, targets[i], &codes[i])
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

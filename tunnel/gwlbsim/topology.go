@@ -56,6 +56,25 @@ type TopologyConfig struct {
 	// Prefix starts every namespace name; a random suffix is added.
 	Prefix    string
 	Endpoints []EndpointConfig
+	// ExtraAppliances adds that many more appliance namespaces behind the
+	// GWLB, each on its own underlay link (see ExtraApplianceAddr), for
+	// simulations with several targets.
+	ExtraAppliances int
+}
+
+// ExtraApplianceAddr is the underlay address of extra appliance i (from
+// 0): 198.18.(16+i).2, on a link to the GWLB namespace, which has
+// 198.18.(16+i).1 there. GENEVE comes from GWLBAddr as for the first
+// appliance; the extra appliance routes GWLBAddr's subnet back over its
+// link.
+func ExtraApplianceAddr(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{198, 18, byte(16 + i), 2})
+}
+
+// ExtraAppliance is one more appliance namespace behind the GWLB.
+type ExtraAppliance struct {
+	NS   *NS
+	Addr netip.Addr // ExtraApplianceAddr(i), on its "u0"
 }
 
 // Endpoint is one simulated GWLB endpoint: a VPC namespace whose traffic
@@ -78,7 +97,9 @@ type Endpoint struct {
 type Topology struct {
 	GWLB, Appliance, Sink *NS
 	Endpoints             []*Endpoint
-	all                   []*NS
+	// Extra are the TopologyConfig.ExtraAppliances.
+	Extra []*ExtraAppliance
+	all   []*NS
 }
 
 // NewTopology creates the namespaces and links. Callers must Close it.
@@ -94,7 +115,7 @@ func NewTopology(cfg TopologyConfig) (_ *Topology, err error) {
 		}
 	}()
 	mk := func(name string) (*NS, error) {
-		n, err := newNS(base + name)
+		n, err := NewNS(base + name)
 		if err == nil {
 			t.all = append(t.all, n)
 		}
@@ -129,6 +150,27 @@ func NewTopology(cfg TopologyConfig) (_ *Topology, err error) {
 	}
 	if err = addLocalRoute(t.Sink, PlainDst); err != nil {
 		return nil, err
+	}
+	if cfg.ExtraAppliances > 200 {
+		return nil, fmt.Errorf("gwlbsim: %d extra appliances: at most 200", cfg.ExtraAppliances)
+	}
+	for i := range cfg.ExtraAppliances {
+		x := &ExtraAppliance{Addr: ExtraApplianceAddr(i)}
+		if x.NS, err = mk(fmt.Sprintf("app%d", i+2)); err != nil {
+			return nil, err
+		}
+		gwSide := netip.AddrFrom4([4]byte{198, 18, byte(16 + i), 1})
+		if err = link(t.GWLB, fmt.Sprintf("u%d", i+1), x.NS, underlayLink, underlayMTU,
+			[]netip.Addr{gwSide}, []netip.Addr{x.Addr}, netip.PrefixFrom(gwSide, 24)); err != nil {
+			return nil, err
+		}
+		if err = addRoute(x.NS, underlayNet, gwSide, 0); err != nil {
+			return nil, err
+		}
+		if err = x.NS.Sysctl("net/ipv4/ip_forward", "1"); err != nil {
+			return nil, err
+		}
+		t.Extra = append(t.Extra, x)
 	}
 	for i, ec := range cfg.Endpoints {
 		ep := &Endpoint{EndpointConfig: ec}
@@ -285,7 +327,7 @@ func addLocalRoute(n *NS, dst netip.Prefix) error {
 func (t *Topology) Close() error {
 	var errs []error
 	for i := len(t.all) - 1; i >= 0; i-- {
-		errs = append(errs, t.all[i].close())
+		errs = append(errs, t.all[i].Close())
 	}
 	t.all = nil
 	return errors.Join(errs...)
