@@ -63,8 +63,9 @@ func doIn(h netns.NsHandle, f func() error) error {
 	return <-errc
 }
 
-// newNS creates a named namespace with lo up.
-func newNS(name string) (*NS, error) {
+// NewNS creates the named namespace /run/netns/name with lo up. The demo
+// and the benchmarks use it for namespaces beside a Topology's.
+func NewNS(name string) (*NS, error) {
 	var h netns.NsHandle
 	errc := make(chan error, 1)
 	go func() {
@@ -99,13 +100,14 @@ func newNS(name string) (*NS, error) {
 		err = nl.LinkSetUp(lo)
 	}
 	if err != nil {
-		n.close()
+		n.Close()
 		return nil, fmt.Errorf("netns %s: lo up: %w", name, err)
 	}
 	return n, nil
 }
 
-func (n *NS) close() error {
+// Close deletes the namespace and the links in it.
+func (n *NS) Close() error {
 	if n == nil {
 		return nil
 	}
@@ -128,7 +130,9 @@ func (n *NS) Sysctl(path, value string) error {
 	})
 }
 
-func randSuffix() string {
+// RandSuffix returns 6 random hex digits: namespaces and links of one run
+// get unique names, so concurrent runs never collide.
+func RandSuffix() string {
 	var b [3]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])

@@ -107,7 +107,7 @@ func NewTopology(cfg TopologyConfig) (_ *Topology, err error) {
 	if cfg.Prefix == "" {
 		cfg.Prefix = "gs"
 	}
-	base := cfg.Prefix + randSuffix() + "-"
+	base := cfg.Prefix + RandSuffix() + "-"
 	t := &Topology{}
 	defer func() {
 		if err != nil {

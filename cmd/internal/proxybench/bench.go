@@ -288,7 +288,7 @@ func runRound(ctx context.Context, cfg Config, res *Result, t *topology, dir, re
 	if cfg.Profile != "" {
 		args = append(args, "--cpuprofile", cfg.Profile)
 	}
-	cmd := nsexec.Command(t.router.name, cfg.ServerCommand[0], args...)
+	cmd := nsexec.Command(t.router.Name, cfg.ServerCommand[0], args...)
 	cmd.Env = append(cmd.Env, "GOMAXPROCS=1")
 	if err := runProxy(ctx, cfg, t, "gwlbproxy", cmd, gwPort, bumpRoots, scenarios); err != nil {
 		return err

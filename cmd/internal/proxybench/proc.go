@@ -172,7 +172,7 @@ func pinTasks(pid int, set *unix.CPUSet) error {
 // listening reports whether a TCP socket listens on port in ns.
 func listening(ns *netNS, port uint16) bool {
 	var b []byte
-	_ = ns.do(func() error {
+	_ = ns.Do(func() error {
 		var err error
 		b, err = os.ReadFile("/proc/thread-self/net/tcp")
 		return err

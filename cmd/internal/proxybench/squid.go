@@ -108,5 +108,5 @@ func prepareSquid(cfg *Config, t *topology, dir string, port uint16, caCert, caK
 	}
 	// `ip netns exec` rather than nsexec: Squid is not our program. It
 	// execs Squid directly, so the child's pid is Squid's.
-	return exec.Command("ip", "netns", "exec", t.router.name, cfg.Squid, "-N", "-f", filepath.Join(dir, "squid.conf")), nil
+	return exec.Command("ip", "netns", "exec", t.router.Name, cfg.Squid, "-N", "-f", filepath.Join(dir, "squid.conf")), nil
 }

@@ -3,6 +3,7 @@ package proxybench
 import (
 	"errors"
 	"fmt"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
 	"net"
 	"net/netip"
 
@@ -44,7 +45,7 @@ type topology struct {
 }
 
 func newTopology(prefix string) (_ *topology, err error) {
-	sfx := randSuffix()
+	sfx := gwlbsim.RandSuffix()
 	t := &topology{}
 	defer func() {
 		if err != nil {
@@ -79,17 +80,17 @@ func newTopology(prefix string) (_ *topology, err error) {
 		{"net/ipv4/conf/" + routerCLink + "/rp_filter", "0"},
 		{"net/ipv4/conf/" + routerULink + "/rp_filter", "0"},
 	} {
-		if err := t.router.sysctl(s[0], s[1]); err != nil {
+		if err := t.router.Sysctl(s[0], s[1]); err != nil {
 			return nil, err
 		}
 	}
 	for _, n := range []*netNS{t.client, t.upstream} {
 		// Many short connections from one address: let ports be reused
 		// quickly so the client never runs out of them.
-		if err := n.sysctl("net/ipv4/tcp_tw_reuse", "1"); err != nil {
+		if err := n.Sysctl("net/ipv4/tcp_tw_reuse", "1"); err != nil {
 			return nil, err
 		}
-		if err := n.sysctl("net/ipv4/ip_local_port_range", "10000 65000"); err != nil {
+		if err := n.Sysctl("net/ipv4/ip_local_port_range", "10000 65000"); err != nil {
 			return nil, err
 		}
 	}
@@ -109,7 +110,7 @@ func (t *topology) close() error {
 	}
 	for _, n := range []*netNS{t.upstream, t.router, t.client} {
 		if n != nil {
-			errs = append(errs, n.close())
+			errs = append(errs, n.Close())
 		}
 	}
 	return errors.Join(errs...)
@@ -119,26 +120,26 @@ func veth(a *netNS, an string, aAddr netip.Addr, b *netNS, bn string, bAddr neti
 	v := &netlink.Veth{
 		LinkAttrs:     netlink.LinkAttrs{Name: an},
 		PeerName:      bn,
-		PeerNamespace: netlink.NsFd(int(b.h)),
+		PeerNamespace: netlink.NsFd(int(b.Handle())),
 	}
-	if err := a.nl.LinkAdd(v); err != nil {
-		return fmt.Errorf("veth %s/%s - %s/%s: %w", a.name, an, b.name, bn, err)
+	if err := a.Netlink().LinkAdd(v); err != nil {
+		return fmt.Errorf("veth %s/%s - %s/%s: %w", a.Name, an, b.Name, bn, err)
 	}
 	for _, side := range []struct {
 		ns   *netNS
 		name string
 		addr netip.Addr
 	}{{a, an, aAddr}, {b, bn, bAddr}} {
-		l, err := side.ns.nl.LinkByName(side.name)
+		l, err := side.ns.Netlink().LinkByName(side.name)
 		if err != nil {
-			return fmt.Errorf("netns %s: %s: %w", side.ns.name, side.name, err)
+			return fmt.Errorf("netns %s: %s: %w", side.ns.Name, side.name, err)
 		}
 		ipn := &net.IPNet{IP: side.addr.AsSlice(), Mask: net.CIDRMask(bits, 32)}
-		if err := side.ns.nl.AddrAdd(l, &netlink.Addr{IPNet: ipn}); err != nil {
-			return fmt.Errorf("netns %s: %s addr %s: %w", side.ns.name, side.name, side.addr, err)
+		if err := side.ns.Netlink().AddrAdd(l, &netlink.Addr{IPNet: ipn}); err != nil {
+			return fmt.Errorf("netns %s: %s addr %s: %w", side.ns.Name, side.name, side.addr, err)
 		}
-		if err := side.ns.nl.LinkSetUp(l); err != nil {
-			return fmt.Errorf("netns %s: %s up: %w", side.ns.name, side.name, err)
+		if err := side.ns.Netlink().LinkSetUp(l); err != nil {
+			return fmt.Errorf("netns %s: %s up: %w", side.ns.Name, side.name, err)
 		}
 	}
 	return nil
@@ -146,8 +147,8 @@ func veth(a *netNS, an string, aAddr netip.Addr, b *netNS, bn string, bAddr neti
 
 func defaultRoute(n *netNS, gw netip.Addr) error {
 	r := &netlink.Route{Dst: &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}, Gw: gw.AsSlice()}
-	if err := n.nl.RouteAdd(r); err != nil {
-		return fmt.Errorf("netns %s: default via %s: %w", n.name, gw, err)
+	if err := n.Netlink().RouteAdd(r); err != nil {
+		return fmt.Errorf("netns %s: default via %s: %w", n.Name, gw, err)
 	}
 	return nil
 }
@@ -155,10 +156,10 @@ func defaultRoute(n *netNS, gw netip.Addr) error {
 // policyRouting: packets marked by the TPROXY rules are delivered locally
 // (`ip rule fwmark 0x1 lookup 100`, `local 0.0.0.0/0 dev lo table 100`).
 func (t *topology) policyRouting() error {
-	nl := t.router.nl
+	nl := t.router.Netlink()
 	lo, err := nl.LinkByName("lo")
 	if err != nil {
-		return fmt.Errorf("netns %s: lo: %w", t.router.name, err)
+		return fmt.Errorf("netns %s: lo: %w", t.router.Name, err)
 	}
 	r := &netlink.Route{
 		Dst:       &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)},
@@ -168,12 +169,12 @@ func (t *topology) policyRouting() error {
 		Scope:     netlink.SCOPE_HOST,
 	}
 	if err := nl.RouteAdd(r); err != nil {
-		return fmt.Errorf("netns %s: local 0/0 table %d: %w", t.router.name, tproxyTable, err)
+		return fmt.Errorf("netns %s: local 0/0 table %d: %w", t.router.Name, tproxyTable, err)
 	}
 	rule := netlink.NewRule()
 	rule.Priority, rule.Mark, rule.Table, rule.Family = 100, tproxyMark, tproxyTable, unix.AF_INET
 	if err := nl.RuleAdd(rule); err != nil {
-		return fmt.Errorf("netns %s: rule fwmark %#x: %w", t.router.name, tproxyMark, err)
+		return fmt.Errorf("netns %s: rule fwmark %#x: %w", t.router.Name, tproxyMark, err)
 	}
 	return nil
 }
@@ -186,10 +187,10 @@ func (t *topology) policyRouting() error {
 // Packets of connections a transparent socket already owns are delivered
 // locally. setTProxy adds the interception rule.
 func (t *topology) installTable() error {
-	fd := int(t.router.h)
+	fd := int(t.router.Handle())
 	c, err := nftables.New(nftables.WithNetNSFd(fd), nftables.AsLasting())
 	if err != nil {
-		return fmt.Errorf("netns %s: nftables: %w", t.router.name, err)
+		return fmt.Errorf("netns %s: nftables: %w", t.router.Name, err)
 	}
 	t.nft = c
 	t.table = c.AddTable(&nftables.Table{Name: nftTable, Family: nftables.TableFamilyIPv4})
@@ -199,7 +200,7 @@ func (t *topology) installTable() error {
 	})
 	c.AddRule(&nftables.Rule{Table: t.table, Chain: t.chain, Exprs: t.socketRule()})
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("netns %s: nftables table: %w", t.router.name, err)
+		return fmt.Errorf("netns %s: nftables table: %w", t.router.Name, err)
 	}
 	return nil
 }
@@ -243,7 +244,7 @@ func (t *topology) setTProxy(port uint16) error {
 		}})
 	}
 	if err := t.nft.Flush(); err != nil {
-		return fmt.Errorf("netns %s: nftables tproxy rule: %w", t.router.name, err)
+		return fmt.Errorf("netns %s: nftables tproxy rule: %w", t.router.Name, err)
 	}
 	return nil
 }
