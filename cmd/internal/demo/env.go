@@ -11,10 +11,12 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/ca"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/health"
 	"github.com/gwlbproxy/gwlbproxy/logship"
@@ -49,6 +51,15 @@ type Options struct {
 	// e.Net.Topo.Appliance) whose addresses Modify then puts into the
 	// configuration.
 	Prepare func(ctx context.Context, e *Env) error
+	// ExtraAppliances runs that many more appliances, each in its own
+	// namespace behind the GWLB (Net.Topo.Extra), with the same CA and
+	// policy; the simulator places flows over all of them. Their records
+	// go to their own log streams (ExtraLogStream) with CloudWatchFake,
+	// else to their stdout (Extra[i].Records).
+	ExtraAppliances int
+	// ModifyExtra, if set, adjusts extra appliance i's configuration after
+	// Modify did.
+	ModifyExtra func(i int, c *config.Config)
 }
 
 // Env is a whole demo deployment: network, files, appliance, clients.
@@ -63,6 +74,10 @@ type Env struct {
 	Clients [2]*Client
 	// CloudWatch is the fake with Options.CloudWatchFake, else nil.
 	CloudWatch *cwlfake.Server
+	// Extra are the Options.ExtraAppliances, ExtraFiles their files.
+	Extra      []*Appliance
+	ExtraFiles []Files
+	extraCW    []*http.Server
 	ownDir     bool
 	stopPoll   context.CancelFunc
 	polled     chan struct{}
@@ -96,7 +111,7 @@ func Start(ctx context.Context, o Options) (_ *Env, err error) {
 		e.Opts.Dir = o.Dir
 	}
 	o.Progress("building network namespaces, GWLB simulator and internet servers")
-	if e.Net, err = NewNetworkSim(ctx, o.Mode, o.Prefix, o.Sim); err != nil {
+	if e.Net, err = NewNetworkSim(ctx, o.Mode, o.Prefix, o.Sim, o.ExtraAppliances); err != nil {
 		return nil, err
 	}
 	if o.Prepare != nil {
@@ -113,16 +128,7 @@ func Start(ctx context.Context, o Options) (_ *Env, err error) {
 			return nil, err
 		}
 		modify = func(c *config.Config) {
-			c.Logship.Sink = logship.SinkCloudWatch
-			c.Logship.CloudWatch.Endpoint = endpoint
-			c.Logship.CloudWatch.Region = "us-east-1"
-			c.Logship.CloudWatch.LogGroup = LogGroup
-			c.Logship.CloudWatch.LogStream = LogStream
-			c.Logship.CloudWatch.CreateGroup = true
-			c.Logship.CloudWatch.PutTimeout = 5 * time.Second
-			c.Logship.UnhealthyAge = 5 * time.Second
-			c.Logship.Retry.MinBackoff = 100 * time.Millisecond
-			c.Logship.Retry.MaxBackoff = time.Second
+			cloudWatchConfig(c, endpoint, LogStream)
 			if o.Modify != nil {
 				o.Modify(c)
 			}
@@ -144,19 +150,103 @@ func Start(ctx context.Context, o Options) (_ *Env, err error) {
 	if err = e.StartAppliance(ctx); err != nil {
 		return nil, err
 	}
+	for i, x := range e.Net.Topo.Extra {
+		o.Progress("starting extra appliance " + strconv.Itoa(i) + " in " + x.NS.Name)
+		if err = e.startExtra(ctx, i, x); err != nil {
+			return nil, fmt.Errorf("extra appliance %d: %w", i, err)
+		}
+	}
 	return e, nil
+}
+
+// ExtraLogStream is extra appliance i's log stream with CloudWatchFake.
+func ExtraLogStream(i int) string { return fmt.Sprintf("%s-%d", LogStream, i+2) }
+
+// cloudWatchConfig ships c's records to the CloudWatch fake at endpoint.
+func cloudWatchConfig(c *config.Config, endpoint, stream string) {
+	c.Logship.Sink = logship.SinkCloudWatch
+	c.Logship.CloudWatch.Endpoint = endpoint
+	c.Logship.CloudWatch.Region = "us-east-1"
+	c.Logship.CloudWatch.LogGroup = LogGroup
+	c.Logship.CloudWatch.LogStream = stream
+	c.Logship.CloudWatch.CreateGroup = true
+	c.Logship.CloudWatch.PutTimeout = 5 * time.Second
+	c.Logship.UnhealthyAge = 5 * time.Second
+	c.Logship.Retry.MinBackoff = 100 * time.Millisecond
+	c.Logship.Retry.MaxBackoff = time.Second
+}
+
+// startExtra writes extra appliance i's files (the first appliance's CA,
+// its own address, spool and log stream) and starts it.
+func (e *Env) startExtra(ctx context.Context, i int, x *gwlbsim.ExtraAppliance) error {
+	dir := filepath.Join(e.Opts.Dir, fmt.Sprintf("app%d", i+2))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f := e.Files
+	f.Dir, f.Config, f.ApplianceLog = dir, filepath.Join(dir, "gwlbproxy.yaml"), filepath.Join(dir, "appliance.log")
+	c := ApplianceConfig(e.Opts.Mode, f)
+	c.CA.CertFile, c.CA.KeyFile = e.Files.ApplianceCA, filepath.Join(filepath.Dir(e.Files.ApplianceCA), ca.KeyFileName)
+	c.Proxy.UpstreamCABundle = e.Files.InternetCA
+	c.InstanceID = fmt.Sprintf("demo-appliance-%d", i+2)
+	c.Health.Listen = netip.AddrPortFrom(x.Addr, HealthPort).String()
+	if e.CloudWatch != nil {
+		// The same fake, served in this namespace too.
+		var l net.Listener
+		err := x.NS.Do(func() error {
+			var err error
+			l, err = net.Listen("tcp4", "127.0.0.1:0")
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		srv := &http.Server{Handler: e.CloudWatch, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = srv.Serve(l) }()
+		e.extraCW = append(e.extraCW, srv)
+		cloudWatchConfig(&c, "http://"+l.Addr().String(), ExtraLogStream(i))
+	}
+	if e.Opts.Modify != nil {
+		e.Opts.Modify(&c)
+	}
+	if e.Opts.ModifyExtra != nil {
+		e.Opts.ModifyExtra(i, &c)
+	}
+	b, err := c.Marshal()
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if _, err := config.Parse(b); err != nil {
+		return fmt.Errorf("generated config: %w", err)
+	}
+	if err := os.WriteFile(f.Config, b, 0o644); err != nil {
+		return err
+	}
+	e.ExtraFiles = append(e.ExtraFiles, f)
+	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	a, err := StartAppliance(sctx, e.Opts.Binary, x.NS.Name, f, NewRecords(), e.applianceEnv()...)
+	if err != nil {
+		return err
+	}
+	e.Extra = append(e.Extra, a)
+	return nil
+}
+
+// applianceEnv is the environment of appliance children.
+func (e *Env) applianceEnv() []string {
+	if e.CloudWatch == nil {
+		return nil
+	}
+	// Static keys for the fake: nothing asks instance metadata.
+	return []string{"AWS_ACCESS_KEY_ID=demo", "AWS_SECRET_ACCESS_KEY=demo", "AWS_REGION=us-east-1", "AWS_EC2_METADATA_DISABLED=true"}
 }
 
 // StartAppliance starts (or restarts) the appliance and waits for ready.
 func (e *Env) StartAppliance(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	var env []string
-	if e.CloudWatch != nil {
-		// Static keys for the fake: nothing asks instance metadata.
-		env = []string{"AWS_ACCESS_KEY_ID=demo", "AWS_SECRET_ACCESS_KEY=demo", "AWS_REGION=us-east-1", "AWS_EC2_METADATA_DISABLED=true"}
-	}
-	a, err := StartAppliance(ctx, e.Opts.Binary, e.Net.Topo.Appliance.Name, e.Files, e.Records, env...)
+	a, err := StartAppliance(ctx, e.Opts.Binary, e.Net.Topo.Appliance.Name, e.Files, e.Records, e.applianceEnv()...)
 	if err != nil {
 		return err
 	}
@@ -167,6 +257,18 @@ func (e *Env) StartAppliance(ctx context.Context) error {
 // Close stops the appliance and removes everything.
 func (e *Env) Close() error {
 	var errs []error
+	for i, a := range e.Extra {
+		select {
+		case <-a.Done():
+		default:
+			if err := a.Stop(15 * time.Second); err != nil {
+				errs = append(errs, fmt.Errorf("extra appliance %d: %w", i, err))
+			}
+		}
+	}
+	for _, srv := range e.extraCW {
+		errs = append(errs, srv.Close())
+	}
 	if e.App != nil {
 		select {
 		case <-e.App.Done():

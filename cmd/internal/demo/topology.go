@@ -40,7 +40,7 @@ type Network struct {
 	Internet *Internet
 	// Inet is the internet namespace in nat mode; nil in tunnel mode, where
 	// each endpoint's server namespace is its internet.
-	Inet *extraNS
+	Inet *gwlbsim.NS
 
 	inetName string
 	cancel   context.CancelFunc
@@ -50,12 +50,16 @@ type Network struct {
 // steer.EgressTunnel). prefix starts every namespace name (a random suffix
 // follows). Callers must Close it.
 func NewNetwork(ctx context.Context, mode, prefix string) (*Network, error) {
-	return NewNetworkSim(ctx, mode, prefix, gwlbsim.Config{})
+	return NewNetworkSim(ctx, mode, prefix, gwlbsim.Config{}, 0)
 }
 
 // NewNetworkSim is NewNetwork with the GWLB simulator configured by sim
-// (health checks of the appliance, for one).
-func NewNetworkSim(ctx context.Context, mode, prefix string, sim gwlbsim.Config) (_ *Network, err error) {
+// (health checks of the appliances, for one) and extra more appliance
+// namespaces behind the GWLB (Topo.Extra), wired like the first: in nat
+// mode each has its own egress link to the internet namespace, in tunnel
+// mode a default route to the GWLB namespace. With extra appliances and
+// no sim.Targets, every appliance is a target.
+func NewNetworkSim(ctx context.Context, mode, prefix string, sim gwlbsim.Config, extra int) (_ *Network, err error) {
 	if mode != steer.EgressNAT && mode != steer.EgressTunnel {
 		return nil, fmt.Errorf("egress mode %q is not nat or tunnel", mode)
 	}
@@ -68,7 +72,7 @@ func NewNetworkSim(ctx context.Context, mode, prefix string, sim gwlbsim.Config)
 	if n.Internet, err = NewInternet(); err != nil {
 		return nil, fmt.Errorf("internet CA: %w", err)
 	}
-	n.Topo, err = gwlbsim.NewTopology(gwlbsim.TopologyConfig{Prefix: prefix, Endpoints: []gwlbsim.EndpointConfig{
+	n.Topo, err = gwlbsim.NewTopology(gwlbsim.TopologyConfig{Prefix: prefix, ExtraAppliances: extra, Endpoints: []gwlbsim.EndpointConfig{
 		{ID: EndpointA, AttachmentID: 0xa},
 		{ID: EndpointB, AttachmentID: 0xb},
 	}})
@@ -107,6 +111,18 @@ func NewNetworkSim(ctx context.Context, mode, prefix string, sim gwlbsim.Config)
 			}
 		}
 	}
+	setTargets := len(sim.Targets) == 0 && len(n.Topo.Extra) > 0
+	if setTargets {
+		sim.Targets = []netip.Addr{gwlbsim.ApplianceAddr}
+	}
+	for i, x := range n.Topo.Extra {
+		if err = n.wireExtra(i, x); err != nil {
+			return nil, err
+		}
+		if setTargets {
+			sim.Targets = append(sim.Targets, x.Addr)
+		}
+	}
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	n.cancel = cancel
 	if n.Sim, err = gwlbsim.Start(sctx, n.Topo, sim); err != nil {
@@ -120,6 +136,9 @@ func (n *Network) Namespaces() []string {
 	var names []string
 	if n.Topo != nil {
 		names = append(names, n.Topo.GWLB.Name, n.Topo.Appliance.Name, n.Topo.Sink.Name)
+		for _, x := range n.Topo.Extra {
+			names = append(names, x.NS.Name)
+		}
 		for _, ep := range n.Topo.Endpoints {
 			names = append(names, ep.VPC.Name, ep.Client.Name, ep.Server.Name)
 		}
@@ -137,7 +156,7 @@ func (n *Network) Namespaces() []string {
 func (n *Network) addInternet() error {
 	app := n.Topo.Appliance
 	name := app.Name[:len(app.Name)-len("app")] + "inet"
-	inet, err := newNamedNS(name)
+	inet, err := gwlbsim.NewNS(name)
 	if err != nil {
 		return err
 	}
@@ -166,6 +185,45 @@ func (n *Network) addInternet() error {
 	}
 	if err := app.Netlink().RouteAdd(r); err != nil {
 		return fmt.Errorf("netns %s: default route: %w", app.Name, err)
+	}
+	return nil
+}
+
+// ExtraEgressAddr is extra appliance i's address on its egress link to
+// the internet namespace in nat mode (198.18.(32+i).1; the internet side
+// has .2).
+func ExtraEgressAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, byte(32 + i), 1}) }
+
+// wireExtra gives extra appliance i what the first one has: in nat mode
+// an egress veth eg0 to the internet namespace (eg<i+1> there) and a
+// default route through it; in tunnel mode a default route to the GWLB.
+func (n *Network) wireExtra(i int, x *gwlbsim.ExtraAppliance) error {
+	var gw netip.Addr
+	if n.Mode == steer.EgressNAT {
+		inetSide := netip.AddrFrom4([4]byte{198, 18, byte(32 + i), 2})
+		peer := fmt.Sprintf("eg%d", i+1)
+		v := &netlink.Veth{
+			LinkAttrs:     netlink.LinkAttrs{Name: EgressInterface, MTU: 9001},
+			PeerName:      peer,
+			PeerNamespace: netlink.NsFd(int(n.Inet.Handle())),
+			PeerMTU:       9001,
+		}
+		if err := x.NS.Netlink().LinkAdd(v); err != nil {
+			return fmt.Errorf("netns %s: veth %s: %w", x.NS.Name, EgressInterface, err)
+		}
+		if err := addAddrs(x.NS, x.NS.Name, EgressInterface, 24, []netip.Addr{ExtraEgressAddr(i)}); err != nil {
+			return err
+		}
+		if err := addAddrs(n.Inet, n.Inet.Name, peer, 24, []netip.Addr{inetSide}); err != nil {
+			return err
+		}
+		gw = inetSide
+	} else {
+		gw = netip.AddrFrom4([4]byte{198, 18, byte(16 + i), 1}) // the GWLB namespace's side of its underlay
+	}
+	r := &netlink.Route{Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, Gw: gw.AsSlice()}
+	if err := x.NS.Netlink().RouteAdd(r); err != nil {
+		return fmt.Errorf("netns %s: default route: %w", x.NS.Name, err)
 	}
 	return nil
 }

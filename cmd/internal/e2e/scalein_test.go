@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"net/netip"
 	"net/url"
 	"os"
 	"strings"
@@ -24,16 +25,20 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/demo"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/flow"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
 )
 
-// What the fake instance metadata says about the appliance.
+// What the fake instance metadata says about the appliances (one
+// instance id each, from scaleInInstance up).
 const (
-	scaleInInstance = "i-0e2e5ca1e1000c0de"
+	scaleInInstance = "i-0e2e5ca1e1000c0d"
 	scaleInGroup    = "gwlbproxy-e2e-asg"
 	scaleInHook     = "gwlbproxy-e2e-drain"
 )
+
+func instanceOf(i int) string { return fmt.Sprintf("%s%x", scaleInInstance, 0xe+i) }
 
 // Long download through a bumped connection: 20 MB at 4 MB/s.
 const (
@@ -41,32 +46,34 @@ const (
 	downloadRate = 4 << 20
 )
 
-// TestScaleIn is issue 7's graceful scale-in, end to end: the real
-// appliance behind the GWLB simulator, which health-checks it every
+// TestScaleIn is issue 7's graceful scale-in, end to end: real
+// appliances behind the GWLB simulator, which health-checks them every
 // 200ms, with a bumped 20 MB download in flight and a new request every
-// 100ms. The drain is started by the instance's lifecycle state turning
-// Terminated in (fake) IMDS, or by SIGTERM. Then: the health check turns
-// 503 "draining"; once the simulator has seen that it places no new flow
-// on the appliance (there is one appliance, so new flows find no healthy
-// target and are dropped, and no request started after that gets an
-// answer) while the download's flow keeps being carried and completes
-// byte-exact; every request that got a response has its record at the
+// 100ms. The appliance carrying the download drains, started by its
+// lifecycle state turning Terminated in (fake) IMDS, or by SIGTERM. Then:
+// its health check turns 503 "draining"; once the simulator has seen that
+// it places no new flow on it, while the download's flow keeps being
+// carried to it and completes byte-exact. With two appliances new flows
+// go to the other one and are answered there; with one they find no
+// healthy target and are dropped (no request started after that gets an
+// answer). Every request that got a response has its record at the
 // CloudWatch Logs fake; with the lifecycle trigger CompleteLifecycleAction
 // is called exactly once, with the group, hook and instance id from IMDS,
-// after the last record was stored (with SIGTERM it is not called: the
-// instance is not being scaled in); the appliance exits 0 and leaves no
-// tunnel interface, nftables table or policy rule behind.
+// after the draining appliance's last record was stored (with SIGTERM it
+// is not called: the instance is not being scaled in); the draining
+// appliance exits 0 and leaves no tunnel interface, nftables table or
+// policy rule behind.
 func TestScaleIn(t *testing.T) {
-	for _, trigger := range []string{"lifecycle", "sigterm"} {
-		t.Run(trigger, func(t *testing.T) { testScaleIn(t, trigger == "lifecycle") })
-	}
+	t.Run("lifecycle/two-appliances", func(t *testing.T) { testScaleIn(t, true, 2) })
+	t.Run("sigterm/one-appliance", func(t *testing.T) { testScaleIn(t, false, 1) })
 }
 
 // imdsFake speaks IMDSv2 (token PUT, token required on every GET) with the
 // appliance's instance id, Auto Scaling group tag and lifecycle state.
 type imdsFake struct {
-	state atomic.Value // string
-	polls atomic.Int64 // target-lifecycle-state GETs
+	instance string
+	state    atomic.Value // string
+	polls    atomic.Int64 // target-lifecycle-state GETs
 }
 
 func (f *imdsFake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -85,7 +92,7 @@ func (f *imdsFake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch strings.TrimPrefix(r.URL.Path, "/latest/meta-data/") {
 	case "instance-id":
-		io.WriteString(w, scaleInInstance)
+		io.WriteString(w, f.instance)
 	case "autoscaling/target-lifecycle-state":
 		f.polls.Add(1)
 		io.WriteString(w, f.state.Load().(string))
@@ -99,17 +106,17 @@ func (f *imdsFake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // asCall is one CompleteLifecycleAction the Auto Scaling fake received,
-// with how many records the CloudWatch fake held at that moment.
+// with how many records each appliance's log stream held at that moment.
 type asCall struct {
 	params  url.Values
-	records int
+	records []int
 	at      time.Time
 }
 
 // autoScalingFake speaks the Auto Scaling query protocol for
 // CompleteLifecycleAction (SigV4-signed form POST, XML answer).
 type autoScalingFake struct {
-	records func() int
+	records func() []int
 	mu      sync.Mutex
 	calls   []asCall
 }
@@ -166,59 +173,91 @@ type steadyResult struct {
 	err    error
 }
 
-func testScaleIn(t *testing.T, viaLifecycle bool) {
+func testScaleIn(t *testing.T, viaLifecycle bool, appliances int) {
 	if os.Geteuid() != 0 {
 		t.Skip("e2e: needs root (network namespaces, tun devices, nftables); run the suite as root, e.g. sudo go test ./cmd/internal/e2e")
 	}
 	began := time.Now()
-	md := &imdsFake{}
-	md.state.Store("InService")
+	mds := make([]*imdsFake, appliances)
+	for i := range mds {
+		mds[i] = &imdsFake{instance: instanceOf(i)}
+		mds[i].state.Store("InService")
+	}
 	as := &autoScalingFake{}
-	var mdURL, asURL string
+	mdURLs, asURLs := make([]string, appliances), make([]string, appliances)
+	streams := []string{demo.LogStream}
+	for i := range appliances - 1 {
+		streams = append(streams, demo.ExtraLogStream(i))
+	}
+	lifecycleConfig := func(c *config.Config, i int) {
+		c.InstanceID = "" // from IMDS, as on EC2
+		c.Logship.CloudWatch.IMDSEndpoint = mdURLs[i]
+		c.Lifecycle.Enabled = true
+		c.Lifecycle.HookName = scaleInHook
+		c.Lifecycle.GroupName = "" // from the instance's tags in IMDS
+		c.Lifecycle.PollInterval = time.Second
+		c.Lifecycle.IMDSEndpoint = mdURLs[i]
+		c.Lifecycle.AutoScalingEndpoint = asURLs[i]
+		c.Drain.Deadline = 45 * time.Second
+	}
 
 	ctx := testCtx(t, 3*time.Minute)
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	e, err := demo.Start(sctx, demo.Options{
 		Mode: steer.EgressNAT, Binary: binary, Dir: t.TempDir(), Prefix: "gsi", CloudWatchFake: true,
-		Progress: func(s string) { t.Log(s) },
-		// GWLB health-checks the appliance where the demo's health check
-		// listens, every 200ms; 2 failures make it unhealthy.
+		ExtraAppliances: appliances - 1,
+		Progress:        func(s string) { t.Log(s) },
+		// GWLB health-checks the appliances where the demo's health check
+		// listens, every 200ms; 2 failures make one unhealthy.
 		Sim: gwlbsim.Config{Logger: simLogger(t), HealthCheck: &gwlbsim.HealthCheck{
 			Port: demo.HealthPort, Path: "/", Interval: 200 * time.Millisecond, Timeout: 2 * time.Second,
 			HealthyThreshold: 2, UnhealthyThreshold: 2,
 		}},
+		// IMDS and Auto Scaling fakes on 127.0.0.1 in each appliance's
+		// namespace.
 		Prepare: func(ctx context.Context, e *demo.Env) error {
-			var err error
-			app := e.Net.Topo.Appliance
-			if mdURL, err = serveInNS(t, app, md); err != nil {
-				return fmt.Errorf("imds fake: %w", err)
+			nss := []*gwlbsim.NS{e.Net.Topo.Appliance}
+			for _, x := range e.Net.Topo.Extra {
+				nss = append(nss, x.NS)
 			}
-			as.records = func() int { return e.CloudWatch.Count(demo.LogGroup, demo.LogStream) }
-			if asURL, err = serveInNS(t, app, as); err != nil {
-				return fmt.Errorf("auto scaling fake: %w", err)
+			for i, ns := range nss {
+				var err error
+				if mdURLs[i], err = serveInNS(t, ns, mds[i]); err != nil {
+					return fmt.Errorf("imds fake: %w", err)
+				}
+				if asURLs[i], err = serveInNS(t, ns, as); err != nil {
+					return fmt.Errorf("auto scaling fake: %w", err)
+				}
+			}
+			as.records = func() []int {
+				var n []int
+				for _, s := range streams {
+					n = append(n, e.CloudWatch.Count(demo.LogGroup, s))
+				}
+				return n
 			}
 			return nil
 		},
-		Modify: func(c *config.Config) {
-			c.InstanceID = "" // from IMDS, as on EC2
-			c.Logship.CloudWatch.IMDSEndpoint = mdURL
-			c.Lifecycle.Enabled = true
-			c.Lifecycle.HookName = scaleInHook
-			c.Lifecycle.GroupName = "" // from the instance's tags in IMDS
-			c.Lifecycle.PollInterval = time.Second
-			c.Lifecycle.IMDSEndpoint = mdURL
-			c.Lifecycle.AutoScalingEndpoint = asURL
-			c.Drain.Deadline = 45 * time.Second
-		},
+		Modify:      func(c *config.Config) { lifecycleConfig(c, 0) },
+		ModifyExtra: func(i int, c *config.Config) { lifecycleConfig(c, i+1) },
 	})
 	if err != nil {
 		t.Fatalf("demo environment: %v", err)
 	}
+	apps := append([]*demo.Appliance{e.App}, e.Extra...)
+	nss := []*gwlbsim.NS{e.Net.Topo.Appliance}
+	addrs := []netip.Addr{gwlbsim.ApplianceAddr}
+	for _, x := range e.Net.Topo.Extra {
+		nss = append(nss, x.NS)
+		addrs = append(addrs, x.Addr)
+	}
 	names := e.Net.Namespaces()
 	t.Cleanup(func() {
-		if t.Failed() && e.App != nil {
-			t.Logf("appliance log tail:\n%s", e.App.LogTail(60))
+		if t.Failed() {
+			for i, a := range apps {
+				t.Logf("appliance %d log tail:\n%s", i, a.LogTail(40))
+			}
 		}
 		if err := e.Close(); err != nil {
 			t.Errorf("cleanup: %v", err)
@@ -230,18 +269,23 @@ func testScaleIn(t *testing.T, viaLifecycle bool) {
 		}
 	})
 	sim := e.Net.Sim
-	target := func() gwlbsim.TargetStats {
-		ts, err := sim.Target(gwlbsim.ApplianceAddr)
+	target := func(i int) gwlbsim.TargetStats {
+		ts, err := sim.Target(addrs[i])
 		if err != nil {
 			t.Fatal(err)
 		}
 		return ts
 	}
-	waitFor(t, 60*time.Second, "the simulator to see the appliance healthy", func() (bool, string) {
-		ts := target()
-		return ts.Healthy, fmt.Sprintf("%+v", ts)
+	waitFor(t, 60*time.Second, "the simulator to see every appliance healthy", func() (bool, string) {
+		ts := sim.Targets()
+		for _, x := range ts {
+			if !x.Healthy {
+				return false, fmt.Sprintf("%+v", ts)
+			}
+		}
+		return len(ts) == appliances, ""
 	})
-	t.Logf("setup took %s", time.Since(began).Round(time.Millisecond))
+	t.Logf("setup of %d appliance(s) took %s", appliances, time.Since(began).Round(time.Millisecond))
 
 	// Responses: the client port of every request that got one.
 	type answered struct {
@@ -266,8 +310,8 @@ func testScaleIn(t *testing.T, viaLifecycle bool) {
 	// The long download, from VPC B.
 	dlPath := fmt.Sprintf("/bytes?n=%d&rate=%d", downloadSize, downloadRate)
 	var dlPort atomic.Int64
-	dlReq, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+demo.HostApp+dlPath, nil)
-	dlResp, err := e.Clients[1].HTTPClient(false).Do(dlReq.WithContext(withLocalPort(ctx, &dlPort)))
+	dlReq, _ := http.NewRequestWithContext(withLocalPort(ctx, &dlPort), http.MethodGet, "https://"+demo.HostApp+dlPath, nil)
+	dlResp, err := e.Clients[1].HTTPClient(false).Do(dlReq)
 	if err != nil {
 		t.Fatalf("download: %v", err)
 	}
@@ -281,17 +325,29 @@ func testScaleIn(t *testing.T, viaLifecycle bool) {
 	waitFor(t, 30*time.Second, "the download to be under way", func() (bool, string) {
 		return dlRead.Load() >= 1<<20, fmt.Sprint(dlRead.Load())
 	})
+	// The appliance that drains is the one GWLB put the download on.
+	dlKey := flow.NewKey(unix.IPPROTO_TCP, netip.AddrPortFrom(gwlbsim.ClientAddr, uint16(dlPort.Load())), netip.AddrPortFrom(demo.AddrApp, 443))
+	d := -1
+	for _, f := range sim.Flows() {
+		if f.EndpointID == demo.EndpointB && f.Key == dlKey {
+			for i, a := range addrs {
+				if a == f.Target {
+					d = i
+				}
+			}
+		}
+	}
+	if d < 0 {
+		t.Fatalf("the simulator has no flow %s", dlKey)
+	}
+	drained := apps[d]
+	t.Logf("the download runs through appliance %d (%s, %s); it is the one to drain", d, addrs[d], instanceOf(d))
 
 	// Steady new requests from VPC A, each on a new connection (a new
-	// flow), each given 3s.
-	var (
-		steadyMu sync.Mutex
-		steady   []steadyResult
-	)
-	// The transport dials on its own context (a cancelled request's dial
-	// goes on for a later request); bound it, or SYNs the simulator drops
-	// would be retried for two minutes.
-	// Dials are waited for before the namespaces go away.
+	// flow), each given 3s. The transport dials on its own context (a
+	// cancelled request's dial goes on for a later request): bound it,
+	// or SYNs the simulator drops would be retried for two minutes, and
+	// wait for the dials before the namespaces go away.
 	var dials sync.WaitGroup
 	steadyClient := e.Clients[0].HTTPClient(false)
 	steadyClient.Transport.(*http.Transport).DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -301,6 +357,10 @@ func testScaleIn(t *testing.T, viaLifecycle bool) {
 		defer cancel()
 		return e.Clients[0].Dial(ctx, network, addr)
 	}
+	var (
+		steadyMu sync.Mutex
+		steady   []steadyResult
+	)
 	stopSteady := make(chan struct{})
 	steadyDone := make(chan struct{})
 	go func() {
@@ -342,40 +402,40 @@ func testScaleIn(t *testing.T, viaLifecycle bool) {
 	time.Sleep(time.Second) // some steady requests while healthy
 
 	// Scale-in begins.
-	atTrigger := target()
+	before := sim.Targets()
 	trigger := time.Now()
 	if viaLifecycle {
-		polls := md.polls.Load()
-		md.state.Store("Terminated")
-		t.Logf("IMDS target-lifecycle-state = Terminated (appliance had polled it %d times)", polls)
+		polls := mds[d].polls.Load()
+		mds[d].state.Store("Terminated")
+		t.Logf("IMDS target-lifecycle-state = Terminated for %s (it had polled %d times)", instanceOf(d), polls)
 	} else {
-		if err := e.App.Cmd.Process.Signal(unix.SIGTERM); err != nil {
+		if err := drained.Cmd.Process.Signal(unix.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
 		t.Log("SIGTERM sent")
 	}
 	waitFor(t, 30*time.Second, "health 503 draining", func() (bool, string) {
-		c, r, err := e.Health(ctx)
+		c, status, err := healthOf(ctx, nss[d], addrs[d])
 		if err != nil {
 			return false, err.Error()
 		}
-		return c == http.StatusServiceUnavailable && r.Status == "draining", fmt.Sprintf("%d %s", c, r.Status)
+		return c == http.StatusServiceUnavailable && status == "draining", fmt.Sprintf("%d %s", c, status)
 	})
 	t.Logf("health 503 draining %s after the trigger", time.Since(trigger).Round(time.Millisecond))
 	waitFor(t, 30*time.Second, "the simulator to mark the appliance unhealthy", func() (bool, string) {
-		ts := target()
+		ts := target(d)
 		return !ts.Healthy, fmt.Sprintf("%+v", ts)
 	})
-	atUnhealthy := target()
+	atUnhealthy := sim.Targets()
 	sawUnhealthy := time.Now()
 	dropsAtUnhealthy := sim.Stats().NoHealthyTarget
-	t.Logf("simulator marked the appliance unhealthy %s after the trigger (last check %s, %d new flows placed so far)",
-		atUnhealthy.Since.Sub(trigger).Round(time.Millisecond), atUnhealthy.LastCheck, atUnhealthy.NewFlows)
+	t.Logf("simulator marked appliance %d unhealthy %s after the trigger (last check %s, %d new flows placed on it so far)",
+		d, atUnhealthy[d].Since.Sub(trigger).Round(time.Millisecond), atUnhealthy[d].LastCheck, atUnhealthy[d].NewFlows)
 	if dlRead.Load() >= downloadSize {
 		t.Fatalf("the download finished before the drain began; nothing in flight was tested")
 	}
 
-	// Let new flows knock for a while, then stop.
+	// Let new flows come for a while, then stop.
 	time.Sleep(1500 * time.Millisecond)
 	close(stopSteady)
 	<-steadyDone
@@ -391,62 +451,72 @@ func testScaleIn(t *testing.T, viaLifecycle bool) {
 	}
 	got(int(dlPort.Load()), "/bytes")
 	t.Logf("in-flight download completed %s after the trigger: %d bytes, byte-exact", time.Since(trigger).Round(time.Millisecond), dlRead.Load())
-	if os.Getenv("SCALEIN_DEBUG") != "" {
-		go func() {
-			for {
-				ts := target()
-				t.Logf("DEBUG %s sent=%d returned=%d stats=%+v", time.Since(trigger).Round(time.Millisecond), ts.Sent, ts.Returned, sim.Stats())
-				select {
-				case <-e.App.Done():
-					return
-				case <-time.After(500 * time.Millisecond):
-				}
-			}
-		}()
-	}
 
 	select {
-	case <-e.App.Done():
+	case <-drained.Done():
 	case <-time.After(60 * time.Second):
-		t.Fatal("appliance did not exit after the drain")
+		t.Fatal("draining appliance did not exit after the drain")
 	}
-	exited := time.Now()
-	if code := e.App.Cmd.ProcessState.ExitCode(); code != 0 {
-		t.Errorf("appliance exit code %d, want 0", code)
+	if code := drained.Cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("draining appliance exit code %d, want 0", code)
 	}
-	t.Logf("appliance exited %s after the trigger", exited.Sub(trigger).Round(time.Millisecond))
+	t.Logf("draining appliance exited %s after the trigger", time.Since(trigger).Round(time.Millisecond))
+	for i, a := range apps {
+		select {
+		case <-a.Done():
+			if i != d {
+				t.Errorf("appliance %d, not draining, exited", i)
+			}
+		default:
+		}
+	}
 
-	// The simulator placed no new flow on the draining appliance, though
-	// new flows kept coming (and were dropped for want of a target); the
-	// download's flow was carried on.
-	final := target()
-	if final.NewFlows != atUnhealthy.NewFlows {
-		t.Errorf("simulator placed %d new flows on the appliance after marking it unhealthy", final.NewFlows-atUnhealthy.NewFlows)
+	// The simulator placed no new flow on the draining appliance; new
+	// flows went to the other one, or (alone) found no healthy target.
+	final := sim.Targets()
+	if n := final[d].NewFlows - atUnhealthy[d].NewFlows; n != 0 {
+		t.Errorf("simulator placed %d new flows on the draining appliance after marking it unhealthy", n)
 	}
-	if final.Healthy {
+	if final[d].Healthy {
 		t.Error("simulator sees the exited appliance healthy")
 	}
-	if d := sim.Stats().NoHealthyTarget - dropsAtUnhealthy; d == 0 {
-		t.Error("no new flow was attempted while the appliance drained; the test proved nothing about placement")
-	} else {
-		t.Logf("%d packets of new flows found no healthy target during the drain", d)
-	}
-	if final.Sent <= atUnhealthy.Sent {
+	if final[d].Sent <= atUnhealthy[d].Sent {
 		t.Errorf("no packet reached the draining appliance after it was marked unhealthy (download flow not carried)")
 	}
+	drops := sim.Stats().NoHealthyTarget - dropsAtUnhealthy
+	movedFlows := uint64(0)
+	for i := range final {
+		if i != d {
+			movedFlows += final[i].NewFlows - atUnhealthy[i].NewFlows
+		}
+	}
+	t.Logf("after the simulator saw 503: %d new flows placed on the other appliance(s), %d packets of new flows found no healthy target", movedFlows, drops)
+	if appliances > 1 {
+		if drops != 0 {
+			t.Errorf("%d packets found no healthy target though another appliance was healthy", drops)
+		}
+		if movedFlows == 0 {
+			t.Error("no new flow went to the healthy appliance during the drain; the test proved nothing about placement")
+		}
+	} else if drops == 0 {
+		t.Error("no new flow was attempted while the appliance drained; the test proved nothing about placement")
+	}
 	steadyMu.Lock()
-	var ok, failed, lateOK, window, windowOK int
+	var ok, failed, late, lateOK, window, windowOK int
 	for _, s := range steady {
 		answered := s.err == nil && s.status == 200
 		if answered {
 			ok++
-			if s.start.After(sawUnhealthy) {
-				lateOK++
-			}
 		} else {
 			failed++
 		}
-		if s.start.After(trigger) && s.start.Before(atUnhealthy.Since) {
+		if s.start.After(sawUnhealthy) {
+			late++
+			if answered {
+				lateOK++
+			}
+		}
+		if s.start.After(trigger) && s.start.Before(atUnhealthy[d].Since) {
 			window++
 			if answered {
 				windowOK++
@@ -454,36 +524,46 @@ func testScaleIn(t *testing.T, viaLifecycle bool) {
 		}
 	}
 	steadyMu.Unlock()
-	t.Logf("steady requests: %d answered, %d failed (new flows with no healthy target)", ok, failed)
+	t.Logf("steady requests: %d answered, %d failed; %d started after the simulator saw 503, %d of them answered", ok, failed, late, lateOK)
+	if appliances == 1 && lateOK > 0 {
+		t.Errorf("%d requests started after the simulator saw 503 were answered: new flows reached the draining appliance", lateOK)
+	}
+	if appliances > 1 && lateOK == 0 {
+		t.Errorf("none of the %d requests started after the simulator saw 503 was answered by the other appliance", late)
+	}
 	// GWLB notices a 503 only after UnhealthyThreshold probes; the flows
 	// it places meanwhile are new flows the draining appliance gets. Not
 	// asserted (how the appliance treats them is the drain's policy),
 	// reported so the window stays visible.
 	t.Logf("between the trigger and the simulator marking the appliance unhealthy: %d new flows placed on it, %d steady requests started, %d of them answered",
-		atUnhealthy.NewFlows-atTrigger.NewFlows, window, windowOK)
-	if lateOK > 0 {
-		t.Errorf("%d requests started after the simulator saw 503 were answered: new flows reached the draining appliance", lateOK)
-	}
+		atUnhealthy[d].NewFlows-before[d].NewFlows, window, windowOK)
 
-	// Zero records lost: every response has its record at CloudWatch.
-	evs := e.CloudWatch.Events(demo.LogGroup, demo.LogStream)
+	// Zero records lost: every response has its record at CloudWatch,
+	// from the appliance that served it.
 	byPort := map[int][]demo.Record{}
 	ids := map[string]int{}
-	for _, ev := range evs {
-		var r demo.Record
-		if err := json.Unmarshal([]byte(ev.Message), &r); err != nil || r.RecordID == "" {
-			continue
+	finalCounts := make([]int, len(streams))
+	for si, stream := range streams {
+		evs := e.CloudWatch.Events(demo.LogGroup, stream)
+		finalCounts[si] = len(evs)
+		for _, ev := range evs {
+			var r demo.Record
+			if err := json.Unmarshal([]byte(ev.Message), &r); err != nil || r.RecordID == "" {
+				continue
+			}
+			if r.InstanceID != instanceOf(si) {
+				t.Errorf("record in stream %s from instance %q, want %q", stream, r.InstanceID, instanceOf(si))
+			}
+			ids[r.RecordID]++
+			byPort[r.ClientPort] = append(byPort[r.ClientPort], r)
 		}
-		ids[r.RecordID]++
-		byPort[r.ClientPort] = append(byPort[r.ClientPort], r)
 	}
 	respMu.Lock()
 	matched := map[string]bool{}
 	for _, a := range responses {
 		var rec *demo.Record
 		for i, r := range byPort[a.port] {
-			path, _, _ := strings.Cut(r.Path, "?")
-			if path == a.path && r.Status == 200 && r.InstanceID == scaleInInstance {
+			if path, _, _ := strings.Cut(r.Path, "?"); path == a.path && r.Status == 200 {
 				rec = &byPort[a.port][i]
 			}
 		}
@@ -492,15 +572,19 @@ func testScaleIn(t *testing.T, viaLifecycle bool) {
 			continue
 		}
 		matched[rec.RecordID] = true
-		if a.path == "/bytes" && rec.BytesIn < downloadSize && rec.BytesOut < downloadSize {
-			t.Errorf("download record counts %d in / %d out bytes, want >= %d", rec.BytesIn, rec.BytesOut, downloadSize)
+		if a.path == "/bytes" {
+			if rec.BytesIn < downloadSize && rec.BytesOut < downloadSize {
+				t.Errorf("download record counts %d in / %d out bytes, want >= %d", rec.BytesIn, rec.BytesOut, downloadSize)
+			}
+			if rec.InstanceID != instanceOf(d) {
+				t.Errorf("download record from %s, want the draining %s", rec.InstanceID, instanceOf(d))
+			}
 		}
 	}
 	if len(matched) != len(responses) {
 		t.Errorf("%d responses but %d distinct records for them", len(responses), len(matched))
 	}
-	t.Logf("%d responses, %d distinct records for them; %d events at CloudWatch (%d distinct record ids)",
-		len(responses), len(matched), len(evs), len(ids))
+	t.Logf("%d responses, %d distinct records for them; %d distinct record ids at CloudWatch, per stream %v", len(responses), len(matched), len(ids), finalCounts)
 	respMu.Unlock()
 
 	// The lifecycle hook: completed once, after the spool was drained.
@@ -512,28 +596,60 @@ func testScaleIn(t *testing.T, viaLifecycle bool) {
 		c := calls[0]
 		for k, want := range map[string]string{
 			"AutoScalingGroupName": scaleInGroup, "LifecycleHookName": scaleInHook,
-			"LifecycleActionResult": "CONTINUE", "InstanceId": scaleInInstance,
+			"LifecycleActionResult": "CONTINUE", "InstanceId": instanceOf(d),
 		} {
 			if got := c.params.Get(k); got != want {
 				t.Errorf("CompleteLifecycleAction %s = %q, want %q", k, got, want)
 			}
 		}
-		if c.records != len(evs) {
-			t.Errorf("CompleteLifecycleAction came when %d of %d records were at CloudWatch", c.records, len(evs))
+		if c.records[d] != finalCounts[d] {
+			t.Errorf("CompleteLifecycleAction came when %d of the draining appliance's %d records were at CloudWatch", c.records[d], finalCounts[d])
 		}
-		t.Logf("CompleteLifecycleAction %s after the trigger, with all %d records stored", c.at.Sub(trigger).Round(time.Millisecond), c.records)
+		t.Logf("CompleteLifecycleAction %s after the trigger, with all %d of the draining appliance's records stored", c.at.Sub(trigger).Round(time.Millisecond), c.records[d])
 	} else if len(calls) != 0 {
 		t.Errorf("CompleteLifecycleAction called %d times on SIGTERM without a terminating lifecycle state", len(calls))
 	}
 
-	checkApplianceClean(t, e)
+	checkApplianceClean(t, nss[d])
+}
+
+// healthOf asks the health check at addr:HealthPort from inside ns.
+func healthOf(ctx context.Context, ns *gwlbsim.NS, addr netip.Addr) (int, string, error) {
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
+			var c net.Conn
+			err := ns.Do(func() error {
+				var d net.Dialer
+				var err error
+				c, err = d.DialContext(ctx, network, a)
+				return err
+			})
+			return c, err
+		},
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+netip.AddrPortFrom(addr, demo.HealthPort).String()+"/", nil)
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	var rep struct {
+		Status string `json:"status"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
+		return resp.StatusCode, "", fmt.Errorf("health body: %w", err)
+	}
+	return resp.StatusCode, rep.Status, nil
 }
 
 // checkApplianceClean fails if the exited appliance left tunnel
 // interfaces, its nftables table or policy routing rules in its namespace.
-func checkApplianceClean(t *testing.T, e *demo.Env) {
+func checkApplianceClean(t *testing.T, app *gwlbsim.NS) {
 	t.Helper()
-	app := e.Net.Topo.Appliance
 	links, err := app.Netlink().LinkList()
 	if err != nil {
 		t.Fatal(err)
