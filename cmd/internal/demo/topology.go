@@ -88,10 +88,10 @@ func NewNetworkSim(ctx context.Context, mode, prefix string, sim gwlbsim.Config,
 		}
 	} else {
 		// An EC2 instance always has a default route (the VPC router);
-		// the GWLB namespace stands in for it. Steering needs one: the
-		// proxy's SYN-ACKs are routed by the main table before the
-		// output route chain re-marks them into the tunnel, and without
-		// any route the kernel drops the SYN (TcpExtListenDrops).
+		// the GWLB namespace stands in for it. Steering does not rely on
+		// it (the listeners' SO_MARK routes SYN-ACKs by the tunnel's
+		// table; tunnel/steer/noroute_test.go runs without one), but the
+		// demo's topology should look like the instance it imitates.
 		r := &netlink.Route{
 			Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
 			Gw:  gwlbsim.GWLBAddr.AsSlice(),
