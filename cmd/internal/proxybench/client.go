@@ -56,6 +56,7 @@ func (r loadResult) pct(p float64) time.Duration {
 func (l *load) run(ctx context.Context, d time.Duration) loadResult {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
+	end, _ := ctx.Deadline()
 	tc := &tls.Config{
 		ServerName: l.host,
 		RootCAs:    l.roots,
@@ -89,7 +90,10 @@ func (l *load) run(ctx context.Context, d time.Duration) loadResult {
 			for ctx.Err() == nil {
 				t0 := time.Now()
 				err := w.do(ctx)
-				if ctx.Err() != nil {
+				// The socket deadlines are the run's deadline, and the
+				// poller can report them before the context's own timer
+				// has marked ctx done: check the clock as well.
+				if ctx.Err() != nil || !time.Now().Before(end) {
 					return // cut off by the end of the run, not a failure
 				}
 				if err != nil {
