@@ -15,6 +15,8 @@ import (
 // ctnetlink constants (linux/netfilter/nfnetlink_conntrack.h).
 const (
 	ipctnlMsgCtGet   = 1
+	ipctnlMsgCtDel   = 2
+	ctaMarkMask      = 21
 	ctaTupleOrig     = 1
 	ctaMark          = 8
 	ctaZone          = 18
@@ -168,6 +170,67 @@ func (l *ctLookup) markZone(src, dst netip.AddrPort, zone uint16) (uint32, error
 				return 0, fmt.Errorf("conntrack get %s -> %s: no entry", src, dst)
 			}
 			return parseCtMark(m.Data)
+		}
+	}
+}
+
+// flushMark deletes every conntrack entry, in every zone and family,
+// whose mark is exactly mark: one CT DELETE without a tuple, which the
+// kernel turns into a filtered flush (no dump to user space, however big
+// the table).
+//
+// Why: a tunnel's slot, and so its mark, is reused by the next tunnel.
+// Entries of the old tunnel's flows (a UDP flow lingers for minutes, a
+// TCP one in TIME_WAIT for two) would route late packets of those flows
+// into the new tunnel's gwo-*, another endpoint's, where at best the flow
+// table drops them.
+func (l *ctLookup) flushMark(mark uint32) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.fd < 0 {
+		return errors.New("conntrack: closed")
+	}
+	l.seq++
+	ae := netlink.NewAttributeEncoder()
+	ae.ByteOrder = binary.BigEndian
+	ae.Uint32(ctaMark, mark)
+	ae.Uint32(ctaMarkMask, 0xffffffff)
+	attrs, err := ae.Encode()
+	if err != nil {
+		return fmt.Errorf("conntrack: encode: %w", err)
+	}
+	n := unix.NLMSG_HDRLEN + nfgenmsgHeaderSz + len(attrs)
+	b := make([]byte, n)
+	binary.NativeEndian.PutUint32(b[0:], uint32(n))
+	binary.NativeEndian.PutUint16(b[4:], nfnlSubsysCtnl<<8|ipctnlMsgCtDel)
+	binary.NativeEndian.PutUint16(b[6:], unix.NLM_F_REQUEST|unix.NLM_F_ACK)
+	binary.NativeEndian.PutUint32(b[8:], l.seq)
+	b[16] = unix.AF_UNSPEC // with version 0: every family
+	b[17] = nfnetlinkV0
+	copy(b[20:], attrs)
+	if err := unix.Sendto(l.fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("conntrack flush mark %#x: send: %w", mark, err)
+	}
+	for {
+		n, _, err := unix.Recvfrom(l.fd, l.buf, 0)
+		if err != nil {
+			return fmt.Errorf("conntrack flush mark %#x: receive: %w", mark, err)
+		}
+		msgs, err := syscall.ParseNetlinkMessage(l.buf[:n])
+		if err != nil {
+			return fmt.Errorf("conntrack: parse: %w", err)
+		}
+		for _, m := range msgs {
+			if m.Header.Seq != l.seq || m.Header.Type != unix.NLMSG_ERROR {
+				continue
+			}
+			if len(m.Data) >= 4 {
+				// ENOENT: nothing carried the mark.
+				if e := int32(binary.NativeEndian.Uint32(m.Data)); e != 0 && unix.Errno(-e) != unix.ENOENT {
+					return fmt.Errorf("conntrack flush mark %#x: %w", mark, unix.Errno(-e))
+				}
+			}
+			return nil
 		}
 	}
 }

@@ -5,7 +5,9 @@
 // of the tunnel its flow came in on.
 //
 // It implements tunnel.Observer: PairUp/PairDown add and remove one
-// tunnel's routing table, ip rules, sysctls and nftables set/map elements.
+// tunnel's routing table, ip rules, sysctls and nftables set/map elements;
+// PairDown also flushes the conntrack entries carrying the tunnel's mark,
+// because the next tunnel in that slot gets the same mark.
 // Everything is in-process netlink (google/nftables, vishvananda/netlink,
 // /proc/sys writes); nothing is exec'd. Explain prints the lot.
 //

@@ -302,6 +302,12 @@ func (s *Steerer) PairDown(ctx context.Context, p tunnel.Pair) error {
 	if err := s.delRouting(rules, routes); err != nil {
 		errs = append(errs, err)
 	}
+	// The slot's mark goes to the next tunnel: forget this one's flows.
+	if ct := s.ct.Load(); ct != nil {
+		if err := ct.flushMark(s.cfg.tunnelMark(p.Slot)); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	delete(s.pairs, p.Slot)
 	if err := errors.Join(errs...); err != nil {
 		s.pairErrors.Add(1)
