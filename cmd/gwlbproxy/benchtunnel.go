@@ -24,6 +24,7 @@ func cmdBenchTunnel(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.BoolVar(&c.Offload, "offload", c.Offload, "tunnel.offload: GSO/GRO on the tun devices")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "tunnel.workers (0: one per CPU)")
 	fs.StringVar(&c.Dir, "dir", "", "keep config and appliance log in this directory (default: temporary)")
+	rates := fs.String("rates", "", "hold exactly these offered rates (pps, comma-separated) instead of searching; compare builds by core per packet")
 	verbose := fs.Bool("v", false, "log progress to stderr")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -36,6 +37,17 @@ func cmdBenchTunnel(ctx context.Context, args []string, stdout, stderr io.Writer
 			return errUsage
 		}
 		c.Payloads = append(c.Payloads, n)
+	}
+	for _, s := range strings.Split(*rates, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		r, err := strconv.ParseFloat(s, 64)
+		if err != nil || r <= 0 {
+			fs.Usage()
+			return errUsage
+		}
+		c.Rates = append(c.Rates, r)
 	}
 	exe, err := os.Executable()
 	if err != nil {

@@ -53,6 +53,11 @@ type BenchConfig struct {
 	// CPU pins the generator and receiver threads to one CPU; -1 leaves
 	// them unpinned.
 	CPU int
+	// Rates, if set, replaces the flat-out probe and the search: exactly
+	// these offered rates are held, one step each (FlatOut reports the
+	// first). A fixed rate below saturation is the steady way to compare
+	// the CPU cost per packet of two builds.
+	Rates []float64
 }
 
 // DefaultBenchConfig returns a 64-byte, 64-flow tunnel benchmark with 1 s
@@ -387,8 +392,21 @@ func Bench(ctx context.Context, cfg BenchConfig) (BenchResult, error) {
 
 	began := time.Now()
 	var runErr error
-	res.FlatOut, runErr = run(0)
-	if runErr == nil && res.FlatOut.Loss <= cfg.MaxLoss {
+	if len(cfg.Rates) > 0 {
+		for i, rate := range cfg.Rates {
+			var sr StepResult
+			if sr, runErr = run(rate); runErr != nil {
+				break
+			}
+			if i == 0 {
+				res.FlatOut = sr
+			}
+			res.Steps = append(res.Steps, sr)
+			if sr.Loss <= cfg.MaxLoss {
+				res.BestPPS = max(res.BestPPS, sr.ReceivedPPS)
+			}
+		}
+	} else if res.FlatOut, runErr = run(0); runErr == nil && res.FlatOut.Loss <= cfg.MaxLoss {
 		// The appliance kept up with everything the generator offered.
 		res.BestPPS = res.FlatOut.ReceivedPPS
 	} else if runErr == nil {

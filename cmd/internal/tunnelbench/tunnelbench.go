@@ -64,6 +64,10 @@ type Config struct {
 	Offload bool
 	// Workers sets tunnel.workers (0: one per CPU the process may use).
 	Workers int
+	// Rates, if set, holds exactly these offered rates (pps) instead of
+	// searching (gwlbsim.BenchConfig.Rates); compare builds by the
+	// appliance core's time per packet at a rate both sustain.
+	Rates []float64
 	// Dir keeps config and logs; empty uses a temporary directory.
 	Dir string
 	// Log receives progress; nil discards.
@@ -86,6 +90,9 @@ type Row struct {
 	// ApplianceCore is how busy the appliance's CPU was (0..1) over the
 	// run, softirq work included (the process's time leaves it out).
 	ApplianceCore float64
+	// CorePerPacket is the appliance CPU's busy time per packet received
+	// back, over the run.
+	CorePerPacket time.Duration
 }
 
 // Result is every row, in pairs (plain, tunnel) per payload size.
@@ -156,6 +163,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		for _, mode := range []gwlbsim.Mode{gwlbsim.ModePlain, gwlbsim.ModeTunnel} {
 			bc := gwlbsim.DefaultBenchConfig(topo)
 			bc.Mode, bc.PayloadSize, bc.Flows, bc.Step, bc.CPU = mode, size, cfg.Flows, cfg.Step, cfg.GeneratorCPU
+			bc.Rates = cfg.Rates
 			c0 := procCPU(app.pid)
 			b0, t0 := cpuBusy(cfg.ApplianceCPU)
 			r, err := gwlbsim.Bench(ctx, bc)
@@ -166,6 +174,17 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			row := Row{Path: string(mode), InnerSize: r.InnerSize, BenchResult: r, ApplianceCPU: procCPU(app.pid) - c0}
 			if t1 > t0 {
 				row.ApplianceCore = float64(b1-b0) / float64(t1-t0)
+			}
+			var got float64
+			steps := append([]gwlbsim.StepResult{r.FlatOut}, r.Steps...)
+			if len(cfg.Rates) > 0 {
+				steps = r.Steps
+			}
+			for _, st := range steps {
+				got += st.ReceivedPPS * cfg.Step.Seconds()
+			}
+			if got > 0 {
+				row.CorePerPacket = time.Duration(float64(b1-b0) / 100 * 1e9 / got) // USER_HZ jiffies
 			}
 			log.Info("measured", "path", mode, "inner", r.InnerSize, "best_pps", int(r.BestPPS), "flat_out_recv", int(r.FlatOut.ReceivedPPS))
 			res.Rows = append(res.Rows, row)
@@ -376,7 +395,7 @@ func (r *Result) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "gwlbproxy bench tunnel: %d flows, %s steps, best rate at <= 1%% loss; generator on CPU %d, appliance on CPU %d; tunnel.offload=%v\n\n",
 		c.Flows, c.Step, c.GeneratorCPU, c.ApplianceCPU, c.Offload)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "inner size\tpath\tbest pps\tbest Gbps\tflat-out sent pps\tflat-out recv pps\tflat-out loss\tgenerator CPU\tappliance CPU\tappliance core busy\ttunnel/plain\t")
+	fmt.Fprintln(tw, "inner size\tpath\tbest pps\tbest Gbps\tflat-out sent pps\tflat-out recv pps\tflat-out loss\tgenerator CPU\tappliance CPU\tappliance core busy\tcore per packet\ttunnel/plain\t")
 	var plain float64
 	for _, row := range r.Rows {
 		ratio := ""
@@ -388,9 +407,9 @@ func (r *Result) WriteTable(w io.Writer) {
 		d := row.Duration.Seconds()
 		gen := (row.SenderCPU + row.ReceiverCPU).Seconds() / d * 100
 		app := row.ApplianceCPU.Seconds() / d * 100
-		fmt.Fprintf(tw, "%d B\t%s\t%.0f\t%.2f\t%.0f\t%.0f\t%.1f %%\t%.0f %%\t%.0f %%\t%.0f %%\t%s\t\n",
+		fmt.Fprintf(tw, "%d B\t%s\t%.0f\t%.2f\t%.0f\t%.0f\t%.1f %%\t%.0f %%\t%.0f %%\t%.0f %%\t%.2f µs\t%s\t\n",
 			row.InnerSize, row.Path, row.BestPPS, row.BestGbps, row.FlatOut.SentPPS, row.FlatOut.ReceivedPPS,
-			row.FlatOut.Loss*100, gen, app, row.ApplianceCore*100, ratio)
+			row.FlatOut.Loss*100, gen, app, row.ApplianceCore*100, row.CorePerPacket.Seconds()*1e6, ratio)
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\ngenerator CPU: sender+receiver thread time / wall time (one core = 100 %%); appliance CPU: the gwlbproxy process.\n")
