@@ -41,7 +41,10 @@ type tunnel struct {
 	pending [][]byte
 
 	in, out *tun.Device
-	ctr     []dirCounters // per worker
+	// outRet is out's return path per worker (nil entries without
+	// virtio-net headers); set before the tunnel is up.
+	outRet []*returnQueue
+	ctr    []dirCounters // per worker
 	// lastActive is the coarse time (ns) of the last packet either way.
 	lastActive atomic.Int64
 	createdAt  time.Time
@@ -121,10 +124,14 @@ func (d *Daemon) bringUp(t *tunnel) {
 	}
 	t.in, t.out = in, out
 	t.pair.InIndex, t.pair.OutIndex = in.Index(), out.Index()
+	t.outRet = make([]*returnQueue, d.nworkers)
 	for q := 0; q < d.nworkers; q++ {
+		if oq := out.Queue(q); oq.VnetHdr() {
+			t.outRet[q] = &returnQueue{q: oq, tx: newTxOffload(d.cfg, d.workers[q].raw)}
+		}
 		t.readers.Add(2)
-		go d.readTun(t, in.Queue(q), q)
-		go d.readTun(t, out.Queue(q), q)
+		go d.readTun(t, in.Queue(q), q, nil)
+		go d.readTun(t, out.Queue(q), q, t.outRet[q])
 	}
 	if d.obs != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.ObserverTimeout)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -177,6 +178,7 @@ func (w *worker) flushGRO(rx *rxState) {
 			c.tunWrites.Add(1)
 			c.inBytes.Add(uint64(n - offload.VirtioNetHdrLen + (sp.Segments-1)*int(sp.Hdr.HdrLen)))
 		}
+		w.drainReturn(t)
 	}
 	clear(rx.gro) // drop tunnel references
 	rx.gro = rx.gro[:0]
@@ -238,10 +240,13 @@ func (w *worker) countIn(t *tunnel, n int) {
 // into gwi-/gwo- are matched to their flow and sent back to GWLB with the
 // flow's newest GENEVE header, from the local address the flow arrived on
 // and GWLB's source port, to the GENEVE port.
-func (d *Daemon) readTun(t *tunnel, q *tun.Queue, wid int) {
+func (d *Daemon) readTun(t *tunnel, q *tun.Queue, wid int, rq *returnQueue) {
 	defer t.readers.Done()
 	if q.VnetHdr() {
-		d.readTunOffload(t, q, wid)
+		if rq == nil {
+			rq = &returnQueue{q: q, tx: newTxOffload(d.cfg, d.workers[wid].raw)}
+		}
+		d.readTunOffload(t, rq, wid)
 		return
 	}
 	tx := newTxState(d.cfg, d.workers[wid].raw)
@@ -372,28 +377,84 @@ func newTxOffload(cfg Config, raw *udp.RawSender) *txOffload {
 	}
 }
 
-// readTunOffload is readTun for a queue with virtio-net headers.
-func (d *Daemon) readTunOffload(t *tunnel, q *tun.Queue, wid int) {
+// returnQueue is the return path of one tun queue with virtio-net
+// headers: its reader goroutine and the worker of the same index both
+// drain it, one at a time under mu, with the same buffers.
+//
+// Why the worker drains too: a tun write forwards the packet within the
+// write system call, so after writing a batch to gwi- the packets the
+// kernel routed to gwo- are already in that queue. Sending them back at
+// once costs no wake-up and no goroutine switch, and it paces the receive
+// path to the return path: with the reader left to the scheduler, a busy
+// worker kept decapsulating while gwo-'s queue overflowed, wasting all the
+// work done on the packets dropped there.
+type returnQueue struct {
+	mu sync.Mutex
+	q  *tun.Queue
+	tx *txOffload
+}
+
+// maxDrainBatches bounds the batches read under one hold of
+// returnQueue.mu.
+const maxDrainBatches = 4
+
+// readTunOffload is readTun for a queue with virtio-net headers: it waits
+// for the queue to become readable, then drains it under rq.mu.
+func (d *Daemon) readTunOffload(t *tunnel, rq *returnQueue, wid int) {
 	w := d.workers[wid]
-	tx := newTxOffload(d.cfg, w.raw)
 	for {
-		n, err := q.ReadPackets(tx.arena, txHeadroom, maxVnetRead, tx.rpkts)
+		err := rq.q.WaitRead()
+		if err == nil {
+			rq.mu.Lock()
+			for i := 0; i < maxDrainBatches; i++ {
+				var n int
+				if n, err = d.drain(t, w, rq); err != nil || n < len(rq.tx.rpkts) {
+					break
+				}
+			}
+			rq.mu.Unlock()
+		}
 		if err != nil {
 			if errors.Is(err, os.ErrClosed) || t.state.Load() >= stateClosing {
 				return
 			}
-			d.log.Error("tunnel read failed", "interface", t.pair.In, "worker", wid, "err", err)
+			d.log.Error("tunnel read failed", "interface", rq.q.Name(), "worker", wid, "err", err)
 			time.Sleep(10 * time.Millisecond)
-			continue
 		}
-		now := time.Now()
-		t.touch(now.UnixNano())
-		t.ctr[wid].tunReads.Add(uint64(n))
-		for i := 0; i < n; i++ {
-			d.returnPacket(t, w, tx, tx.rpkts[i], now)
-		}
-		d.flushTx(t, w, tx)
 	}
+}
+
+// drain reads what rq's queue holds now (one batch, without blocking),
+// re-encapsulates and sends it. rq.mu must be held.
+func (d *Daemon) drain(t *tunnel, w *worker, rq *returnQueue) (int, error) {
+	tx := rq.tx
+	n, err := rq.q.TryReadPackets(tx.arena, txHeadroom, maxVnetRead, tx.rpkts)
+	if n == 0 {
+		return 0, err
+	}
+	now := time.Now()
+	t.touch(now.UnixNano())
+	t.ctr[w.id].tunReads.Add(uint64(n))
+	for i := 0; i < n; i++ {
+		d.returnPacket(t, w, tx, tx.rpkts[i], now)
+	}
+	d.flushTx(t, w, tx)
+	return n, nil
+}
+
+// drainReturn sends back what the worker's last writes to t forwarded
+// into t's gwo- queue of this worker, unless that queue's reader is at it.
+func (w *worker) drainReturn(t *tunnel) {
+	rq := t.outRet[w.id]
+	if rq == nil || !rq.mu.TryLock() {
+		return
+	}
+	for i := 0; i < maxDrainBatches; i++ {
+		if n, err := w.d.drain(t, w, rq); err != nil || n < len(rq.tx.rpkts) {
+			break
+		}
+	}
+	rq.mu.Unlock()
 }
 
 // returnPacket encapsulates one read (virtio-net header and packet, maybe

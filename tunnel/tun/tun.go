@@ -277,8 +277,11 @@ type Queue struct {
 	wErr    error
 	wParts  [2][]byte
 
-	// ReadPackets state.
+	// ReadPackets state (TryReadPackets shares it).
 	pktFn  func(fd uintptr) bool
+	tryFn  func(fd uintptr)
+	pollFn func(fd uintptr) bool
+	pfd    [1]unix.PollFd
 	pArena []byte
 	pPkts  [][]byte
 	pHead  int
@@ -306,6 +309,8 @@ func newQueue(f *os.File) (*Queue, error) {
 	q.readFn = q.doRead
 	q.writeFn = q.doWritev
 	q.pktFn = q.doReadPackets
+	q.tryFn = func(fd uintptr) { q.doReadPackets(fd) }
+	q.pollFn = q.doPoll
 	return q, nil
 }
 
@@ -459,6 +464,66 @@ func (q *Queue) ReadPackets(arena []byte, headroom, maxPacket int, pkts [][]byte
 	return 0, nil
 }
 
+// TryReadPackets is ReadPackets without blocking: it returns 0 at once
+// when the queue is empty. It does not take the descriptor's read lock, so
+// it may run while another goroutine is blocked in WaitRead on the same
+// queue (which is how a packet worker drains the packets its own writes
+// forwarded here, without waking the queue's reader); the caller must
+// still make sure that no two ReadPackets or TryReadPackets calls on one
+// Queue run at the same time.
+func (q *Queue) TryReadPackets(arena []byte, headroom, maxPacket int, pkts [][]byte) (int, error) {
+	if len(arena) < headroom+maxPacket || len(pkts) == 0 {
+		return 0, fmt.Errorf("tun %s: read: arena %d too small for %d+%d", q.f.Name(), len(arena), headroom, maxPacket)
+	}
+	q.pArena, q.pPkts, q.pHead, q.pMax, q.pOff, q.rN, q.rErr = arena, pkts, headroom, maxPacket, 0, 0, nil
+	err := q.rc.Control(q.tryFn)
+	if err != nil {
+		// Control fails only on a closed file, with the poller's own
+		// error: report the one callers test for.
+		err = os.ErrClosed
+	}
+	n := q.rN
+	if err == nil {
+		err = q.rErr
+	}
+	q.pArena, q.pPkts = nil, nil
+	if n > 0 {
+		return n, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("tun %s: read: %w", q.f.Name(), err)
+	}
+	return 0, nil
+}
+
+// WaitRead blocks until the queue has a packet to read (or an error to
+// report), without reading it: a caller that reads with TryReadPackets
+// under its own lock parks here instead of inside a read. It may return
+// with the queue already emptied by someone else.
+func (q *Queue) WaitRead() error {
+	if err := q.rc.Read(q.pollFn); err != nil {
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			// The poller's "use of closed file": say os.ErrClosed.
+			err = os.ErrClosed
+		}
+		return fmt.Errorf("tun %s: wait: %w", q.f.Name(), err)
+	}
+	return nil
+}
+
+// doPoll reports whether the queue is readable now (level-triggered, so a
+// packet queued before the runtime poller was armed is not missed).
+func (q *Queue) doPoll(fd uintptr) bool {
+	q.pfd[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
+	for {
+		n, err := unix.Poll(q.pfd[:], 0)
+		if err == unix.EINTR {
+			continue
+		}
+		return err != nil || n > 0
+	}
+}
+
 func (q *Queue) doReadPackets(fd uintptr) bool {
 	for q.rN < len(q.pPkts) {
 		start := q.pOff + q.pHead
@@ -483,6 +548,9 @@ func (q *Queue) doReadPackets(fd uintptr) bool {
 	}
 	return true
 }
+
+// Name returns the interface name.
+func (q *Queue) Name() string { return q.f.Name() }
 
 // Close closes the queue.
 func (q *Queue) Close() error { return q.f.Close() }

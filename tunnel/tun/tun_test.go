@@ -196,3 +196,107 @@ func BenchmarkReadWrite(b *testing.B) {
 		}
 	}
 }
+
+// TestTryReadWhileWaiting: TryReadPackets returns 0 at once on an empty
+// queue, works while another goroutine is parked in WaitRead on the same
+// queue, WaitRead wakes for a packet queued after it parked (and for one
+// queued before it was called), and both report a closed queue.
+func TestTryReadWhileWaiting(t *testing.T) {
+	inNewNetns(t, func(nl *netlink.Handle) {
+		name := fmt.Sprintf("gwt%x", rand.Uint32())
+		d, err := Create(Config{Name: name, Queues: 1, MTU: 1500}, nl)
+		if err != nil {
+			t.Errorf("create: %v", err)
+			return
+		}
+		defer d.Close(nl)
+		link, _ := nl.LinkByName(name)
+		addr, _ := netlink.ParseAddr("198.18.6.1/24")
+		if err := nl.AddrAdd(link, addr); err != nil {
+			t.Errorf("addr: %v", err)
+			return
+		}
+		q := d.Queue(0)
+		arena := make([]byte, 4*(64+2048))
+		pkts := make([][]byte, 4)
+		// The kernel may queue packets of its own (IPv6 router
+		// solicitations) at any time, so emptiness is not asserted; what
+		// matters is that TryReadPackets returns at once.
+		if _, err := q.TryReadPackets(arena, 64, 2048, pkts); err != nil {
+			t.Errorf("try read: %v", err)
+		}
+		// An echo request written to the queue is answered into it.
+		ping := func(seq uint16) {
+			if _, err := q.Write(icmpEcho(net.ParseIP("198.18.6.2"), net.ParseIP("198.18.6.1"), 78, seq)); err != nil {
+				t.Errorf("write: %v", err)
+			}
+		}
+		isReply := func(p []byte, seq uint16) bool {
+			return len(p) >= 28 && p[9] == 1 && p[20] == 0 && binary.BigEndian.Uint16(p[26:]) == seq
+		}
+		// Queued before WaitRead: it must not wait.
+		ping(1)
+		waited := make(chan error, 1)
+		go func() { waited <- q.WaitRead() }()
+		select {
+		case err := <-waited:
+			if err != nil {
+				t.Errorf("wait: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("WaitRead missed a packet queued before it")
+			return
+		}
+		readReply := func(seq uint16) {
+			for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
+				n, err := q.TryReadPackets(arena, 64, 2048, pkts)
+				if err != nil {
+					t.Errorf("try read: %v", err)
+					return
+				}
+				for i := 0; i < n; i++ {
+					if isReply(pkts[i], seq) {
+						return
+					}
+				}
+				if n == 0 {
+					time.Sleep(time.Millisecond)
+				}
+			}
+			t.Errorf("reply %d not read", seq)
+		}
+		readReply(1)
+		// Parked first, then a packet: WaitRead wakes, and a
+		// TryReadPackets meanwhile is not blocked by the parked reader.
+		go func() { waited <- q.WaitRead() }()
+		time.Sleep(50 * time.Millisecond)
+		if _, err := q.TryReadPackets(arena, 64, 2048, pkts); err != nil {
+			t.Errorf("try read beside a waiter: %v", err)
+		}
+		ping(2)
+		select {
+		case err := <-waited:
+			if err != nil {
+				t.Errorf("wait: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("WaitRead did not wake")
+			return
+		}
+		readReply(2)
+		go func() { waited <- q.WaitRead() }()
+		time.Sleep(50 * time.Millisecond)
+		d.Close(nl)
+		select {
+		case err := <-waited:
+			if !errors.Is(err, os.ErrClosed) {
+				t.Errorf("wait after close: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("WaitRead not woken by Close")
+		}
+		if _, err := q.TryReadPackets(arena, 64, 2048, pkts); !errors.Is(err, os.ErrClosed) {
+			t.Errorf("try read after close: %v", err)
+		}
+	})
+}
