@@ -22,6 +22,7 @@ func cmdBenchTunnel(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.IntVar(&c.GeneratorCPU, "generator-cpu", c.GeneratorCPU, "CPU the generator is pinned to (-1: unpinned)")
 	fs.IntVar(&c.ApplianceCPU, "appliance-cpu", c.ApplianceCPU, "CPU the appliance is pinned to (-1: unpinned)")
 	fs.BoolVar(&c.Offload, "offload", c.Offload, "tunnel.offload: GSO/GRO on the tun devices")
+	fs.BoolVar(&c.Notrack, "notrack", c.Notrack, "steer.notrack_geneve: outer GENEVE exempt from conntrack")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "tunnel.workers (0: one per CPU)")
 	fs.StringVar(&c.Dir, "dir", "", "keep config and appliance log in this directory (default: temporary)")
 	rates := fs.String("rates", "", "hold exactly these offered rates (pps, comma-separated) instead of searching; compare builds by core per packet")

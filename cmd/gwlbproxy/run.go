@@ -40,7 +40,7 @@ func newLogger(c *config.Config, w io.Writer) *slog.Logger {
 // writeExplain prints what the steering layer installs for c, without
 // touching the kernel.
 func writeExplain(w io.Writer, c *config.Config) error {
-	st, err := steer.New(c.Steer, slog.New(slog.DiscardHandler), nil)
+	st, err := steer.New(c.SteerConfig(), slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/url"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/tunnel/geneve"
 )
 
 // Egress modes.
@@ -74,6 +76,17 @@ type Config struct {
 	// endpoints, tests). Empty: SDK defaults.
 	EC2Endpoint  string `yaml:"ec2_endpoint"`
 	IMDSEndpoint string `yaml:"imds_endpoint"`
+	// NotrackGeneve exempts the outer GENEVE packets from conntrack: UDP
+	// to GenevePort arriving from anywhere but a tunnel (GWLB -> appliance,
+	// raw prerouting) and UDP to GenevePort sent by the appliance itself
+	// (its replies to GWLB, raw output). GWLB varies the outer source port
+	// per flow, so tracking them costs one conntrack entry per inner flow
+	// and a lookup per packet for nothing. Such packets are "ct state
+	// untracked" to any other ruleset on the host; see doc.go.
+	NotrackGeneve bool `yaml:"notrack_geneve"`
+	// GenevePort is the tunnel's GENEVE port. Not a key of this section:
+	// the application copies tunnel.port into it (default 6081).
+	GenevePort uint16 `yaml:"-"`
 }
 
 // DefaultConfig returns every default.
@@ -93,6 +106,8 @@ func DefaultConfig() Config {
 		DropQUIC:       true,
 		QUICPorts:      []uint16{80, 443},
 		SysctlInterval: 30 * time.Second,
+		NotrackGeneve:  true,
+		GenevePort:     geneve.Port,
 	}
 }
 
@@ -157,6 +172,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SysctlInterval < time.Second {
 		add("sysctl_interval: %s shorter than 1s", c.SysctlInterval)
+	}
+	if c.NotrackGeneve && c.GenevePort == 0 {
+		add("notrack_geneve: the GENEVE port (tunnel.port) is 0")
 	}
 	if c.EC2Endpoint != "" {
 		if _, err := urlHost(c.EC2Endpoint); err != nil {

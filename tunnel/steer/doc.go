@@ -152,6 +152,34 @@
 // is intercepted. Counters are named nftables counter objects; Stats and the
 // gwlbproxy_steer_packets_total / _bytes_total metrics read them at scrape.
 //
+// # Outer GENEVE and conntrack (notrack_geneve)
+//
+// Every inner packet crosses netfilter three times: the outer GENEVE
+// packet in, the inner packet forwarded, the outer packet out. Tracking
+// the outer packets buys nothing (the daemon keeps its own flow table) and
+// costs a conntrack lookup per packet and one entry per GWLB flow, because
+// GWLB varies the outer source port per inner flow. With notrack_geneve
+// (default on) raw prerouting exempts UDP to the GENEVE port (tunnel.port)
+// that does not come from a tunnel (an inner flow to that port is tracked
+// as usual), and raw output exempts UDP to that port sent by the appliance
+// (the daemon's replies to GWLB). This is what gwlbtun operators do by
+// hand with "iptables -t raw ... -j NOTRACK".
+//
+// Limitation (nat mode): a forwarded UDP flow whose source port is the
+// GENEVE port usually keeps that port under masquerade (no tracked tuple
+// holds it once the outer packets are untracked); its replies, addressed
+// to the appliance's GENEVE port, are then exempted, never de-NATed, and
+// dropped by the tunnel daemon as GENEVE from a source not allowed. A
+// masquerade range excluding the port would fix it, but google/nftables
+// cannot send the flag that makes masquerade honour a port range. Turn
+// notrack_geneve off if clients must use that source port.
+//
+// For operators: other rulesets on the host see these packets as "ct
+// state untracked". A host firewall that accepts UDP 6081 by "ct state
+// new,established" drops them; accept the port explicitly instead ("udp
+// dport 6081 accept"), or turn notrack_geneve off. conntrack -L no longer
+// lists GENEVE flows.
+//
 // # Self-repair
 //
 // Steering can be taken away from outside at any time (`nft flush

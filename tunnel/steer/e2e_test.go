@@ -31,7 +31,11 @@ func TestE2EWithTunnelDaemon(t *testing.T) {
 	}
 }
 
-func e2e(t *testing.T, offload bool) {
+func e2e(t *testing.T, offload bool) { e2eWith(t, tunnelConfig(), offload) }
+
+// e2eWith runs the test with steering configuration scfg and returns the
+// topology (torn down at cleanup) for further checks.
+func e2eWith(t *testing.T, scfg Config, offload bool) *gwlbsim.Topology {
 	needRoot(t)
 	eps := []uint64{0x0123456789abcdef, 0x76bc493b822cd32f}
 	var ecs []gwlbsim.EndpointConfig
@@ -53,7 +57,6 @@ func e2e(t *testing.T, offload bool) {
 	}
 
 	log := testLogger(t)
-	scfg := tunnelConfig()
 	s, err := newSteerer(scfg, log, prometheus.NewRegistry(), int(topo.Appliance.Handle()))
 	if err != nil {
 		t.Fatal(err)
@@ -141,6 +144,7 @@ func e2e(t *testing.T, offload bool) {
 	if st := s.Stats(); st.Tunnels != 2 {
 		t.Fatalf("tunnels %d, want 2", st.Tunnels)
 	}
+	return topo
 }
 
 // topo_ reuses startProxy without the namespace topology.

@@ -83,7 +83,7 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 		rs.chains[name] = &nftables.Chain{Name: name, Table: t, Type: typ, Hooknum: hook, Priority: nftables.ChainPriorityRef(nftables.ChainPriority(prio))}
 		rs.order = append(rs.order, name)
 	}
-	if c.tunnelMode() {
+	if c.tunnelMode() || c.NotrackGeneve {
 		chain(chainRawPre, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, -300)
 		chain(chainRawOut, nftables.ChainTypeFilter, nftables.ChainHookOutput, -300)
 	}
@@ -120,6 +120,16 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 	notFromTunnel := lookup(setTunnels, rs.sets, true)
 	base := c.MarkBase
 	mark := fmt.Sprintf("%#x", base)
+
+	if c.NotrackGeneve {
+		// The outer GENEVE packets, GWLB -> appliance and back, bypass
+		// conntrack (see Config.NotrackGeneve). Not from a tunnel: an inner
+		// flow to the GENEVE port must stay tracked (nat, tunnel marks).
+		add(chainRawPre, fmt.Sprintf("iif != @%s meta l4proto udp udp dport %d notrack", setTunnels, c.GenevePort),
+			cat(notFromTunnel, l4proto(unix.IPPROTO_UDP), udpDportEq(c.GenevePort), []expr.Any{&expr.Notrack{}})...)
+		add(chainRawOut, fmt.Sprintf("meta l4proto udp udp dport %d notrack", c.GenevePort),
+			cat(l4proto(unix.IPPROTO_UDP), udpDportEq(c.GenevePort), []expr.Any{&expr.Notrack{}})...)
+	}
 
 	if c.tunnelMode() && !s.testNoZone {
 		// The proxy's upstream connection has the client's 5-tuple. Put it
@@ -334,6 +344,11 @@ func nfproto(p byte) []expr.Any {
 // tcpDport loads the destination port (TCP and UDP share the offset).
 func tcpDport() []expr.Any {
 	return []expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}}
+}
+
+// udpDportEq matches the (UDP or TCP) destination port p.
+func udpDportEq(p uint16) []expr.Any {
+	return cat(tcpDport(), []expr.Any{&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(p)}})
 }
 
 // maskEq compares register 1 & markMask with base.

@@ -105,7 +105,7 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	}()
 	hs.Add(health.Check{Name: "logship", Health: shipper.Health, Stats: func() any { return shipper.Stats() }})
 
-	st, err := steer.New(c.Steer, log.With("component", "steer"), reg)
+	st, err := steer.New(c.SteerConfig(), log.With("component", "steer"), reg)
 	if err != nil {
 		return fmt.Errorf("steer: %w", err)
 	}

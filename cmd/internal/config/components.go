@@ -42,11 +42,20 @@ func defaultComponents() Components {
 	}
 }
 
+// SteerConfig is the steer section with what steer needs from other
+// sections: the GENEVE port (tunnel.port) its notrack_geneve rules match.
+func (c *Components) SteerConfig() steer.Config {
+	s := c.Steer
+	s.GenevePort = c.Tunnel.Port
+	return s
+}
+
 func (c *Components) validate() error {
 	if err := prefix("tunnel", c.Tunnel.Validate()); err != nil {
 		return err
 	}
-	if err := prefix("steer", c.Steer.Validate()); err != nil {
+	sc := c.SteerConfig()
+	if err := prefix("steer", sc.Validate()); err != nil {
 		return err
 	}
 	if err := prefix("proxy", c.Proxy.Validate()); err != nil {

@@ -64,6 +64,9 @@ type Config struct {
 	Offload bool
 	// Workers sets tunnel.workers (0: one per CPU the process may use).
 	Workers int
+	// Notrack sets steer.notrack_geneve (outer GENEVE exempt from
+	// conntrack).
+	Notrack bool
 	// Rates, if set, holds exactly these offered rates (pps) instead of
 	// searching (gwlbsim.BenchConfig.Rates); compare builds by the
 	// appliance core's time per packet at a rate both sustain.
@@ -77,7 +80,8 @@ type Config struct {
 // DefaultConfig returns the measurement.
 func DefaultConfig() Config {
 	return Config{Payloads: []int{64, 8472}, Flows: 64, Step: time.Second,
-		GeneratorCPU: 0, ApplianceCPU: 1, Offload: true, Workers: 1}
+		GeneratorCPU: 0, ApplianceCPU: 1, Offload: true, Workers: 1,
+		Notrack: steer.DefaultConfig().NotrackGeneve}
 }
 
 // Row is one measurement.
@@ -215,6 +219,7 @@ func writeConfig(dir string, cfg Config) (string, error) {
 	c.Tunnel.Workers = cfg.Workers
 	c.Steer.EgressMode = steer.EgressTunnel
 	c.Steer.IPv6 = false
+	c.Steer.NotrackGeneve = cfg.Notrack
 	c.CA.CertFile = filepath.Join(caDir, ca.CertFileName)
 	c.CA.KeyFile = filepath.Join(caDir, ca.KeyFileName)
 	c.Logship.Sink = logship.SinkStdout
@@ -392,8 +397,8 @@ func tail(path string, n int) string {
 // WriteTable prints the result.
 func (r *Result) WriteTable(w io.Writer) {
 	c := r.Config
-	fmt.Fprintf(w, "gwlbproxy bench tunnel: %d flows, %s steps, best rate at <= 1%% loss; generator on CPU %d, appliance on CPU %d; tunnel.offload=%v\n\n",
-		c.Flows, c.Step, c.GeneratorCPU, c.ApplianceCPU, c.Offload)
+	fmt.Fprintf(w, "gwlbproxy bench tunnel: %d flows, %s steps, best rate at <= 1%% loss; generator on CPU %d, appliance on CPU %d; tunnel.offload=%v steer.notrack_geneve=%v\n\n",
+		c.Flows, c.Step, c.GeneratorCPU, c.ApplianceCPU, c.Offload, c.Notrack)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "inner size\tpath\tbest pps\tbest Gbps\tflat-out sent pps\tflat-out recv pps\tflat-out loss\tgenerator CPU\tappliance CPU\tappliance core busy\tcore per packet\ttunnel/plain\t")
 	var plain float64
