@@ -3,6 +3,7 @@ package steer
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"time"
 
@@ -87,6 +88,10 @@ type Config struct {
 	// GenevePort is the tunnel's GENEVE port. Not a key of this section:
 	// the application copies tunnel.port into it (default 6081).
 	GenevePort uint16 `yaml:"-"`
+	// GeneveSources are GWLB's subnets (tunnel.allowed_sources, copied
+	// in by the application like GenevePort): the notrack rules match
+	// only GENEVE from and to them.
+	GeneveSources []netip.Prefix `yaml:"-"`
 }
 
 // DefaultConfig returns every default.

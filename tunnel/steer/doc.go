@@ -157,22 +157,24 @@
 // Every inner packet crosses netfilter three times: the outer GENEVE
 // packet in, the inner packet forwarded, the outer packet out. Tracking
 // the outer packets buys nothing (the daemon keeps its own flow table) and
-// costs a conntrack lookup per packet and one entry per GWLB flow, because
-// GWLB varies the outer source port per inner flow. With notrack_geneve
-// (default on) raw prerouting exempts UDP to the GENEVE port (tunnel.port)
-// that does not come from a tunnel (an inner flow to that port is tracked
-// as usual), and raw output exempts UDP to that port sent by the appliance
-// (the daemon's replies to GWLB). This is what gwlbtun operators do by
-// hand with "iptables -t raw ... -j NOTRACK".
-//
-// Limitation (nat mode): a forwarded UDP flow whose source port is the
-// GENEVE port usually keeps that port under masquerade (no tracked tuple
-// holds it once the outer packets are untracked); its replies, addressed
-// to the appliance's GENEVE port, are then exempted, never de-NATed, and
-// dropped by the tunnel daemon as GENEVE from a source not allowed. A
-// masquerade range excluding the port would fix it, but google/nftables
-// cannot send the flag that makes masquerade honour a port range. Turn
-// notrack_geneve off if clients must use that source port.
+// costs one conntrack entry per GWLB flow, because GWLB varies the outer
+// source port per inner flow: a busy appliance fills nf_conntrack_max
+// twice as fast. (Per-packet CPU: no difference measured, bench tunnel
+// -notrack.) With notrack_geneve (default on) raw prerouting exempts UDP
+// to the GENEVE port (tunnel.port) from GWLB's subnets
+// (tunnel.allowed_sources) that does not come from a tunnel, and raw
+// output exempts UDP to that port on GWLB's subnets (the daemon's replies).
+// This is what gwlbtun operators do by hand with "iptables -t raw ... -j
+// NOTRACK", narrowed on purpose:
+//   - not from a tunnel: client VPCs may use GWLB's addresses too (they
+//     overlap freely), and an inner flow to the GENEVE port must stay
+//     tracked to be marked and masqueraded;
+//   - only GWLB's subnets: in nat mode masquerade keeps a forwarded flow's
+//     source port when it is free, and with the outer packets untracked the
+//     GENEVE port is free; the replies of such a flow (UDP from an internet
+//     server to the appliance's GENEVE port) must stay tracked to be
+//     de-NATed (TestNotrackGeneveMasqueradedPort). With allowed_sources
+//     0.0.0.0/0 that guarantee is gone: turn notrack_geneve off there.
 //
 // For operators: other rulesets on the host see these packets as "ct
 // state untracked". A host firewall that accepts UDP 6081 by "ct state

@@ -123,12 +123,20 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 
 	if c.NotrackGeneve {
 		// The outer GENEVE packets, GWLB -> appliance and back, bypass
-		// conntrack (see Config.NotrackGeneve). Not from a tunnel: an inner
-		// flow to the GENEVE port must stay tracked (nat, tunnel marks).
-		add(chainRawPre, fmt.Sprintf("iif != @%s meta l4proto udp udp dport %d notrack", setTunnels, c.GenevePort),
-			cat(notFromTunnel, l4proto(unix.IPPROTO_UDP), udpDportEq(c.GenevePort), []expr.Any{&expr.Notrack{}})...)
-		add(chainRawOut, fmt.Sprintf("meta l4proto udp udp dport %d notrack", c.GenevePort),
-			cat(l4proto(unix.IPPROTO_UDP), udpDportEq(c.GenevePort), []expr.Any{&expr.Notrack{}})...)
+		// conntrack (see Config.NotrackGeneve): only to or from GWLB's
+		// subnets (tunnel.allowed_sources), so a forwarded flow that
+		// masquerade leaves on the GENEVE port still has its replies
+		// de-NATed; and not from a tunnel, so an inner flow to the GENEVE
+		// port (client VPCs may overlap the GWLB subnets) stays tracked.
+		for _, p := range c.GeneveSources {
+			if p.Addr().Is6() && !c.IPv6 {
+				continue
+			}
+			add(chainRawPre, fmt.Sprintf("iif != @%s %s saddr %s meta l4proto udp udp dport %d notrack", setTunnels, ipName(p), p, c.GenevePort),
+				cat(notFromTunnel, addrIn(p, false), l4proto(unix.IPPROTO_UDP), udpDportEq(c.GenevePort), []expr.Any{&expr.Notrack{}})...)
+			add(chainRawOut, fmt.Sprintf("%s daddr %s meta l4proto udp udp dport %d notrack", ipName(p), p, c.GenevePort),
+				cat(addrIn(p, true), l4proto(unix.IPPROTO_UDP), udpDportEq(c.GenevePort), []expr.Any{&expr.Notrack{}})...)
+		}
 	}
 
 	if c.tunnelMode() && !s.testNoZone {
@@ -250,19 +258,8 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 		if p.Addr().Is6() && !c.IPv6 {
 			continue
 		}
-		fam, name := byte(unix.NFPROTO_IPV4), "ip"
-		off := uint32(16)
-		if p.Addr().Is6() {
-			fam, name, off = unix.NFPROTO_IPV6, "ip6", 24
-		}
-		n := uint32(p.Addr().BitLen() / 8)
-		maskBytes := prefixMask(p)
-		add(chainFilterFwd, fmt.Sprintf("iif @%s %s daddr %s counter name %s drop", setTunnels, name, p, ctrGuardDropped),
-			cat(fromTunnel, nfproto(fam), []expr.Any{
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n},
-				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: n, Mask: maskBytes, Xor: make([]byte, n)},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p.Masked().Addr().AsSlice()},
-			}, objref(ctrGuardDropped), drop())...)
+		add(chainFilterFwd, fmt.Sprintf("iif @%s %s daddr %s counter name %s drop", setTunnels, ipName(p), p, ctrGuardDropped),
+			cat(fromTunnel, addrIn(p, true), objref(ctrGuardDropped), drop())...)
 	}
 	add(chainFilterFwd, fmt.Sprintf("iif @%s counter name %s accept", setTunnels, ctrForwarded),
 		cat(fromTunnel, objref(ctrForwarded), accept())...)
@@ -400,6 +397,32 @@ func objref(name string) []expr.Any {
 
 func accept() []expr.Any { return []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}} }
 func drop() []expr.Any   { return []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}} }
+
+// ipName is "ip" or "ip6" for p's family, as nft prints it.
+func ipName(p netip.Prefix) string {
+	if p.Addr().Is6() {
+		return "ip6"
+	}
+	return "ip"
+}
+
+// addrIn matches packets of p's family whose destination (dst) or source
+// address is in p.
+func addrIn(p netip.Prefix, dst bool) []expr.Any {
+	fam, off := byte(unix.NFPROTO_IPV4), uint32(12)
+	if p.Addr().Is6() {
+		fam, off = unix.NFPROTO_IPV6, 8
+	}
+	n := uint32(p.Addr().BitLen() / 8)
+	if dst {
+		off += n
+	}
+	return cat(nfproto(fam), []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: n, Mask: prefixMask(p), Xor: make([]byte, n)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p.Masked().Addr().AsSlice()},
+	})
+}
 
 func prefixMask(p netip.Prefix) []byte {
 	n := p.Addr().BitLen() / 8

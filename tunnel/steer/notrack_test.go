@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/tunnel/geneve"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -41,6 +42,7 @@ func TestNotrackGeneve(t *testing.T) {
 		t.Run(fmt.Sprint("notrack=", on), func(t *testing.T) {
 			cfg := tunnelConfig()
 			cfg.NotrackGeneve = on
+			cfg.GeneveSources = []netip.Prefix{netip.PrefixFrom(gwlbsim.GWLBAddr, 32)}
 			topo := e2eWith(t, cfg, true)
 			n := geneveEntries(t, topo.Appliance.Netlink())
 			switch {
@@ -110,6 +112,7 @@ func TestNotrackGeneveRules(t *testing.T) {
 			cfg.EgressMode = mode
 			cfg.NotrackGeneve = on
 			cfg.GenevePort = 6082
+			cfg.GeneveSources = []netip.Prefix{netip.MustParsePrefix("10.0.128.0/24"), netip.MustParsePrefix("2001:db8:4757::/64")}
 			s := &Steerer{cfg: cfg}
 			rs := s.buildRuleset("eth0")
 			var texts []string
@@ -122,13 +125,70 @@ func TestNotrackGeneveRules(t *testing.T) {
 				t.Errorf("%s notrack=%v: raw chains %v, want %v", mode, on, raw, want)
 			}
 			for _, want := range []string{
-				chainRawPre + ": iif != @tunnels meta l4proto udp udp dport 6082 notrack",
-				chainRawOut + ": meta l4proto udp udp dport 6082 notrack",
+				chainRawPre + ": iif != @tunnels ip saddr 10.0.128.0/24 meta l4proto udp udp dport 6082 notrack",
+				chainRawOut + ": ip daddr 10.0.128.0/24 meta l4proto udp udp dport 6082 notrack",
+				chainRawPre + ": iif != @tunnels ip6 saddr 2001:db8:4757::/64 meta l4proto udp udp dport 6082 notrack",
+				chainRawOut + ": ip6 daddr 2001:db8:4757::/64 meta l4proto udp udp dport 6082 notrack",
 			} {
 				if strings.Contains(all, want) != on {
 					t.Errorf("%s notrack=%v: rule %q present=%v\n%s", mode, on, want, !on, all)
 				}
 			}
 		}
+	}
+}
+
+// TestNotrackGeneveMasqueradedPort: in nat mode a forwarded UDP flow from
+// a client's source port equal to the GENEVE port keeps that port under
+// masquerade (nothing tracked holds it); its replies come back to the
+// appliance's GENEVE port from a server outside GWLB's subnets, so they
+// must stay tracked to be de-NATed to the client. (An unrestricted
+// "udp dport 6081 notrack" loses them.)
+func TestNotrackGeneveMasqueradedPort(t *testing.T) {
+	cfg := natConfig()
+	cfg.NotrackGeneve = true
+	cfg.GeneveSources = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/30")}
+	tp := newTopo(t, cfg, "a")
+	tn := tp.tun["a"]
+	var srv net.PacketConn
+	if err := tp.eg.do(func() (err error) {
+		srv, err = net.ListenPacket("udp4", netip.AddrPortFrom(serverAddr, 7).String())
+		return
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			k, from, err := srv.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			srv.WriteTo([]byte("echo "+string(buf[:k])+" to "+from.String()), from)
+		}
+	}()
+	var pc net.PacketConn
+	if err := tn.cli.do(func() (err error) {
+		pc, err = net.ListenPacket("udp4", fmt.Sprintf("0.0.0.0:%d", geneve.Port))
+		return
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	buf := make([]byte, 2048)
+	var got string
+	for i := 0; i < 3 && got == ""; i++ { // UDP: retry on a loaded box
+		if _, err := pc.WriteTo([]byte("hello"), net.UDPAddrFromAddrPort(netip.AddrPortFrom(serverAddr, 7))); err != nil {
+			t.Fatal(err)
+		}
+		pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if k, _, err := pc.ReadFrom(buf); err == nil {
+			got = string(buf[:k])
+		}
+	}
+	want := fmt.Sprintf("echo hello to %s:%d", egressAddr, geneve.Port)
+	if got != want {
+		t.Fatalf("udp from source port %d through nat: got %q, want %q (the reply reached the appliance's GENEVE port but was not de-NATed)", geneve.Port, got, want)
 	}
 }

@@ -43,10 +43,12 @@ func defaultComponents() Components {
 }
 
 // SteerConfig is the steer section with what steer needs from other
-// sections: the GENEVE port (tunnel.port) its notrack_geneve rules match.
+// sections: the GENEVE port (tunnel.port) and GWLB's subnets
+// (tunnel.allowed_sources) its notrack_geneve rules match.
 func (c *Components) SteerConfig() steer.Config {
 	s := c.Steer
 	s.GenevePort = c.Tunnel.Port
+	s.GeneveSources = c.Tunnel.AllowedSources
 	return s
 }
 
