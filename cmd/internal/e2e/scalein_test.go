@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -348,10 +349,22 @@ func testScaleIn(t *testing.T, viaLifecycle bool, appliances int) {
 	// cancelled request's dial goes on for a later request): bound it,
 	// or SYNs the simulator drops would be retried for two minutes, and
 	// wait for the dials before the namespaces go away.
-	var dials sync.WaitGroup
+	// A detached dial may start while dials.Wait runs (Add from zero
+	// concurrent with Wait is a race): once waiting has begun, refuse.
+	var (
+		dials       sync.WaitGroup
+		dialsMu     sync.Mutex
+		dialsClosed bool
+	)
 	steadyClient := e.Clients[0].HTTPClient(false)
 	steadyClient.Transport.(*http.Transport).DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dialsMu.Lock()
+		if dialsClosed {
+			dialsMu.Unlock()
+			return nil, errors.New("steady requests are over")
+		}
 		dials.Add(1)
+		dialsMu.Unlock()
 		defer dials.Done()
 		ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		defer cancel()
@@ -439,6 +452,9 @@ func testScaleIn(t *testing.T, viaLifecycle bool, appliances int) {
 	time.Sleep(1500 * time.Millisecond)
 	close(stopSteady)
 	<-steadyDone
+	dialsMu.Lock()
+	dialsClosed = true
+	dialsMu.Unlock()
 	dials.Wait()
 
 	select {
