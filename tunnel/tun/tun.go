@@ -347,14 +347,19 @@ func (q *Queue) doRead(fd uintptr) bool {
 func (q *Queue) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error) {
 	q.rBufs, q.rSizes, q.rOff, q.rN, q.rErr = bufs, sizes, offset, 0, nil
 	err := q.rc.Read(q.readFn)
-	n := q.rN
+	q.rBufs, q.rSizes = nil, nil
+	return q.readResult(err)
+}
+
+// readResult turns a read's outcome (the poller's error, then q.rN and
+// q.rErr as the read callback left them) into what the Read methods
+// return: packets read win over an error, which resurfaces next call.
+func (q *Queue) readResult(err error) (int, error) {
+	if q.rN > 0 {
+		return q.rN, nil
+	}
 	if err == nil {
 		err = q.rErr
-	}
-	q.rBufs, q.rSizes = nil, nil
-	if n > 0 {
-		// Report the packets; an error after them resurfaces next call.
-		return n, nil
 	}
 	if err != nil {
 		return 0, fmt.Errorf("tun %s: read: %w", q.f.Name(), err)
@@ -450,18 +455,8 @@ func (q *Queue) ReadPackets(arena []byte, headroom, maxPacket int, pkts [][]byte
 	}
 	q.pArena, q.pPkts, q.pHead, q.pMax, q.pOff, q.rN, q.rErr = arena, pkts, headroom, maxPacket, 0, 0, nil
 	err := q.rc.Read(q.pktFn)
-	n := q.rN
-	if err == nil {
-		err = q.rErr
-	}
 	q.pArena, q.pPkts = nil, nil
-	if n > 0 {
-		return n, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("tun %s: read: %w", q.f.Name(), err)
-	}
-	return 0, nil
+	return q.readResult(err)
 }
 
 // TryReadPackets is ReadPackets without blocking: it returns 0 at once
@@ -482,18 +477,8 @@ func (q *Queue) TryReadPackets(arena []byte, headroom, maxPacket int, pkts [][]b
 		// error: report the one callers test for.
 		err = os.ErrClosed
 	}
-	n := q.rN
-	if err == nil {
-		err = q.rErr
-	}
 	q.pArena, q.pPkts = nil, nil
-	if n > 0 {
-		return n, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("tun %s: read: %w", q.f.Name(), err)
-	}
-	return 0, nil
+	return q.readResult(err)
 }
 
 // WaitRead blocks until the queue has a packet to read (or an error to
