@@ -77,17 +77,7 @@ func TestNotrackGeneveInnerFlow(t *testing.T) {
 			}); err != nil {
 				t.Fatal(err)
 			}
-			t.Cleanup(func() { pc.Close() })
-			go func() {
-				buf := make([]byte, 2048)
-				for {
-					k, from, err := pc.ReadFrom(buf)
-					if err != nil {
-						return
-					}
-					pc.WriteTo([]byte(side+" "+string(buf[:k])), from)
-				}
-			}()
+			serveUDP(t, pc, func(msg string, _ net.Addr) string { return side + " " + msg })
 			var got string
 			var err error
 			for i := 0; i < 3 && !strings.HasPrefix(got, side+" hello"); i++ { // UDP: retry on a loaded box
@@ -157,17 +147,7 @@ func TestNotrackGeneveMasqueradedPort(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { srv.Close() })
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			k, from, err := srv.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			srv.WriteTo([]byte("echo "+string(buf[:k])+" to "+from.String()), from)
-		}
-	}()
+	serveUDP(t, srv, func(msg string, from net.Addr) string { return "echo " + msg + " to " + from.String() })
 	var pc net.PacketConn
 	if err := tn.cli.do(func() (err error) {
 		pc, err = net.ListenPacket("udp4", fmt.Sprintf("0.0.0.0:%d", geneve.Port))

@@ -236,17 +236,7 @@ func (tp *topo) serve(n *nsh, side string) {
 			if err != nil {
 				t.Fatalf("%s listen udp: %v", n.name, err)
 			}
-			t.Cleanup(func() { pc.Close() })
-			go func() {
-				buf := make([]byte, 2048)
-				for {
-					k, from, err := pc.ReadFrom(buf)
-					if err != nil {
-						return
-					}
-					pc.WriteTo([]byte(side+" "+string(buf[:k])), from)
-				}
-			}()
+			serveUDP(t, pc, func(msg string, _ net.Addr) string { return side + " " + msg })
 		}
 	}
 }
@@ -362,4 +352,20 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// serveUDP answers every datagram pc receives with reply(payload, sender)
+// until the test ends (pc is closed at cleanup).
+func serveUDP(t *testing.T, pc net.PacketConn, reply func(msg string, from net.Addr) string) {
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			k, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte(reply(string(buf[:k]), from)), from)
+		}
+	}()
 }
