@@ -98,10 +98,10 @@ func Default() Config {
 func Parse(data []byte) (Config, error) {
 	c := Default()
 	if err := decodeStrict(data, &c); err != nil {
-		return Config{}, err
+		return Config{}, oneLine{err}
 	}
 	if err := c.Validate(); err != nil {
-		return Config{}, err
+		return Config{}, oneLine{err}
 	}
 	return c, nil
 }

@@ -11,8 +11,10 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -58,11 +60,29 @@ func decodeStrict(data []byte, out any) error {
 }
 
 func join(path, key string) string {
+	if strings.ContainsFunc(key, func(r rune) bool { return r == '.' || r == '"' || !unicode.IsPrint(r) }) {
+		key = strconv.Quote(key) // a key with a newline must not break the one-line error
+	}
 	if path == "" {
 		return key
 	}
 	return path + "." + key
 }
+
+// oneLine keeps an error on one line however odd the input it quotes:
+// control characters are escaped. Unwrap keeps errors.As working.
+type oneLine struct{ err error }
+
+func (e oneLine) Error() string {
+	msg := e.err.Error()
+	if !strings.ContainsFunc(msg, unicode.IsControl) {
+		return msg
+	}
+	q := strconv.Quote(msg)
+	return q[1 : len(q)-1]
+}
+
+func (e oneLine) Unwrap() error { return e.err }
 
 func walk(n *yaml.Node, v reflect.Value, path string) error {
 	if n.Kind == yaml.AliasNode {
