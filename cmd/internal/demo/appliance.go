@@ -327,6 +327,22 @@ type Record struct {
 
 	Raw  string   `json:"-"`
 	Keys []string `json:"-"`
+	// raw holds every field's JSON value, for Field.
+	raw map[string]json.RawMessage
+}
+
+// Field returns a record field by its JSON name as text: a string's value,
+// a number as written; "?name" when the record has no such field.
+func (r *Record) Field(k string) string {
+	v, ok := r.raw[k]
+	if !ok {
+		return "?" + k
+	}
+	var s string
+	if json.Unmarshal(v, &s) == nil {
+		return s
+	}
+	return string(v)
 }
 
 // RecordFields are the fields every record carries (the team contract).
@@ -355,7 +371,7 @@ func (r *Records) Add(line []byte) {
 	var rec Record
 	err := json.Unmarshal(line, &rec)
 	if err == nil {
-		rec.Keys, err = jsonKeys(line)
+		rec.Keys, rec.raw, err = jsonFields(line)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -420,27 +436,30 @@ func (r *Records) Wait(ctx context.Context, n int, match func(*Record) bool) ([]
 	}
 }
 
-// jsonKeys lists the top-level keys of a JSON object in order.
-func jsonKeys(b []byte) ([]string, error) {
+// jsonFields lists the top-level keys of a JSON object in order, with
+// their values.
+func jsonFields(b []byte) ([]string, map[string]json.RawMessage, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
-		return nil, fmt.Errorf("not a JSON object")
+		return nil, nil, fmt.Errorf("not a JSON object")
 	}
 	var keys []string
+	vals := map[string]json.RawMessage{}
 	for dec.More() {
 		t, err := dec.Token()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		k, ok := t.(string)
 		if !ok {
-			return nil, fmt.Errorf("bad key %v", t)
+			return nil, nil, fmt.Errorf("bad key %v", t)
 		}
 		keys = append(keys, k)
 		var v json.RawMessage
 		if err := dec.Decode(&v); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
+		vals[k] = v
 	}
-	return keys, nil
+	return keys, vals, nil
 }

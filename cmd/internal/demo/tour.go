@@ -155,47 +155,6 @@ func MissingFields(r *Record) []string {
 	return missing
 }
 
-// Field returns a record field by its JSON name, formatted as text.
-func (r *Record) Field(k string) string {
-	switch k {
-	case "instance_id":
-		return r.InstanceID
-	case "endpoint_id":
-		return r.EndpointID
-	case "client_ip":
-		return r.ClientIP
-	case "client_port":
-		return fmt.Sprint(r.ClientPort)
-	case "dst_ip":
-		return r.DstIP
-	case "dst_port":
-		return fmt.Sprint(r.DstPort)
-	case "sni":
-		return r.SNI
-	case "host":
-		return r.Host
-	case "method":
-		return r.Method
-	case "scheme":
-		return r.Scheme
-	case "path":
-		return r.Path
-	case "status":
-		return fmt.Sprint(r.Status)
-	case "action":
-		return r.Action
-	case "rule":
-		return r.Rule
-	case "tls_version":
-		return r.TLSVersion
-	case "upstream_error":
-		return r.UpstreamError
-	case "user_agent":
-		return r.UserAgent
-	}
-	return "?" + k
-}
-
 func (e *Env) get(ctx context.Context, s *Step, i int, url string) Result {
 	c := e.Clients[i]
 	r := c.Get(ctx, url)
