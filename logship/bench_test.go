@@ -118,23 +118,7 @@ func BenchmarkPipeline(b *testing.B) {
 			runtime.ReadMemStats(&ms0)
 			cpu0, t0 := cpuTime(), time.Now()
 			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				rec.Time = time.Now()
-				buf = rec.AppendJSON(buf[:0], 1024)
-				for {
-					err := s.Ship(rec.Time, buf)
-					if err == nil {
-						break
-					}
-					if !errors.Is(err, ErrSpoolFull) {
-						b.Fatal(err)
-					}
-					time.Sleep(time.Millisecond)
-				}
-			}
-			for s.Stats().Acked < uint64(b.N) {
-				time.Sleep(time.Millisecond)
-			}
+			shipAcked(b, s, &rec, buf)
 			b.StopTimer()
 			wall, cpu := time.Since(t0), cpuTime()-cpu0
 			runtime.ReadMemStats(&ms1)
@@ -175,28 +159,34 @@ func BenchmarkEncodeShip(b *testing.B) {
 			runtime.ReadMemStats(&ms0)
 			t0 := time.Now()
 			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				rec.Time = time.Now()
-				buf = rec.AppendJSON(buf[:0], 1024)
-				for {
-					err := s.Ship(rec.Time, buf)
-					if err == nil {
-						break
-					}
-					if !errors.Is(err, ErrSpoolFull) {
-						b.Fatal(err)
-					}
-					time.Sleep(time.Millisecond)
-				}
-			}
-			for s.Stats().Acked < uint64(b.N) {
-				time.Sleep(time.Millisecond)
-			}
+			shipAcked(b, s, &rec, buf)
 			b.StopTimer()
 			runtime.ReadMemStats(&ms1)
 			b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/float64(b.N), "mallocs/record")
 			b.ReportMetric(float64(b.N)/time.Since(t0).Seconds(), "records/s")
 			s.Close(context.Background())
 		})
+	}
+}
+
+// shipAcked encodes and ships rec b.N times (waiting while the spool is
+// full) and returns once the shipper has acknowledged all of them.
+func shipAcked(b *testing.B, s *Shipper, rec *proxy.Record, buf []byte) {
+	for i := 0; i < b.N; i++ {
+		rec.Time = time.Now()
+		buf = rec.AppendJSON(buf[:0], 1024)
+		for {
+			err := s.Ship(rec.Time, buf)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, ErrSpoolFull) {
+				b.Fatal(err)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	for s.Stats().Acked < uint64(b.N) {
+		time.Sleep(time.Millisecond)
 	}
 }
