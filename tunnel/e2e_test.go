@@ -241,32 +241,7 @@ func in(t *testing.T, ns *gwlbsim.NS, f func() error) {
 // the reply to that very packet.
 func ping(t *testing.T, ep *gwlbsim.Endpoint, seq int, timeout time.Duration) error {
 	t.Helper()
-	var c *icmp.PacketConn
-	in(t, ep.Client, func() (err error) {
-		c, err = icmp.ListenPacket("ip4:icmp", gwlbsim.ClientAddr.String())
-		return err
-	})
-	defer c.Close()
-	msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: 0x4242, Seq: seq, Data: []byte("gwlbproxy-e2e")}}
-	b, _ := msg.Marshal(nil)
-	if _, err := c.WriteTo(b, &net.IPAddr{IP: gwlbsim.ServerAddr.AsSlice()}); err != nil {
-		return err
-	}
-	c.SetReadDeadline(time.Now().Add(timeout))
-	buf := make([]byte, 1500)
-	for {
-		n, from, err := c.ReadFrom(buf)
-		if err != nil {
-			return fmt.Errorf("echo seq %d: %w", seq, err)
-		}
-		m, err := icmp.ParseMessage(1, buf[:n])
-		if err != nil || m.Type != ipv4.ICMPTypeEchoReply {
-			continue
-		}
-		if e, ok := m.Body.(*icmp.Echo); ok && e.Seq == seq && from.String() == gwlbsim.ServerAddr.String() {
-			return nil
-		}
-	}
+	return pingNoT(ep, seq, timeout)
 }
 
 // udpEcho starts a UDP echo server in the server namespace.
@@ -373,26 +348,7 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("tcp", func(t *testing.T) {
-		var l net.Listener
-		in(t, e0.Server, func() (err error) {
-			l, err = net.Listen("tcp4", gwlbsim.ServerAddr.String()+":8080")
-			return err
-		})
-		defer l.Close()
-		go func() {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-			io.Copy(c, c)
-		}()
-		var c net.Conn
-		in(t, e0.Client, func() (err error) {
-			c, err = net.DialTimeout("tcp4", gwlbsim.ServerAddr.String()+":8080", 20*time.Second)
-			return err
-		})
-		defer c.Close()
+		c := tcpEcho(t, e0, 8080)
 		c.SetDeadline(time.Now().Add(60 * time.Second))
 		payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
 		go c.Write(payload)
@@ -658,7 +614,7 @@ func pingNoT(ep *gwlbsim.Endpoint, seq int, timeout time.Duration) error {
 	c.SetReadDeadline(time.Now().Add(timeout))
 	buf := make([]byte, 1500)
 	for {
-		n, _, err := c.ReadFrom(buf)
+		n, from, err := c.ReadFrom(buf)
 		if err != nil {
 			return fmt.Errorf("echo seq %d: %w", seq, err)
 		}
@@ -666,8 +622,37 @@ func pingNoT(ep *gwlbsim.Endpoint, seq int, timeout time.Duration) error {
 		if err != nil || m.Type != ipv4.ICMPTypeEchoReply {
 			continue
 		}
-		if e, ok := m.Body.(*icmp.Echo); ok && e.Seq == seq {
+		if e, ok := m.Body.(*icmp.Echo); ok && e.Seq == seq && from.String() == gwlbsim.ServerAddr.String() {
 			return nil
 		}
 	}
+}
+
+// tcpEcho starts a one-connection TCP echo server on the endpoint's
+// server at port and returns a connection to it from the endpoint's
+// client (through the tunnel); both are closed when the test ends.
+func tcpEcho(t *testing.T, e *gwlbsim.Endpoint, port int) net.Conn {
+	t.Helper()
+	addr := net.JoinHostPort(gwlbsim.ServerAddr.String(), fmt.Sprint(port))
+	var l net.Listener
+	in(t, e.Server, func() (err error) {
+		l, err = net.Listen("tcp4", addr)
+		return err
+	})
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(c, c)
+	}()
+	var c net.Conn
+	in(t, e.Client, func() (err error) {
+		c, err = net.DialTimeout("tcp4", addr, 20*time.Second)
+		return err
+	})
+	t.Cleanup(func() { c.Close() })
+	return c
 }

@@ -23,26 +23,7 @@ func TestOffloadBulkIntegrity(t *testing.T) {
 	})
 	e0 := h.topo.Endpoints[0]
 
-	var l net.Listener
-	in(t, e0.Server, func() (err error) {
-		l, err = net.Listen("tcp4", gwlbsim.ServerAddr.String()+":8081")
-		return err
-	})
-	defer l.Close()
-	go func() {
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		io.Copy(c, c)
-	}()
-	var c net.Conn
-	in(t, e0.Client, func() (err error) {
-		c, err = net.DialTimeout("tcp4", gwlbsim.ServerAddr.String()+":8081", 20*time.Second)
-		return err
-	})
-	defer c.Close()
+	c := tcpEcho(t, e0, 8081)
 	c.SetDeadline(time.Now().Add(120 * time.Second))
 	payload := make([]byte, 6<<20)
 	for i := range payload {
