@@ -1,11 +1,15 @@
 package gwlbsim
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"runtime"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -136,4 +140,30 @@ func RandSuffix() string {
 	var b [3]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// Dial dials with d from inside the namespace (the socket stays in it).
+func (n *NS) Dial(ctx context.Context, d *net.Dialer, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := n.Do(func() error {
+		var err error
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
+// HTTPClient is an http.Client whose connections are dialled with d from
+// inside the namespace, a new one per request (probes and checks must not
+// ride an old connection).
+func (n *NS) HTTPClient(timeout time.Duration, d *net.Dialer) *http.Client {
+	return &http.Client{
+		Timeout: timeout,
+		Transport: &http.Transport{
+			DisableKeepAlives: true,
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return n.Dial(ctx, d, network, addr)
+			},
+		},
+	}
 }

@@ -147,23 +147,8 @@ func place(targets []*target, k flow.Key, failOpen bool) *target {
 func (s *Sim) healthLoop(t *target, hc HealthCheck, stop <-chan struct{}) {
 	defer s.wg.Done()
 	gw := s.topo.GWLB
-	client := &http.Client{
-		Timeout: hc.Timeout,
-		Transport: &http.Transport{
-			DisableKeepAlives: true,
-			// Probes leave from the GWLB namespace, like data packets.
-			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				var c net.Conn
-				err := gw.Do(func() error {
-					d := net.Dialer{LocalAddr: &net.TCPAddr{IP: GWLBAddr.AsSlice()}}
-					var err error
-					c, err = d.DialContext(ctx, network, addr)
-					return err
-				})
-				return c, err
-			},
-		},
-	}
+	// Probes leave from the GWLB namespace, like data packets.
+	client := gw.HTTPClient(hc.Timeout, &net.Dialer{LocalAddr: &net.TCPAddr{IP: GWLBAddr.AsSlice()}})
 	defer client.CloseIdleConnections()
 	url := "http://" + net.JoinHostPort(t.addr.String(), strconv.Itoa(int(hc.Port))) + hc.Path
 	ctx, cancel := context.WithCancel(context.Background())

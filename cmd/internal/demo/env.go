@@ -300,23 +300,7 @@ func EndpointOf(id uint64) string { return fmt.Sprintf("vpce-%017x", id) }
 // applianceHTTP is an http.Client dialling from the appliance namespace
 // (health and metrics listen there).
 func (e *Env) applianceHTTP() *http.Client {
-	ns := e.Net.Topo.Appliance
-	return &http.Client{
-		Timeout: 20 * time.Second,
-		Transport: &http.Transport{
-			DisableKeepAlives: true,
-			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				var c net.Conn
-				err := ns.Do(func() error {
-					var d net.Dialer
-					var err error
-					c, err = d.DialContext(ctx, network, addr)
-					return err
-				})
-				return c, err
-			},
-		},
-	}
+	return e.Net.Topo.Appliance.HTTPClient(20*time.Second, &net.Dialer{})
 }
 
 // HealthURL is where the appliance's health check answers.

@@ -631,19 +631,7 @@ func testScaleIn(t *testing.T, viaLifecycle bool, appliances int) {
 
 // healthOf asks the health check at addr:HealthPort from inside ns.
 func healthOf(ctx context.Context, ns *gwlbsim.NS, addr netip.Addr) (int, string, error) {
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
-			var c net.Conn
-			err := ns.Do(func() error {
-				var d net.Dialer
-				var err error
-				c, err = d.DialContext(ctx, network, a)
-				return err
-			})
-			return c, err
-		},
-	}}
+	hc := ns.HTTPClient(10*time.Second, &net.Dialer{})
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+netip.AddrPortFrom(addr, demo.HealthPort).String()+"/", nil)
 	if err != nil {
 		return 0, "", err
