@@ -406,12 +406,7 @@ func (d *Daemon) readTunOffload(t *tunnel, rq *returnQueue, wid int) {
 		err := rq.q.WaitRead()
 		if err == nil {
 			rq.mu.Lock()
-			for i := 0; i < maxDrainBatches; i++ {
-				var n int
-				if n, err = d.drain(t, w, rq); err != nil || n < len(rq.tx.rpkts) {
-					break
-				}
-			}
+			err = d.drainBatches(t, w, rq)
 			rq.mu.Unlock()
 		}
 		if err != nil {
@@ -422,6 +417,17 @@ func (d *Daemon) readTunOffload(t *tunnel, rq *returnQueue, wid int) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
+}
+
+// drainBatches drains rq until it is empty, fails, or maxDrainBatches
+// full batches were sent. rq.mu must be held.
+func (d *Daemon) drainBatches(t *tunnel, w *worker, rq *returnQueue) error {
+	for i := 0; i < maxDrainBatches; i++ {
+		if n, err := d.drain(t, w, rq); err != nil || n < len(rq.tx.rpkts) {
+			return err
+		}
+	}
+	return nil
 }
 
 // drain reads what rq's queue holds now (one batch, without blocking),
@@ -449,11 +455,7 @@ func (w *worker) drainReturn(t *tunnel) {
 	if rq == nil || !rq.mu.TryLock() {
 		return
 	}
-	for i := 0; i < maxDrainBatches; i++ {
-		if n, err := w.d.drain(t, w, rq); err != nil || n < len(rq.tx.rpkts) {
-			break
-		}
-	}
+	_ = w.d.drainBatches(t, w, rq) // the queue's reader sees and logs errors
 	rq.mu.Unlock()
 }
 
