@@ -116,16 +116,54 @@ func ctRequest(seq uint32, src, dst netip.AddrPort, zone uint16) ([]byte, error)
 	if err != nil {
 		return nil, fmt.Errorf("conntrack: encode: %w", err)
 	}
+	return ctMessage(ipctnlMsgCtGet, unix.NLM_F_REQUEST, seq, fam, attrs), nil
+}
+
+// ctMessage frames a ctnetlink request: netlink header, nfgenmsg (family,
+// version 0) and attrs.
+func ctMessage(typ, flags uint16, seq uint32, family uint8, attrs []byte) []byte {
 	n := unix.NLMSG_HDRLEN + nfgenmsgHeaderSz + len(attrs)
 	b := make([]byte, n)
 	binary.NativeEndian.PutUint32(b[0:], uint32(n))
-	binary.NativeEndian.PutUint16(b[4:], nfnlSubsysCtnl<<8|ipctnlMsgCtGet)
-	binary.NativeEndian.PutUint16(b[6:], unix.NLM_F_REQUEST)
+	binary.NativeEndian.PutUint16(b[4:], nfnlSubsysCtnl<<8|typ)
+	binary.NativeEndian.PutUint16(b[6:], flags)
 	binary.NativeEndian.PutUint32(b[8:], seq)
-	b[16] = fam
+	b[16] = family
 	b[17] = nfnetlinkV0
 	copy(b[20:], attrs)
-	return b, nil
+	return b
+}
+
+// exchange sends req (whose sequence number is l.seq) and returns the
+// first answer to it that accept takes; answers to earlier, timed-out
+// requests are skipped. l.mu must be held.
+func (l *ctLookup) exchange(req []byte, accept func(*syscall.NetlinkMessage) bool) (*syscall.NetlinkMessage, error) {
+	if err := unix.Sendto(l.fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return nil, fmt.Errorf("send: %w", err)
+	}
+	for {
+		n, _, err := unix.Recvfrom(l.fd, l.buf, 0)
+		if err != nil {
+			return nil, fmt.Errorf("receive: %w", err)
+		}
+		msgs, err := syscall.ParseNetlinkMessage(l.buf[:n])
+		if err != nil {
+			return nil, fmt.Errorf("parse: %w", err)
+		}
+		for i := range msgs {
+			if msgs[i].Header.Seq == l.seq && accept(&msgs[i]) {
+				return &msgs[i], nil
+			}
+		}
+	}
+}
+
+// errnoOf is the error code of an NLMSG_ERROR message (0: an ack).
+func errnoOf(m *syscall.NetlinkMessage) unix.Errno {
+	if len(m.Data) < 4 {
+		return 0
+	}
+	return unix.Errno(-int32(binary.NativeEndian.Uint32(m.Data)))
 }
 
 // mark returns the conntrack mark of the TCP connection src -> dst in the
@@ -145,33 +183,17 @@ func (l *ctLookup) markZone(src, dst netip.AddrPort, zone uint16) (uint32, error
 	if err != nil {
 		return 0, err
 	}
-	if err := unix.Sendto(l.fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return 0, fmt.Errorf("conntrack get %s -> %s: send: %w", src, dst, err)
+	m, err := l.exchange(req, func(*syscall.NetlinkMessage) bool { return true })
+	if err != nil {
+		return 0, fmt.Errorf("conntrack get %s -> %s: %w", src, dst, err)
 	}
-	for {
-		n, _, err := unix.Recvfrom(l.fd, l.buf, 0)
-		if err != nil {
-			return 0, fmt.Errorf("conntrack get %s -> %s: receive: %w", src, dst, err)
+	if m.Header.Type == unix.NLMSG_ERROR {
+		if e := errnoOf(m); e != 0 {
+			return 0, fmt.Errorf("conntrack get %s -> %s: %w", src, dst, e)
 		}
-		msgs, err := syscall.ParseNetlinkMessage(l.buf[:n])
-		if err != nil {
-			return 0, fmt.Errorf("conntrack: parse: %w", err)
-		}
-		for _, m := range msgs {
-			if m.Header.Seq != l.seq {
-				continue // a late answer to an earlier, timed-out request
-			}
-			if m.Header.Type == unix.NLMSG_ERROR {
-				if len(m.Data) >= 4 {
-					if e := int32(binary.NativeEndian.Uint32(m.Data)); e != 0 {
-						return 0, fmt.Errorf("conntrack get %s -> %s: %w", src, dst, unix.Errno(-e))
-					}
-				}
-				return 0, fmt.Errorf("conntrack get %s -> %s: no entry", src, dst)
-			}
-			return parseCtMark(m.Data)
-		}
+		return 0, fmt.Errorf("conntrack get %s -> %s: no entry", src, dst)
 	}
+	return parseCtMark(m.Data)
 }
 
 // flushMark deletes every conntrack entry, in every zone and family,
@@ -199,40 +221,16 @@ func (l *ctLookup) flushMark(mark uint32) error {
 	if err != nil {
 		return fmt.Errorf("conntrack: encode: %w", err)
 	}
-	n := unix.NLMSG_HDRLEN + nfgenmsgHeaderSz + len(attrs)
-	b := make([]byte, n)
-	binary.NativeEndian.PutUint32(b[0:], uint32(n))
-	binary.NativeEndian.PutUint16(b[4:], nfnlSubsysCtnl<<8|ipctnlMsgCtDel)
-	binary.NativeEndian.PutUint16(b[6:], unix.NLM_F_REQUEST|unix.NLM_F_ACK)
-	binary.NativeEndian.PutUint32(b[8:], l.seq)
-	b[16] = unix.AF_UNSPEC // with version 0: every family
-	b[17] = nfnetlinkV0
-	copy(b[20:], attrs)
-	if err := unix.Sendto(l.fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("conntrack flush mark %#x: send: %w", mark, err)
+	req := ctMessage(ipctnlMsgCtDel, unix.NLM_F_REQUEST|unix.NLM_F_ACK, l.seq, unix.AF_UNSPEC, attrs) // AF_UNSPEC, version 0: every family
+	m, err := l.exchange(req, func(m *syscall.NetlinkMessage) bool { return m.Header.Type == unix.NLMSG_ERROR })
+	if err != nil {
+		return fmt.Errorf("conntrack flush mark %#x: %w", mark, err)
 	}
-	for {
-		n, _, err := unix.Recvfrom(l.fd, l.buf, 0)
-		if err != nil {
-			return fmt.Errorf("conntrack flush mark %#x: receive: %w", mark, err)
-		}
-		msgs, err := syscall.ParseNetlinkMessage(l.buf[:n])
-		if err != nil {
-			return fmt.Errorf("conntrack: parse: %w", err)
-		}
-		for _, m := range msgs {
-			if m.Header.Seq != l.seq || m.Header.Type != unix.NLMSG_ERROR {
-				continue
-			}
-			if len(m.Data) >= 4 {
-				// ENOENT: nothing carried the mark.
-				if e := int32(binary.NativeEndian.Uint32(m.Data)); e != 0 && unix.Errno(-e) != unix.ENOENT {
-					return fmt.Errorf("conntrack flush mark %#x: %w", mark, unix.Errno(-e))
-				}
-			}
-			return nil
-		}
+	// ENOENT: nothing carried the mark.
+	if e := errnoOf(m); e != 0 && e != unix.ENOENT {
+		return fmt.Errorf("conntrack flush mark %#x: %w", mark, e)
 	}
+	return nil
 }
 
 func parseCtMark(data []byte) (uint32, error) {
