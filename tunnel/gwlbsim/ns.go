@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/tunnel/inns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
@@ -34,37 +35,7 @@ func (n *NS) Netlink() *netlink.Handle { return n.nl }
 // returns. f must not start goroutines expecting them to inherit the
 // namespace.
 func (n *NS) Do(f func() error) error {
-	return doIn(n.h, f)
-}
-
-func doIn(h netns.NsHandle, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(h); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns: %w", err)
-			return
-		}
-		ferr := f()
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked: the runtime discards it when
-			// this goroutine exits, so no other goroutine runs in the
-			// wrong namespace.
-			errc <- fmt.Errorf("restore netns: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return inns.Do(n.h, f)
 }
 
 // NewNS creates the named namespace /run/netns/name with lo up. The demo

@@ -1,9 +1,7 @@
 package steer
 
 import (
-	"fmt"
-	"runtime"
-
+	"github.com/gwlbproxy/gwlbproxy/tunnel/inns"
 	"github.com/vishvananda/netns"
 )
 
@@ -17,30 +15,5 @@ func (n nsExec) do(fn func() error) error {
 	if n.fd < 0 {
 		return fn()
 	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("netns get: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(netns.NsHandle(n.fd)); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("netns set: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked: it exits with this goroutine
-			// instead of serving others in the wrong namespace.
-			errc <- ferr
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return inns.Do(netns.NsHandle(n.fd), fn)
 }

@@ -1,0 +1,48 @@
+// Package inns runs a function inside a network namespace.
+//
+// Why a package: the steerer (pointed at a test's appliance namespace) and
+// the GWLB simulator both need it, and getting it wrong is silent: a
+// goroutine left on a thread in the wrong namespace opens its sockets
+// there.
+package inns
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+
+	"github.com/vishvananda/netns"
+)
+
+// Do runs f on an OS thread switched into namespace h and back. Sockets
+// and tun devices f opens belong to h and keep working after Do returns;
+// goroutines f starts do not inherit h.
+func Do(h netns.NsHandle, f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("get current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(h); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter netns: %w", err)
+			return
+		}
+		ferr := f()
+		if err := netns.Set(orig); err != nil {
+			// Leave the thread locked: the runtime discards it when
+			// this goroutine exits, so no other goroutine runs in the
+			// wrong namespace.
+			errc <- errors.Join(ferr, fmt.Errorf("restore netns: %w", err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
