@@ -186,11 +186,9 @@ func classOf(k *Key) uint8 {
 // return traffic just cannot be matched.
 func (t *Table) Learn(k Key, info Info, h *geneve.Header, gwlb netip.AddrPort, local netip.Addr, now time.Time) bool {
 	ts := t.since(now)
-	if k.IsFragment() {
-		var ok bool
-		if k, ok = t.resolve(k); !ok {
-			return false
-		}
+	k, ok := t.flowKey(k)
+	if !ok {
+		return false
 	}
 	s := t.shard(&k)
 	s.mu.Lock()
@@ -223,11 +221,9 @@ func (t *Table) Learn(k Key, info Info, h *geneve.Header, gwlb netip.AddrPort, l
 // later fragments find the flow too.
 func (t *Table) Lookup(k Key, info Info, dst *Entry, now time.Time) bool {
 	ts := t.since(now)
-	if k.IsFragment() {
-		var ok bool
-		if k, ok = t.resolve(k); !ok {
-			return false
-		}
+	k, ok := t.flowKey(k)
+	if !ok {
+		return false
 	}
 	s := t.shard(&k)
 	s.mu.Lock()
@@ -251,6 +247,15 @@ func (t *Table) Lookup(k Key, info Info, dst *Entry, now time.Time) bool {
 func copyEntry(dst, src *Entry) {
 	dst.Key, dst.EndpointID, dst.GWLB, dst.Local = src.Key, src.EndpointID, src.GWLB, src.Local
 	dst.hdrLen = uint16(copy(dst.hdr[:], src.hdr[:src.hdrLen]))
+}
+
+// flowKey is k itself, or for a non-first fragment the key of the flow its
+// first fragment mapped it to.
+func (t *Table) flowKey(k Key) (Key, bool) {
+	if !k.IsFragment() {
+		return k, true
+	}
+	return t.resolve(k)
 }
 
 // resolve maps a fragment key to its flow key.
