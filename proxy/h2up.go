@@ -88,8 +88,10 @@ func (u *upstream) enableH2(tr *http.Transport) *h2Pool {
 	return pool
 }
 
-// sweepH2 runs h2Pool.sweep over every pool every upstream_idle_timeout.
-func (u *upstream) sweepH2(ctx context.Context) {
+// sweepIdle closes, every upstream_idle_timeout, the h2 connections (see
+// h2Pool.sweep) and fast-path HTTP/1.1 connections idle for longer than
+// upstream_idle_timeout.
+func (u *upstream) sweepIdle(ctx context.Context) {
 	idle := u.p.cfg.UpstreamIdleTimeout
 	if idle <= 0 {
 		return
@@ -103,14 +105,22 @@ func (u *upstream) sweepH2(ctx context.Context) {
 		case <-t.C:
 		}
 		u.mu.Lock()
-		pools := make([]*h2Pool, 0, len(u.m))
+		var h2s []*h2Pool
+		var h1s []*h1Pool
 		for _, e := range u.m {
-			if hp := e.Value.(*poolEntry).h2; hp != nil {
-				pools = append(pools, hp)
+			pe := e.Value.(*poolEntry)
+			if pe.h2 != nil {
+				h2s = append(h2s, pe.h2)
+			}
+			if pe.h1 != nil {
+				h1s = append(h1s, pe.h1)
 			}
 		}
 		u.mu.Unlock()
-		for _, hp := range pools {
+		for _, hp := range h2s {
+			hp.sweep(idle)
+		}
+		for _, hp := range h1s {
 			hp.sweep(idle)
 		}
 	}

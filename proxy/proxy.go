@@ -227,9 +227,7 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 	// TLSNextProto is never consulted; h2 is dispatched in bump.
 	go func() { p.served <- p.srv.Serve(p.connL) }()
 	go p.refreshSelf(ctx)
-	if p.up.h2() {
-		go p.up.sweepH2(ctx)
-	}
+	go p.up.sweepIdle(ctx)
 	return p, nil
 }
 

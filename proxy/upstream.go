@@ -28,11 +28,13 @@ type poolKey struct {
 
 // poolEntry is one destination's transports: tr speaks h2 when the
 // upstream offers it (HTTP2 on, shared mode), tr1 is HTTP/1.1 only, for
-// requests that need it (Upgrade: WebSocket). Without h2 they are the same.
+// requests that need it (Upgrade: WebSocket). Without h2 they are the
+// same, and h1 is the fast path for bodyless GET and HEAD.
 type poolEntry struct {
 	key        poolKey
 	tr, tr1    *http.Transport
 	h2         *h2Pool // tr's h2 connections; nil without h2
+	h1         *h1Pool // nil with h2
 	verifiedAt time.Time
 }
 
@@ -43,6 +45,9 @@ func (pe *poolEntry) closeIdle() {
 	}
 	if pe.h2 != nil {
 		pe.h2.sweep(0)
+	}
+	if pe.h1 != nil {
+		pe.h1.close()
 	}
 }
 
@@ -118,6 +123,9 @@ func (u *upstream) entry(key poolKey) *poolEntry {
 			})
 		tr.MaxIdleConnsPerHost = cfg.UpstreamIdlePerDest
 		tr.MaxIdleConns = cfg.UpstreamIdlePerDest
+		if cfg.UpstreamIdlePerDest == 0 {
+			tr.MaxIdleConnsPerHost = -1 // 0 would mean http.DefaultMaxIdleConnsPerHost
+		}
 		if h2 && key.tls {
 			pe.h2 = u.enableH2(tr)
 		}
@@ -127,6 +135,8 @@ func (u *upstream) entry(key poolKey) *poolEntry {
 	pe.tr1 = pe.tr
 	if u.h2() && key.tls {
 		pe.tr1 = mk(false)
+	} else {
+		pe.h1 = &h1Pool{max: cfg.UpstreamIdlePerDest}
 	}
 	u.m[key] = u.lru.PushFront(pe)
 	for len(u.m) > cfg.UpstreamPools {
@@ -304,7 +314,6 @@ func (u *upstream) roundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Resp
 		return nil, errors.New("proxy: request without connection state")
 	}
 	key := poolKey{dst: st.dst, sni: st.sni, tls: st.isTLS}
-	tr := u.transport(st, key, req)
 	// One allocation for the outgoing request and its URL.
 	o := &outReq{req: *req, url: *req.URL}
 	out, ou := &o.req, &o.url
@@ -319,7 +328,7 @@ func (u *upstream) roundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Resp
 	// upstream connection stays pooled.
 	out.Close = false
 	out.RequestURI = ""
-	resp, err := tr.RoundTrip(out)
+	resp, err := u.send(ctx, st, key, out)
 	if u.p.deps.UpstreamPerClient && (err != nil || resp.Close) {
 		// The client's one upstream connection is ending (or failed):
 		// end the client connection after this response, so the client's
@@ -343,6 +352,33 @@ func (u *upstream) roundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Resp
 	u.p.log.Info("proxy: upstream failed", "dst", st.dst.String(), "sni", st.sni, "err", err)
 	return u.p.pageResponse(req, status, http.StatusText(status),
 		"The proxy could not complete the request to "+req.Host+": "+msg, ri), nil
+}
+
+// send sends out over the fast path when it can take it, else over the
+// key's http.Transport.
+func (u *upstream) send(ctx context.Context, st *connState, key poolKey, out *http.Request) (*http.Response, error) {
+	if u.p.deps.UpstreamPerClient || !h1Eligible(out) {
+		return u.transport(st, key, out).RoundTrip(out)
+	}
+	pe := u.entry(key)
+	if pe.h1 == nil {
+		return pe.tr.RoundTrip(out)
+	}
+	cfg := &u.p.cfg
+	lim := h1Limits{
+		idleTimeout:   cfg.UpstreamIdleTimeout,
+		headerTimeout: cfg.ResponseHeaderTimeout,
+		maxHeader:     int64(cfg.MaxHeaderBytes) * 4,
+	}
+	return pe.h1.roundTrip(ctx, out, lim, func(ctx context.Context) (net.Conn, error) {
+		if !key.tls {
+			return u.dial(ctx, st.client, key)
+		}
+		if c := st.takePre(key, false); c != nil {
+			return c, nil
+		}
+		return u.dialTLS(ctx, st, key, false)
+	})
 }
 
 // outReq is the copy of a request sent upstream, with its own URL.
