@@ -418,7 +418,13 @@ func TestNonTLSAndSilentClients(t *testing.T) {
 }
 
 func TestWebSocketThroughBump(t *testing.T) {
-	h := newHarness(t, nil)
+	for _, h2 := range []bool{true, false} {
+		t.Run(fmt.Sprintf("http2=%v", h2), func(t *testing.T) { webSocketThroughBump(t, h2) })
+	}
+}
+
+func webSocketThroughBump(t *testing.T, http2 bool) {
+	h := newHarness(t, func(c *Config) { c.HTTP2 = http2 })
 	raw, err := tls.Dial("tcp", h.tlsAddr, &tls.Config{ServerName: "ws.good.test", RootCAs: h.clientCA, NextProtos: []string{"http/1.1"}})
 	if err != nil {
 		t.Fatal(err)
@@ -450,7 +456,13 @@ func TestWebSocketThroughBump(t *testing.T) {
 // reach the client while the upstream is still waiting (it waits for the
 // client to have seen it), so any buffering in the proxy deadlocks the test.
 func TestStreamingFlushed(t *testing.T) {
-	h := newHarness(t, nil)
+	for _, h2 := range []bool{true, false} {
+		t.Run(fmt.Sprintf("http2=%v", h2), func(t *testing.T) { streamingFlushed(t, h2) })
+	}
+}
+
+func streamingFlushed(t *testing.T, http2 bool) {
+	h := newHarness(t, func(c *Config) { c.HTTP2 = http2 })
 	for _, tc := range []struct{ path, first, rest string }{
 		{"/sse", "data: event 0\n", "data: event 1"},
 		{"/chunked", "part one;", "part two"},
@@ -473,8 +485,20 @@ func TestStreamingFlushed(t *testing.T) {
 	}
 }
 
+// TestConcurrentBumpAndBaseline runs with http2 on (upstream h2 through
+// http.Transport) and off (HTTP/1.1 upstreams through h1Pool).
 func TestConcurrentBumpAndBaseline(t *testing.T) {
-	h := newHarness(t, func(c *Config) { c.UpstreamIdleTimeout = 300 * time.Millisecond; c.IdleTimeout = time.Second })
+	for _, h2 := range []bool{true, false} {
+		t.Run(fmt.Sprintf("http2=%v", h2), func(t *testing.T) { concurrentBump(t, h2) })
+	}
+}
+
+func concurrentBump(t *testing.T, http2 bool) {
+	h := newHarness(t, func(c *Config) {
+		c.UpstreamIdleTimeout = 300 * time.Millisecond
+		c.IdleTimeout = time.Second
+		c.HTTP2 = http2
+	})
 	// Warm up once so lazily started runtime goroutines are in the baseline.
 	mustGet(t, h.httpsClient(false), "https://warm.good.test/")
 	time.Sleep(500 * time.Millisecond)
@@ -509,6 +533,9 @@ func TestConcurrentBumpAndBaseline(t *testing.T) {
 	}
 	g := settleGoroutines(baseG, 30*time.Second)
 	fd := countFDs()
+	for deadline := time.Now().Add(5 * time.Second); fd > baseFD+5 && time.Now().Before(deadline); fd = countFDs() {
+		time.Sleep(50 * time.Millisecond) // idle upstream connections are swept every upstream_idle_timeout
+	}
 	t.Logf("goroutines baseline %d after %d; fds baseline %d after %d", baseG, g, baseFD, fd)
 	if g > baseG+5 {
 		buf := make([]byte, 1<<20)
@@ -618,5 +645,64 @@ func TestConnectionCloseKeepsUpstream(t *testing.T) {
 	}
 	if n := h.dials.Load(); n != 1 {
 		t.Fatalf("client Connection: close reached upstream: %d dials for 5 requests", n)
+	}
+}
+
+// TestUpstreamHTTP1FastPath: with http2 off, bumped GET, HEAD and POST
+// requests from two client connections, one of them asking to close, share
+// the one pre-verified upstream connection (h1Pool); an upstream that
+// closes after its answer is replaced, and a failing upstream gives the
+// page.
+func TestUpstreamHTTP1FastPath(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.HTTP2 = false })
+	c := h.httpsClient(true)
+	var peers []string
+	for _, m := range []string{"GET", "HEAD", "POST", "GET"} {
+		var body io.Reader
+		if m == "POST" {
+			body = strings.NewReader("hello")
+		}
+		req, _ := http.NewRequest(m, "https://fast.good.test/", body)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b := readAll(t, resp); resp.StatusCode != 200 || m == "GET" && !strings.Contains(b, upstreamMarker) {
+			t.Fatalf("%s: %d %q", m, resp.StatusCode, b)
+		}
+		peers = append(peers, resp.Header.Get("X-Upstream-Peer"))
+	}
+	req, _ := http.NewRequest("GET", "https://fast.good.test/", nil)
+	req.Close = true
+	resp, err := h.httpsClient(false).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+	peers = append(peers, resp.Header.Get("X-Upstream-Peer"))
+	for _, p := range peers[1:] {
+		if p != peers[0] {
+			t.Fatalf("upstream connection not reused: peers %v", peers)
+		}
+	}
+	if n := h.dials.Load(); n != 1 {
+		t.Fatalf("%d upstream dials for 5 requests, want 1", n)
+	}
+	for i := 0; i < 2; i++ {
+		resp, body := mustGet(t, c, "https://fast.good.test/close")
+		if resp.StatusCode != 200 || !strings.Contains(body, "closing") {
+			t.Fatalf("/close: %d %q", resp.StatusCode, body)
+		}
+	}
+	// The first /close used the pooled connection and ended it; the
+	// second needed a new one.
+	if n := h.dials.Load(); n != 2 {
+		t.Fatalf("%d upstream dials after two closing answers, want 2", n)
+	}
+	o := netip.MustParseAddrPort("203.0.113.99:80") // test dialer has no route
+	h.override.Store(&o)
+	resp, body := mustGet(t, h.httpClient(false), "http://fast.good.test/")
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, "upstream connection failed") {
+		t.Fatalf("%d %q", resp.StatusCode, body)
 	}
 }
