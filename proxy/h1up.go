@@ -44,6 +44,7 @@ import (
 // upstream_idle_timeout.
 type h1Pool struct {
 	max int // idle connections kept
+	lim h1Limits
 
 	mu     sync.Mutex
 	idle   []*h1Conn // most recently used last
@@ -125,13 +126,13 @@ type h1Limits struct {
 // roundTrip sends req (h1Eligible) over an idle connection or one from
 // dial, and returns the response; its Body hands the connection back when
 // read to the end, or closes it.
-func (hp *h1Pool) roundTrip(ctx context.Context, req *http.Request, lim h1Limits, dial func(context.Context) (net.Conn, error)) (*http.Response, error) {
+func (hp *h1Pool) roundTrip(ctx context.Context, req *http.Request, dial func(context.Context) (net.Conn, error)) (*http.Response, error) {
 	if err := validHeader(req.Header); err != nil {
 		return nil, err
 	}
 	retry := replayable(req)
 	for {
-		pc := hp.get(lim.idleTimeout, !retry)
+		pc := hp.get(hp.lim.idleTimeout, !retry)
 		reused := pc != nil
 		if pc == nil {
 			c, err := dial(ctx)
@@ -140,7 +141,7 @@ func (hp *h1Pool) roundTrip(ctx context.Context, req *http.Request, lim h1Limits
 			}
 			pc = newH1Conn(c)
 		}
-		resp, err := hp.do(ctx, pc, req, lim)
+		resp, err := hp.do(ctx, pc, req)
 		if err == nil {
 			return resp, nil
 		}
@@ -174,7 +175,8 @@ func validHeader(h http.Header) error {
 
 // do is one exchange on pc. A failure before any response byte is a
 // staleError.
-func (hp *h1Pool) do(ctx context.Context, pc *h1Conn, req *http.Request, lim h1Limits) (*http.Response, error) {
+func (hp *h1Pool) do(ctx context.Context, pc *h1Conn, req *http.Request) (*http.Response, error) {
+	lim := &hp.lim
 	var stop func() bool
 	if ctx.Done() != nil {
 		c := pc.c
@@ -199,7 +201,7 @@ func (hp *h1Pool) do(ctx context.Context, pc *h1Conn, req *http.Request, lim h1L
 	if err != nil {
 		if wrote != nil {
 			pc.c.Close() // ends the writer, unless it waits on the client
-			if werr := writeErr(wrote); werr != nil && !errors.Is(err, errRespHeaderTooLong) {
+			if werr, _ := writerResult(wrote); werr != nil && !errors.Is(err, errRespHeaderTooLong) {
 				err = werr // why the server did not answer
 			}
 		}
@@ -313,7 +315,8 @@ func (b *h1Body) finish(eof bool) {
 		reuse = false // the context fired: its deadline is on the conn
 	}
 	if b.wrote != nil && reuse {
-		reuse = wroteOK(b.wrote)
+		err, done := writerResult(b.wrote)
+		reuse = done && err == nil
 	}
 	if reuse {
 		b.hp.put(b.pc)
@@ -322,34 +325,22 @@ func (b *h1Body) finish(eof bool) {
 	b.pc.c.Close() // a writer still running fails and ends
 }
 
-// writeErr is the request writer's error, if it ended within 50 ms.
-func writeErr(wrote chan error) error {
-	t := time.NewTimer(50 * time.Millisecond)
-	defer t.Stop()
+// writerResult waits for the request writer, up to 50 ms like
+// http.Transport: the response can be complete before the writer's last
+// flush returned. done is false if it is still writing.
+func writerResult(wrote chan error) (err error, done bool) {
 	select {
 	case err := <-wrote:
-		return err
-	case <-t.C:
-		return nil
-	}
-}
-
-// wroteOK waits a moment for the request writer: the response can be
-// complete before the writer's last flush returned. Like http.Transport,
-// it gives up after 50 ms (the connection is then closed).
-func wroteOK(wrote chan error) bool {
-	select {
-	case err := <-wrote:
-		return err == nil
+		return err, true
 	default:
 	}
 	t := time.NewTimer(50 * time.Millisecond)
 	defer t.Stop()
 	select {
 	case err := <-wrote:
-		return err == nil
+		return err, true
 	case <-t.C:
-		return false
+		return nil, false
 	}
 }
 
@@ -418,13 +409,6 @@ func (hp *h1Pool) close() {
 	hp.closed = true
 	hp.mu.Unlock()
 	hp.sweep(0)
-}
-
-// idleCount is the number of idle connections (tests, stats).
-func (hp *h1Pool) idleCount() int {
-	hp.mu.Lock()
-	defer hp.mu.Unlock()
-	return len(hp.idle)
 }
 
 // aLongTimeAgo is a deadline in the past: it wakes a blocked read or write.

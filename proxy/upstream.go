@@ -136,7 +136,11 @@ func (u *upstream) entry(key poolKey) *poolEntry {
 	if u.h2() && key.tls {
 		pe.tr1 = mk(false)
 	} else {
-		pe.h1 = &h1Pool{max: cfg.UpstreamIdlePerDest}
+		pe.h1 = &h1Pool{max: cfg.UpstreamIdlePerDest, lim: h1Limits{
+			idleTimeout:   cfg.UpstreamIdleTimeout,
+			headerTimeout: cfg.ResponseHeaderTimeout,
+			maxHeader:     int64(cfg.MaxHeaderBytes) * 4,
+		}}
 	}
 	u.m[key] = u.lru.PushFront(pe)
 	for len(u.m) > cfg.UpstreamPools {
@@ -364,13 +368,7 @@ func (u *upstream) send(ctx context.Context, st *connState, key poolKey, out *ht
 	if pe.h1 == nil {
 		return pe.tr.RoundTrip(out)
 	}
-	cfg := &u.p.cfg
-	lim := h1Limits{
-		idleTimeout:   cfg.UpstreamIdleTimeout,
-		headerTimeout: cfg.ResponseHeaderTimeout,
-		maxHeader:     int64(cfg.MaxHeaderBytes) * 4,
-	}
-	return pe.h1.roundTrip(ctx, out, lim, func(ctx context.Context) (net.Conn, error) {
+	return pe.h1.roundTrip(ctx, out, func(ctx context.Context) (net.Conn, error) {
 		if !key.tls {
 			return u.dial(ctx, st.client, key)
 		}
