@@ -17,7 +17,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -25,7 +24,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
@@ -34,6 +32,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/tunnel/flow"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/geneve"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/inns"
 )
 
 const (
@@ -178,14 +177,7 @@ func newHarnessObs(t *testing.T, eps []uint64, mod func(*tunnel.Config), gates m
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &harness{topo: topo, d: d, reg: reg, obs: obs, events: events, cancel: cancel, done: make(chan error, 1)}
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		if err := netns.Set(topo.Appliance.Handle()); err != nil {
-			h.done <- err
-			return
-		}
-		h.done <- d.Run(ctx)
-	}()
+	go func() { h.done <- inns.Do(topo.Appliance.Handle(), func() error { return d.Run(ctx) }) }()
 	t.Cleanup(func() { h.stop(t) })
 	select {
 	case <-d.Ready():

@@ -7,16 +7,15 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/gwlbproxy/gwlbproxy/tunnel"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/inns"
 )
 
 // oneArm routes everything arriving on gwi-X back out gwo-X, the minimal
@@ -66,14 +65,7 @@ func TestBenchDaemon(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		if err := netns.Set(topo.Appliance.Handle()); err != nil {
-			done <- err
-			return
-		}
-		done <- d.Run(ctx)
-	}()
+	go func() { done <- inns.Do(topo.Appliance.Handle(), func() error { return d.Run(ctx) }) }()
 	defer func() {
 		cancel()
 		<-done

@@ -6,15 +6,14 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/tunnel"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/inns"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/vishvananda/netns"
 )
 
 // TestE2EWithTunnelDaemon runs the real tunnel daemon (GENEVE from the
@@ -83,14 +82,7 @@ func e2eWith(t *testing.T, scfg Config, offload bool) *gwlbsim.Topology {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		if err := netns.Set(topo.Appliance.Handle()); err != nil {
-			done <- err
-			return
-		}
-		done <- d.Run(ctx)
-	}()
+	go func() { done <- inns.Do(topo.Appliance.Handle(), func() error { return d.Run(ctx) }) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
