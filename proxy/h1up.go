@@ -192,7 +192,20 @@ func (hp *h1Pool) do(ctx context.Context, pc *h1Conn, req *http.Request) (*http.
 	var wrote chan error
 	if hasBody(req) {
 		wrote = make(chan error, 1)
-		go func() { wrote <- pc.write(req, lim.headerTimeout) }()
+		go func() {
+			err := pc.write(req, lim.headerTimeout)
+			if err != nil {
+				// Half a request went out (the client's body failed,
+				// or the server stopped reading): an early answer
+				// (413) may still be on its way, nothing else is.
+				pc.mu.Lock()
+				if !pc.headersRead {
+					pc.c.SetReadDeadline(time.Now().Add(writeFailGrace))
+				}
+				pc.mu.Unlock()
+			}
+			wrote <- err
+		}()
 	} else if err := pc.write(req, lim.headerTimeout); err != nil {
 		return fail(stale(err))
 	}
@@ -324,6 +337,10 @@ func (b *h1Body) finish(eof bool) {
 	}
 	b.pc.c.Close() // a writer still running fails and ends
 }
+
+// writeFailGrace is how long a response is still awaited after writing
+// the request failed.
+const writeFailGrace = 250 * time.Millisecond
 
 // writerResult waits for the request writer, up to 50 ms like
 // http.Transport: the response can be complete before the writer's last

@@ -307,6 +307,42 @@ func TestH1PoolEarlyAnswer(t *testing.T) {
 	}
 }
 
+// failingBody returns some bytes, then an error (a client whose chunked
+// body is malformed).
+type failingBody struct{ sent bool }
+
+func (b *failingBody) Read(p []byte) (int, error) {
+	if !b.sent {
+		b.sent = true
+		return copy(p, "part"), nil
+	}
+	return 0, errors.New("test: malformed chunked body")
+}
+
+// TestH1PoolBodyFails: when the client's body fails halfway, the server
+// (still waiting for the rest) is not waited on: the exchange fails with
+// the body's error instead of hanging (found by FuzzH1Server).
+func TestH1PoolBodyFails(t *testing.T) {
+	s := newScripted(t, func(c net.Conn, br *bufio.Reader) {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, req.Body) // waits for a body that never ends
+	})
+	lim := testLimits
+	lim.headerTimeout = time.Minute
+	hp := &h1Pool{max: 1, lim: lim}
+	start := time.Now()
+	_, err := h1Do(t, hp, s, context.Background(), "POST", &failingBody{})
+	if err == nil || !strings.Contains(err.Error(), "malformed chunked") {
+		t.Fatalf("want the body's error, got %v", err)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Fatalf("took %v", d)
+	}
+}
+
 // TestH1PoolSweepAndClose: sweep closes connections idle too long; a
 // closed pool keeps nothing.
 func TestH1PoolSweepAndClose(t *testing.T) {
