@@ -40,6 +40,9 @@ type connState struct {
 	// between requests, unused for HTTP/2). Only the connection's serving
 	// goroutine touches it: HTTP/1 requests are sequential.
 	cur *reqInfo
+	// h1 is the connection's HTTP/1.x server while it runs (Shutdown
+	// wakes it when it waits for a request).
+	h1 atomic.Pointer[h1Server]
 
 	preMu  sync.Mutex
 	pre    net.Conn // upstream TLS conn verified before minting, unused yet
@@ -219,7 +222,7 @@ func tlsVersionName(v uint16) string {
 	return tls.VersionName(v)
 }
 
-// servedConn is a client conn handed to net/http, carrying its state.
+// servedConn is a client conn being served (HTTP/1.x or HTTP/2), carrying its state.
 type servedConn struct {
 	net.Conn
 	st *connState
@@ -230,45 +233,3 @@ func (c *servedConn) Close() error {
 	c.st.finish()
 	return err
 }
-
-// chanListener feeds connections that our front end accepted and prepared
-// (peeked, decided, TLS-terminated) into one shared http.Server, so that
-// net/http owns keep-alive, header timeouts, size limits and graceful
-// shutdown for all of them.
-type chanListener struct {
-	ch   chan net.Conn
-	done chan struct{}
-	once sync.Once
-}
-
-func newChanListener() *chanListener {
-	return &chanListener{ch: make(chan net.Conn), done: make(chan struct{})}
-}
-
-var errListenerClosed = errors.New("proxy: listener closed")
-
-func (l *chanListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.done:
-		return nil, errListenerClosed
-	}
-}
-
-// push hands c to the server; false when shutting down (caller closes c).
-func (l *chanListener) push(c net.Conn) bool {
-	select {
-	case l.ch <- c:
-		return true
-	case <-l.done:
-		return false
-	}
-}
-
-func (l *chanListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{} }

@@ -31,11 +31,7 @@ func (p *Proxy) handleConn(c net.Conn, isTLS bool) {
 		return
 	}
 	if !isTLS {
-		if !p.connL.push(&servedConn{Conn: c, st: st}) {
-			c.Close()
-			st.rec.Action, st.rec.UpstreamError = "error", "shutting down"
-			st.finish()
-		}
+		p.serveH1(&servedConn{Conn: c, st: st})
 		return
 	}
 	p.handleTLS(st)
@@ -153,8 +149,8 @@ func (p *Proxy) decideTLS(st *connState, h *Hello) policy.Decision {
 	return p.pol.Decide(st.input(name))
 }
 
-// bump completes the client handshake with a minted leaf and hands the
-// decrypted connection to the HTTP server.
+// bump completes the client handshake with a minted leaf and serves the
+// decrypted connection: HTTP/2 with x/net/http2, HTTP/1.x with serveH1.
 func (p *Proxy) bump(st *connState, rc *replayConn, h *Hello) {
 	ctx, cancel := context.WithTimeout(p.ctx, p.cfg.HandshakeTimeout)
 	defer cancel()
@@ -199,11 +195,7 @@ func (p *Proxy) bump(st *connState, rc *replayConn, h *Hello) {
 		sc.Close()
 		return
 	}
-	if !p.connL.push(sc) {
-		tc.Close()
-		st.rec.Action, st.rec.UpstreamError = "error", "shutting down"
-		st.finish()
-	}
+	p.serveH1(sc)
 }
 
 // splice connects the client to the original destination without

@@ -403,6 +403,15 @@ func upstreamMux(sseAck <-chan struct{}) *http.ServeMux {
 		}
 		fmt.Fprint(w, "part two")
 	})
+	mux.HandleFunc("/trailer", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Trailer", "X-Sum")
+		fmt.Fprint(w, upstreamMarker+" with trailer")
+		w.Header().Set("X-Sum", "42")
+	})
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+		code, _ := strconv.Atoi(r.URL.Query().Get("code"))
+		w.WriteHeader(code)
+	})
 	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(500 * time.Millisecond)
 		fmt.Fprint(w, upstreamMarker+" slow done")

@@ -1,9 +1,10 @@
 // Package proxy is the transparent inspecting proxy: it takes listeners that
 // receive TPROXY'd connections (their LocalAddr is the original
 // destination), peeks TLS ClientHellos, applies policy, and bumps, splices or
-// denies. Decrypted HTTP/1.1 is served by net/http and HTTP/2 (when the
-// client offers h2) by x/net/http2, both with net/http's timeouts and limits;
-// requests go to goproxy (only its ServeHTTP and OnRequest hooks are used);
+// denies. Decrypted and plain HTTP/1.x is served by our own request loop
+// (h1Server: net/http's parser and limits, without its per-request
+// goroutine and deadline work), HTTP/2 (when the client offers h2) by
+// x/net/http2 with the same timeouts and limits; requests go to goproxy (only its ServeHTTP and OnRequest hooks are used);
 // our RoundTripper sends them to the original destination, never to a
 // re-resolved Host, from pools keyed by destination ip:port + SNI. Upstream
 // TLS offers h2 when http2 is on (shared mode): one verified, multiplexed
@@ -122,29 +123,27 @@ type Deps struct {
 
 // Proxy is the inspecting proxy. Create with New.
 type Proxy struct {
-	cfg    Config
-	deps   Deps
-	log    *slog.Logger
-	pol    *policy.Policy
-	guard  *ssrf.Guard
-	roots  *x509.CertPool
-	ids    *recordIDs
-	gp     *goproxy.ProxyHttpServer
-	srv    *http.Server
-	h2     *http2.Server
-	connL  *chanListener
-	up     *upstream
-	sem    chan struct{}
-	m      *metrics
-	stats  counters
-	served chan error
+	cfg   Config
+	deps  Deps
+	log   *slog.Logger
+	pol   *policy.Policy
+	guard *ssrf.Guard
+	roots *x509.CertPool
+	ids   *recordIDs
+	gp    *goproxy.ProxyHttpServer
+	srv   *http.Server
+	h2    *http2.Server
+	up    *upstream
+	sem   chan struct{}
+	m     *metrics
+	stats counters
 
 	mu        sync.Mutex
 	listeners map[net.Listener]string
 	listenErr error
 	closing   atomic.Bool
 	refusing  atomic.Bool    // Deps.Admit said no to the last connection
-	conns     sync.WaitGroup // non-HTTP phases: peek, bump setup, splice
+	conns     sync.WaitGroup // every accepted connection, until its state finishes
 	stop      context.CancelFunc
 	ctx       context.Context
 	active    map[*connState]struct{}
@@ -196,12 +195,10 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 		listeners: map[net.Listener]string{},
 		active:    map[*connState]struct{}{},
 		ctx:       ctx, stop: cancel,
-		served: make(chan error, 1),
 	}
 	p.m = newMetrics(reg)
 	p.up = newUpstream(p)
 	p.gp = p.newGoproxy()
-	p.connL = newChanListener()
 	p.srv = &http.Server{
 		Handler:           http.HandlerFunc(p.handle),
 		ReadHeaderTimeout: cfg.HeaderReadTimeout,
@@ -227,9 +224,9 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 		cancel()
 		return nil, fmt.Errorf("proxy http2: %w", err)
 	}
-	// Conns reach p.srv wrapped (servedConn), never as *tls.Conn, so its
-	// TLSNextProto is never consulted; h2 is dispatched in bump.
-	go func() { p.served <- p.srv.Serve(p.connL) }()
+	// p.srv serves no listener: HTTP/1.x is served by serveH1, h2 by
+	// p.h2.ServeConn with p.srv as its base config; p.srv.Shutdown
+	// sends those h2 connections GOAWAY.
 	go p.refreshSelf(ctx)
 	go p.up.sweepIdle(ctx)
 	return p, nil
@@ -388,6 +385,11 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		l.Close()
 	}
 	p.listeners = map[net.Listener]string{}
+	for st := range p.active {
+		if s := st.h1.Load(); s != nil {
+			s.wakeIfIdle()
+		}
+	}
 	p.mu.Unlock()
 	err := p.srv.Shutdown(ctx)
 	done := make(chan struct{})

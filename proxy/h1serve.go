@@ -1,0 +1,489 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// h1Server serves the HTTP/1.x requests of one client connection (plain,
+// or bumped TLS that did not negotiate h2) on the connection's own
+// goroutine, one request at a time, handing each to Proxy.handle.
+//
+// Why not net/http.Server: on keep-alive it spent ~10 % of the proxy's CPU
+// per request outside the handler — a background-read goroutine for every
+// bodyless request (an EAGAIN read, then aborting it with a past deadline
+// and a condition wait) and four to six read-deadline changes. Here an
+// idle connection's deadline is moved only when it has drifted by more
+// than a second, a request whose header is already buffered sets none,
+// and the client-gone watch (the background read) starts only for a
+// request still running after watchAfter.
+//
+// Request parsing and framing stay with net/http (http.ReadRequest: the
+// Content-Length/Transfer-Encoding rules that guard against smuggling);
+// this type adds what net/http.Server adds on top: the header size limit
+// (431), Host and header-value checks (400), 505 and 501, Expect
+// (100-continue or 417), the header and idle timeouts, keep-alive and
+// HTTP/1.0 rules, request-body draining before the next request, panics
+// contained to their connection, and graceful shutdown.
+type h1Server struct {
+	p    *Proxy
+	st   *connState
+	conn net.Conn // *servedConn: Close finishes the connection state
+	wire wireReader
+	br   *bufio.Reader
+	bw   *bufio.Writer
+
+	ctx      context.Context
+	cancel   context.CancelCauseFunc
+	remote   string
+	tlsState *tls.ConnectionState
+	hdr      http.Header // response header, cleared between requests
+	w        h1Writer
+	rd       time.Time // read deadline last set ("" = none)
+	date     [len(http.TimeFormat)]byte
+	dateSec  int64
+	postTol  bool // last request was a POST (tolerate stray CRLF)
+	hijacked bool
+
+	wmu      sync.Mutex
+	watchT   *time.Timer
+	armed    bool // a bodyless request is running
+	watching bool // the watcher goroutine is reading
+	wdone    chan struct{}
+	gone     bool // the watcher saw the client leave
+}
+
+const (
+	// watchAfter is how long a bodyless request runs before its client
+	// connection is watched for the client leaving (which cancels the
+	// request's upstream wait).
+	watchAfter = 250 * time.Millisecond
+	// maxDrain is how much unread request body is discarded to keep a
+	// connection alive (net/http's figure).
+	maxDrain = 256 << 10
+)
+
+var (
+	errTooLarge = errors.New("request header too large")
+	errShutdown = errors.New("proxy shutting down")
+	errMissing  = errors.New("missing required Host header")
+	crlfcrlf    = []byte("\r\n\r\n")
+	brPool      = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	bwPool      = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+)
+
+// statusError is a request rejected before the handler, with its status.
+type statusError struct {
+	code int
+	text string
+}
+
+func (e statusError) Error() string { return e.text }
+
+// serveH1 serves c until the client leaves, a request or response ends
+// the connection, or Shutdown; then it closes c (unless a handler took
+// it over with Hijack).
+func (p *Proxy) serveH1(c *servedConn) {
+	s := &h1Server{p: p, st: c.st, conn: c, hdr: make(http.Header)}
+	s.wire.c = c
+	s.br = brPool.Get().(*bufio.Reader)
+	s.br.Reset(&s.wire)
+	s.bw = bwPool.Get().(*bufio.Writer)
+	s.bw.Reset(c)
+	s.ctx, s.cancel = context.WithCancelCause(context.WithValue(p.ctx, stateKey{}, c.st))
+	s.remote = c.RemoteAddr().String()
+	if tc, ok := c.Conn.(*tls.Conn); ok {
+		cs := tc.ConnectionState()
+		s.tlsState = &cs
+	}
+	c.st.h1.Store(s)
+	defer s.close()
+	for first := true; ; first = false {
+		req, err := s.readRequest(first)
+		if err != nil {
+			s.reject(err)
+			return
+		}
+		if !s.serve(req) || p.closing.Load() {
+			return
+		}
+	}
+}
+
+func (s *h1Server) close() {
+	s.st.h1.Store(nil)
+	s.cancel(errClientGone)
+	if s.watchT != nil {
+		s.watchT.Stop()
+	}
+	if s.hijacked {
+		return // the handler owns the conn and its buffers now
+	}
+	s.bw.Flush()
+	s.conn.Close()
+	s.br.Reset(nil)
+	brPool.Put(s.br)
+	s.bw.Reset(nil)
+	bwPool.Put(s.bw)
+}
+
+// setReadDeadline sets the connection's read deadline and remembers it.
+func (s *h1Server) setReadDeadline(t time.Time) {
+	s.rd = t
+	s.conn.SetReadDeadline(t)
+}
+
+// wakeIfIdle is Shutdown's nudge: a connection waiting for its next
+// request stops waiting (a connection serving one finishes it first).
+func (s *h1Server) wakeIfIdle() {
+	if s.wire.idle.Load() {
+		s.conn.SetReadDeadline(aLongTimeAgo)
+	}
+}
+
+// readRequest waits for and reads the next request, applying the idle and
+// header timeouts and the header size limit.
+func (s *h1Server) readRequest(first bool) (*http.Request, error) {
+	cfg := &s.p.cfg
+	// The limit counts from here, the wait for the first byte included.
+	buffered, _ := s.br.Peek(s.br.Buffered())
+	s.wire.startHeader(int64(cfg.MaxHeaderBytes)+4096, buffered)
+	if s.br.Buffered() == 0 {
+		now := time.Now()
+		if first {
+			s.setReadDeadline(now.Add(cfg.HeaderReadTimeout))
+		} else if slack := min(cfg.IdleTimeout/10, time.Second); s.rd.IsZero() || s.rd.Before(now.Add(cfg.IdleTimeout-slack)) {
+			// Moved only when it has drifted: a busy keep-alive
+			// connection sets no deadline per request.
+			s.setReadDeadline(now.Add(cfg.IdleTimeout))
+		}
+		s.wire.idle.Store(true)
+		if s.p.closing.Load() {
+			s.wire.idle.Store(false)
+			return nil, errShutdown
+		}
+		_, err := s.br.Peek(1)
+		s.wire.idle.Store(false)
+		if err != nil {
+			if s.p.closing.Load() {
+				return nil, errShutdown
+			}
+			return nil, err
+		}
+	}
+	if s.postTol {
+		// RFC 9112 section 2.2: tolerate a CRLF after a POST body.
+		b, _ := s.br.Peek(min(2, s.br.Buffered()))
+		n := 0
+		for n < len(b) && (b[n] == '\r' || b[n] == '\n') {
+			n++
+		}
+		s.br.Discard(n)
+	}
+	buffered, _ = s.br.Peek(s.br.Buffered())
+	if !first && !bytes.Contains(buffered, crlfcrlf) {
+		// The header is not all here yet: it must arrive in time.
+		s.setReadDeadline(time.Now().Add(cfg.HeaderReadTimeout))
+	}
+	req, err := http.ReadRequest(s.br)
+	hit := s.wire.hitLimit()
+	raw := s.wire.endHeader()
+	if err != nil {
+		if hit {
+			return nil, errTooLarge
+		}
+		if strings.HasPrefix(err.Error(), "unsupported transfer encoding") {
+			return nil, statusError{http.StatusNotImplemented, "Unsupported transfer encoding"}
+		}
+		if isReadError(err) {
+			return nil, err
+		}
+		return nil, statusError{http.StatusBadRequest, "Bad Request"}
+	}
+	s.postTol = req.Method == http.MethodPost
+	if req.ProtoMajor != 1 {
+		return nil, statusError{http.StatusHTTPVersionNotSupported, "unsupported protocol version"}
+	}
+	switch n := hostLines(raw); {
+	case n == 0 && req.ProtoAtLeast(1, 1) && req.Method != http.MethodConnect:
+		return nil, statusError{http.StatusBadRequest, errMissing.Error()}
+	case n > 1:
+		return nil, statusError{http.StatusBadRequest, "too many Host headers"}
+	}
+	if !httpguts.ValidHostHeader(req.Host) {
+		return nil, statusError{http.StatusBadRequest, "malformed Host header"}
+	}
+	for k, vv := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return nil, statusError{http.StatusBadRequest, "invalid header name"}
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return nil, statusError{http.StatusBadRequest, "invalid header value"}
+			}
+		}
+	}
+	return req, nil
+}
+
+// hostLines counts the Host fields in a raw request header (the request
+// line, fields, blank line); http.ReadRequest folds them into Request.Host
+// and deletes the field, hiding a missing or repeated Host.
+func hostLines(raw []byte) int {
+	n := 0
+	first := true
+	for len(raw) > 0 {
+		i := bytes.IndexByte(raw, '\n')
+		line := raw
+		if i >= 0 {
+			line, raw = raw[:i], raw[i+1:]
+		} else {
+			raw = nil
+		}
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		if first {
+			first = false
+			continue
+		}
+		if len(line) == 0 {
+			break
+		}
+		if len(line) >= 5 && line[4] == ':' && bytes.EqualFold(line[:4], []byte("host")) {
+			n++
+		}
+	}
+	return n
+}
+
+func isReadError(err error) bool {
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return true
+	}
+	var oe *net.OpError
+	return errors.As(err, &oe)
+}
+
+// reject answers a request that failed before the handler (or says
+// nothing when the client left or timed out) and lets serveH1 close.
+func (s *h1Server) reject(err error) {
+	var se statusError
+	switch {
+	case errors.Is(err, errTooLarge):
+		se = statusError{http.StatusRequestHeaderFieldsTooLarge, "Request Header Fields Too Large"}
+	case errors.As(err, &se):
+	default:
+		return
+	}
+	s.conn.SetWriteDeadline(time.Now().Add(s.p.cfg.HeaderReadTimeout))
+	text := se.text
+	if text != http.StatusText(se.code) {
+		text = http.StatusText(se.code) + ": " + text
+	}
+	fmt.Fprintf(s.bw, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%d %s",
+		se.code, http.StatusText(se.code), len(text)+4, se.code, text)
+	s.bw.Flush()
+	if se.code == http.StatusRequestHeaderFieldsTooLarge {
+		// The client may still be sending: closing with its bytes
+		// unread would reset the connection and could destroy the
+		// answer. Half-close, then read what comes for a moment.
+		if cw, ok := s.wire.c.(*servedConn).Conn.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+		s.conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		io.CopyN(io.Discard, s.wire.c, maxDrain)
+	}
+}
+
+// serve runs one request through the handler and finishes its response;
+// it reports whether the connection may serve another.
+func (s *h1Server) serve(req *http.Request) (keep bool) {
+	req = req.WithContext(s.ctx)
+	req.RemoteAddr = s.remote
+	req.TLS = s.tlsState
+	bodyless := req.Body == nil || req.Body == http.NoBody
+	var body *reqBody
+	if !bodyless {
+		body = &reqBody{s: s, rc: req.Body}
+		req.Body = body
+		s.setReadDeadline(time.Time{}) // bodies are read at the client's pace
+	}
+	clear(s.hdr)
+	w := &s.w
+	*w = h1Writer{s: s, req: req, hdr: s.hdr, clen: -1, wantClose: req.Close}
+	if req.ProtoMinor == 0 && !req.Close {
+		w.keepAlive10 = httpguts.HeaderValuesContainsToken(req.Header["Connection"], "keep-alive")
+		w.wantClose = !w.keepAlive10
+	}
+	if e := req.Header["Expect"]; len(e) > 0 {
+		if len(e) != 1 || !strings.EqualFold(e[0], "100-continue") {
+			w.wantClose = true
+			w.hdr.Set("Content-Length", "0")
+			w.WriteHeader(http.StatusExpectationFailed)
+			w.finish()
+			return false
+		}
+		if body != nil && req.ProtoAtLeast(1, 1) {
+			body.needContinue = true
+			w.expectContinue = true
+		}
+	}
+	if bodyless {
+		s.arm()
+	}
+	s.runHandler(w, req)
+	if bodyless {
+		s.disarm()
+	}
+	if w.hijacked {
+		s.hijacked = true
+		return false
+	}
+	w.finish()
+	if body != nil && !body.finish() {
+		return false
+	}
+	return !w.closeAfter && !w.failed && !s.gone
+}
+
+// runHandler calls the proxy's handler; a panic ends only this
+// connection (as in net/http), logged with its stack.
+func (s *h1Server) runHandler(w *h1Writer, req *http.Request) {
+	defer func() {
+		if v := recover(); v != nil {
+			w.closeAfter = true
+			w.failed = true
+			if v != http.ErrAbortHandler {
+				s.p.log.Error("proxy: handler panic", "client", s.remote, "host", req.Host, "panic", v, "stack", string(debug.Stack()))
+			}
+		}
+	}()
+	s.p.handle(w, req)
+}
+
+// arm starts the timer that begins watching the client connection if the
+// request is still running after watchAfter.
+func (s *h1Server) arm() {
+	s.wmu.Lock()
+	s.armed = true
+	s.wmu.Unlock()
+	if s.watchT == nil {
+		s.watchT = time.AfterFunc(watchAfter, s.watch)
+	} else {
+		s.watchT.Reset(watchAfter)
+	}
+}
+
+// disarm stops the timer or, when the watcher is reading, interrupts it
+// and waits for it.
+func (s *h1Server) disarm() {
+	s.wmu.Lock()
+	s.armed = false
+	watching, done := s.watching, s.wdone
+	if watching {
+		s.conn.SetReadDeadline(aLongTimeAgo)
+	}
+	s.wmu.Unlock()
+	if !watching {
+		s.watchT.Stop()
+		return
+	}
+	<-done
+	s.wmu.Lock()
+	s.watching = false
+	s.wmu.Unlock()
+	s.rd = aLongTimeAgo // the next wait sets a fresh one
+}
+
+// watch is net/http's background read, started late: a read that ends in
+// EOF or an error means the client left, which cancels the request's
+// context (ending its upstream wait). Bytes that arrive (a pipelined
+// request) stay buffered for the next readRequest.
+func (s *h1Server) watch() {
+	s.wmu.Lock()
+	if !s.armed || s.watching {
+		s.wmu.Unlock()
+		return
+	}
+	s.watching = true
+	s.wdone = make(chan struct{})
+	done := s.wdone
+	s.conn.SetReadDeadline(time.Time{})
+	s.wmu.Unlock()
+	_, err := s.br.Peek(1)
+	if err != nil {
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			s.gone = true
+			s.cancel(errClientGone)
+		}
+	}
+	close(done)
+}
+
+// wireReader sits between the connection and the bufio.Reader. While a
+// request header is read it caps the bytes taken off the wire (net/http's
+// MaxHeaderBytes + 4096) and keeps a copy of them for hostLines.
+type wireReader struct {
+	c         net.Conn
+	limited   bool
+	remain    int64
+	raw       []byte
+	recording bool
+	idle      atomic.Bool // waiting for a request (Shutdown may wake it)
+}
+
+func (r *wireReader) startHeader(limit int64, buffered []byte) {
+	r.limited, r.remain = true, limit
+	r.raw = append(r.raw[:0], buffered...)
+	r.recording = true
+}
+
+func (r *wireReader) hitLimit() bool { return r.limited && r.remain <= 0 }
+
+// endHeader lifts the limit and returns the recorded bytes (valid until
+// the next startHeader).
+func (r *wireReader) endHeader() []byte {
+	r.limited, r.recording = false, false
+	raw := r.raw
+	if cap(r.raw) > 8<<10 {
+		r.raw = nil // a huge header: do not keep its buffer
+	}
+	return raw
+}
+
+func (r *wireReader) Read(p []byte) (int, error) {
+	if r.limited {
+		if r.remain <= 0 {
+			return 0, io.EOF
+		}
+		if int64(len(p)) > r.remain {
+			p = p[:r.remain]
+		}
+	}
+	n, err := r.c.Read(p)
+	if r.limited {
+		r.remain -= int64(n)
+	}
+	if r.recording {
+		r.raw = append(r.raw, p[:n]...)
+	}
+	return n, err
+}

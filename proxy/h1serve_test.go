@@ -1,0 +1,348 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// rawDial opens a plain connection to the proxy's HTTP listener.
+func rawDial(t testing.TB, h *harness) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", h.httpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	t.Cleanup(func() { c.Close() })
+	return c, bufio.NewReader(c)
+}
+
+// readResp reads one response (for a request with method) and its body.
+func readResp(t testing.TB, br *bufio.Reader, method string) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.ReadResponse(br, &http.Request{Method: method})
+	if err != nil {
+		t.Fatalf("reading response: %v", err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading body: %v", err)
+	}
+	return resp, string(b)
+}
+
+// wantClosed checks that the proxy ends the connection with no more bytes.
+func wantClosed(t testing.TB, br *bufio.Reader) {
+	t.Helper()
+	b, err := io.ReadAll(br)
+	if err != nil && !errors.Is(err, net.ErrClosed) && !strings.Contains(err.Error(), "reset") {
+		t.Fatalf("want the connection closed, got %v", err)
+	}
+	if len(b) > 0 {
+		t.Fatalf("want the connection closed, got %q", b)
+	}
+}
+
+func TestH1ServerPipelined(t *testing.T) {
+	h := newHarness(t, nil)
+	c, br := rawDial(t, h)
+	io.WriteString(c, "GET /a HTTP/1.1\r\nHost: p.good.test\r\n\r\n"+
+		"HEAD /b HTTP/1.1\r\nHost: p.good.test\r\n\r\n"+
+		"GET /c?q=1 HTTP/1.1\r\nHost: p.good.test\r\n\r\n")
+	for _, tc := range []struct{ method, path string }{{"GET", "/a"}, {"HEAD", "/b"}, {"GET", "/c"}} {
+		resp, body := readResp(t, br, tc.method)
+		if resp.StatusCode != 200 || resp.Close {
+			t.Fatalf("%s %s: status %d close %v", tc.method, tc.path, resp.StatusCode, resp.Close)
+		}
+		if tc.method == "HEAD" {
+			if body != "" || resp.ContentLength <= 0 {
+				t.Fatalf("HEAD: body %q, content-length %d", body, resp.ContentLength)
+			}
+			continue
+		}
+		if !strings.Contains(body, "path="+tc.path) || resp.Header.Get("Date") == "" {
+			t.Fatalf("%s: %q %v", tc.path, body, resp.Header)
+		}
+	}
+	// 204 and 304 carry no body; the connection goes on after them.
+	for _, code := range []string{"204", "304"} {
+		io.WriteString(c, "GET /status?code="+code+" HTTP/1.1\r\nHost: p.good.test\r\n\r\n")
+		if resp, body := readResp(t, br, "GET"); resp.Status[:3] != code || body != "" || resp.TransferEncoding != nil {
+			t.Fatalf("%s: %s %q %v", code, resp.Status, body, resp.TransferEncoding)
+		}
+	}
+	io.WriteString(c, "GET /last HTTP/1.1\r\nHost: p.good.test\r\nConnection: close\r\n\r\n")
+	if resp, body := readResp(t, br, "GET"); !resp.Close || !strings.Contains(body, "path=/last") {
+		t.Fatalf("last: close %v %q", resp.Close, body)
+	}
+	wantClosed(t, br)
+	h.rec.wait(t, "the pipelined HEAD", and(field("method", "HEAD"), field("path", "/b")))
+}
+
+// TestH1ServerRejects: requests net/http.Server would refuse get the same
+// status from serveH1, reach no upstream, and end the connection.
+func TestH1ServerRejects(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.MaxHeaderBytes = 1024 })
+	for _, tc := range []struct {
+		name, req string
+		status    int
+	}{
+		{"missing Host", "GET / HTTP/1.1\r\n\r\n", 400},
+		{"two Hosts", "GET / HTTP/1.1\r\nHost: a.good.test\r\nHost: b.good.test\r\n\r\n", 400},
+		{"control byte in a value", "GET / HTTP/1.1\r\nHost: a.good.test\r\nX-Bad: a\x01b\r\n\r\n", 400},
+		{"space in a name", "GET / HTTP/1.1\r\nHost: a.good.test\r\nX Bad: 1\r\n\r\n", 400},
+		{"not HTTP", "HELLO\r\n\r\n", 400},
+		{"HTTP/2 as text", "GET / HTTP/2.0\r\nHost: a.good.test\r\n\r\n", 505},
+		{"unknown transfer coding", "POST / HTTP/1.1\r\nHost: a.good.test\r\nTransfer-Encoding: gzip\r\n\r\n", 501},
+		{"two lengths", "POST / HTTP/1.1\r\nHost: a.good.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400},
+		{"bad length", "POST / HTTP/1.1\r\nHost: a.good.test\r\nContent-Length: -1\r\n\r\n", 400},
+		{"unknown expectation", "GET / HTTP/1.1\r\nHost: a.good.test\r\nExpect: magic\r\n\r\n", 417},
+		{"header too large", "GET / HTTP/1.1\r\nHost: a.good.test\r\nX-Pad: " + strings.Repeat("p", 8<<10) + "\r\n\r\n", 431},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, br := rawDial(t, h)
+			go io.WriteString(c, tc.req)
+			resp, _ := readResp(t, br, "GET")
+			if resp.StatusCode != tc.status || !resp.Close {
+				t.Fatalf("status %d close %v, want %d and close", resp.StatusCode, resp.Close, tc.status)
+			}
+			wantClosed(t, br)
+		})
+	}
+	if n := h.dials.Load(); n != 0 {
+		t.Fatalf("rejected requests dialed the upstream %d times", n)
+	}
+}
+
+func TestH1ServerHTTP10(t *testing.T) {
+	h := newHarness(t, nil)
+	c, br := rawDial(t, h)
+	io.WriteString(c, "GET /one HTTP/1.0\r\nHost: a.good.test\r\n\r\n")
+	if resp, body := readResp(t, br, "GET"); !resp.Close || !strings.Contains(body, "path=/one") {
+		t.Fatalf("HTTP/1.0: close %v %q", resp.Close, body)
+	}
+	wantClosed(t, br)
+
+	c, br = rawDial(t, h)
+	for _, path := range []string{"/ka1", "/ka2"} {
+		io.WriteString(c, "GET "+path+" HTTP/1.0\r\nHost: a.good.test\r\nConnection: keep-alive\r\n\r\n")
+		resp, body := readResp(t, br, "GET")
+		if resp.Close || resp.Header.Get("Connection") != "keep-alive" || !strings.Contains(body, "path="+path) {
+			t.Fatalf("HTTP/1.0 keep-alive %s: %v %q", path, resp.Header, body)
+		}
+	}
+	// A body of unknown length cannot be chunked for HTTP/1.0: it ends
+	// with the connection.
+	h.sseAck <- struct{}{}
+	io.WriteString(c, "GET /chunked HTTP/1.0\r\nHost: a.good.test\r\nConnection: keep-alive\r\n\r\n")
+	resp, body := readResp(t, br, "GET")
+	if resp.TransferEncoding != nil || resp.ContentLength != -1 || body != "part one;part two" {
+		t.Fatalf("HTTP/1.0 unknown length: %v %d %q", resp.TransferEncoding, resp.ContentLength, body)
+	}
+	wantClosed(t, br)
+}
+
+func TestH1ServerTrailers(t *testing.T) {
+	h := newHarness(t, nil)
+	resp, err := h.httpClient(true).Get("http://tr.good.test/trailer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readAll(t, resp)
+	if !strings.Contains(body, "with trailer") || resp.Trailer.Get("X-Sum") != "42" {
+		t.Fatalf("body %q trailer %v", body, resp.Trailer)
+	}
+}
+
+// TestH1ServerRequestBodies: 100-continue is answered when the body is
+// wanted and not when it is not; an unread small body is drained to keep
+// the connection, a large one ends it.
+func TestH1ServerRequestBodies(t *testing.T) {
+	h := newHarness(t, nil)
+	t.Run("continue", func(t *testing.T) {
+		c, br := rawDial(t, h)
+		io.WriteString(c, "POST /post HTTP/1.1\r\nHost: e.good.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+		if resp, _ := readResp(t, br, "POST"); resp.StatusCode != 100 {
+			t.Fatalf("want 100 Continue first, got %s", resp.Status)
+		}
+		io.WriteString(c, "hello")
+		if resp, body := readResp(t, br, "POST"); resp.StatusCode != 200 || !strings.Contains(body, "got=5") {
+			t.Fatalf("after the body: %s %q", resp.Status, body)
+		}
+	})
+	t.Run("no continue for a denied request", func(t *testing.T) {
+		c, br := rawDial(t, h)
+		io.WriteString(c, "POST /x HTTP/1.1\r\nHost: blocked.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+		if resp, _ := readResp(t, br, "POST"); resp.StatusCode != 403 || !resp.Close {
+			t.Fatalf("want 403 and close, got %s close %v", resp.Status, resp.Close)
+		}
+		wantClosed(t, br)
+	})
+	t.Run("small unread body drained", func(t *testing.T) {
+		c, br := rawDial(t, h)
+		io.WriteString(c, "POST /x HTTP/1.1\r\nHost: blocked.test\r\nContent-Length: 10\r\n\r\n0123456789"+
+			"GET /after HTTP/1.1\r\nHost: a.good.test\r\n\r\n")
+		if resp, _ := readResp(t, br, "POST"); resp.StatusCode != 403 {
+			t.Fatalf("deny: %s", resp.Status)
+		}
+		if resp, body := readResp(t, br, "GET"); resp.StatusCode != 200 || !strings.Contains(body, "path=/after") {
+			t.Fatalf("after the drained body: %s %q", resp.Status, body)
+		}
+	})
+	t.Run("large unread body closes", func(t *testing.T) {
+		c, br := rawDial(t, h)
+		io.WriteString(c, "POST /x HTTP/1.1\r\nHost: blocked.test\r\nContent-Length: 10000000\r\n\r\n")
+		go c.Write(make([]byte, 1<<20))
+		if resp, _ := readResp(t, br, "POST"); resp.StatusCode != 403 {
+			t.Fatalf("deny: %s", resp.Status)
+		}
+		wantClosed(t, br)
+	})
+}
+
+func TestH1ServerTimeouts(t *testing.T) {
+	h := newHarness(t, func(c *Config) {
+		c.HeaderReadTimeout = 300 * time.Millisecond
+		c.IdleTimeout = 600 * time.Millisecond
+	})
+	c, br := rawDial(t, h)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: slow") // and nothing more
+	start := time.Now()
+	wantClosed(t, br)
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Fatalf("incomplete header closed after %v, before the header timeout", d)
+	}
+
+	c, br = rawDial(t, h)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: idle.good.test\r\n\r\n")
+	readResp(t, br, "GET")
+	start = time.Now()
+	wantClosed(t, br)
+	if d := time.Since(start); d < 400*time.Millisecond {
+		t.Fatalf("idle connection closed after %v, before the idle timeout", d)
+	}
+}
+
+// TestH1ServerClientGone: a client that leaves during a long response
+// ends the request (its upstream wait is canceled) without waiting for
+// the upstream, as net/http's background read did.
+func TestH1ServerClientGone(t *testing.T) {
+	h := newHarness(t, nil)
+	c, br := rawDial(t, h)
+	io.WriteString(c, "GET /sse HTTP/1.1\r\nHost: gone.good.test\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || line != "data: event 0\n" {
+		t.Fatalf("first event: %q %v", line, err)
+	}
+	c.Close()
+	start := time.Now()
+	h.rec.wait(t, "the abandoned stream", and(field("host", "gone.good.test"), field("path", "/sse")))
+	t.Logf("record %v after the client left (the upstream would have held it 30 s)", time.Since(start).Round(time.Millisecond))
+}
+
+func TestH1ServerShutdownClosesIdle(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.IdleTimeout = time.Minute; c.HeaderReadTimeout = time.Minute })
+	c, br := rawDial(t, h)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: sd.good.test\r\n\r\n")
+	readResp(t, br, "GET")
+	_, brNew := rawDial(t, h) // connected, no request yet
+	h.rec.wait(t, "the request", field("host", "sd.good.test"))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := h.p.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("shutdown waited %v for idle connections", d)
+	}
+	wantClosed(t, br)
+	wantClosed(t, brNew)
+}
+
+// panicRecorder panics for records of one host, standing in for a bug in
+// a handler.
+type panicRecorder struct{ next Recorder }
+
+func (r panicRecorder) Ship(now time.Time, b []byte) error {
+	if bytes.Contains(b, []byte("panic.good.test")) {
+		panic("test: recorder panic")
+	}
+	return r.next.Ship(now, b)
+}
+
+func TestH1ServerHandlerPanic(t *testing.T) {
+	h := newHarnessOpts(t, harnessOpts{deps: func(h *harness, d *Deps) { d.Recorder = panicRecorder{d.Recorder} }})
+	c, br := rawDial(t, h)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: panic.good.test\r\n\r\n")
+	readResp(t, br, "GET") // the response was written before the record
+	wantClosed(t, br)
+	if resp, body := mustGet(t, h.httpClient(false), "http://fine.good.test/"); resp.StatusCode != 200 || !strings.Contains(body, upstreamMarker) {
+		t.Fatalf("after a panic: %d %q", resp.StatusCode, body)
+	}
+}
+
+func TestHostLines(t *testing.T) {
+	for raw, want := range map[string]int{
+		"GET / HTTP/1.1\r\nHost: a\r\n\r\n":                         1,
+		"GET / HTTP/1.1\r\nhOsT: a\r\nX: 1\r\nHOST: b\r\n\r\n":      2,
+		"GET / HTTP/1.1\r\nX-Host: a\r\nHosts: b\r\n\r\nHost: body": 0,
+		"GET /Host: HTTP/1.1\n\n":                                   0,
+		"":                                                          0,
+	} {
+		if got := hostLines([]byte(raw)); got != want {
+			t.Errorf("hostLines(%q) = %d, want %d", raw, got, want)
+		}
+	}
+}
+
+// FuzzH1Server sends arbitrary bytes as a client and checks that the
+// proxy answers or closes, and still serves the next client.
+func FuzzH1Server(f *testing.F) {
+	for _, s := range []string{
+		"GET / HTTP/1.1\r\nHost: f.good.test\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: f.good.test\r\n\r\nHEAD / HTTP/1.1\r\nHost: f.good.test\r\n\r\n",
+		"POST /post HTTP/1.1\r\nHost: f.good.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+		"POST /post HTTP/1.1\r\nHost: f.good.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: f.good.test\r\n\r\n",
+		"POST /post HTTP/1.1\r\nHost: f.good.test\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",
+		"GET http://f.good.test/abs HTTP/1.1\r\nHost: other.good.test\r\n\r\n",
+		"GET / HTTP/1.0\r\n\r\n",
+		"\r\n\r\nGET / HTTP/1.1\r\nHost: f.good.test\r\n X: folded\r\n\r\n",
+		"GET /ws HTTP/1.1\r\nHost: f.good.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	h := newHarness(f, func(c *Config) {
+		c.HeaderReadTimeout = 200 * time.Millisecond
+		c.IdleTimeout = 200 * time.Millisecond
+		c.ResponseHeaderTimeout = 2 * time.Second
+	})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		c, err := net.Dial("tcp", h.httpAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write(in)
+		c.(*net.TCPConn).CloseWrite()
+		if _, err := io.Copy(io.Discard, c); err != nil && !strings.Contains(err.Error(), "reset") {
+			t.Fatalf("proxy neither answered nor closed: %v", err)
+		}
+		if h.p.Health() != nil {
+			t.Fatalf("proxy unhealthy: %v", h.p.Health())
+		}
+	})
+}
