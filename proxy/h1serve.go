@@ -402,7 +402,9 @@ func (s *h1Server) disarm() {
 	}
 	s.wmu.Unlock()
 	if !watching {
-		s.watchT.Stop()
+		if s.watchT != nil {
+			s.watchT.Stop()
+		}
 		return
 	}
 	<-done
