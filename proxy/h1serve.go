@@ -147,13 +147,28 @@ func (s *h1Server) setReadDeadline(t time.Time) {
 	s.conn.SetReadDeadline(t)
 }
 
-// wakeIfIdle is Shutdown's nudge: a connection waiting for its next
-// request stops waiting (a connection serving one finishes it first).
+// wakeIfIdle is Shutdown's nudge to a connection waiting for a request:
+// one that served a request stops waiting at once; a new one gets up to
+// firstRequestGrace for the request it may have in flight (net/http gives
+// new connections 5 s too). A connection serving a request finishes it.
 func (s *h1Server) wakeIfIdle() {
-	if s.wire.idle.Load() {
+	switch s.wire.wait.Load() {
+	case waitNext:
 		s.conn.SetReadDeadline(aLongTimeAgo)
+	case waitFirst:
+		s.conn.SetReadDeadline(time.Now().Add(min(firstRequestGrace, s.p.cfg.HeaderReadTimeout)))
 	}
 }
+
+// firstRequestGrace: see wakeIfIdle.
+const firstRequestGrace = 5 * time.Second
+
+// What a connection's loop is waiting for (wireReader.wait).
+const (
+	waitNone = iota
+	waitFirst
+	waitNext
+)
 
 // readRequest waits for and reads the next request, applying the idle and
 // header timeouts and the header size limit.
@@ -171,13 +186,20 @@ func (s *h1Server) readRequest(first bool) (*http.Request, error) {
 			// connection sets no deadline per request.
 			s.setReadDeadline(now.Add(cfg.IdleTimeout))
 		}
-		s.wire.idle.Store(true)
-		if s.p.closing.Load() {
-			s.wire.idle.Store(false)
-			return nil, errShutdown
+		if first {
+			s.wire.wait.Store(waitFirst)
+			if s.p.closing.Load() {
+				s.wakeIfIdle() // Shutdown may have looked before
+			}
+		} else {
+			s.wire.wait.Store(waitNext)
+			if s.p.closing.Load() {
+				s.wire.wait.Store(waitNone)
+				return nil, errShutdown
+			}
 		}
 		_, err := s.br.Peek(1)
-		s.wire.idle.Store(false)
+		s.wire.wait.Store(waitNone)
 		if err != nil {
 			if s.p.closing.Load() {
 				return nil, errShutdown
@@ -449,7 +471,7 @@ type wireReader struct {
 	remain    int64
 	raw       []byte
 	recording bool
-	idle      atomic.Bool // waiting for a request (Shutdown may wake it)
+	wait      atomic.Int32 // waitFirst or waitNext while the loop waits (Shutdown wakes it)
 }
 
 func (r *wireReader) startHeader(limit int64, buffered []byte) {

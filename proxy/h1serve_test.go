@@ -252,24 +252,52 @@ func TestH1ServerClientGone(t *testing.T) {
 	t.Logf("record %v after the client left (the upstream would have held it 30 s)", time.Since(start).Round(time.Millisecond))
 }
 
-func TestH1ServerShutdownClosesIdle(t *testing.T) {
+// TestH1ServerShutdown: Shutdown closes a keep-alive connection waiting
+// for its next request at once; a new connection still gets its first
+// request answered (it may have been in flight), with Connection: close.
+func TestH1ServerShutdown(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.IdleTimeout = time.Minute; c.HeaderReadTimeout = time.Minute })
 	c, br := rawDial(t, h)
 	io.WriteString(c, "GET / HTTP/1.1\r\nHost: sd.good.test\r\n\r\n")
 	readResp(t, br, "GET")
-	_, brNew := rawDial(t, h) // connected, no request yet
+	cNew, brNew := rawDial(t, h) // connected, no request yet
 	h.rec.wait(t, "the request", field("host", "sd.good.test"))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- h.p.Shutdown(ctx) }()
+	wantClosed(t, br)
+	io.WriteString(cNew, "GET /late HTTP/1.1\r\nHost: sd.good.test\r\n\r\n")
+	if resp, body := readResp(t, brNew, "GET"); resp.StatusCode != 200 || !resp.Close || !strings.Contains(body, "path=/late") {
+		t.Fatalf("first request of a new connection during shutdown: %s close %v %q", resp.Status, resp.Close, body)
+	}
+	wantClosed(t, brNew)
+	if err := <-done; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("shutdown took %v", d)
+	}
+}
+
+// TestH1ServerShutdownSilentNew: a new connection that sends nothing is
+// closed within firstRequestGrace of Shutdown, not after the header
+// timeout.
+func TestH1ServerShutdownSilentNew(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.HeaderReadTimeout = time.Minute })
+	_, br := rawDial(t, h)
+	time.Sleep(100 * time.Millisecond) // accepted and waiting
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	start := time.Now()
 	if err := h.p.Shutdown(ctx); err != nil {
 		t.Fatalf("shutdown: %v", err)
 	}
-	if d := time.Since(start); d > 10*time.Second {
-		t.Fatalf("shutdown waited %v for idle connections", d)
-	}
 	wantClosed(t, br)
-	wantClosed(t, brNew)
+	if d := time.Since(start); d > firstRequestGrace+5*time.Second {
+		t.Fatalf("shutdown took %v", d)
+	}
 }
 
 // panicRecorder panics for records of one host, standing in for a bug in
