@@ -42,7 +42,9 @@ type Config struct {
 	HeaderReadTimeout time.Duration `yaml:"header_read_timeout"`
 	// MaxHeaderBytes caps one request's header block.
 	MaxHeaderBytes int `yaml:"max_header_bytes"`
-	// IdleTimeout closes idle client keep-alive connections.
+	// IdleTimeout closes idle client keep-alive connections (HTTP/1.x:
+	// after IdleTimeout plus at most min(IdleTimeout/10, 1s), the slack
+	// that spares a busy connection a deadline change per request).
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 	// DialTimeout, UpstreamTLSTimeout and ResponseHeaderTimeout bound the
 	// upstream side; a timeout becomes a 504 page.
