@@ -240,11 +240,20 @@ func (s *h1Server) readRequest(first bool) (*http.Request, error) {
 	if req.ProtoMajor != 1 {
 		return nil, statusError{http.StatusHTTPVersionNotSupported, "unsupported protocol version"}
 	}
-	switch n := hostLines(raw); {
-	case n == 0 && req.ProtoAtLeast(1, 1) && req.Method != http.MethodConnect:
+	f := scanFields(raw)
+	switch {
+	case f.host == 0 && req.ProtoAtLeast(1, 1) && req.Method != http.MethodConnect:
 		return nil, statusError{http.StatusBadRequest, errMissing.Error()}
-	case n > 1:
+	case f.host > 1:
 		return nil, statusError{http.StatusBadRequest, "too many Host headers"}
+	}
+	// RFC 9112 sections 6.1 and 6.3: Transfer-Encoding with
+	// Content-Length, or in HTTP/1.0, is framing a smuggler may read
+	// differently; ReadRequest settles how the body is read, and the
+	// connection ends after the response (ReadRequest hides both
+	// fields, hence the scan).
+	if f.transferEncoding > 0 && (f.contentLength > 0 || req.ProtoMinor == 0) {
+		req.Close = true
 	}
 	if !httpguts.ValidHostHeader(req.Host) {
 		return nil, statusError{http.StatusBadRequest, "malformed Host header"}
@@ -262,11 +271,14 @@ func (s *h1Server) readRequest(first bool) (*http.Request, error) {
 	return req, nil
 }
 
-// hostLines counts the Host fields in a raw request header (the request
-// line, fields, blank line); http.ReadRequest folds them into Request.Host
-// and deletes the field, hiding a missing or repeated Host.
-func hostLines(raw []byte) int {
-	n := 0
+// fields counts the request header fields that http.ReadRequest folds
+// into the Request and deletes.
+type fields struct{ host, contentLength, transferEncoding int }
+
+// scanFields counts them in a raw request header (the request line,
+// fields, blank line).
+func scanFields(raw []byte) fields {
+	var f fields
 	first := true
 	for len(raw) > 0 {
 		i := bytes.IndexByte(raw, '\n')
@@ -284,11 +296,20 @@ func hostLines(raw []byte) int {
 		if len(line) == 0 {
 			break
 		}
-		if len(line) >= 5 && line[4] == ':' && bytes.EqualFold(line[:4], []byte("host")) {
-			n++
+		name, _, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			continue
+		}
+		switch {
+		case bytes.EqualFold(name, []byte("host")):
+			f.host++
+		case bytes.EqualFold(name, []byte("content-length")):
+			f.contentLength++
+		case bytes.EqualFold(name, []byte("transfer-encoding")):
+			f.transferEncoding++
 		}
 	}
-	return n
+	return f
 }
 
 func isReadError(err error) bool {
@@ -464,7 +485,7 @@ func (s *h1Server) watch() {
 
 // wireReader sits between the connection and the bufio.Reader. While a
 // request header is read it caps the bytes taken off the wire (net/http's
-// MaxHeaderBytes + 4096) and keeps a copy of them for hostLines.
+// MaxHeaderBytes + 4096) and keeps a copy of them for scanFields.
 type wireReader struct {
 	c         net.Conn
 	limited   bool

@@ -322,17 +322,40 @@ func TestH1ServerHandlerPanic(t *testing.T) {
 	}
 }
 
-func TestHostLines(t *testing.T) {
-	for raw, want := range map[string]int{
-		"GET / HTTP/1.1\r\nHost: a\r\n\r\n":                         1,
-		"GET / HTTP/1.1\r\nhOsT: a\r\nX: 1\r\nHOST: b\r\n\r\n":      2,
-		"GET / HTTP/1.1\r\nX-Host: a\r\nHosts: b\r\n\r\nHost: body": 0,
-		"GET /Host: HTTP/1.1\n\n":                                   0,
-		"":                                                          0,
+func TestScanFields(t *testing.T) {
+	for raw, want := range map[string]fields{
+		"GET / HTTP/1.1\r\nHost: a\r\n\r\n":                                          {host: 1},
+		"GET / HTTP/1.1\r\nhOsT: a\r\nX: 1\r\nHOST: b\r\n\r\n":                       {host: 2},
+		"GET / HTTP/1.1\r\nX-Host: a\r\nHosts: b\r\n\r\nHost: body":                  {},
+		"GET /Host: HTTP/1.1\n\n":                                                    {},
+		"POST / HTTP/1.1\r\nContent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n": {contentLength: 1, transferEncoding: 1},
+		"": {},
 	} {
-		if got := hostLines([]byte(raw)); got != want {
-			t.Errorf("hostLines(%q) = %d, want %d", raw, got, want)
+		if got := scanFields([]byte(raw)); got != want {
+			t.Errorf("scanFields(%q) = %+v, want %+v", raw, got, want)
 		}
+	}
+}
+
+// TestH1ServerAmbiguousFraming: a request with both Transfer-Encoding
+// and Content-Length, or Transfer-Encoding in HTTP/1.0, is answered (body
+// read as chunked, as ReadRequest does) and then the connection ends.
+func TestH1ServerAmbiguousFraming(t *testing.T) {
+	h := newHarness(t, nil)
+	for name, req := range map[string]string{
+		"TE and CL": "POST /post HTTP/1.1\r\nHost: f.good.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n" +
+			"3\r\nabc\r\n0\r\n\r\n",
+		"TE in HTTP/1.0": "POST /post HTTP/1.0\r\nHost: f.good.test\r\nConnection: keep-alive\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc",
+	} {
+		t.Run(name, func(t *testing.T) {
+			c, br := rawDial(t, h)
+			io.WriteString(c, req+"GET /smuggled HTTP/1.1\r\nHost: f.good.test\r\n\r\n")
+			resp, body := readResp(t, br, "POST")
+			if resp.StatusCode != 200 || !resp.Close || !strings.Contains(body, "got=3") {
+				t.Fatalf("%s close %v %q", resp.Status, resp.Close, body)
+			}
+			wantClosed(t, br)
+		})
 	}
 }
 
