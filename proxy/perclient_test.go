@@ -111,12 +111,26 @@ func perClientHarness(t testing.TB) (*harness, *bindDialer) {
 	return h, bd
 }
 
+// loopbackIPs numbers the clients' source addresses (privateLoopback).
+var loopbackIPs atomic.Uint32
+
+// privateLoopback is a local address for a client socket: an address of
+// 127.0.0.0/8 that no other socket on the machine uses. The bind dialer
+// binds upstream sockets to the client's address and port; on 127.0.0.1
+// that port may also be the ephemeral port of some unrelated connection
+// (connect shares ports across destinations), and the bind then fails
+// with EADDRINUSE (seen once in CI under parallel packages).
+func privateLoopback() *net.TCPAddr {
+	n := loopbackIPs.Add(1)
+	return &net.TCPAddr{IP: net.IPv4(127, 88, byte(n>>8), byte(n))}
+}
+
 // oneConnClient is a keep-alive client that uses exactly one connection to
 // addr (bound with SO_REUSEADDR) and reports its local address.
 func oneConnClient(h *harness, addr string, local *atomic.Pointer[string]) *http.Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			d := net.Dialer{Control: reuseAddr}
+			d := net.Dialer{LocalAddr: privateLoopback(), Control: reuseAddr}
 			c, err := d.DialContext(ctx, network, addr)
 			if err == nil {
 				s := c.LocalAddr().String()
@@ -315,7 +329,7 @@ func TestSplicePerClient(t *testing.T) {
 	h, bd := perClientHarness(t)
 	pool := newPool()
 	pool.AddCert(h.upCA.cert)
-	d := &net.Dialer{Control: reuseAddr}
+	d := &net.Dialer{LocalAddr: privateLoopback(), Control: reuseAddr}
 	conn, err := tls.DialWithDialer(d, "tcp", h.tlsAddr, &tls.Config{ServerName: "splice.test", RootCAs: pool})
 	if err != nil {
 		t.Fatalf("splice handshake (must reach the real upstream): %v", err)
