@@ -340,9 +340,10 @@ func (s *h1Server) reject(err error) {
 	if text != http.StatusText(se.code) {
 		text = http.StatusText(se.code) + ": " + text
 	}
-	fmt.Fprintf(s.bw, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%d %s",
+	n, _ := fmt.Fprintf(s.bw, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%d %s",
 		se.code, http.StatusText(se.code), len(text)+4, se.code, text)
 	s.bw.Flush()
+	s.recordRejected(se.code, text, int64(n))
 	if se.code == http.StatusRequestHeaderFieldsTooLarge {
 		// The client may still be sending: closing with its bytes
 		// unread would reset the connection and could destroy the
@@ -353,6 +354,17 @@ func (s *h1Server) reject(err error) {
 		s.conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 		io.CopyN(io.Discard, s.wire.c, maxDrain)
 	}
+}
+
+// recordRejected ships the record of a request refused before the
+// handler: a rejected request is still a request. What it asked for is not
+// trusted, so the record has no method, host or path.
+func (s *h1Server) recordRejected(code int, text string, bytesOut int64) {
+	s.st.requests.Add(1)
+	rec := s.st.rec
+	rec.Action, rec.Status, rec.BytesOut = "error", code, bytesOut
+	rec.UpstreamError = "rejected request: " + text
+	s.p.ship(&rec, time.Now())
 }
 
 // serve runs one request through the handler and finishes its response;
@@ -381,6 +393,7 @@ func (s *h1Server) serve(req *http.Request) (keep bool) {
 			w.hdr.Set("Content-Length", "0")
 			w.WriteHeader(http.StatusExpectationFailed)
 			w.finish()
+			s.recordRejected(http.StatusExpectationFailed, http.StatusText(http.StatusExpectationFailed), 0)
 			return false
 		}
 		if body != nil && req.ProtoAtLeast(1, 1) {

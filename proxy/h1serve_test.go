@@ -115,6 +115,11 @@ func TestH1ServerRejects(t *testing.T) {
 				t.Fatalf("status %d close %v, want %d and close", resp.StatusCode, resp.Close, tc.status)
 			}
 			wantClosed(t, br)
+			port := float64(c.LocalAddr().(*net.TCPAddr).Port)
+			h.rec.wait(t, "the rejected request", func(r map[string]any) bool {
+				return r["client_port"] == port && r["status"] == float64(tc.status) && r["action"] == "error" &&
+					strings.HasPrefix(r["upstream_error"].(string), "rejected request: ")
+			})
 		})
 	}
 	if n := h.dials.Load(); n != 0 {
