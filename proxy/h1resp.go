@@ -159,26 +159,28 @@ func (w *h1Writer) writeFields(h http.Header) {
 			continue
 		}
 		for _, v := range vv {
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			writeValue(bw, v)
-			bw.WriteString("\r\n")
+			writeField(bw, k, v)
 		}
 	}
 }
 
-func writeValue(bw *bufio.Writer, v string) {
+// writeField writes one "name: value" line; line breaks in the value
+// become spaces.
+func writeField(bw *bufio.Writer, name, v string) {
+	bw.WriteString(name)
+	bw.WriteString(": ")
 	v = strings.TrimSpace(v)
 	for {
 		i := strings.IndexAny(v, "\r\n")
 		if i < 0 {
 			bw.WriteString(v)
-			return
+			break
 		}
 		bw.WriteString(v[:i])
 		bw.WriteByte(' ')
 		v = v[i+1:]
 	}
+	bw.WriteString("\r\n")
 }
 
 // httpDate is the Date field value, formatted once per second.
@@ -281,20 +283,16 @@ func (w *h1Writer) finish() {
 	if w.chunked {
 		bw.WriteString("0\r\n")
 		for _, k := range w.trailers {
-			for _, v := range w.hdr[k] {
-				if httpguts.ValidHeaderFieldName(k) {
-					bw.WriteString(k + ": ")
-					writeValue(bw, v)
-					bw.WriteString("\r\n")
+			if httpguts.ValidHeaderFieldName(k) {
+				for _, v := range w.hdr[k] {
+					writeField(bw, k, v)
 				}
 			}
 		}
 		for k, vv := range w.hdr {
 			if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok && httpguts.ValidHeaderFieldName(name) {
 				for _, v := range vv {
-					bw.WriteString(name + ": ")
-					writeValue(bw, v)
-					bw.WriteString("\r\n")
+					writeField(bw, name, v)
 				}
 			}
 		}
@@ -333,12 +331,11 @@ func (w *h1Writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // server drains a little or ends the connection. The mutex lets the
 // server wait for a reader goroutine (the upstream writer) still in Read.
 type reqBody struct {
-	s            *h1Server
-	rc           io.ReadCloser
-	mu           sync.Mutex
-	needContinue bool
-	eof          bool
-	closed       atomic.Bool
+	s      *h1Server
+	rc     io.ReadCloser
+	mu     sync.Mutex
+	eof    bool
+	closed atomic.Bool
 }
 
 func (b *reqBody) Read(p []byte) (int, error) {
@@ -350,9 +347,8 @@ func (b *reqBody) Read(p []byte) (int, error) {
 	if b.eof {
 		return 0, io.EOF
 	}
-	if b.needContinue {
-		b.needContinue = false
-		b.s.w.writeContinue()
+	if b.s.w.expectContinue {
+		b.s.w.writeContinue() // once; not after the final response began
 	}
 	n, err := b.rc.Read(p)
 	if err == io.EOF {

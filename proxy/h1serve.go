@@ -41,8 +41,7 @@ import (
 // contained to their connection, and graceful shutdown.
 type h1Server struct {
 	p    *Proxy
-	st   *connState
-	conn net.Conn // *servedConn: Close finishes the connection state
+	conn *servedConn // Close finishes the connection state (conn.st)
 	wire wireReader
 	br   *bufio.Reader
 	bw   *bufio.Writer
@@ -57,7 +56,6 @@ type h1Server struct {
 	date     [len(http.TimeFormat)]byte
 	dateSec  int64
 	postTol  bool // last request was a POST (tolerate stray CRLF)
-	hijacked bool
 
 	wmu      sync.Mutex
 	watchT   *time.Timer
@@ -80,7 +78,6 @@ const (
 var (
 	errTooLarge = errors.New("request header too large")
 	errShutdown = errors.New("proxy shutting down")
-	errMissing  = errors.New("missing required Host header")
 	crlfcrlf    = []byte("\r\n\r\n")
 	brPool      = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
 	bwPool      = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
@@ -98,7 +95,7 @@ func (e statusError) Error() string { return e.text }
 // the connection, or Shutdown; then it closes c (unless a handler took
 // it over with Hijack).
 func (p *Proxy) serveH1(c *servedConn) {
-	s := &h1Server{p: p, st: c.st, conn: c, hdr: make(http.Header)}
+	s := &h1Server{p: p, conn: c, hdr: make(http.Header)}
 	s.wire.c = c
 	s.br = brPool.Get().(*bufio.Reader)
 	s.br.Reset(&s.wire)
@@ -125,12 +122,12 @@ func (p *Proxy) serveH1(c *servedConn) {
 }
 
 func (s *h1Server) close() {
-	s.st.h1.Store(nil)
+	s.conn.st.h1.Store(nil)
 	s.cancel(errClientGone)
 	if s.watchT != nil {
 		s.watchT.Stop()
 	}
-	if s.hijacked {
+	if s.w.hijacked {
 		return // the handler owns the conn and its buffers now
 	}
 	s.bw.Flush()
@@ -243,7 +240,7 @@ func (s *h1Server) readRequest(first bool) (*http.Request, error) {
 	f := scanFields(raw)
 	switch {
 	case f.host == 0 && req.ProtoAtLeast(1, 1) && req.Method != http.MethodConnect:
-		return nil, statusError{http.StatusBadRequest, errMissing.Error()}
+		return nil, statusError{http.StatusBadRequest, "missing required Host header"}
 	case f.host > 1:
 		return nil, statusError{http.StatusBadRequest, "too many Host headers"}
 	}
@@ -316,12 +313,8 @@ func isReadError(err error) bool {
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
 		return true
 	}
-	var ne net.Error
-	if errors.As(err, &ne) {
-		return true
-	}
-	var oe *net.OpError
-	return errors.As(err, &oe)
+	var ne net.Error // *net.OpError included
+	return errors.As(err, &ne)
 }
 
 // reject answers a request that failed before the handler (or says
@@ -348,11 +341,11 @@ func (s *h1Server) reject(err error) {
 		// The client may still be sending: closing with its bytes
 		// unread would reset the connection and could destroy the
 		// answer. Half-close, then read what comes for a moment.
-		if cw, ok := s.wire.c.(*servedConn).Conn.(interface{ CloseWrite() error }); ok {
+		if cw, ok := s.conn.Conn.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		}
 		s.conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-		io.CopyN(io.Discard, s.wire.c, maxDrain)
+		io.CopyN(io.Discard, s.conn, maxDrain)
 	}
 }
 
@@ -360,8 +353,8 @@ func (s *h1Server) reject(err error) {
 // handler: a rejected request is still a request. What it asked for is not
 // trusted, so the record has no method, host or path.
 func (s *h1Server) recordRejected(code int, text string, bytesOut int64) {
-	s.st.requests.Add(1)
-	rec := s.st.rec
+	s.conn.st.requests.Add(1)
+	rec := s.conn.st.rec
 	rec.Action, rec.Status, rec.BytesOut = "error", code, bytesOut
 	rec.UpstreamError = "rejected request: " + text
 	s.p.ship(&rec, time.Now())
@@ -396,10 +389,7 @@ func (s *h1Server) serve(req *http.Request) (keep bool) {
 			s.recordRejected(http.StatusExpectationFailed, http.StatusText(http.StatusExpectationFailed), 0)
 			return false
 		}
-		if body != nil && req.ProtoAtLeast(1, 1) {
-			body.needContinue = true
-			w.expectContinue = true
-		}
+		w.expectContinue = body != nil && req.ProtoAtLeast(1, 1)
 	}
 	if bodyless {
 		s.arm()
@@ -409,7 +399,6 @@ func (s *h1Server) serve(req *http.Request) (keep bool) {
 		s.disarm()
 	}
 	if w.hijacked {
-		s.hijacked = true
 		return false
 	}
 	w.finish()
