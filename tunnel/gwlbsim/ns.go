@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"runtime"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/tunnel/inns"
@@ -41,26 +40,19 @@ func (n *NS) Do(f func() error) error {
 // NewNS creates the named namespace /run/netns/name with lo up. The demo
 // and the benchmarks use it for namespaces beside a Topology's.
 func NewNS(name string) (*NS, error) {
+	cur, err := netns.Get()
+	if err != nil {
+		return nil, fmt.Errorf("netns %s: %w", name, err)
+	}
 	var h netns.NsHandle
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		h, err = netns.NewNamed(name) // switches this thread
-		if rerr := netns.Set(orig); rerr != nil {
-			errc <- fmt.Errorf("restore netns: %w", rerr)
-			return // thread stays locked and is discarded
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
+	// NewNamed switches its thread into the new namespace; inns.Do
+	// (entered from the current one) switches it back.
+	err = inns.Do(cur, func() (err error) {
+		h, err = netns.NewNamed(name)
+		return err
+	})
+	cur.Close()
+	if err != nil {
 		return nil, fmt.Errorf("netns %s: %w", name, err)
 	}
 	nl, err := netlink.NewHandleAt(h)
