@@ -237,14 +237,22 @@ func TestTryReadWhileWaiting(t *testing.T) {
 		// Queued before WaitRead: it must not wait.
 		ping(1)
 		waited := make(chan error, 1)
-		go func() { waited <- q.WaitRead() }()
-		select {
-		case err := <-waited:
-			if err != nil {
-				t.Errorf("wait: %v", err)
+		// woke reports whether the parked WaitRead returned (without
+		// error) in time.
+		woke := func(missed string) bool {
+			select {
+			case err := <-waited:
+				if err != nil {
+					t.Errorf("wait: %v", err)
+				}
+				return true
+			case <-time.After(20 * time.Second):
+				t.Errorf("%s", missed)
+				return false
 			}
-		case <-time.After(20 * time.Second):
-			t.Errorf("WaitRead missed a packet queued before it")
+		}
+		go func() { waited <- q.WaitRead() }()
+		if !woke("WaitRead missed a packet queued before it") {
 			return
 		}
 		readReply := func(seq uint16) {
@@ -274,13 +282,7 @@ func TestTryReadWhileWaiting(t *testing.T) {
 			t.Errorf("try read beside a waiter: %v", err)
 		}
 		ping(2)
-		select {
-		case err := <-waited:
-			if err != nil {
-				t.Errorf("wait: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Errorf("WaitRead did not wake")
+		if !woke("WaitRead did not wake") {
 			return
 		}
 		readReply(2)
