@@ -277,8 +277,7 @@ type Queue struct {
 	wErr    error
 	wParts  [2][]byte
 
-	// ReadPackets state (TryReadPackets shares it).
-	pktFn  func(fd uintptr) bool
+	// TryReadPackets state.
 	tryFn  func(fd uintptr)
 	pollFn func(fd uintptr) bool
 	pfd    [1]unix.PollFd
@@ -308,8 +307,7 @@ func newQueue(f *os.File) (*Queue, error) {
 	q := &Queue{f: f, rc: rc}
 	q.readFn = q.doRead
 	q.writeFn = q.doWritev
-	q.pktFn = q.doReadPackets
-	q.tryFn = func(fd uintptr) { q.doReadPackets(fd) }
+	q.tryFn = q.doReadPackets
 	q.pollFn = q.doPoll
 	return q, nil
 }
@@ -440,32 +438,22 @@ func (q *Queue) doWritev(fd uintptr) bool {
 	}
 }
 
-// ReadPackets reads packets back to back into arena, each headroom bytes
-// after the end of the previous one (aligned to 8), so the caller can
-// prepend headers in place; pkts[i] is the packet as read, starting with
-// its virtio-net header on a VnetHdr queue. maxPacket is the largest read
-// to allow for (a GSO super-packet plus header on a VnetHdr queue: 65546
-// and a little). It stops when pkts is full, when the arena has less than
-// headroom+maxPacket bytes left, or when the queue is empty, blocks until
-// at least one packet is read, and returns the count. A packet that fills
-// maxPacket exactly may have been truncated and should be dropped.
-func (q *Queue) ReadPackets(arena []byte, headroom, maxPacket int, pkts [][]byte) (int, error) {
-	if len(arena) < headroom+maxPacket || len(pkts) == 0 {
-		return 0, fmt.Errorf("tun %s: read: arena %d too small for %d+%d", q.f.Name(), len(arena), headroom, maxPacket)
-	}
-	q.pArena, q.pPkts, q.pHead, q.pMax, q.pOff, q.rN, q.rErr = arena, pkts, headroom, maxPacket, 0, 0, nil
-	err := q.rc.Read(q.pktFn)
-	q.pArena, q.pPkts = nil, nil
-	return q.readResult(err)
-}
-
-// TryReadPackets is ReadPackets without blocking: it returns 0 at once
-// when the queue is empty. It does not take the descriptor's read lock, so
-// it may run while another goroutine is blocked in WaitRead on the same
-// queue (which is how a packet worker drains the packets its own writes
-// forwarded here, without waking the queue's reader); the caller must
-// still make sure that no two ReadPackets or TryReadPackets calls on one
-// Queue run at the same time.
+// TryReadPackets reads the packets the queue holds now, without blocking
+// (0 at once when it is empty), back to back into arena, each headroom
+// bytes after the end of the previous one (aligned to 8), so the caller
+// can prepend headers in place; pkts[i] is the packet as read, starting
+// with its virtio-net header on a VnetHdr queue. maxPacket is the largest
+// read to allow for (a GSO super-packet plus header on a VnetHdr queue:
+// 65546 and a little). It stops when pkts is full, when the arena has less
+// than headroom+maxPacket bytes left, or when the queue is empty, and
+// returns the count. A packet that fills maxPacket exactly may have been
+// truncated and should be dropped.
+//
+// It does not take the descriptor's read lock, so it may run while
+// another goroutine is blocked in WaitRead on the same queue (which is how
+// a packet worker drains the packets its own writes forwarded here,
+// without waking the queue's reader); the caller must still make sure
+// that no two TryReadPackets calls on one Queue run at the same time.
 func (q *Queue) TryReadPackets(arena []byte, headroom, maxPacket int, pkts [][]byte) (int, error) {
 	if len(arena) < headroom+maxPacket || len(pkts) == 0 {
 		return 0, fmt.Errorf("tun %s: read: arena %d too small for %d+%d", q.f.Name(), len(arena), headroom, maxPacket)
@@ -509,29 +497,29 @@ func (q *Queue) doPoll(fd uintptr) bool {
 	}
 }
 
-func (q *Queue) doReadPackets(fd uintptr) bool {
+// doReadPackets is TryReadPackets' callback: it reads until pkts or the
+// arena is full or the queue is empty (EAGAIN).
+func (q *Queue) doReadPackets(fd uintptr) {
 	for q.rN < len(q.pPkts) {
 		start := q.pOff + q.pHead
 		if start+q.pMax > len(q.pArena) {
-			return true
+			return
 		}
 		b := q.pArena[start : start+q.pMax]
 		n, err := unix.Read(int(fd), b)
+		if err == unix.EINTR {
+			continue
+		}
 		if err != nil {
-			if err == unix.EINTR {
-				continue
+			if err != unix.EAGAIN {
+				q.rErr = err
 			}
-			if err == unix.EAGAIN {
-				return q.rN > 0
-			}
-			q.rErr = err
-			return true
+			return
 		}
 		q.pPkts[q.rN] = b[:n]
 		q.rN++
 		q.pOff = (start + n + 7) &^ 7
 	}
-	return true
 }
 
 // Name returns the interface name.
