@@ -92,7 +92,7 @@ type Row struct {
 	// ApplianceCPU is the appliance process's CPU time over the run.
 	ApplianceCPU time.Duration
 	// ApplianceCore is how busy the appliance's CPU was (0..1) over the
-	// run, softirq work included (the process's time leaves it out).
+	// run, softirq work included.
 	ApplianceCore float64
 	// CoreSoftirq is the share (0..1) of the appliance CPU's busy time
 	// that /proc/stat's tick sampling found in interrupt or softirq
@@ -178,16 +178,16 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			s0 := cpuTimes(cfg.ApplianceCPU)
 			r, err := gwlbsim.Bench(ctx, bc)
 			s1 := cpuTimes(cfg.ApplianceCPU)
-			b0, t0, b1, t1 := s0.busy, s0.total, s1.busy, s1.total
+			busy := s1.busy - s0.busy
 			if err != nil {
 				return nil, fmt.Errorf("%s %d B: %w", mode, size, err)
 			}
 			row := Row{Path: string(mode), InnerSize: r.InnerSize, BenchResult: r, ApplianceCPU: procCPU(app.pid) - c0}
-			if t1 > t0 {
-				row.ApplianceCore = float64(b1-b0) / float64(t1-t0)
+			if total := s1.total - s0.total; total > 0 {
+				row.ApplianceCore = float64(busy) / float64(total)
 			}
-			if b1 > b0 {
-				row.CoreSoftirq = float64(s1.softirq-s0.softirq) / float64(b1-b0)
+			if busy > 0 {
+				row.CoreSoftirq = float64(s1.softirq-s0.softirq) / float64(busy)
 			}
 			var got float64
 			steps := append([]gwlbsim.StepResult{r.FlatOut}, r.Steps...)
@@ -198,7 +198,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 				got += st.ReceivedPPS * cfg.Step.Seconds()
 			}
 			if got > 0 {
-				row.CorePerPacket = time.Duration(float64(b1-b0) / 100 * 1e9 / got) // USER_HZ jiffies
+				row.CorePerPacket = time.Duration(float64(busy) / 100 * 1e9 / got) // USER_HZ jiffies
 			}
 			log.Info("measured", "path", mode, "inner", r.InnerSize, "best_pps", int(r.BestPPS), "flat_out_recv", int(r.FlatOut.ReceivedPPS))
 			res.Rows = append(res.Rows, row)
@@ -440,5 +440,5 @@ func (r *Result) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "\ngenerator CPU: sender+receiver thread time / wall time (one core = 100 %%); appliance CPU: the gwlbproxy process.\n")
 	fmt.Fprintf(w, "the appliance namespace's receive work (plain forwarding included) runs on the appliance's CPU (RPS on its underlay link);\n")
 	fmt.Fprintf(w, "appliance CPU: the process's own time; appliance core busy: the whole CPU (softirq work included) from /proc/stat;\n")
-	fmt.Fprintf(w, "of it softirq: the share of that busy time in interrupt and softirq context (kernel packet work no process is charged for).\n")
+	fmt.Fprintf(w, "of it softirq: the share of that busy time in interrupt and softirq context (the kernel's packet work; without IRQ time accounting the process's time may include some of it).\n")
 }
