@@ -51,7 +51,3 @@ func ipv4HeaderChecksum(h []byte) {
 	h[10], h[11] = 0, 0
 	binary.BigEndian.PutUint16(h[10:], ^Fold(sum(h, 0)))
 }
-
-// swap16 converts a folded sum taken at an odd byte offset into one at an
-// even offset.
-func swap16(s uint16) uint16 { return bits.RotateLeft16(s, 8) }

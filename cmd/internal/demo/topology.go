@@ -46,14 +46,9 @@ type Network struct {
 	cancel   context.CancelFunc
 }
 
-// NewNetwork builds the topology for mode (steer.EgressNAT or
-// steer.EgressTunnel). prefix starts every namespace name (a random suffix
-// follows). Callers must Close it.
-func NewNetwork(ctx context.Context, mode, prefix string) (*Network, error) {
-	return NewNetworkSim(ctx, mode, prefix, gwlbsim.Config{}, 0)
-}
-
-// NewNetworkSim is NewNetwork with the GWLB simulator configured by sim
+// NewNetworkSim builds the topology for mode (steer.EgressNAT or
+// steer.EgressTunnel); prefix starts every namespace name (a random suffix
+// follows) and callers must Close it. The GWLB simulator is configured by sim
 // (health checks of the appliances, for one) and extra more appliance
 // namespaces behind the GWLB (Topo.Extra), wired like the first: in nat
 // mode each has its own egress link to the internet namespace, in tunnel
