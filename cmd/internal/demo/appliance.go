@@ -331,6 +331,16 @@ type Record struct {
 	raw map[string]json.RawMessage
 }
 
+// Of reports whether r is the record of res's connection: same client
+// address and port, same server address and port. The client's port alone
+// is not enough: it may have served an earlier connection to another
+// server, whose record is already in.
+func (r *Record) Of(res Result) bool {
+	return res.Local.IsValid() && res.Remote.IsValid() &&
+		r.ClientIP == res.Local.Addr().String() && r.ClientPort == int(res.Local.Port()) &&
+		r.DstIP == res.Remote.Addr().String() && r.DstPort == int(res.Remote.Port())
+}
+
 // Field returns a record field by its JSON name as text: a string's value,
 // a number as written; "?name" when the record has no such field.
 func (r *Record) Field(k string) string {

@@ -74,7 +74,8 @@ type Result struct {
 	Status     int
 	Body       string // at most 64 KiB
 	Local      netip.AddrPort
-	Issuer     string // issuer CN of the leaf the client was shown
+	Remote     netip.AddrPort // the server as the client dialled it (the proxy keeps it)
+	Issuer     string         // issuer CN of the leaf the client was shown
 	Subject    string
 	TLSVersion string
 	Err        error
@@ -90,6 +91,9 @@ func (c *Client) get(ctx context.Context, hc *http.Client, url string) Result {
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
 		if ap, err := netip.ParseAddrPort(info.Conn.LocalAddr().String()); err == nil {
 			res.Local = ap
+		}
+		if ap, err := netip.ParseAddrPort(info.Conn.RemoteAddr().String()); err == nil {
+			res.Remote = ap
 		}
 	}}
 	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), http.MethodGet, url, nil)

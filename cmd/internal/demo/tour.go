@@ -109,22 +109,22 @@ func printStep(w io.Writer, s *Step) {
 	}
 }
 
-// recordFor waits for the record of the connection from local through
-// endpoint ep and checks it with want (field -> expected value; a value
-// of "*" means "not empty").
-func (e *Env) recordFor(ctx context.Context, s *Step, ep uint64, local netip.AddrPort, want map[string]string) {
-	if !local.IsValid() {
-		s.fail("no local address for the connection, cannot find its record")
+// recordFor waits for the record of res's connection (Record.Of) through
+// endpoint ep and checks it with want (field -> expected value; a value of
+// "*" means "not empty").
+func (e *Env) recordFor(ctx context.Context, s *Step, ep uint64, res Result, want map[string]string) {
+	if !res.Local.IsValid() || !res.Remote.IsValid() {
+		s.fail("no addresses for the connection, cannot find its record")
 		return
 	}
 	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	epID := EndpointOf(ep)
 	recs, err := e.Records.Wait(wctx, 1, func(r *Record) bool {
-		return r.EndpointID == epID && r.ClientPort == int(local.Port()) && r.ClientIP == local.Addr().String()
+		return r.EndpointID == epID && r.Of(res)
 	})
 	if err != nil {
-		s.fail("no record from %s port %d: %v", epID, local.Port(), err)
+		s.fail("no record from %s for %s -> %s: %v", epID, res.Local, res.Remote, err)
 		return
 	}
 	r := recs[len(recs)-1]
@@ -186,7 +186,7 @@ func (e *Env) stepHTTP(ctx context.Context, s *Step, w io.Writer) {
 	if r.Status != 200 || !strings.Contains(r.Body, "hello from "+HostApp) {
 		s.fail("want 200 and the server's greeting")
 	}
-	e.recordFor(ctx, s, EndpointA, r.Local, map[string]string{
+	e.recordFor(ctx, s, EndpointA, r, map[string]string{
 		"action": "allow", "scheme": "http", "method": "GET", "host": HostApp, "status": "200",
 		"dst_ip": AddrApp.String(), "dst_port": "80", "rule": RuleAllow, "user_agent": "gwlbproxy-demo/1",
 	})
@@ -203,7 +203,7 @@ func (e *Env) stepBump(ctx context.Context, s *Step, w io.Writer) {
 	if r.Status != 200 || r.Issuer != ApplianceCAName {
 		s.fail("want 200 with a leaf issued by %q", ApplianceCAName)
 	}
-	e.recordFor(ctx, s, EndpointA, r.Local, map[string]string{
+	e.recordFor(ctx, s, EndpointA, r, map[string]string{
 		"action": "allow", "scheme": "https", "sni": HostApp, "host": HostApp, "status": "200",
 		"dst_ip": AddrApp.String(), "dst_port": "443", "tls_version": "*", "rule": RuleAllow,
 	})
@@ -219,7 +219,7 @@ func (e *Env) stepOverlap(ctx context.Context, s *Step, w io.Writer) {
 	if r.Status != 200 || r.Issuer != ApplianceCAName {
 		s.fail("want 200 with a leaf issued by %q", ApplianceCAName)
 	}
-	e.recordFor(ctx, s, EndpointB, r.Local, map[string]string{
+	e.recordFor(ctx, s, EndpointB, r, map[string]string{
 		"action": "allow", "sni": HostApp, "status": "200", "endpoint_id": EndpointOf(EndpointB),
 	})
 }
@@ -235,7 +235,7 @@ func (e *Env) stepSplice(ctx context.Context, s *Step, w io.Writer) {
 	if r.Status != 200 || r.Issuer != InternetCAName {
 		s.fail("want 200 with the server's own certificate (issuer %q)", InternetCAName)
 	}
-	e.recordFor(ctx, s, EndpointA, r.Local, map[string]string{
+	e.recordFor(ctx, s, EndpointA, r, map[string]string{
 		"action": "splice", "sni": HostBank, "rule": RuleSplice, "dst_ip": AddrBank.String(),
 	})
 }
@@ -250,7 +250,7 @@ func (e *Env) stepDeny(ctx context.Context, s *Step, w io.Writer) {
 	if r.Status != 403 || !strings.Contains(r.Body, RuleDeny) {
 		s.fail("want a 403 page naming rule %q", RuleDeny)
 	}
-	e.recordFor(ctx, s, EndpointA, r.Local, map[string]string{
+	e.recordFor(ctx, s, EndpointA, r, map[string]string{
 		"action": "deny", "sni": HostBlocked, "rule": RuleDeny, "status": "403",
 	})
 }
@@ -265,7 +265,7 @@ func (e *Env) stepBadCert(ctx context.Context, s *Step, w io.Writer) {
 	if r.Status != 502 {
 		s.fail("want a 502 page")
 	}
-	e.recordFor(ctx, s, EndpointA, r.Local, map[string]string{
+	e.recordFor(ctx, s, EndpointA, r, map[string]string{
 		"action": "error", "sni": HostExpired, "status": "502", "upstream_error": "*",
 	})
 }
@@ -283,7 +283,7 @@ func (e *Env) stepIMDS(ctx context.Context, s *Step, w io.Writer) {
 	if r.Status != 403 {
 		s.fail("want 403")
 	}
-	e.recordFor(ctx, s, EndpointA, r.Local, map[string]string{
+	e.recordFor(ctx, s, EndpointA, r, map[string]string{
 		"action": "deny", "dst_ip": AddrIMDS.String(), "status": "403",
 	})
 	if len(s.Records) > 0 && !strings.HasPrefix(s.Records[0].Rule, "ssrf") {

@@ -60,13 +60,13 @@ func TestHealthLogShipper(t *testing.T) {
 	}
 
 	e.CloudWatch.InjectFault(cwlfake.ServiceUnavailable, -1)
-	var ports []int
+	var outage []demo.Result
 	for range 3 {
 		r := e.Clients[0].Get(ctx, "https://"+demo.HostApp+"/")
 		if r.Err != nil || r.Status != 200 {
 			t.Fatalf("request during the outage: %v %d", r.Err, r.Status)
 		}
-		ports = append(ports, int(r.Local.Port()))
+		outage = append(outage, r)
 	}
 	rep = waitHealth(t, ctx, e, http.StatusServiceUnavailable, "logship", false)
 	t.Logf("during the outage: status %q, logship error %q", rep.Status, rep.Checks["logship"].Error)
@@ -76,9 +76,9 @@ func TestHealthLogShipper(t *testing.T) {
 
 	e.CloudWatch.ClearFaults()
 	waitHealth(t, ctx, e, http.StatusOK, "logship", true)
-	for _, p := range ports {
-		if _, err := e.Records.Wait(ctx, 1, func(r *demo.Record) bool { return r.ClientPort == p && r.Status == 200 }); err != nil {
-			t.Errorf("record of the request from port %d made during the outage: %v", p, err)
+	for _, res := range outage {
+		if _, err := e.Records.Wait(ctx, 1, func(r *demo.Record) bool { return r.Of(res) && r.Status == 200 }); err != nil {
+			t.Errorf("record of the request from %s made during the outage: %v", res.Local, err)
 		}
 	}
 	checkAllRecords(t, e)

@@ -72,7 +72,7 @@ func testRestart(t *testing.T, mode string) {
 			t.Fatalf("ping from %s after restart: %v", c.Name, err)
 		}
 		_, err := e.Records.Wait(ctx, 1, func(rec *demo.Record) bool {
-			return rec.ClientPort == int(r.Local.Port()) && rec.EndpointID == demo.EndpointOf([]uint64{demo.EndpointA, demo.EndpointB}[i])
+			return rec.Of(r) && rec.EndpointID == demo.EndpointOf([]uint64{demo.EndpointA, demo.EndpointB}[i])
 		})
 		if err != nil {
 			t.Fatalf("record after restart: %v", err)
