@@ -84,6 +84,10 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		if !errors.Is(err, errUsage) {
 			fmt.Fprintf(stderr, "gwlbproxy %s: %v\n", args[0], err)
 		}
+		var ee exitError
+		if errors.As(err, &ee) {
+			return ee.code
+		}
 		return 1
 	}
 	return 0

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 )
 
 func run(t *testing.T, args ...string) (int, string, string) {
@@ -100,5 +102,42 @@ func TestCAInitExport(t *testing.T) {
 	code, out, _ = run(t, "ca", "export", "--cert", filepath.Join(dir, "ca.crt"), "--der")
 	if _, err := x509.ParseCertificate([]byte(out)); code != 0 || err != nil {
 		t.Fatalf("der export: %d %v", code, err)
+	}
+}
+
+// run's capability needs follow the config: CAP_NET_BIND_SERVICE only for
+// a listener below the unprivileged port start.
+func TestNeededCaps(t *testing.T) {
+	c := config.Default()
+	names := func(start int) string {
+		var s []string
+		for _, n := range neededCaps(&c, start) {
+			s = append(s, n.Cap.String())
+		}
+		return strings.Join(s, " ")
+	}
+	c.Health.Listen = ":80"
+	if got := names(1024); got != "CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE" {
+		t.Errorf("health :80: %s", got)
+	}
+	if got := names(80); got != "CAP_NET_ADMIN CAP_NET_RAW" {
+		t.Errorf("health :80, unprivileged start 80: %s", got)
+	}
+	c.Health.Listen = "198.18.0.2:8080"
+	if got := names(1024); got != "CAP_NET_ADMIN CAP_NET_RAW" {
+		t.Errorf("health :8080: %s", got)
+	}
+}
+
+// A broken config ends `run` with EX_CONFIG (78), which the unit's
+// RestartPreventExitStatus= names, before any capability check.
+func TestRunConfigErrorExitCode(t *testing.T) {
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(bad, []byte("health:\n  listne: \":80\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs := run(t, "run", "--config", bad)
+	if code != exitConfig || !strings.Contains(errs, "listne") {
+		t.Fatalf("exit %d, stderr %q; want %d naming the field", code, errs, exitConfig)
 	}
 }

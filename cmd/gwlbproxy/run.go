@@ -5,11 +5,24 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
+	"strconv"
+	"strings"
 
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/app"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/caps"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
+)
+
+// Exit statuses of `run` that a restart cannot cure. The unit lists them in
+// RestartPreventExitStatus= so a broken config or a unit without the
+// capabilities fails once, with the error in the journal, instead of
+// looping until the start limit.
+const (
+	exitNoPerm = 77 // EX_NOPERM: a needed capability is missing
+	exitConfig = 78 // EX_CONFIG: the config file is missing or invalid
 )
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -20,13 +33,82 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	c, err := config.Load(*path, *path == config.DefaultPath)
 	if err != nil {
-		return err
+		return exitError{exitConfig, err}
 	}
-	if os.Geteuid() != 0 {
-		return fmt.Errorf("needs root (or CAP_NET_ADMIN, CAP_NET_RAW and CAP_NET_BIND_SERVICE): it creates tun devices, nftables rules and policy routes")
+	have, err := caps.Effective()
+	if err != nil {
+		return exitError{exitNoPerm, err}
+	}
+	if err := caps.Check(have, neededCaps(&c, unprivilegedPortStart())); err != nil {
+		return exitError{exitNoPerm, err}
 	}
 	return app.Run(ctx, c, newLogger(&c, stderr))
 }
+
+// neededCaps lists what `run` needs with config c, measured by running the
+// daemon as an unprivileged user with only these capabilities (see
+// cmd/internal/e2e TestNonRootUnitCapabilities):
+//   - CAP_NET_ADMIN: tun devices, nftables (TPROXY), policy routes and
+//     rules, /proc/sys/net writes, SO_MARK and IP_TRANSPARENT sockets (the
+//     kernel accepts CAP_NET_ADMIN for both).
+//   - CAP_NET_RAW: the tunnel's IPPROTO_RAW send sockets (replies to GWLB
+//     from the exact source port each flow arrived on).
+//   - CAP_NET_BIND_SERVICE: only when a listener's port is below the
+//     namespace's net.ipv4.ip_unprivileged_port_start (the GWLB health check
+//     on :80 by default).
+func neededCaps(c *config.Config, unprivStart int) []caps.Need {
+	needs := []caps.Need{
+		{Cap: caps.NetAdmin, Why: "tun devices, nftables TPROXY rules, policy routes, net sysctls, transparent and marked sockets"},
+		{Cap: caps.NetRaw, Why: "the tunnel's raw sockets that send GENEVE replies"},
+	}
+	var low []string
+	check := func(key string, port int) {
+		if port > 0 && port < unprivStart {
+			low = append(low, fmt.Sprintf("%s port %d", key, port))
+		}
+	}
+	check("health.listen", listenPort(c.Health.Listen))
+	check("metrics.listen", listenPort(c.Metrics.Listen))
+	check("tunnel.port", int(c.Tunnel.Port))
+	check("steer.http_listen_port", int(c.Steer.HTTPListenPort))
+	check("steer.tls_listen_port", int(c.Steer.TLSListenPort))
+	if len(low) > 0 {
+		needs = append(needs, caps.Need{Cap: caps.NetBindService, Why: strings.Join(low, ", ") + fmt.Sprintf(" below ip_unprivileged_port_start %d", unprivStart)})
+	}
+	return needs
+}
+
+func listenPort(s string) int {
+	_, p, err := net.SplitHostPort(s)
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(p)
+	return n
+}
+
+// unprivilegedPortStart reads the network namespace's lowest port that
+// needs no CAP_NET_BIND_SERVICE (1024 when unreadable, the kernel default).
+func unprivilegedPortStart() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+	if err != nil {
+		return 1024
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 1024
+	}
+	return n
+}
+
+// exitError carries a specific exit status out of a command.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e exitError) Error() string { return e.err.Error() }
+func (e exitError) Unwrap() error { return e.err }
 
 // newLogger builds the daemon's own logger from the log section.
 func newLogger(c *config.Config, w io.Writer) *slog.Logger {
