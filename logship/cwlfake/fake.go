@@ -83,6 +83,7 @@ type Server struct {
 	bucket   tokenBucket
 	calls    map[string]int
 	injected map[Fault]int
+	maxPut   int // most events in one accepted PutLogEvents
 
 	seq atomic.Uint64
 	srv *http.Server
@@ -426,6 +427,7 @@ func (s *Server) putLogEvents(body []byte) (any, *apiError) {
 			st.events = append(st.events, Event{Timestamp: ts, IngestionTime: nowMS, Message: *e.Message})
 		}
 	}
+	s.maxPut = max(s.maxPut, n)
 	out := putOut{NextSequenceToken: strconv.FormatUint(s.seq.Add(1), 10)}
 	if rej != (rejected{}) {
 		out.RejectedLogEventsInfo = &rej
@@ -434,6 +436,14 @@ func (s *Server) putLogEvents(body []byte) (any, *apiError) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// LargestPut is the most events one accepted PutLogEvents call carried
+// (tests bound "at most the batches in flight" with it).
+func (s *Server) LargestPut() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxPut
+}
 
 // CreateLogGroup creates a group directly (not over the wire).
 func (s *Server) CreateLogGroup(name string, retentionDays int) {

@@ -106,6 +106,13 @@ func (s *Spool) Read(fn func(seq uint64, ts int64, rec []byte) bool) (int, error
 		}
 		seg := s.r.seg
 		limit, sealed := seg.size, seg.sealed
+		// Records below the acknowledged position (saved before a restart)
+		// were delivered: skip them.
+		floor := s.acked
+		var skip []ackRange
+		if len(s.skip) > 0 {
+			skip = append(skip, s.skip...)
+		}
 		var mem []byte
 		if seg.path == "" {
 			mem = seg.mem[:limit]
@@ -148,6 +155,10 @@ func (s *Spool) Read(fn func(seq uint64, ts int64, rec []byte) bool) (int, error
 				s.r.off = limit
 				break
 			}
+			if seq < floor || skipped(skip, seq) {
+				s.r.off += int64(size)
+				continue
+			}
 			if !fn(seq, ts, payload) {
 				return n, nil
 			}
@@ -155,4 +166,15 @@ func (s *Spool) Read(fn func(seq uint64, ts int64, rec []byte) bool) (int, error
 			n++
 		}
 	}
+}
+
+// skipped reports whether seq lies in one of the (few) ranges acknowledged
+// out of order before a restart.
+func skipped(skip []ackRange, seq uint64) bool {
+	for _, r := range skip {
+		if seq >= r.from && seq < r.to {
+			return true
+		}
+	}
+	return false
 }

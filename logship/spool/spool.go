@@ -93,6 +93,8 @@ type Stats struct {
 	TornFrames    uint64 `json:"torn_frames"`
 	TornBytes     int64  `json:"torn_bytes"`
 	Syncs         uint64 `json:"syncs"`
+	AckSaves      uint64 `json:"ack_saves"`
+	AckSaveErrors uint64 `json:"ack_save_errors"`
 	WriteErrors   uint64 `json:"write_errors"`
 	Full          bool   `json:"full"`
 	OldestUnacked string `json:"oldest_unacked"`
@@ -122,6 +124,19 @@ type Spool struct {
 	writeErrs uint64
 	full      bool
 	syncWait  []chan error
+
+	// File mode: the acknowledged position on disk (ackpos.go). durable is
+	// the sequence below which every frame is fsynced; the saved position
+	// never passes it. Written only by the writer goroutine.
+	ackf     *ackFile
+	durable  uint64
+	ackSaved ackState
+	// skip are ranges acknowledged out of order before the restart; the
+	// reader passes over them. Set by Open, emptied once acked passes them.
+	skip      []ackRange
+	ackSaves  uint64
+	ackErrs   uint64
+	ackWanted bool
 
 	ready chan struct{} // reader wake-up, capacity 1
 	wake  chan struct{} // writer wake-up, capacity 1
@@ -155,16 +170,48 @@ func Open(cfg Config, log *slog.Logger) (*Spool, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
 		return nil, fmt.Errorf("spool %s: %w", cfg.Dir, err)
 	}
+	af, saved, haveSaved, err := openAckFile(cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("spool %s: acknowledged position: %w", cfg.Dir, err)
+	}
+	s.ackf = af
 	if err := s.recover(); err != nil {
+		af.close()
 		return nil, fmt.Errorf("spool %s: %w", cfg.Dir, err)
 	}
 	s.acked = s.nextSeq
 	if len(s.segs) > 0 {
 		s.acked = s.segs[0].first
 	}
+	if haveSaved {
+		// Sequences are never reused: after every segment was acknowledged
+		// and deleted, numbering continues above the saved position.
+		s.nextSeq = max(s.nextSeq, saved.pos)
+		s.acked = max(s.acked, saved.pos)
+		for _, r := range saved.ranges {
+			if r.from > s.acked && r.to <= s.nextSeq {
+				s.skip = append(s.skip, r)
+				s.ackedOOO[r.from] = r.to
+			}
+		}
+	}
+	if s.replayed > 0 {
+		s.replayed = s.nextSeq - s.acked
+		for _, r := range s.skip {
+			s.replayed -= r.to - r.from
+		}
+		s.log.Info("spool: replay starts after the saved acknowledged position",
+			"first_unacked", s.acked, "records", s.replayed, "saved", haveSaved)
+	}
+	s.durable = s.nextSeq
+	s.ackSaved = ackState{pos: s.acked, ranges: append([]ackRange(nil), s.skip...)}
 	if err := s.newSegment(s.nextSeq); err != nil {
+		af.close()
 		return nil, fmt.Errorf("spool %s: %w", cfg.Dir, err)
 	}
+	s.mu.Lock()
+	s.reap() // segments wholly below the saved position
+	s.mu.Unlock()
 	go s.writer()
 	return s, nil
 }
@@ -418,6 +465,12 @@ func (s *Spool) writer() {
 				s.mu.Unlock()
 			}
 		}
+		if !dirty { // every frame written so far is fsynced
+			s.mu.Lock()
+			s.durable = act.next
+			s.mu.Unlock()
+		}
+		s.saveAck()
 		if werr == nil && !dirty && act.size >= s.cfg.SegmentBytes && !stopping {
 			if err := s.rotate(act); err != nil {
 				werr = err
@@ -429,6 +482,7 @@ func (s *Spool) writer() {
 		}
 		if stopping {
 			act.f.Close()
+			s.ackf.close()
 			return
 		}
 	}
@@ -480,18 +534,32 @@ func (s *Spool) Sync() error {
 
 // Ack acknowledges sequences [from, to): the sink accepted them or they
 // were dead-lettered. Segments whose records are all acknowledged are
-// deleted. Ranges may arrive out of order but must not overlap.
+// deleted. Ranges may arrive out of order; a range may start below the
+// acknowledged position (the part below counts as done).
 func (s *Spool) Ack(from, to uint64) {
 	if to <= from {
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// After a restart the batcher's ranges tile the sequence space anew and
+	// may begin inside what a restored range already acknowledged.
+	from = max(from, min(s.acked, to))
 	if from != s.acked {
-		s.ackedOOO[from] = to
+		if from > s.acked {
+			s.ackedOOO[from] = to
+			if s.ackf != nil && !s.ackWanted {
+				s.ackWanted = true
+				notify(s.wake)
+			}
+		}
 		return
 	}
 	s.acked = to
+	if s.ackf != nil && !s.ackWanted {
+		s.ackWanted = true
+		notify(s.wake)
+	}
 	for {
 		t, ok := s.ackedOOO[s.acked]
 		if !ok {
@@ -500,6 +568,18 @@ func (s *Spool) Ack(from, to uint64) {
 		delete(s.ackedOOO, s.acked)
 		s.acked = t
 	}
+	if len(s.skip) > 0 {
+		// After a restart batches are cut anew and may cover a restored
+		// range: drop what now lies below the position.
+		for k := range s.ackedOOO {
+			if k < s.acked {
+				delete(s.ackedOOO, k)
+			}
+		}
+		for len(s.skip) > 0 && s.skip[0].to <= s.acked {
+			s.skip = s.skip[1:]
+		}
+	}
 	// Drop checkpoints that no longer bound an unacknowledged record.
 	i := 0
 	for i+1 < len(s.cps) && s.cps[i+1].seq <= s.acked {
@@ -507,6 +587,56 @@ func (s *Spool) Ack(from, to uint64) {
 	}
 	s.cps = s.cps[i:]
 	s.reap()
+}
+
+// saveAck persists the acknowledged position if it moved, clamped to the
+// fsynced frames. Called by the writer goroutine only: every
+// acknowledgement since the last call is committed by one write and one
+// fdatasync.
+func (s *Spool) saveAck() {
+	s.mu.Lock()
+	st := ackState{pos: min(s.acked, s.durable)}
+	behind := s.acked > st.pos
+	for from, to := range s.ackedOOO {
+		if from > st.pos && from < s.durable {
+			st.ranges = append(st.ranges, ackRange{from, min(to, s.durable)})
+		}
+		behind = behind || to > s.durable
+	}
+	s.ackWanted = behind // retry once more frames are durable
+	s.mu.Unlock()
+	sort.Slice(st.ranges, func(i, j int) bool { return st.ranges[i].from < st.ranges[j].from })
+	merged := st.ranges[:0]
+	for _, r := range st.ranges { // adjacent batches: one range
+		if k := len(merged) - 1; k >= 0 && merged[k].to == r.from {
+			merged[k].to = r.to
+		} else {
+			merged = append(merged, r)
+		}
+	}
+	st.ranges = merged
+	if len(st.ranges) > maxAckRanges {
+		st.ranges = st.ranges[:maxAckRanges] // the lowest: the rest is only re-sent
+	}
+	if st.equal(s.ackSaved) {
+		return
+	}
+	err := s.ackf.save(st)
+	s.mu.Lock()
+	if err != nil {
+		s.ackErrs++
+		s.ackWanted = true
+	} else {
+		s.ackSaves++
+	}
+	s.mu.Unlock()
+	if err != nil {
+		// Not fatal: a stale position only means more records are sent
+		// again after a crash.
+		s.log.Error("spool: saving acknowledged position", "err", err)
+		return
+	}
+	s.ackSaved = st
 }
 
 // reap deletes sealed, fully acknowledged segments. Called with mu held.
@@ -582,7 +712,7 @@ func (s *Spool) Stats() Stats {
 	return Stats{
 		Bytes: s.bytes, Segments: len(s.segs), NextSeq: s.nextSeq, AckedBelow: s.acked,
 		Replayed: s.replayed, TornFrames: s.torn, TornBytes: s.tornBytes, Syncs: s.syncs,
-		WriteErrors: s.writeErrs, Full: s.full, OldestUnacked: s.oldestLocked(time.Now()).String(),
+		AckSaves: s.ackSaves, AckSaveErrors: s.ackErrs, WriteErrors: s.writeErrs, Full: s.full, OldestUnacked: s.oldestLocked(time.Now()).String(),
 	}
 }
 
