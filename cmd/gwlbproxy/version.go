@@ -5,28 +5,20 @@ import (
 	"fmt"
 	"io"
 	"runtime"
-	"runtime/debug"
+
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/buildinfo"
 )
 
-// version is set at build time with -ldflags "-X main.version=v1.2.3".
-var version = ""
-
 func versionString() string {
-	v := version
-	if v == "" {
-		v = "devel"
-		if bi, ok := debug.ReadBuildInfo(); ok {
-			if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-				v = bi.Main.Version
-			}
-			for _, s := range bi.Settings {
-				if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-					v += "+" + s.Value[:12]
-				}
-			}
+	i := buildinfo.Get()
+	v := i.Version
+	if i.Commit != "" && len(i.Commit) >= 12 {
+		v += " commit " + i.Commit[:12]
+		if i.Modified {
+			v += "+dirty"
 		}
 	}
-	return fmt.Sprintf("gwlbproxy %s (%s %s/%s)", v, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return fmt.Sprintf("gwlbproxy %s (%s %s/%s)", v, i.GoVersion, runtime.GOOS, runtime.GOARCH)
 }
 
 func cmdVersion(_ context.Context, args []string, stdout, stderr io.Writer) error {

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/gwlbproxy/gwlbproxy/ca"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/buildinfo"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/health"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/lifecycle"
@@ -48,7 +49,8 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 
 	c.Runtime.Apply()
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildinfo.Collector())
 	hs := health.New(c.Health.Mode)
 
 	instanceID := c.InstanceID

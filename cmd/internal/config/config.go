@@ -86,7 +86,7 @@ func Default() Config {
 	return Config{
 		Log:        LogConfig{Level: "info", Format: "text"},
 		Health:     HealthConfig{Listen: ":80", Mode: "full"},
-		Metrics:    MetricsConfig{Listen: "127.0.0.1:9100"},
+		Metrics:    MetricsConfig{Listen: "127.0.0.1:16081"},
 		Drain:      DrainConfig{Deadline: 60 * time.Second},
 		Lifecycle:  lifecycle.DefaultConfig(),
 		Runtime:    RuntimeConfig{GCPercent: 400},

@@ -30,7 +30,7 @@ import (
 // Appliance addresses inside its namespace.
 const (
 	HealthPort  = 8080 // on gwlbsim.ApplianceAddr, where GWLB would probe
-	MetricsAddr = "127.0.0.1:9100"
+	MetricsAddr = "127.0.0.1:16081"
 )
 
 // ApplianceCAName is the subject of the generated appliance CA.

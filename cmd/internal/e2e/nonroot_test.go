@@ -188,6 +188,20 @@ func TestNonRootUnitCapabilities(t *testing.T) {
 	if err != nil || code != http.StatusOK {
 		t.Fatalf("health on :80: %d %v", code, err)
 	}
+	m, err := e.Metrics(ctx)
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	found := false
+	for k, v := range m {
+		if strings.HasPrefix(k, "gwlbproxy_build_info{") && v == 1 {
+			t.Logf("metrics on %s: %s", demo.MetricsAddr, k)
+			found = true
+		}
+	}
+	if !found {
+		t.Error("no gwlbproxy_build_info metric")
+	}
 	for _, url := range []string{"https://" + demo.HostApp + "/", "http://" + demo.HostApp + "/"} {
 		r := e.Clients[0].Get(ctx, url)
 		if r.Err != nil || r.Status != 200 {
