@@ -70,9 +70,9 @@ packer validate -var "binary=$bin" configs/packer/gwlbproxy.json
 step "systemd-analyze verify configs/gwlbproxy.service"
 if command -v systemd-analyze >/dev/null && [[ -d /usr/lib/systemd/system ]]; then
 	sysroot=$work/root
-	mkdir -p "$sysroot/usr/lib/systemd" "$sysroot/etc/systemd/system" "$sysroot/usr/local/bin"
+	mkdir -p "$sysroot/usr/lib/systemd" "$sysroot/etc/systemd/system" "$sysroot/usr/bin"
 	cp -a /usr/lib/systemd/system "$sysroot/usr/lib/systemd/"
-	cp "$bin" "$sysroot/usr/local/bin/gwlbproxy"
+	cp "$bin" "$sysroot/usr/bin/gwlbproxy"
 	verify() { # verify <unit file>: prints findings; systemd exits 0 on many of them
 		cp "$1" "$sysroot/etc/systemd/system/gwlbproxy.service"
 		systemd-analyze verify --man=no --root="$sysroot" gwlbproxy.service 2>&1 || echo "(exit status $?)"

@@ -10,8 +10,10 @@ import (
 	"encoding/pem"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -265,5 +267,42 @@ func TestLoadFilesIntermediateBundle(t *testing.T) {
 	}
 	if err := verifyLeaf(c.Certificate[0], c.Certificate[1:], rootPool(root), "bundle.example", time.Now()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestInitOwner: with an owner the service user can read the key (as the
+// unit's User= does) while its mode stays 0600 and others cannot enter
+// the directory.
+func TestInitOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown needs root")
+	}
+	const uid, gid = 65534, 65534
+	base := t.TempDir()
+	os.Chmod(base, 0o711) // let the test user traverse
+	os.Chmod(filepath.Dir(base), 0o711)
+	dir := filepath.Join(base, "ca")
+	if err := Init(dir, InitOptions{Owner: &Owner{UID: uid, GID: gid}}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(filepath.Join(dir, KeyFileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys := st.Sys().(*syscall.Stat_t)
+	if st.Mode().Perm() != 0o600 || sys.Uid != uid || sys.Gid != gid {
+		t.Fatalf("key mode %o owner %d:%d, want 0600 %d:%d", st.Mode().Perm(), sys.Uid, sys.Gid, uid, gid)
+	}
+	dst, _ := os.Stat(dir)
+	dsys := dst.Sys().(*syscall.Stat_t)
+	if dst.Mode().Perm() != 0o750 || dsys.Uid != 0 || dsys.Gid != gid {
+		t.Fatalf("dir mode %o owner %d:%d, want 0750 0:%d", dst.Mode().Perm(), dsys.Uid, dsys.Gid, gid)
+	}
+	// Read it as that user, with no capabilities.
+	cmd := exec.Command("cat", filepath.Join(dir, KeyFileName))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid}}
+	out, err := cmd.Output()
+	if err != nil || !strings.Contains(string(out), "PRIVATE KEY") {
+		t.Fatalf("service user cannot read its key: %v", err)
 	}
 }

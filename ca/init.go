@@ -33,7 +33,14 @@ type InitOptions struct {
 	Validity time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Owner, if set, owns the key file (mode stays 0600) and, as group,
+	// the directory (mode 0750): the service user reads its key without
+	// the key's mode being loosened. Nil leaves both to the caller (root).
+	Owner *Owner
 }
+
+// Owner is a numeric user and group.
+type Owner struct{ UID, GID int }
 
 func (o InitOptions) withDefaults() InitOptions {
 	if o.CommonName == "" {
@@ -116,6 +123,19 @@ func Init(dir string, opts InitOptions) error {
 
 	if err := writeExcl(keyPath, keyPEM, 0o600); err != nil {
 		return fmt.Errorf("ca init: %w", err)
+	}
+	if o := opts.Owner; o != nil {
+		err := os.Chown(keyPath, o.UID, o.GID)
+		if err == nil {
+			err = os.Chown(dir, -1, o.GID)
+		}
+		if err == nil {
+			err = os.Chmod(dir, 0o750)
+		}
+		if err != nil {
+			os.Remove(keyPath)
+			return fmt.Errorf("ca init: owner: %w", err)
+		}
 	}
 	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: certDER})
 	if err := writeExcl(certPath, certPEM, 0o644); err != nil {

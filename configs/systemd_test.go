@@ -95,7 +95,7 @@ func TestUnit(t *testing.T) {
 		"Type":             "notify",
 		"NotifyAccess":     "main",
 		"Restart":          "always",
-		"ExecStart":        "/usr/local/bin/gwlbproxy run --config " + configPath,
+		"ExecStart":        "/usr/bin/gwlbproxy run --config " + configPath,
 		"StateDirectory":   "gwlbproxy",
 		"NoNewPrivileges":  "yes",
 		"ProtectSystem":    "strict",

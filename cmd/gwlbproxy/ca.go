@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
@@ -47,16 +49,32 @@ func cmdCAInit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	name := fs.String("name", "gwlbproxy CA", "subject common name")
 	org := fs.String("org", "", "subject organization")
 	validity := fs.Duration("validity", 10*365*24*time.Hour, "validity of the root certificate")
+	owner := fs.String("owner", "", "user (e.g. gwlbproxy, the unit's User=) that owns ca.key (mode stays 0600) and whose group may enter --dir (0750)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	opts := ca.InitOptions{CommonName: *name, Organization: *org, Validity: *validity}
+	if *owner != "" {
+		u, err := user.Lookup(*owner)
+		if err != nil {
+			return fmt.Errorf("--owner: %w", err)
+		}
+		uid, err1 := strconv.Atoi(u.Uid)
+		gid, err2 := strconv.Atoi(u.Gid)
+		if err1 != nil || err2 != nil {
+			return fmt.Errorf("--owner %s: non-numeric uid %q or gid %q", *owner, u.Uid, u.Gid)
+		}
+		opts.Owner = &ca.Owner{UID: uid, GID: gid}
+	}
 	if *kmsKey == "" {
 		if err := ca.Init(*dir, opts); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "created %s (key %s, mode 0600)\n",
 			filepath.Join(*dir, ca.CertFileName), filepath.Join(*dir, ca.KeyFileName))
+		if *owner != "" {
+			fmt.Fprintf(stdout, "key owned by %s\n", *owner)
+		}
 		return nil
 	}
 	if *out == "" {
