@@ -11,7 +11,7 @@ if [ -f .git ]; then
 	# describes a local clone of the committed tree instead.
 	tmp=$(mktemp -d)
 	trap 'rm -rf "$tmp"' EXIT
-	git clone -q --shared "$src" "$tmp/src"
+	git clone -q "$src" "$tmp/src"
 	src=$tmp/src
 fi
 go tool cyclonedx-gomod app -json -licenses -main cmd/gwlbproxy -output "$out" "$src"
