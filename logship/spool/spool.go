@@ -200,8 +200,11 @@ func Open(cfg Config, log *slog.Logger) (*Spool, error) {
 		for _, r := range s.skip {
 			s.replayed -= r.to - r.from
 		}
-		s.log.Info("spool: replay starts after the saved acknowledged position",
-			"first_unacked", s.acked, "records", s.replayed, "saved", haveSaved)
+	}
+	if s.replayed > 0 {
+		s.log.Info("spool: replaying unacknowledged records", "records", s.replayed,
+			"first_unacked", s.acked, "acked_ranges", len(s.skip), "bytes", s.bytes,
+			"segments", len(s.segs), "torn_frames", s.torn)
 	}
 	s.durable = s.nextSeq
 	s.ackSaved = ackState{pos: s.acked, ranges: append([]ackRange(nil), s.skip...)}
@@ -259,8 +262,6 @@ func (s *Spool) recover() error {
 	}
 	if len(s.segs) > 0 {
 		s.cps = append(s.cps, checkpoint{seq: s.segs[0].first, at: time.UnixMilli(firstTS)})
-		s.log.Info("spool: replaying unacknowledged records", "records", s.replayed,
-			"bytes", s.bytes, "segments", len(s.segs), "torn_frames", s.torn)
 	}
 	return nil
 }
