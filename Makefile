@@ -26,7 +26,7 @@ release:
 	  mkdir -p .release-stage && cp $(DIST)/gwlbproxy-linux-$$a .release-stage/gwlbproxy || exit 1; \
 	  VERSION=$(DEB_VERSION) ARCH=$$a \
 	    $(GO) tool nfpm package --config configs/deb/nfpm.yaml --packager deb --target $(DIST)/gwlbproxy_$(DEB_VERSION)_$$a.deb || exit 1; \
-	  CGO_ENABLED=0 GOOS=linux GOARCH=$$a sh configs/deb/sbom.sh $(DIST)/gwlbproxy-linux-$$a.cdx.json || exit 1; \
+	  sh configs/deb/sbom.sh $(DIST)/gwlbproxy-linux-$$a.cdx.json linux $$a || exit 1; \
 	done
 	rm -rf .release-stage
 	cd $(DIST) && sha256sum gwlbproxy-linux-* gwlbproxy_*.deb > SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS && cat SHA256SUMS
