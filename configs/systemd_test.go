@@ -106,6 +106,10 @@ func TestUnit(t *testing.T) {
 		"User":             "gwlbproxy",
 		"KillSignal":       "SIGTERM",
 		"RuntimeDirectory": "gwlbproxy",
+		// File sink under ProtectSystem=strict.
+		"LogsDirectory": "gwlbproxy",
+		// Config error (78) and missing capability (77) must not loop.
+		"RestartPreventExitStatus": "77 78",
 	}
 	for _, k := range sortedKeys(want) {
 		if got := u.get("Service", k); got != want[k] {

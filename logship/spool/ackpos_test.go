@@ -301,6 +301,9 @@ func TestAckRangesSurviveCrash(t *testing.T) {
 	if st := s2.Stats(); st.Replayed != uint64(want) {
 		t.Errorf("stats replayed %d, want %d", st.Replayed, want)
 	}
+	if u := s2.Unacked(); u != uint64(want) {
+		t.Errorf("unacked %d after the restart, want %d (restored ranges are acknowledged)", u, want)
+	}
 	// Acknowledging the replay as one batch tiling the gap (as the
 	// batcher cuts it) reaches the end.
 	s2.Ack(100, n)

@@ -669,11 +669,31 @@ func (s *Spool) FirstUnacked() uint64 {
 	return s.acked
 }
 
-// Unacked reports how many records are appended but not acknowledged.
+// Unacked reports how many records are appended but not acknowledged
+// (ranges acknowledged out of order do not count).
 func (s *Spool) Unacked() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.nextSeq - s.acked
+	n := s.nextSeq - s.acked
+	if len(s.ackedOOO) == 0 {
+		return n
+	}
+	rs := make([]ackRange, 0, len(s.ackedOOO))
+	for from, to := range s.ackedOOO {
+		if from >= s.acked {
+			rs = append(rs, ackRange{from, min(to, s.nextSeq)})
+		}
+	}
+	sort.Slice(rs, func(i, j int) bool { return rs[i].from < rs[j].from })
+	end := s.acked // ranges may overlap after a restart: count their union
+	for _, r := range rs {
+		from := max(r.from, end)
+		if r.to > from {
+			n -= r.to - from
+			end = r.to
+		}
+	}
+	return n
 }
 
 // OldestUnacked returns how long the oldest unacknowledged record has been
