@@ -14,6 +14,7 @@ import (
 	"sort"
 	"syscall"
 
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/buildinfo"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/nsexec"
 )
 
@@ -57,6 +58,9 @@ func main() {
 	if err := nsexec.Enter(); err != nil {
 		fmt.Fprintf(os.Stderr, "gwlbproxy: %v\n", err)
 		os.Exit(1)
+	}
+	if version != "" {
+		buildinfo.SetVersion(version)
 	}
 	os.Exit(runMain(os.Args[1:], os.Stdout, os.Stderr))
 }

@@ -9,6 +9,10 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/buildinfo"
 )
 
+// version may be stamped with -ldflags "-X main.version=v1.2.3" (older
+// build scripts); make build/release stamp cmd/internal/buildinfo instead.
+var version = ""
+
 func versionString() string {
 	i := buildinfo.Get()
 	v := i.Version

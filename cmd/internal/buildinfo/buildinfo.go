@@ -19,6 +19,15 @@ var (
 	commit  string
 )
 
+// SetVersion sets the release version when the build was stamped the
+// older way, -X main.version=... (main calls it before anything reads
+// Get). A version stamped into this package wins.
+func SetVersion(v string) {
+	if version == "" {
+		version = v
+	}
+}
+
 // Info identifies the build.
 type Info struct {
 	Version   string // release version, "devel" when not stamped
