@@ -16,9 +16,13 @@ import (
 // in parallel, so one batch stuck in retries must not make every later,
 // already delivered batch go out again.
 //
-// The writer goroutine group-commits it like the frames: acknowledgements
-// that arrive while it is busy are coalesced into one positional write and
-// one fdatasync. The file holds two 512-byte slots (separate sectors),
+// The writer goroutine writes it on every acknowledgement it sees
+// (acknowledgements that arrive while it is busy are coalesced into one
+// positional write of at most 512 bytes, which survives kill -9, a watchdog
+// abort or an OOM kill as soon as it returns) and fsyncs it group-committed
+// like the frames, at most once per sync interval, so a power loss forgets
+// at most one interval of acknowledgements. An older state is always safe:
+// it only means more records are sent again. The file holds two 512-byte slots (separate sectors),
 // written alternately, each
 //
 //	0  uint64 acknowledged-below sequence
@@ -105,7 +109,8 @@ func openAckFile(dir string) (*ackFile, ackState, bool, error) {
 	return a, st, found, nil
 }
 
-// save writes st into the older slot and makes it durable.
+// save writes st into the older slot (into the page cache: it survives a
+// crash of the process; sync makes it survive power loss).
 func (a *ackFile) save(st ackState) error {
 	gen := a.gen + 1
 	b := a.buf[:]
@@ -123,11 +128,11 @@ func (a *ackFile) save(st ackState) error {
 	if _, err := a.f.WriteAt(b[:end+4], int64(gen%2)*ackSlotSize); err != nil {
 		return err
 	}
-	if err := a.f.Sync(); err != nil {
-		return err
-	}
 	a.gen = gen
 	return nil
 }
+
+// sync makes the slots written so far durable.
+func (a *ackFile) sync() error { return a.f.Sync() }
 
 func (a *ackFile) close() error { return a.f.Close() }

@@ -94,6 +94,7 @@ type Stats struct {
 	TornBytes     int64  `json:"torn_bytes"`
 	Syncs         uint64 `json:"syncs"`
 	AckSaves      uint64 `json:"ack_saves"`
+	AckSyncs      uint64 `json:"ack_syncs"`
 	AckSaveErrors uint64 `json:"ack_save_errors"`
 	WriteErrors   uint64 `json:"write_errors"`
 	Full          bool   `json:"full"`
@@ -135,7 +136,10 @@ type Spool struct {
 	// reader passes over them. Set by Open, emptied once acked passes them.
 	skip      []ackRange
 	ackSaves  uint64
+	ackSyncs  uint64
 	ackErrs   uint64
+	ackDirty  bool      // written since the last fsync of the ack file
+	ackSynced time.Time // last fsync of the ack file
 	ackWanted bool
 
 	ready chan struct{} // reader wake-up, capacity 1
@@ -471,7 +475,7 @@ func (s *Spool) writer() {
 			s.durable = act.next
 			s.mu.Unlock()
 		}
-		s.saveAck()
+		s.saveAck(stopping || len(waiters) > 0)
 		if werr == nil && !dirty && act.size >= s.cfg.SegmentBytes && !stopping {
 			if err := s.rotate(act); err != nil {
 				werr = err
@@ -590,11 +594,12 @@ func (s *Spool) Ack(from, to uint64) {
 	s.reap()
 }
 
-// saveAck persists the acknowledged position if it moved, clamped to the
-// fsynced frames. Called by the writer goroutine only: every
-// acknowledgement since the last call is committed by one write and one
-// fdatasync.
-func (s *Spool) saveAck() {
+// saveAck writes the acknowledged state if it moved, clamped to the
+// fsynced frames, and fsyncs it once per sync interval (or now, with
+// force). Called by the writer goroutine only: every acknowledgement since
+// the last call is committed by one write.
+func (s *Spool) saveAck(force bool) {
+	defer s.syncAck(force)
 	s.mu.Lock()
 	st := ackState{pos: min(s.acked, s.durable)}
 	behind := s.acked > st.pos
@@ -638,6 +643,26 @@ func (s *Spool) saveAck() {
 		return
 	}
 	s.ackSaved = st
+	s.ackDirty = true
+}
+
+// syncAck fsyncs the ack file if it was written and the group-commit
+// interval passed (or force).
+func (s *Spool) syncAck(force bool) {
+	if !s.ackDirty || !force && time.Since(s.ackSynced) < s.cfg.SyncInterval {
+		return
+	}
+	if err := s.ackf.sync(); err != nil {
+		s.mu.Lock()
+		s.ackErrs++
+		s.mu.Unlock()
+		s.log.Error("spool: fsync of the acknowledged position", "err", err)
+		return
+	}
+	s.ackDirty, s.ackSynced = false, time.Now()
+	s.mu.Lock()
+	s.ackSyncs++
+	s.mu.Unlock()
 }
 
 // reap deletes sealed, fully acknowledged segments. Called with mu held.
@@ -733,7 +758,7 @@ func (s *Spool) Stats() Stats {
 	return Stats{
 		Bytes: s.bytes, Segments: len(s.segs), NextSeq: s.nextSeq, AckedBelow: s.acked,
 		Replayed: s.replayed, TornFrames: s.torn, TornBytes: s.tornBytes, Syncs: s.syncs,
-		AckSaves: s.ackSaves, AckSaveErrors: s.ackErrs, WriteErrors: s.writeErrs, Full: s.full, OldestUnacked: s.oldestLocked(time.Now()).String(),
+		AckSaves: s.ackSaves, AckSyncs: s.ackSyncs, AckSaveErrors: s.ackErrs, WriteErrors: s.writeErrs, Full: s.full, OldestUnacked: s.oldestLocked(time.Now()).String(),
 	}
 }
 
