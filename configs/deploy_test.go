@@ -245,6 +245,59 @@ func TestUserDataConfig(t *testing.T) {
 	}
 }
 
+// TestUserDataSignalScript runs the user data's shell script with a fake
+// systemctl (succeeding, then failing) and a fake gwlbproxy that records its
+// arguments: a unit that reached READY is reported as success, one that
+// failed as failure, and the signal names the stack and the group.
+func TestUserDataSignalScript(t *testing.T) {
+	tpl := mustTemplate(t)
+	_, sub := userDataSub(t, tpl)
+	rendered, err := subString(sub, sampleValue(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cc struct {
+		Runcmd [][]string `yaml:"runcmd"`
+	}
+	if err := yaml.Unmarshal([]byte(rendered), &cc); err != nil {
+		t.Fatal(err)
+	}
+	checkRuncmd(t, cc.Runcmd)
+	dir := t.TempDir()
+	record := filepath.Join(dir, "args")
+	fake := filepath.Join(dir, "gwlbproxy")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\nprintf '%s\\n' \"$@\" > "+record+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script := strings.ReplaceAll(cc.Runcmd[0][2], "/usr/bin/gwlbproxy ", fake+" ")
+	for _, c := range []struct {
+		systemctlExit int
+		want          string
+	}{{0, "success"}, {1, "failure"}} {
+		if err := os.WriteFile(filepath.Join(dir, "systemctl"), fmt.Appendf(nil, "#!/bin/sh\n[ \"$1 $2\" = 'start gwlbproxy.service' ] || exit 99\nexit %d\n", c.systemctlExit), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		os.Remove(record)
+		cmd := exec.Command("sh", "-c", script)
+		cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("script: %v\n%s", err, out)
+		}
+		data, err := os.ReadFile(record)
+		if err != nil {
+			t.Fatalf("systemctl exit %d: cfn-signal not run: %v", c.systemctlExit, err)
+		}
+		args := strings.Fields(string(data))
+		i := slices.Index(args, "--status")
+		if args[0] != "cfn-signal" || i < 0 || args[i+1] != c.want {
+			t.Errorf("systemctl exit %d: cfn-signal %q, want --status %s", c.systemctlExit, args, c.want)
+		}
+		if j := slices.Index(args, "--stack"); j < 0 || args[j+1] != sampleParams["AWS::StackName"] {
+			t.Errorf("cfn-signal %q does not name the stack %s", args, sampleParams["AWS::StackName"])
+		}
+	}
+}
+
 // checkRuncmd checks the user data's commands: one shell script that
 // starts the unit (for Type=notify, `systemctl start` returns when the
 // daemon is READY, non-zero if it failed) and then execs cfn-signal with
