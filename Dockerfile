@@ -15,8 +15,9 @@
 #     -v /etc/gwlbproxy:/etc/gwlbproxy:ro \
 #     -v /var/lib/gwlbproxy:/var/lib/gwlbproxy \
 #     gwlbproxy
-# Not --security-opt no-new-privileges: with it execve ignores file
-# capabilities and the daemon starts with none. The image holds no live
+# --security-opt no-new-privileges is fine with Docker 24 or later (which
+# keeps the added capabilities permitted, moby#45511); older engines then
+# start the daemon without capabilities. The image holds no live
 # config: mount /etc/gwlbproxy with gwlbproxy.yaml and the CA (readable by
 # uid 65532); an example is in /usr/share/doc/gwlbproxy/. /proc/sys is
 # read-only in a container and not writable by uid 65532: set
