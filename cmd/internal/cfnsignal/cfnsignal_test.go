@@ -119,3 +119,43 @@ func TestWaitHealthy(t *testing.T) {
 		t.Fatal("a 503 health check passed")
 	}
 }
+
+// A fresh instance role can answer AccessDenied for a few seconds: that is
+// retried, not treated as final.
+func TestSendRetriesAccessDenied(t *testing.T) {
+	fake := &cfnfake.CloudFormation{
+		Waiting: map[string]bool{"egress/AutoScalingGroup": true},
+		Fail:    []string{"AccessDenied"},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	sig := Signal{Stack: "egress", Resource: "AutoScalingGroup", UniqueID: "i-0abc", Success: true}
+	if err := Send(ctx, testClient(t, fake), sig, quiet); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(fake.Signals()); n != 1 {
+		t.Fatalf("%d signals after AccessDenied, want 1", n)
+	}
+}
+
+func TestIdentityHostile(t *testing.T) {
+	for name, h := range map[string]http.Handler{
+		"no region": cfnfake.IMDS{InstanceID: "i-1"},
+		"garbage": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPut {
+				io.WriteString(w, "tok")
+				return
+			}
+			io.WriteString(w, "{not json")
+		}),
+		"401": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(401) }),
+	} {
+		srv := httptest.NewServer(h)
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		if id, region, err := Identity(ctx, srv.URL); err == nil {
+			t.Errorf("%s: Identity = %q %q, want an error", name, id, region)
+		}
+		cancel()
+		srv.Close()
+	}
+}
