@@ -5,7 +5,7 @@
 #   make release                      # dist/gwlbproxy_<version>_{amd64,arm64}.deb
 #   packer init configs/packer
 #   packer build -var version=<version> configs/packer
-# One architecture only: -only='amazon-ebs.amd64' (or arm64).
+# One architecture only: -only='*.amazon-ebs.amd64' (or arm64).
 #
 # Nothing is fetched from the internet beyond the base AMI and the Ubuntu
 # archive packages the .deb depends on: configs/provision.sh (shared with
