@@ -12,6 +12,7 @@ type metrics struct {
 	upErrs    prometheus.Counter
 	shipFail  prometheus.Counter
 	refused   prometheus.Counter
+	binding   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -34,9 +35,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Records the Recorder did not accept."}),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "gwlbproxy_proxy_connections_refused_total",
 			Help: "Connections reset at once because Admit refused them (log spool full under fail_closed)."}),
+		binding: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gwlbproxy_proxy_binding_total",
+			Help: "Destination binding checks (new name on a connection), by outcome: match, mismatch, resolve-failed, none (rule opt-out), off."}, []string{"result"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.accepted, m.decisions, m.requests, m.active, m.limited, m.helloFail, m.upErrs, m.shipFail, m.refused} {
+		for _, c := range []prometheus.Collector{m.binding, m.accepted, m.decisions, m.requests, m.active, m.limited, m.helloFail, m.upErrs, m.shipFail, m.refused} {
 			reg.MustRegister(c)
 		}
 	}

@@ -119,6 +119,9 @@ type Deps struct {
 	SelfAddrs func() ([]netip.Addr, error)
 	// InstanceID goes into every record. Empty: the host name.
 	InstanceID string
+	// Binder checks destination binding. Nil: a resolve.Resolver built
+	// from Config.Binding (none when binding.mode is off).
+	Binder Binder
 }
 
 // Proxy is the inspecting proxy. Create with New.
@@ -137,6 +140,10 @@ type Proxy struct {
 	sem   chan struct{}
 	m     *metrics
 	stats counters
+	// binder is nil when binding is off.
+	binder         Binder
+	bindReportOnly bool
+	bindTimeout    time.Duration
 
 	mu        sync.Mutex
 	listeners map[net.Listener]string
@@ -197,6 +204,10 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 		ctx:       ctx, stop: cancel,
 	}
 	p.m = newMetrics(reg)
+	if err := p.setupBinding(reg); err != nil {
+		cancel()
+		return nil, err
+	}
 	p.up = newUpstream(p)
 	p.gp = p.newGoproxy()
 	p.srv = &http.Server{
