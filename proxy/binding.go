@@ -124,7 +124,7 @@ func (p *Proxy) bindLookup(st *connState, b *bindResult) {
 	case err != nil:
 		b.status, b.rule = bindFailed, RuleBindResolveFaild
 		b.detail = "The proxy could not resolve " + b.name + " to check that " + dst.String() + " is one of its addresses."
-		p.log.Info("proxy: binding: resolving failed", "name", b.name, "dst", dst.String(), "err", err)
+		p.log.Debug("proxy: binding: resolving failed", "name", b.name, "dst", dst.String(), "err", err)
 	case res.Match:
 		b.status = bindMatch
 	default:
@@ -190,4 +190,54 @@ func (p *Proxy) setupBinding(reg prometheus.Registerer) error {
 	p.log.Info("proxy: destination binding", "mode", bc.Mode, "servers", r.Servers())
 	p.binder = r
 	return nil
+}
+
+// ExplainBinding describes, for `gwlbproxy check --explain`, what
+// destination binding does under c: the mode, whom it asks, its cache
+// rules, and the rules that opt out.
+func (c *Config) ExplainBinding() string {
+	bc := c.Binding
+	rc := bc.Resolver
+	var sb strings.Builder
+	mode := bc.Mode
+	if c.Policy.ReportOnly && mode == BindEnforce {
+		mode = BindReportOnly + " (policy.report_only)"
+	}
+	fmt.Fprintf(&sb, "mode: %s\n", mode)
+	switch bc.Mode {
+	case BindOff:
+		sb.WriteString("  no check: a client may send an allowed Host or SNI to any address\n")
+		return sb.String()
+	case BindReportOnly:
+		sb.WriteString("  mismatches and resolver failures are recorded (rule report_only:bind:...) and pass\n")
+	default:
+		sb.WriteString("  allow/splice on a name whose addresses do not include the destination: deny, rule " + RuleBindMismatch + "\n")
+		sb.WriteString("  name not resolvable (timeout, SERVFAIL): deny, rule " + RuleBindResolveFaild + "\n")
+	}
+	if len(rc.Servers) > 0 {
+		fmt.Fprintf(&sb, "servers: %s\n", strings.Join(rc.Servers, ", "))
+	} else if r, err := resolve.New(rc); err == nil {
+		fmt.Fprintf(&sb, "servers: %s (from %s)\n", strings.Join(r.Servers(), ", "), rc.ResolvConf)
+	} else {
+		fmt.Fprintf(&sb, "servers: from %s, which cannot be used here: %v\n", rc.ResolvConf, err)
+	}
+	fmt.Fprintf(&sb, "lookup timeout %v; TTL clamped to %v..%v; negative answers up to %v; failures remembered %v\n",
+		rc.Timeout, rc.MinTTL, rc.MaxTTL, rc.NegativeTTL, rc.FailureTTL)
+	fmt.Fprintf(&sb, "addresses stay valid %v after their TTL; a miss re-resolves once (at most every %v per name)\n",
+		rc.Retain, rc.RequeryInterval)
+	fmt.Fprintf(&sb, "cache: %d names, %d addresses per name\n", rc.MaxNames, rc.MaxAddrs)
+	n := 0
+	for _, r := range c.Policy.Rules {
+		if r.Bind == policy.BindNone && r.Action != policy.Deny {
+			if n == 0 {
+				sb.WriteString("rules without binding (bind: none):\n")
+			}
+			n++
+			fmt.Fprintf(&sb, "  %s (%s %s)\n", r.Name, r.Action, strings.Join(r.Domains, ", "))
+		}
+	}
+	if n == 0 {
+		sb.WriteString("every allow and splice rule is bound\n")
+	}
+	return sb.String()
 }

@@ -194,7 +194,11 @@ func (p *Proxy) bump(st *connState, rc *replayConn, h *Hello) {
 		NextProtos:   protos,
 	})
 	if err := tc.HandshakeContext(ctx); err != nil {
-		p.closeWith(st, "error", st.rec.Rule, "client handshake: "+err.Error())
+		action := "error"
+		if st.fixed != nil && st.fixed.action == "deny" {
+			action = "deny" // a deny page the client would not accept is still a deny
+		}
+		p.closeWith(st, action, st.rec.Rule, "client handshake: "+err.Error())
 		return
 	}
 	cs := tc.ConnectionState()

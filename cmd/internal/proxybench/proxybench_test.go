@@ -59,7 +59,7 @@ func TestRunShort(t *testing.T) {
 	res.WriteTable(&out)
 	t.Logf("\n%s", out.String())
 
-	proxies := []string{"none", "gwlbproxy"}
+	proxies := []string{"none", "gwlbproxy", BindOffRow}
 	if cfg.Squid != "" {
 		proxies = append(proxies, "squid")
 	}
