@@ -286,7 +286,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	os.Remove(records)
 	for round := 1; round <= cfg.Rounds; round++ {
 		cfg.Log.Info("round", "n", round, "of", cfg.Rounds)
-		if err := runRound(ctx, cfg, &res, t, dir, records, bumpCert, bumpKey, upCA, upRoots, bumpRoots, scenarios); err != nil {
+		if err := runRound(ctx, cfg, round, &res, t, dir, records, bumpCert, bumpKey, upCA, upRoots, bumpRoots, scenarios); err != nil {
 			return res, err
 		}
 	}
@@ -294,7 +294,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 }
 
 // runRound runs no proxy, gwlbproxy and Squid once each.
-func runRound(ctx context.Context, cfg Config, res *Result, t *topology, dir, records, bumpCert, bumpKey, upCA string,
+func runRound(ctx context.Context, cfg Config, round int, res *Result, t *topology, dir, records, bumpCert, bumpKey, upCA string,
 	upRoots, bumpRoots *x509.CertPool, scenarios func(string, *x509.CertPool, *proc) error) error {
 	const gwPort, squidPort = 3443, 3130
 	if cfg.Baseline {
@@ -323,11 +323,19 @@ func runRound(ctx context.Context, cfg Config, res *Result, t *topology, dir, re
 		res.LogLines[name] = countLines(records)
 		return nil
 	}
-	if err := gw("gwlbproxy", records, "enforce", cfg.Profile); err != nil {
-		return err
-	}
+	// Binding on and off take turns going first, round by round, so
+	// neither always runs on a warmer (or busier) machine.
+	runs := []func() error{func() error { return gw("gwlbproxy", records, "enforce", cfg.Profile) }}
 	if cfg.CompareBinding {
-		if err := gw(BindOffRow, records+".bindoff", "off", ""); err != nil {
+		off := func() error { return gw(BindOffRow, records+".bindoff", "off", "") }
+		if round%2 == 0 {
+			runs = append([]func() error{off}, runs...)
+		} else {
+			runs = append(runs, off)
+		}
+	}
+	for _, run := range runs {
+		if err := run(); err != nil {
 			return err
 		}
 	}

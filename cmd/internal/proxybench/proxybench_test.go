@@ -81,7 +81,7 @@ func TestRunShort(t *testing.T) {
 			t.Errorf("%s logged %d lines for %d requests", p, res.LogLines[p], res.Sent[p])
 		}
 	}
-	if !strings.Contains(out.String(), "gwlbproxy  new-conn") {
+	if !strings.Contains(out.String(), "gwlbproxy   new-conn") || !strings.Contains(out.String(), "destination binding on vs off new-conn") {
 		t.Errorf("table lacks the gwlbproxy row:\n%s", out.String())
 	}
 }
