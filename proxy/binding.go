@@ -31,8 +31,8 @@ const (
 
 // Binding rule names in records and pages.
 const (
-	RuleBindMismatch     = "bind:dst-mismatch"
-	RuleBindResolveFaild = "bind:resolve-failed"
+	RuleBindMismatch      = "bind:dst-mismatch"
+	RuleBindResolveFailed = "bind:resolve-failed"
 )
 
 // Record "bind" values.
@@ -122,7 +122,7 @@ func (p *Proxy) bindLookup(st *connState, b *bindResult) {
 	res, err := p.binder.Bound(ctx, b.name, dst)
 	switch {
 	case err != nil:
-		b.status, b.rule = bindFailed, RuleBindResolveFaild
+		b.status, b.rule = bindFailed, RuleBindResolveFailed
 		b.detail = "The proxy could not resolve " + b.name + " to check that " + dst.String() + " is one of its addresses."
 		p.log.Debug("proxy: binding: resolving failed", "name", b.name, "dst", dst.String(), "err", err)
 	case res.Match:
@@ -187,7 +187,11 @@ func (p *Proxy) setupBinding(reg prometheus.Registerer) error {
 	if err != nil {
 		return fmt.Errorf("proxy config: binding.%w", err)
 	}
-	p.log.Info("proxy: destination binding", "mode", bc.Mode, "servers", r.Servers())
+	if servers, err := r.ServerList(); err != nil {
+		p.log.Error("proxy: destination binding has no DNS server: every name-based allow and splice is denied (bind:resolve-failed) until this is fixed", "err", err)
+	} else {
+		p.log.Info("proxy: destination binding", "mode", bc.Mode, "servers", servers)
+	}
 	p.binder = r
 	return nil
 }
@@ -212,14 +216,16 @@ func (c *Config) ExplainBinding() string {
 		sb.WriteString("  mismatches and resolver failures are recorded (rule report_only:bind:...) and pass\n")
 	default:
 		sb.WriteString("  allow/splice on a name whose addresses do not include the destination: deny, rule " + RuleBindMismatch + "\n")
-		sb.WriteString("  name not resolvable (timeout, SERVFAIL): deny, rule " + RuleBindResolveFaild + "\n")
+		sb.WriteString("  name not resolvable (timeout, SERVFAIL): deny, rule " + RuleBindResolveFailed + "\n")
 	}
 	if len(rc.Servers) > 0 {
 		fmt.Fprintf(&sb, "servers: %s\n", strings.Join(rc.Servers, ", "))
-	} else if r, err := resolve.New(rc); err == nil {
-		fmt.Fprintf(&sb, "servers: %s (from %s)\n", strings.Join(r.Servers(), ", "), rc.ResolvConf)
+	} else if r, err := resolve.New(rc); err != nil {
+		fmt.Fprintf(&sb, "servers: %v\n", err)
+	} else if servers, err := r.ServerList(); err != nil {
+		fmt.Fprintf(&sb, "servers: from %s, unusable here (every check would fail closed): %v\n", rc.ResolvConf, err)
 	} else {
-		fmt.Fprintf(&sb, "servers: from %s, which cannot be used here: %v\n", rc.ResolvConf, err)
+		fmt.Fprintf(&sb, "servers: %s (from %s, read again when it changes)\n", strings.Join(servers, ", "), rc.ResolvConf)
 	}
 	fmt.Fprintf(&sb, "lookup timeout %v; TTL clamped to %v..%v; negative answers up to %v; failures remembered %v\n",
 		rc.Timeout, rc.MinTTL, rc.MaxTTL, rc.NegativeTTL, rc.FailureTTL)

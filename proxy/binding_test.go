@@ -84,7 +84,7 @@ func TestBindingHTTP(t *testing.T) {
 	if resp.StatusCode != 403 {
 		t.Fatalf("resolver failure: %d", resp.StatusCode)
 	}
-	h.rec.wait(t, "failure record", and(field("host", "dnsdown.test"), field("rule", RuleBindResolveFaild), field("bind", "resolve-failed"), field("action", "deny")))
+	h.rec.wait(t, "failure record", and(field("host", "dnsdown.test"), field("rule", RuleBindResolveFailed), field("bind", "resolve-failed"), field("action", "deny")))
 	if h.dials.Load() != before {
 		t.Fatal("a denied binding dialed upstream")
 	}
@@ -242,7 +242,7 @@ func TestBindingRealResolver(t *testing.T) {
 	if d := time.Since(start); d > 2*time.Second {
 		t.Fatalf("silent resolver took %v", d)
 	}
-	h.rec.wait(t, "failure", and(field("host", "slow.test"), field("rule", RuleBindResolveFaild)))
+	h.rec.wait(t, "failure", and(field("host", "slow.test"), field("rule", RuleBindResolveFailed)))
 	// app.test is cached: unaffected by the dead resolver.
 	if s := get("app.test"); s != 200 {
 		t.Fatalf("cached name while resolver down: %d", s)

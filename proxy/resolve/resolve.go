@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -41,8 +42,17 @@ type Resolver struct {
 	udp     *dns.Client
 	tcp     *dns.Client
 	sf      singleflight.Group
-	m       *metrics
-	now     func() time.Time
+
+	// ResolvConf's nameservers when Servers is empty, re-read when the
+	// file changes.
+	rcMu      sync.Mutex
+	rcRead    bool
+	rcMod     time.Time
+	rcSize    int64
+	rcServers []string
+	rcErr     error
+	m         *metrics
+	now       func() time.Time
 
 	mu    sync.Mutex
 	cache map[string]*entry
@@ -87,8 +97,12 @@ func contains(s []netip.Addr, a netip.Addr) bool {
 	return false
 }
 
-// New builds a resolver. With no Servers, the nameservers of ResolvConf are
-// read once, now.
+// New builds a resolver. With no Servers, the nameservers of ResolvConf
+// are used, and the file is read again whenever it changes (DHCP, a
+// resolver daemon starting late): an unreadable file or one without a
+// nameserver is not an error here (a boot-time race must not keep the
+// appliance down) but makes every lookup fail, closed, until it is fixed;
+// ServerList reports it.
 func New(cfg Config) (*Resolver, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -97,22 +111,6 @@ func New(cfg Config) (*Resolver, error) {
 	for _, s := range cfg.Servers {
 		a, _ := serverAddr(s)
 		servers = append(servers, a)
-	}
-	if len(servers) == 0 {
-		cc, err := dns.ClientConfigFromFile(cfg.ResolvConf)
-		if err != nil {
-			return nil, fmt.Errorf("resolv_conf: %w", err)
-		}
-		for _, s := range cc.Servers {
-			a, err := joinHostPort(s, cc.Port)
-			if err != nil {
-				return nil, fmt.Errorf("resolv_conf %s: %w", cfg.ResolvConf, err)
-			}
-			servers = append(servers, a)
-		}
-		if len(servers) == 0 {
-			return nil, fmt.Errorf("resolv_conf: %s lists no nameserver", cfg.ResolvConf)
-		}
 	}
 	r := &Resolver{
 		cfg:     cfg,
@@ -126,12 +124,49 @@ func New(cfg Config) (*Resolver, error) {
 	return r, nil
 }
 
+// ServerList returns the servers asked, as ip:port, and why there are
+// none (ResolvConf unreadable or without a nameserver).
+func (r *Resolver) ServerList() ([]string, error) {
+	if len(r.servers) > 0 {
+		return append([]string(nil), r.servers...), nil
+	}
+	r.rcMu.Lock()
+	defer r.rcMu.Unlock()
+	fi, err := os.Stat(r.cfg.ResolvConf)
+	if err != nil {
+		r.rcServers, r.rcErr = nil, fmt.Errorf("resolv_conf: %w", err)
+		return nil, r.rcErr
+	}
+	if r.rcRead && fi.ModTime().Equal(r.rcMod) && fi.Size() == r.rcSize {
+		return r.rcServers, r.rcErr
+	}
+	r.rcRead, r.rcMod, r.rcSize = true, fi.ModTime(), fi.Size()
+	r.rcServers, r.rcErr = readResolvConf(r.cfg.ResolvConf)
+	return r.rcServers, r.rcErr
+}
+
+func readResolvConf(path string) ([]string, error) {
+	cc, err := dns.ClientConfigFromFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("resolv_conf: %w", err)
+	}
+	var out []string
+	for _, s := range cc.Servers {
+		a, err := joinHostPort(s, cc.Port)
+		if err != nil {
+			return nil, fmt.Errorf("resolv_conf %s: %w", path, err)
+		}
+		out = append(out, a)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("resolv_conf: %s lists no nameserver", path)
+	}
+	return out, nil
+}
+
 // udpSize is the EDNS0 buffer size advertised (the DNS flag day 2020
 // value: no IP fragmentation).
 const udpSize = 1232
-
-// Servers returns the servers asked, as ip:port.
-func (r *Resolver) Servers() []string { return append([]string(nil), r.servers...) }
 
 // LookupNetIP returns name's A and AAAA addresses and how long they remain
 // valid (the TTL clamped to MinTTL..MaxTTL, less the time already cached).
@@ -352,11 +387,15 @@ func (r *Resolver) lookup(ctx context.Context, name string) result {
 	if len(name) > 253 || !validName(name) {
 		return result{err: fmt.Errorf("resolve %q: not a valid DNS name", name)}
 	}
+	servers, err := r.ServerList()
+	if err != nil {
+		return result{err: fmt.Errorf("resolve %s: %w", name, err)}
+	}
 	fqdn := dns.Fqdn(name)
 	var last error
-	for i, srv := range r.servers {
+	for i, srv := range servers {
 		dl, _ := ctx.Deadline()
-		share := time.Until(dl) / time.Duration(len(r.servers)-i)
+		share := time.Until(dl) / time.Duration(len(servers)-i)
 		sctx, cancel := context.WithTimeout(ctx, share)
 		res := r.ask(sctx, srv, fqdn)
 		cancel()

@@ -409,12 +409,38 @@ func TestResolvConfAndValidation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(r.Servers(), ","); got != "198.18.0.53:53,[fd00::53]:53" {
-		t.Fatalf("servers %s", got)
+	if got, err := r.ServerList(); strings.Join(got, ",") != "198.18.0.53:53,[fd00::53]:53" || err != nil {
+		t.Fatalf("servers %v %v", got, err)
 	}
+	// A file without nameservers (or none at all) does not stop New; every
+	// lookup fails, closed, until the file is fixed, and is read again
+	// when it changes.
 	os.WriteFile(p, []byte("# nothing\n"), 0o644)
-	if _, err := New(c); err == nil || !strings.Contains(err.Error(), "resolv_conf") {
+	r, err = New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.ServerList(); err == nil || !strings.Contains(err.Error(), "no nameserver") {
 		t.Fatalf("empty resolv.conf: %v", err)
+	}
+	if _, err := r.Bound(context.Background(), "x.test", ip1); err == nil || !strings.Contains(err.Error(), "no nameserver") {
+		t.Fatalf("bound with empty resolv.conf: %v", err)
+	}
+	s := newTestDNS(t)
+	s.records("x.test", "x.test. 60 IN A 198.18.0.1")
+	host, port, _ := strings.Cut(s.addr, ":")
+	os.WriteFile(p, []byte("nameserver "+host+"\noptions port:"+port+"\n"), 0o644)
+	os.Chtimes(p, time.Now(), time.Now().Add(time.Second))
+	r.mu.Lock()
+	r.cache = map[string]*entry{} // forget the cached failure
+	r.mu.Unlock()
+	if got, err := r.ServerList(); err != nil || len(got) != 1 {
+		t.Fatalf("after fixing resolv.conf: %v %v", got, err)
+	}
+	c.ResolvConf = filepath.Join(dir, "missing")
+	r, _ = New(c)
+	if _, err := r.ServerList(); err == nil {
+		t.Fatal("missing resolv.conf: no error")
 	}
 	for _, tc := range []struct {
 		mod  func(*Config)
@@ -436,8 +462,12 @@ func TestResolvConfAndValidation(t *testing.T) {
 	}
 	c = DefaultConfig()
 	c.Servers = []string{"198.18.0.1", "[2001:db8::1]:5353"}
-	if r, err := New(c); err != nil || strings.Join(r.Servers(), ",") != "198.18.0.1:53,[2001:db8::1]:5353" {
-		t.Fatalf("servers: %v %v", r, err)
+	r, err = New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := r.ServerList(); strings.Join(got, ",") != "198.18.0.1:53,[2001:db8::1]:5353" {
+		t.Fatalf("servers: %v", got)
 	}
 }
 
