@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -70,7 +69,8 @@ func (c *BindingConfig) Validate() error {
 }
 
 // Binder checks that addr is an address of name. *resolve.Resolver
-// implements it; tests give their own.
+// implements it; tests give their own. It must bound its own waiting
+// (the proxy passes no deadline).
 type Binder interface {
 	Bound(ctx context.Context, name string, addr netip.Addr) (resolve.Binding, error)
 }
@@ -105,7 +105,7 @@ func (p *Proxy) checkBinding(st *connState, name string, d policy.Decision) *bin
 	default:
 		p.bindLookup(st, b)
 	}
-	p.m.binding.WithLabelValues(b.status).Inc()
+	p.m.bindCount(b.status)
 	if b.rule != "" && p.bindReportOnly {
 		p.log.Info("proxy: binding would deny", "rule", b.rule, "name", name, "dst", st.dst.Addr().String(), "answers", b.answers)
 		b.rule = "report_only:" + b.rule
@@ -116,10 +116,11 @@ func (p *Proxy) checkBinding(st *connState, name string, d policy.Decision) *bin
 }
 
 func (p *Proxy) bindLookup(st *connState, b *bindResult) {
-	ctx, cancel := context.WithTimeout(p.ctx, p.bindTimeout)
-	defer cancel()
+	// No deadline of our own (a timer per connection costs more than the
+	// check): Binder bounds its lookups (resolve: Config.Timeout, for
+	// every caller of a name together).
 	dst := st.dst.Addr()
-	res, err := p.binder.Bound(ctx, b.name, dst)
+	res, err := p.binder.Bound(p.ctx, b.name, dst)
 	switch {
 	case err != nil:
 		b.status, b.rule = bindFailed, RuleBindResolveFailed
@@ -162,9 +163,6 @@ func joinAddrs(as []netip.Addr) string {
 func (p *Proxy) setupBinding(reg prometheus.Registerer) error {
 	bc := p.cfg.Binding
 	p.bindReportOnly = bc.Mode == BindReportOnly || p.cfg.Policy.ReportOnly
-	// The resolver bounds its own lookups; this only stops a caller
-	// waiting on a Binder that does not.
-	p.bindTimeout = bc.Resolver.Timeout + 100*time.Millisecond
 	for _, r := range p.cfg.Policy.Rules {
 		if r.Bind == policy.BindNone && r.Action != policy.Deny {
 			p.log.Warn("proxy: destination binding off for rule: traffic naming its domains may go to any address", "rule", r.Name, "domains", r.Domains)

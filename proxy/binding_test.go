@@ -6,10 +6,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -247,4 +249,135 @@ func TestBindingRealResolver(t *testing.T) {
 	if s := get("app.test"); s != 200 {
 		t.Fatalf("cached name while resolver down: %d", s)
 	}
+}
+
+// The absolute-form authority is the name decided on (and bound), not a
+// Host header beside it.
+func TestBindingAbsoluteForm(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.Policy = bindPolicy() })
+	conn, err := net.Dial("tcp", h.httpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "GET http://elsewhere.test/x HTTP/1.1\r\nHost: app.test\r\n\r\n")
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 403 {
+		t.Fatalf("absolute-form to an address the authority does not have: %d", resp.StatusCode)
+	}
+	h.rec.wait(t, "absolute-form record", and(field("bind_name", "elsewhere.test"), field("rule", RuleBindMismatch)))
+}
+
+// policy.report_only covers binding too; bind: none is warned about at
+// start.
+func TestBindingPolicyReportOnlyAndWarning(t *testing.T) {
+	var logBuf syncBuffer
+	h := newHarnessOpts(t, harnessOpts{
+		cfg:    func(c *Config) { c.Policy = bindPolicy(); c.Policy.ReportOnly = true },
+		logger: slog.New(slog.NewTextHandler(&logBuf, nil)),
+	})
+	if !strings.Contains(logBuf.String(), "destination binding off for rule") || !strings.Contains(logBuf.String(), "rule=optout") {
+		t.Fatalf("no start warning for bind: none:\n%s", logBuf.String())
+	}
+	req, _ := http.NewRequest("GET", "http://"+h.httpAddr+"/x", nil)
+	req.Host = "dnsdown.test"
+	resp, err := h.httpClient(false).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+	if resp.StatusCode != 200 {
+		t.Fatalf("report only, resolver failure: %d", resp.StatusCode)
+	}
+	h.rec.wait(t, "would deny", and(field("rule", "report_only:"+RuleBindResolveFailed), field("action", "allow"), field("bind", "resolve-failed")))
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Over HTTP/2 the :authority is the name; with an SNI it must equal it,
+// so the connection's binding holds for every stream.
+func TestBindingHTTP2(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.Policy = bindPolicy() })
+	c := h.h2Client()
+	for i := 0; i < 3; i++ {
+		resp, _ := mustGet(t, c, "https://app.test/x")
+		if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+			t.Fatalf("h2: %d %s", resp.StatusCode, resp.Proto)
+		}
+	}
+	h.rec.wait(t, "h2 record", and(field("sni", "app.test"), field("alpn", "h2"), field("bind", "match"), field("method", "GET")))
+}
+
+// The binding check's own cost, with the real resolver on its cache-hit
+// path: per new connection (a Bound lookup) and per keep-alive request
+// (the connection's memo). bench proxy measures the whole path; this
+// isolates the added work from a shared machine's noise.
+func BenchmarkBindingCheck(b *testing.B) {
+	srv, err := dnstest.Listen("127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { srv.Close() })
+	srv.Set("bench.test", 3600, testDstTLS.Addr())
+	cfg := DefaultConfig()
+	cfg.Binding.Resolver.Servers = []string{srv.Addr}
+	p, err := New(cfg, Deps{Recorder: &memRecorder{}}, nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { p.Shutdown(context.Background()) })
+	d := policy.Decision{Action: policy.Allow, Rule: "r"}
+	warm := &connState{dst: testDstTLS}
+	if r := p.checkBinding(warm, "bench.test", d); r.status != bindMatch {
+		b.Fatalf("warm-up: %+v", r)
+	}
+	b.Run("new-conn", func(b *testing.B) {
+		b.ReportAllocs()
+		var rec Record
+		st := &connState{dst: testDstTLS}
+		for i := 0; i < b.N; i++ {
+			st.bind.Store(nil) // a new connection: no memo
+			r := p.checkBinding(st, "bench.test", d)
+			r.apply(&rec)
+		}
+	})
+	b.Run("keep-alive", func(b *testing.B) {
+		b.ReportAllocs()
+		var rec Record
+		for i := 0; i < b.N; i++ {
+			r := p.checkBinding(warm, "bench.test", d)
+			r.apply(&rec)
+		}
+	})
+	b.Run("record-fields", func(b *testing.B) {
+		// What the three record fields add to encoding one record.
+		r := Record{Bind: "match", BindName: "bench.test"}
+		buf := make([]byte, 0, 1024)
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			buf = appendStr(buf[:0], "bind", r.Bind, 2048)
+			buf = appendStr(buf, "bind_name", r.BindName, 2048)
+			buf = appendStr(buf, "bind_answers", r.BindAnswers, 2048)
+		}
+	})
 }

@@ -13,6 +13,17 @@ type metrics struct {
 	shipFail  prometheus.Counter
 	refused   prometheus.Counter
 	binding   *prometheus.CounterVec
+	bindBy    map[string]prometheus.Counter // binding's labels, bound once
+}
+
+// bindCount counts a binding outcome without a label lookup per
+// connection.
+func (m *metrics) bindCount(status string) {
+	if c, ok := m.bindBy[status]; ok {
+		c.Inc()
+		return
+	}
+	m.binding.WithLabelValues(status).Inc()
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -37,6 +48,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Connections reset at once because Admit refused them (log spool full under fail_closed)."}),
 		binding: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gwlbproxy_proxy_binding_total",
 			Help: "Destination binding checks (new name on a connection), by outcome: match, mismatch, resolve-failed, none (rule opt-out), off."}, []string{"result"}),
+	}
+	m.bindBy = map[string]prometheus.Counter{}
+	for _, s := range []string{bindMatch, bindMismatch, bindFailed, bindOptOut, bindOff} {
+		m.bindBy[s] = m.binding.WithLabelValues(s)
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.binding, m.accepted, m.decisions, m.requests, m.active, m.limited, m.helloFail, m.upErrs, m.shipFail, m.refused} {

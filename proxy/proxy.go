@@ -143,7 +143,6 @@ type Proxy struct {
 	// binder is nil when binding is off.
 	binder         Binder
 	bindReportOnly bool
-	bindTimeout    time.Duration
 
 	mu        sync.Mutex
 	listeners map[net.Listener]string
