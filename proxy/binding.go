@@ -229,7 +229,7 @@ func (c *Config) ExplainBinding() string {
 		rc.Timeout, rc.MinTTL, rc.MaxTTL, rc.NegativeTTL, rc.FailureTTL)
 	fmt.Fprintf(&sb, "addresses stay valid %v after their TTL; a miss re-resolves once (at most every %v per name)\n",
 		rc.Retain, rc.RequeryInterval)
-	fmt.Fprintf(&sb, "cache: %d names, %d addresses per name\n", rc.MaxNames, rc.MaxAddrs)
+	fmt.Fprintf(&sb, "cache: %d names, %d addresses per name; at most %d lookups at once\n", rc.MaxNames, rc.MaxAddrs, rc.MaxInflight)
 	n := 0
 	for _, r := range c.Policy.Rules {
 		if r.Bind == policy.BindNone && r.Action != policy.Deny {

@@ -52,6 +52,13 @@ type Config struct {
 	// ones); the oldest retained ones go first.
 	MaxAddrs int `yaml:"max_addrs"`
 
+	// MaxInflight caps lookups running at once (each is one name's A and
+	// AAAA). Beyond it a new name fails at once (callers fail closed)
+	// instead of queueing: a flood of random names under an allowed
+	// wildcard cannot pile up work or exceed the VPC resolver's packet
+	// rate for everyone (AWS allows 1024 packets/s per interface).
+	MaxInflight int `yaml:"max_inflight"`
+
 	// Registerer, when not nil, gets the resolver's metrics.
 	Registerer prometheus.Registerer `yaml:"-"`
 }
@@ -69,6 +76,7 @@ func DefaultConfig() Config {
 		RequeryInterval: 2 * time.Second,
 		MaxNames:        100000,
 		MaxAddrs:        64,
+		MaxInflight:     256,
 	}
 }
 
@@ -105,6 +113,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxNames < 1 || c.MaxNames > 1<<24 {
 		return fmt.Errorf("max_names: %d out of range 1..16777216", c.MaxNames)
+	}
+	if c.MaxInflight < 1 || c.MaxInflight > 65536 {
+		return fmt.Errorf("max_inflight: %d out of range 1..65536", c.MaxInflight)
 	}
 	if c.MaxAddrs < 1 || c.MaxAddrs > 4096 {
 		return fmt.Errorf("max_addrs: %d out of range 1..4096", c.MaxAddrs)

@@ -42,6 +42,7 @@ type Resolver struct {
 	udp     *dns.Client
 	tcp     *dns.Client
 	sf      singleflight.Group
+	slots   chan struct{} // MaxInflight lookups
 
 	// ResolvConf's nameservers when Servers is empty, re-read when the
 	// file changes.
@@ -120,6 +121,7 @@ func New(cfg Config) (*Resolver, error) {
 		m:       newMetrics(cfg.Registerer),
 		now:     time.Now,
 		cache:   map[string]*entry{},
+		slots:   make(chan struct{}, cfg.MaxInflight),
 	}
 	return r, nil
 }
@@ -294,6 +296,15 @@ func (r *Resolver) Bound(ctx context.Context, name string, addr netip.Addr) (Bin
 // result. It returns when the lookup is done or ctx ends.
 func (r *Resolver) refresh(ctx context.Context, name string) error {
 	ch := r.sf.DoChan(name, func() (any, error) {
+		select {
+		case r.slots <- struct{}{}:
+			defer func() { <-r.slots }()
+		default:
+			r.m.queries.WithLabelValues("overload").Inc()
+			err := fmt.Errorf("resolve %s: %d lookups already in flight", name, cap(r.slots))
+			// Not cached: the next connection may find a free slot.
+			return nil, err
+		}
 		// Not the caller's context: other callers share this lookup.
 		lctx, cancel := context.WithTimeout(context.Background(), r.cfg.Timeout)
 		defer cancel()

@@ -518,3 +518,47 @@ func BenchmarkBoundHit(b *testing.B) {
 		}
 	}
 }
+
+// More names at once than max_inflight: the excess fails at once, the
+// others are resolved, and the failure is not cached.
+func TestMaxInflight(t *testing.T) {
+	s := newTestDNS(t)
+	release := make(chan struct{})
+	for i := 0; i < 4; i++ {
+		s.set(fmt.Sprintf("w%d.test", i), func(q dns.Question, w dns.ResponseWriter, req *dns.Msg) {
+			<-release
+			m := new(dns.Msg)
+			m.SetReply(req)
+			if q.Qtype == dns.TypeA {
+				rr, _ := dns.NewRR(q.Name + " 60 IN A 198.18.0.1")
+				m.Answer = append(m.Answer, rr)
+			}
+			w.WriteMsg(m)
+		})
+	}
+	r, _ := newTest(t, s, func(c *Config) { c.MaxInflight = 2; c.Timeout = 2 * time.Second })
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i := 0; i < 2; i++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); _, errs[i] = r.Bound(ctx, fmt.Sprintf("w%d.test", i), ip1) }()
+	}
+	for s.count("w0.test") == 0 || s.count("w1.test") == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	t0 := time.Now()
+	if _, err := r.Bound(ctx, "w2.test", ip1); err == nil || !strings.Contains(err.Error(), "in flight") || time.Since(t0) > 100*time.Millisecond {
+		t.Fatalf("over max_inflight: %v after %v", err, time.Since(t0))
+	}
+	close(release)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("w%d: %v", i, err)
+		}
+	}
+	if b, err := r.Bound(ctx, "w2.test", ip1); err != nil || !b.Match {
+		t.Fatalf("after the flood: %+v %v", b, err)
+	}
+}
