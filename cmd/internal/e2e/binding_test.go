@@ -21,8 +21,14 @@ import (
 // addresses they resolve to; the servers at other addresses receive
 // nothing; rotating answers stay allowed within the retain window; a dead
 // resolver denies fast without holding up other connections.
-func TestDestinationBinding(t *testing.T) {
-	e := newEnv(t, steer.EgressNAT, func(c *config.Config) {
+func TestDestinationBinding(t *testing.T) { bindingSuite(t, steer.EgressNAT, true) }
+
+// TestDestinationBindingTunnel: the spoofed Host and SNI cases in one-arm
+// (tunnel) mode, where upstream connections go back through the tunnel.
+func TestDestinationBindingTunnel(t *testing.T) { bindingSuite(t, steer.EgressTunnel, false) }
+
+func bindingSuite(t *testing.T, mode string, full bool) {
+	e := newEnv(t, mode, func(c *config.Config) {
 		b := &c.Proxy.Binding.Resolver
 		b.Timeout = time.Second
 		b.MinTTL = time.Second
@@ -128,6 +134,9 @@ func TestDestinationBinding(t *testing.T) {
 		}
 	})
 
+	if !full {
+		return
+	}
 	t.Run("rotation", func(t *testing.T) {
 		const name = "rotating.demo.test" // allowed by *.demo.test
 		e.Net.DNS.Set(name, 1, demo.AddrApp)
