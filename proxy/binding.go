@@ -80,7 +80,8 @@ type bindResult struct {
 	name    string
 	status  string // record "bind" field
 	answers string // record "bind_answers" (on mismatch)
-	rule    string // deny rule; "" = pass
+	rule    string // binding's rule when it fails ("report_only:..." in report-only mode); "" = bound
+	deny    bool   // enforce: deny with rule and detail
 	detail  string // deny page text
 }
 
@@ -106,10 +107,13 @@ func (p *Proxy) checkBinding(st *connState, name string, d policy.Decision) *bin
 		p.bindLookup(st, b)
 	}
 	p.m.bindCount(b.status)
-	if b.rule != "" && p.bindReportOnly {
-		p.log.Info("proxy: binding would deny", "rule", b.rule, "name", name, "dst", st.dst.Addr().String(), "answers", b.answers)
-		b.rule = "report_only:" + b.rule
-		b.detail = ""
+	if b.rule != "" {
+		if p.bindReportOnly {
+			p.log.Info("proxy: binding would deny", "rule", b.rule, "name", name, "dst", st.dst.Addr().String(), "answers", b.answers)
+			b.rule = "report_only:" + b.rule
+		} else {
+			b.deny = true
+		}
 	}
 	st.bind.Store(b)
 	return b

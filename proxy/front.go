@@ -75,13 +75,11 @@ func (p *Proxy) handleTLS(st *connState) {
 		// leaf, or a close), never spliced or dialed.
 		if b := p.checkBinding(st, st.sni, d); b != nil {
 			b.apply(&st.rec)
-			if b.rule != "" {
-				if b.detail != "" {
-					d = policy.Decision{Action: policy.Deny, Rule: b.rule}
-					denyDetail = b.detail + " (rule " + b.rule + ")"
-				} else {
-					d.Rule = b.rule // report only: "report_only:bind:..."
-				}
+			if b.deny {
+				d = policy.Decision{Action: policy.Deny, Rule: b.rule}
+				denyDetail = b.detail + " (rule " + b.rule + ")"
+			} else if b.rule != "" {
+				d.Rule = b.rule // report only: "report_only:bind:..."
 			}
 		}
 	}

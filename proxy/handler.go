@@ -111,12 +111,11 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	if b := p.checkBinding(st, name, d); b != nil {
 		b.apply(&ri.rec)
-		if b.rule != "" {
-			if b.detail != "" {
-				p.deny(rw, r, ri, http.StatusForbidden, b.rule, b.detail)
-				return
-			}
-			ri.rec.Rule = b.rule // report only
+		if b.deny {
+			p.deny(rw, r, ri, http.StatusForbidden, b.rule, b.detail)
+			return
+		} else if b.rule != "" {
+			ri.rec.Rule = b.rule // report only: "report_only:bind:..."
 		}
 	}
 	p.m.requests.WithLabelValues("allow").Inc()
