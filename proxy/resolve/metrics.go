@@ -1,6 +1,11 @@
 package resolve
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"errors"
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 type metrics struct {
 	queries   *prometheus.CounterVec
@@ -30,11 +35,32 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		names: prometheus.NewGauge(prometheus.GaugeOpts{Name: "gwlbproxy_resolve_cached_names",
 			Help: "Names in the cache."}),
 	}
-	m.boundHit = m.bound.WithLabelValues("hit")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.queries, m.lookups, m.bound, m.latency, m.truncated, m.evicted, m.names} {
-			reg.MustRegister(c)
-		}
+		// Several resolvers on one registry (binding's and another
+		// component's) share the series instead of panicking.
+		m.queries = register(reg, m.queries)
+		m.lookups = register(reg, m.lookups)
+		m.bound = register(reg, m.bound)
+		m.latency = register(reg, m.latency)
+		m.truncated = register(reg, m.truncated)
+		m.evicted = register(reg, m.evicted)
+		m.names = register(reg, m.names)
 	}
+	m.boundHit = m.bound.WithLabelValues("hit")
 	return m
+}
+
+// register registers c, or returns the collector already registered
+// under its name.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing
+			}
+		}
+		panic(fmt.Sprintf("resolve metrics: %v", err))
+	}
+	return c
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // clock is a settable time source for TTL tests.
@@ -560,5 +561,39 @@ func TestMaxInflight(t *testing.T) {
 	}
 	if b, err := r.Bound(ctx, "w2.test", ip1); err != nil || !b.Match {
 		t.Fatalf("after the flood: %+v %v", b, err)
+	}
+}
+
+// Two resolvers on one registry share their series.
+func TestMetricsShared(t *testing.T) {
+	s := newTestDNS(t)
+	s.records("m.test", "m.test. 60 IN A 198.18.0.1")
+	reg := prometheus.NewRegistry()
+	c := testConfig(s)
+	c.Registerer = reg
+	r1, err := New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1.Bound(context.Background(), "m.test", ip1)
+	r2.Bound(context.Background(), "m.test", ip1)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var queries float64
+	for _, mf := range mfs {
+		if mf.GetName() == "gwlbproxy_resolve_queries_total" {
+			for _, m := range mf.GetMetric() {
+				queries += m.GetCounter().GetValue()
+			}
+		}
+	}
+	if queries != 4 { // A and AAAA from each
+		t.Fatalf("queries %v, want 4", queries)
 	}
 }
