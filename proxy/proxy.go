@@ -36,7 +36,11 @@
 //     report-only);
 //  3. ECH present: policy.ech_action; no SNI: policy.no_sni_action;
 //     unparseable SNI: deny;
-//  4. the ordered rules on (endpoint, client, destination, SNI).
+//  4. the ordered rules on (endpoint, client, destination, SNI);
+//  5. destination binding (binding.go): an allow or splice decided on a
+//     name needs the destination among the name's addresses, else deny
+//     (bind:dst-mismatch, bind:resolve-failed). Every request's Host is
+//     checked the same way (rules, then binding) inside the connection.
 //
 // Allow (bump) dials and verifies the upstream first (unless the same
 // destination+SNI verified within verified_ttl), then mints the client leaf.
