@@ -1,7 +1,6 @@
 package resolve
 
 import (
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -9,6 +8,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/resolve/dnstest"
 )
 
 // testDNS is an in-process DNS server (UDP and TCP on loopback) whose
@@ -25,18 +26,11 @@ type testDNS struct {
 
 func newTestDNS(t testing.TB) *testDNS {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	pc, l, err := dnstest.ListenPair("127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
-	}
-	port := pc.LocalAddr().(*net.UDPAddr).Port
-	l, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
 		t.Fatal(err)
 	}
 	s := &testDNS{addr: pc.LocalAddr().String(), handler: map[string]func(dns.Question, dns.ResponseWriter, *dns.Msg){}}
-	_ = port
 	h := dns.HandlerFunc(s.serve)
 	s.udp = &dns.Server{PacketConn: pc, Handler: h}
 	s.tcp = &dns.Server{Listener: l, Handler: h}

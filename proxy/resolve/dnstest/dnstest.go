@@ -36,16 +36,33 @@ type zone struct {
 // Listen serves on addr (UDP and TCP on the same port; "127.0.0.1:0"
 // picks a free one) in the calling thread's network namespace.
 func Listen(addr string) (*Server, error) {
-	pc, err := net.ListenPacket("udp", addr)
+	pc, l, err := ListenPair(addr)
 	if err != nil {
-		return nil, err
-	}
-	l, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
 		return nil, err
 	}
 	return New(pc, l), nil
+}
+
+// ListenPair opens UDP and TCP on the same address. With port 0 the UDP
+// port is picked by the kernel and may be taken for TCP by someone else:
+// it then tries again with another port.
+func ListenPair(addr string) (net.PacketConn, net.Listener, error) {
+	var err error
+	for range 20 {
+		var pc net.PacketConn
+		if pc, err = net.ListenPacket("udp", addr); err != nil {
+			return nil, nil, err
+		}
+		var l net.Listener
+		if l, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			return pc, l, nil
+		}
+		pc.Close()
+		if !strings.HasSuffix(addr, ":0") {
+			break
+		}
+	}
+	return nil, nil, err
 }
 
 // New serves on pc and l (the same address).
