@@ -68,6 +68,21 @@ func (p *Proxy) handleTLS(st *connState) {
 	rc := &replayConn{Conn: c, prefix: buf}
 
 	d := p.decideTLS(st, hello)
+	denyDetail := ""
+	if d.Action != policy.Deny {
+		// Destination binding on the SNI, before any upstream byte: a
+		// mismatch is denied like a policy deny (a page over a minted
+		// leaf, or a close), never spliced or dialed.
+		if b := p.checkBinding(st, st.sni, d); b != nil {
+			b.apply(&st.rec)
+			if b.deny {
+				d = policy.Decision{Action: policy.Deny, Rule: b.rule}
+				denyDetail = b.detail + " (rule " + b.rule + ")"
+			} else if b.rule != "" {
+				d.Rule = b.rule // report only: "report_only:bind:..."
+			}
+		}
+	}
 	switch d.Action {
 	case policy.Splice:
 		st.rec.Rule = d.Rule
@@ -76,8 +91,11 @@ func (p *Proxy) handleTLS(st *connState) {
 	case policy.Deny:
 		p.stats.denied.Add(1)
 		p.m.decisions.WithLabelValues("deny").Inc()
+		if denyDetail == "" {
+			denyDetail = "Access to " + displayName(hello.ServerName, st) + " is denied by rule " + d.Rule + "."
+		}
 		fr := &fixedReply{status: http.StatusForbidden, action: "deny", rule: d.Rule,
-			title: "Forbidden", detail: "Access to " + displayName(hello.ServerName, st) + " is denied by rule " + d.Rule + "."}
+			title: "Forbidden", detail: denyDetail}
 		if p.cfg.DenyTLS == "close" || p.deps.Certs == nil {
 			p.closeWith(st, "deny", d.Rule, "")
 			return
@@ -174,7 +192,11 @@ func (p *Proxy) bump(st *connState, rc *replayConn, h *Hello) {
 		NextProtos:   protos,
 	})
 	if err := tc.HandshakeContext(ctx); err != nil {
-		p.closeWith(st, "error", st.rec.Rule, "client handshake: "+err.Error())
+		action := "error"
+		if st.fixed != nil && st.fixed.action == "deny" {
+			action = "deny" // a deny page the client would not accept is still a deny
+		}
+		p.closeWith(st, action, st.rec.Rule, "client handshake: "+err.Error())
 		return
 	}
 	cs := tc.ConnectionState()

@@ -109,6 +109,15 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 		p.deny(rw, r, ri, http.StatusForbidden, d.Rule, "Access to "+name+" is denied by rule "+d.Rule+".")
 		return
 	}
+	if b := p.checkBinding(st, name, d); b != nil {
+		b.apply(&ri.rec)
+		if b.deny {
+			p.deny(rw, r, ri, http.StatusForbidden, b.rule, b.detail)
+			return
+		} else if b.rule != "" {
+			ri.rec.Rule = b.rule // report only: "report_only:bind:..."
+		}
+	}
 	p.m.requests.WithLabelValues("allow").Inc()
 	r.URL.Scheme = st.rec.Scheme
 	r.URL.Host = r.Host

@@ -299,6 +299,7 @@ func newHarnessOpts(t testing.TB, o harnessOpts) *harness {
 			return testDstHTTP, nil
 		},
 		EndpointOf: func(net.Conn) (uint64, bool) { return 0x0123456789abcdef, true },
+		Binder:     testBinder{},
 		DialUpstream: func(ctx context.Context, client net.Conn, dst netip.AddrPort) (net.Conn, error) {
 			h.dials.Add(1)
 			v, _ := h.dialedTo.LoadOrStore(dst.String(), new(atomic.Int64))

@@ -12,6 +12,18 @@ type metrics struct {
 	upErrs    prometheus.Counter
 	shipFail  prometheus.Counter
 	refused   prometheus.Counter
+	binding   *prometheus.CounterVec
+	bindBy    map[string]prometheus.Counter // binding's labels, bound once
+}
+
+// bindCount counts a binding outcome without a label lookup per
+// connection.
+func (m *metrics) bindCount(status string) {
+	if c, ok := m.bindBy[status]; ok {
+		c.Inc()
+		return
+	}
+	m.binding.WithLabelValues(status).Inc()
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -34,9 +46,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Records the Recorder did not accept."}),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "gwlbproxy_proxy_connections_refused_total",
 			Help: "Connections reset at once because Admit refused them (log spool full under fail_closed)."}),
+		binding: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gwlbproxy_proxy_binding_total",
+			Help: "Destination binding checks (new name on a connection), by outcome: match, mismatch, resolve-failed, none (rule opt-out), off."}, []string{"result"}),
+	}
+	m.bindBy = map[string]prometheus.Counter{}
+	for _, s := range []string{bindMatch, bindMismatch, bindFailed, bindOptOut, bindOff} {
+		m.bindBy[s] = m.binding.WithLabelValues(s)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.accepted, m.decisions, m.requests, m.active, m.limited, m.helloFail, m.upErrs, m.shipFail, m.refused} {
+		for _, c := range []prometheus.Collector{m.binding, m.accepted, m.decisions, m.requests, m.active, m.limited, m.helloFail, m.upErrs, m.shipFail, m.refused} {
 			reg.MustRegister(c)
 		}
 	}

@@ -36,7 +36,11 @@
 //     report-only);
 //  3. ECH present: policy.ech_action; no SNI: policy.no_sni_action;
 //     unparseable SNI: deny;
-//  4. the ordered rules on (endpoint, client, destination, SNI).
+//  4. the ordered rules on (endpoint, client, destination, SNI);
+//  5. destination binding (binding.go): an allow or splice decided on a
+//     name needs the destination among the name's addresses, else deny
+//     (bind:dst-mismatch, bind:resolve-failed). Every request's Host is
+//     checked the same way (rules, then binding) inside the connection.
 //
 // Allow (bump) dials and verifies the upstream first (unless the same
 // destination+SNI verified within verified_ttl), then mints the client leaf.
@@ -119,6 +123,9 @@ type Deps struct {
 	SelfAddrs func() ([]netip.Addr, error)
 	// InstanceID goes into every record. Empty: the host name.
 	InstanceID string
+	// Binder checks destination binding. Nil: a resolve.Resolver built
+	// from Config.Binding (none when binding.mode is off).
+	Binder Binder
 }
 
 // Proxy is the inspecting proxy. Create with New.
@@ -137,6 +144,9 @@ type Proxy struct {
 	sem   chan struct{}
 	m     *metrics
 	stats counters
+	// binder is nil when binding is off.
+	binder         Binder
+	bindReportOnly bool
 
 	mu        sync.Mutex
 	listeners map[net.Listener]string
@@ -197,6 +207,10 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 		ctx:       ctx, stop: cancel,
 	}
 	p.m = newMetrics(reg)
+	if err := p.setupBinding(reg); err != nil {
+		cancel()
+		return nil, err
+	}
 	p.up = newUpstream(p)
 	p.gp = p.newGoproxy()
 	p.srv = &http.Server{

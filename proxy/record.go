@@ -50,6 +50,13 @@ type Record struct {
 	ALPN          string
 	UpstreamError string
 	UserAgent     string
+	// Bind is the destination-binding outcome for the name the decision
+	// was taken on: match, mismatch, resolve-failed, none (rule opt-out),
+	// off, or "" when no name was decided on. BindName is that name and
+	// BindAnswers (on a mismatch) the addresses it resolves to.
+	Bind        string
+	BindName    string
+	BindAnswers string
 }
 
 // AppendJSON appends r as one JSON object (no newline) to b. Every string is
@@ -96,6 +103,9 @@ func (r *Record) appendJSON(b []byte, maxField int, id []byte) []byte {
 	b = appendStr(b, "alpn", r.ALPN, maxField)
 	b = appendStr(b, "upstream_error", r.UpstreamError, maxField)
 	b = appendStr(b, "user_agent", r.UserAgent, maxField)
+	b = appendStr(b, "bind", r.Bind, maxField)
+	b = appendStr(b, "bind_name", r.BindName, maxField)
+	b = appendStr(b, "bind_answers", r.BindAnswers, maxField)
 	return append(b, '}')
 }
 

@@ -53,6 +53,7 @@ func cmdBenchProxy(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.StringVar(&d.Profile, "cpuprofile", "", "write gwlbproxy's CPU profile (pprof) to this file")
 	fs.StringVar(&d.Dir, "dir", "", "keep CA, configs and logs in this directory (default: temporary)")
 	fs.IntVar(&d.Rounds, "rounds", d.Rounds, "repeat no proxy, gwlbproxy, Squid this many times, taking turns; rows aggregate the rounds")
+	fs.BoolVar(&d.CompareBinding, "compare-binding", d.CompareBinding, "also run gwlbproxy with destination binding off (row "+proxybench.BindOffRow+") to show binding's cost")
 	fs.StringVar(&d.Scenario, "scenario", "", "run only new-conn or keep-alive (default both)")
 	verbose := fs.Bool("v", false, "log progress to stderr")
 	if err := parseFlags(fs, args); err != nil {

@@ -90,6 +90,12 @@ type Rule struct {
 	// IDNs compared as punycode. A rule with Domains never matches traffic
 	// without a name (no SNI).
 	Domains []string `yaml:"domains,omitempty"`
+	// Bind is the destination binding of an allow or splice by this rule:
+	// "" or "dns" (the default) requires the destination to be an address
+	// the name resolves to; "none" skips the check, for names that
+	// legitimately live where public DNS does not say (the proxy warns at
+	// start).
+	Bind string `yaml:"bind,omitempty"`
 
 	endpoints []uint64
 	exact     map[string]struct{}
@@ -152,6 +158,9 @@ func (c *Config) Validate() error {
 		seen[r.Name] = true
 		if !r.Action.Valid() {
 			return fmt.Errorf("rules[%d].action: %q is not allow, splice or deny", i, r.Action)
+		}
+		if r.Bind != "" && r.Bind != BindDNS && r.Bind != BindNone {
+			return fmt.Errorf("rules[%d].bind: %q is not dns or none", i, r.Bind)
 		}
 		if err := r.compile(); err != nil {
 			return fmt.Errorf("rules[%d].%w", i, err)
@@ -220,6 +229,12 @@ type Input struct {
 	Name        string
 }
 
+// Rule.Bind values.
+const (
+	BindDNS  = "dns"
+	BindNone = "none"
+)
+
 // Decision is the outcome: the action and the rule that produced it
 // ("default" when no rule matched).
 type Decision struct {
@@ -228,6 +243,9 @@ type Decision struct {
 	// WouldDeny is set in report-only mode when Action was turned from Deny
 	// into Allow.
 	WouldDeny bool
+	// NoBind: the matching rule opted out of destination binding
+	// (bind: none).
+	NoBind bool
 }
 
 // Policy is a compiled, immutable Config, safe for concurrent use.
@@ -252,7 +270,7 @@ func (p *Policy) Decide(in Input) Decision {
 	for i := range p.cfg.Rules {
 		r := &p.cfg.Rules[i]
 		if r.match(&in) {
-			d = Decision{Action: r.Action, Rule: r.Name}
+			d = Decision{Action: r.Action, Rule: r.Name, NoBind: r.Bind == BindNone}
 			break
 		}
 	}

@@ -152,3 +152,28 @@ func TestValidate(t *testing.T) {
 		t.Error(FormatEndpointID(0x0123456789abcdef))
 	}
 }
+
+func TestRuleBind(t *testing.T) {
+	c := DefaultConfig()
+	c.Rules = []Rule{
+		{Name: "internal", Action: Allow, Domains: []string{"svc.internal"}, Bind: BindNone},
+		{Name: "public", Action: Allow, Domains: []string{"example.com"}, Bind: BindDNS},
+	}
+	p, err := New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := p.Decide(Input{Name: "svc.internal"}); d.Action != Allow || !d.NoBind {
+		t.Fatalf("bind none: %+v", d)
+	}
+	if d := p.Decide(Input{Name: "example.com"}); d.NoBind {
+		t.Fatalf("bind dns: %+v", d)
+	}
+	if d := p.Decide(Input{Name: "other.com"}); d.NoBind {
+		t.Fatalf("default: %+v", d)
+	}
+	c.Rules[0].Bind = "off"
+	if _, err := New(c); err == nil || !strings.HasPrefix(err.Error(), "rules[0].bind") {
+		t.Fatalf("bad bind: %v", err)
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -76,6 +77,34 @@ type Internet struct {
 
 	mu      sync.Mutex
 	closers []io.Closer
+	// accepted counts TCP connections accepted per local address.
+	accepted sync.Map // netip.Addr -> *atomic.Int64
+}
+
+// Accepted is how many TCP connections (ports 80 and 443) the servers
+// accepted on address a: a test's proof that nothing reached a server.
+func (in *Internet) Accepted(a netip.Addr) int64 {
+	if v, ok := in.accepted.Load(a); ok {
+		return v.(*atomic.Int64).Load()
+	}
+	return 0
+}
+
+// countingListener counts accepted connections by local address.
+type countingListener struct {
+	net.Listener
+	in *Internet
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		if a, ok := addrOf(c.LocalAddr()); ok {
+			v, _ := l.in.accepted.LoadOrStore(a, new(atomic.Int64))
+			v.(*atomic.Int64).Add(1)
+		}
+	}
+	return c, err
 }
 
 // NewInternet makes the internet's CA and certificates.
@@ -183,6 +212,7 @@ func (in *Internet) Serve(ns Namespace, name string) error {
 	}
 	h := http.HandlerFunc(in.handle)
 	for i, l := range tcp {
+		l = countingListener{Listener: l, in: in}
 		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: discardLog()}
 		if i == 1 {
 			srv.TLSConfig = tcfg

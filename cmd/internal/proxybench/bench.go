@@ -21,6 +21,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/ca"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/nsexec"
+	"github.com/gwlbproxy/gwlbproxy/proxy/resolve/dnstest"
 )
 
 // Config configures Run. DefaultConfig fills every field.
@@ -52,6 +53,10 @@ type Config struct {
 	Dir string
 	// Scenario limits the run to NewConn or KeepAlive; "" runs both.
 	Scenario string
+	// CompareBinding also runs gwlbproxy with destination binding off
+	// (row BindOffRow) beside the default (binding on, row "gwlbproxy"),
+	// to show what binding costs on the cache-hit path.
+	CompareBinding bool
 	// Rounds repeats the whole sequence (no proxy, gwlbproxy, Squid) so
 	// the proxies take turns and slow drifts of a shared machine hit both;
 	// each row aggregates its rounds (sums, merged latencies).
@@ -66,9 +71,16 @@ func DefaultConfig() Config {
 	return Config{
 		Conns: 16, Duration: 10 * time.Second, Warmup: 2 * time.Second, BodySize: 1024,
 		Host: "bench.test", Squid: DefaultSquid, Certgen: DefaultCertgen, Baseline: true,
-		ProxyCPU: 1, ClientCPU: 0, Rounds: 1,
+		ProxyCPU: 1, ClientCPU: 0, Rounds: 1, CompareBinding: true,
 	}
 }
+
+// BindOffRow is the row of gwlbproxy with proxy.binding.mode off.
+const BindOffRow = "gw-bindoff"
+
+// dnsTTL is the TTL the bench's DNS server gives Host: longer than any
+// run, so binding is measured on its cache-hit path.
+const dnsTTL = 3600
 
 // Scenario names.
 const (
@@ -207,6 +219,19 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		return res, err
 	}
 	defer up.close()
+	// The DNS server destination binding asks (in the upstream namespace,
+	// reached over the router's link like a VPC resolver): Host resolves
+	// to the upstream.
+	var dnsSrv *dnstest.Server
+	if err := t.upstream.Do(func() error {
+		var err error
+		dnsSrv, err = dnstest.Listen(netip.AddrPortFrom(upstreamAddr, 53).String())
+		return err
+	}); err != nil {
+		return res, fmt.Errorf("dns server: %w", err)
+	}
+	defer dnsSrv.Close()
+	dnsSrv.Set(cfg.Host, dnsTTL, upstreamAddr)
 
 	dst := netip.AddrPortFrom(upstreamAddr, 443)
 	var agg aggregator
@@ -261,7 +286,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	os.Remove(records)
 	for round := 1; round <= cfg.Rounds; round++ {
 		cfg.Log.Info("round", "n", round, "of", cfg.Rounds)
-		if err := runRound(ctx, cfg, &res, t, dir, records, bumpCert, bumpKey, upCA, upRoots, bumpRoots, scenarios); err != nil {
+		if err := runRound(ctx, cfg, round, &res, t, dir, records, bumpCert, bumpKey, upCA, upRoots, bumpRoots, scenarios); err != nil {
 			return res, err
 		}
 	}
@@ -269,7 +294,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 }
 
 // runRound runs no proxy, gwlbproxy and Squid once each.
-func runRound(ctx context.Context, cfg Config, res *Result, t *topology, dir, records, bumpCert, bumpKey, upCA string,
+func runRound(ctx context.Context, cfg Config, round int, res *Result, t *topology, dir, records, bumpCert, bumpKey, upCA string,
 	upRoots, bumpRoots *x509.CertPool, scenarios func(string, *x509.CertPool, *proc) error) error {
 	const gwPort, squidPort = 3443, 3130
 	if cfg.Baseline {
@@ -282,18 +307,38 @@ func runRound(ctx context.Context, cfg Config, res *Result, t *topology, dir, re
 	}
 
 	// gwlbproxy: records append to one file over all rounds.
-	args := append(append([]string{}, cfg.ServerCommand[1:]...),
-		"--listen", netip.AddrPortFrom(loopback, gwPort).String(),
-		"--ca-cert", bumpCert, "--ca-key", bumpKey, "--upstream-ca", upCA, "--records", records)
-	if cfg.Profile != "" {
-		args = append(args, "--cpuprofile", cfg.Profile)
+	gw := func(name, records, binding, profile string) error {
+		args := append(append([]string{}, cfg.ServerCommand[1:]...),
+			"--listen", netip.AddrPortFrom(loopback, gwPort).String(),
+			"--ca-cert", bumpCert, "--ca-key", bumpKey, "--upstream-ca", upCA, "--records", records,
+			"--binding", binding, "--dns", netip.AddrPortFrom(upstreamAddr, 53).String())
+		if profile != "" {
+			args = append(args, "--cpuprofile", profile)
+		}
+		cmd := nsexec.Command(t.router.Name, cfg.ServerCommand[0], args...)
+		cmd.Env = append(cmd.Env, "GOMAXPROCS=1")
+		if err := runProxy(ctx, cfg, t, name, cmd, gwPort, bumpRoots, scenarios); err != nil {
+			return err
+		}
+		res.LogLines[name] = countLines(records)
+		return nil
 	}
-	cmd := nsexec.Command(t.router.Name, cfg.ServerCommand[0], args...)
-	cmd.Env = append(cmd.Env, "GOMAXPROCS=1")
-	if err := runProxy(ctx, cfg, t, "gwlbproxy", cmd, gwPort, bumpRoots, scenarios); err != nil {
-		return err
+	// Binding on and off take turns going first, round by round, so
+	// neither always runs on a warmer (or busier) machine.
+	runs := []func() error{func() error { return gw("gwlbproxy", records, "enforce", cfg.Profile) }}
+	if cfg.CompareBinding {
+		off := func() error { return gw(BindOffRow, records+".bindoff", "off", "") }
+		if round%2 == 0 {
+			runs = append([]func() error{off}, runs...)
+		} else {
+			runs = append(runs, off)
+		}
 	}
-	res.LogLines["gwlbproxy"] = countLines(records)
+	for _, run := range runs {
+		if err := run(); err != nil {
+			return err
+		}
+	}
 
 	if cfg.Squid != "" {
 		sdir := filepath.Join(dir, "squid")
@@ -420,7 +465,7 @@ func (r *Result) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "TLS 1.3 X25519, ECDSA P-256 CA shared by both proxies, full handshakes (no resumption), HTTP/1.1\n")
 	fmt.Fprintf(w, "proxy pinned to CPU %d (gwlbproxy GOMAXPROCS=1, Squid one worker); client + upstream on CPU %d; load average %s at start, %s at end\n\n",
 		c.ProxyCPU, c.ClientCPU, r.LoadAvg[0], r.LoadAvg[1])
-	fmt.Fprintf(w, "%-10s %-10s %9s %9s %9s %9s %7s %12s %10s %11s\n",
+	fmt.Fprintf(w, "%-11s %-10s %9s %9s %9s %9s %7s %12s %10s %11s\n",
 		"proxy", "scenario", "requests", "req/s", "p50", "p99", "errors", "proxy CPU", "req/CPU-s", "client CPU")
 	for _, x := range r.Rows {
 		perCPU, pcpu := "-", "-"
@@ -428,7 +473,7 @@ func (r *Result) WriteTable(w io.Writer) {
 			perCPU = strconv.FormatFloat(x.PerCPUSecond(), 'f', 0, 64)
 			pcpu = fmt.Sprintf("%.2fs %3.0f%%", x.ProxyCPU.Seconds(), 100*x.ProxyCPU.Seconds()/x.Elapsed.Seconds())
 		}
-		fmt.Fprintf(w, "%-10s %-10s %9d %9.0f %9s %9s %7d %12s %10s %10.0f%%\n",
+		fmt.Fprintf(w, "%-11s %-10s %9d %9.0f %9s %9s %7d %12s %10s %10.0f%%\n",
 			x.Proxy, x.Scenario, x.Requests, x.RPS, ms(x.P50), ms(x.P99), x.Errors, pcpu, perCPU,
 			100*x.ClientCPU.Seconds()/x.Elapsed.Seconds())
 	}
@@ -439,7 +484,7 @@ func (r *Result) WriteTable(w io.Writer) {
 	}
 	if len(r.LogLines) > 0 {
 		fmt.Fprintf(w, "\nrequest log lines (warm-up included):")
-		for _, n := range []string{"gwlbproxy", "squid"} {
+		for _, n := range []string{"gwlbproxy", BindOffRow, "squid"} {
 			if l, ok := r.LogLines[n]; ok {
 				fmt.Fprintf(w, " %s %d for %d requests;", n, l, r.Sent[n])
 			}
@@ -447,6 +492,20 @@ func (r *Result) WriteTable(w io.Writer) {
 		fmt.Fprintln(w)
 	}
 	fmt.Fprintln(w)
+	for _, scen := range []string{NewConn, KeepAlive} {
+		on, ok1 := r.Find("gwlbproxy", scen)
+		off, ok2 := r.Find(BindOffRow, scen)
+		if !ok1 || !ok2 || on.PerCPUSecond() == 0 || off.PerCPUSecond() == 0 || off.RPS == 0 {
+			continue
+		}
+		cost := 100 * (1 - on.PerCPUSecond()/off.PerCPUSecond())
+		verdict := "met"
+		if cost >= 2 {
+			verdict = "NOT met"
+		}
+		fmt.Fprintf(w, "destination binding on vs off %-10s req per CPU-second %+.1f%% cost, req/s %+.1f%% (cache-hit path; target < 2%%: %s)\n",
+			scen, cost, 100*(1-on.RPS/off.RPS), verdict)
+	}
 	for _, s := range []struct {
 		scen   string
 		target float64

@@ -59,7 +59,7 @@ func TestRunShort(t *testing.T) {
 	res.WriteTable(&out)
 	t.Logf("\n%s", out.String())
 
-	proxies := []string{"none", "gwlbproxy"}
+	proxies := []string{"none", "gwlbproxy", BindOffRow}
 	if cfg.Squid != "" {
 		proxies = append(proxies, "squid")
 	}
@@ -81,7 +81,7 @@ func TestRunShort(t *testing.T) {
 			t.Errorf("%s logged %d lines for %d requests", p, res.LogLines[p], res.Sent[p])
 		}
 	}
-	if !strings.Contains(out.String(), "gwlbproxy  new-conn") {
+	if !strings.Contains(out.String(), "gwlbproxy   new-conn") || !strings.Contains(out.String(), "destination binding on vs off new-conn") {
 		t.Errorf("table lacks the gwlbproxy row:\n%s", out.String())
 	}
 }
