@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -76,6 +77,18 @@ type Internet struct {
 
 	mu      sync.Mutex
 	closers []io.Closer
+	observe atomic.Pointer[func(*http.Request)]
+}
+
+// Observe has f told of every HTTP request the internet's servers receive,
+// before it is answered (nil: stop). Tests use it to prove a request
+// arrived, with what it carried. f must not block.
+func (in *Internet) Observe(f func(*http.Request)) {
+	if f == nil {
+		in.observe.Store(nil)
+		return
+	}
+	in.observe.Store(&f)
 }
 
 // NewInternet makes the internet's CA and certificates.
@@ -226,6 +239,9 @@ func (in *Internet) Close() error {
 //	             &rate=R at most R bytes per second (a slow download)
 //	/slow?s=S    one line every 100ms for S seconds
 func (in *Internet) handle(w http.ResponseWriter, r *http.Request) {
+	if f := in.observe.Load(); f != nil {
+		(*f)(r)
+	}
 	local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
 	if lip, ok := addrOf(local); ok && lip == AddrIMDS {
 		fmt.Fprintln(w, LeakBody)
