@@ -100,6 +100,23 @@ func TestBrowsers(t *testing.T) {
 			if b.name == "chromium" && !strings.Contains(out, "hello from "+demo.HostApp+" over https") {
 				t.Errorf("page content not in Chromium's DOM: %.400q", out)
 			}
+			if b.name == "chromium" {
+				// A site the policy denies: the browser shows the 403 page
+				// (over a leaf it trusts) naming the rule; nothing reaches
+				// the site.
+				out, err := runChromium(ctx, t, e, "https://"+demo.HostBlocked+"/browser/denied")
+				if err != nil {
+					t.Fatalf("chromium, denied site: %v", err)
+				}
+				if !strings.Contains(out, "403 Forbidden") || !strings.Contains(out, "denied by rule "+demo.RuleDeny) {
+					t.Errorf("deny page not in Chromium's DOM: %.600q", out)
+				}
+				if _, err := e.Records.Wait(testCtx(t, 20*time.Second), 1, func(r *demo.Record) bool {
+					return r.SNI == demo.HostBlocked && r.Path == "/browser/denied" && r.Action == "deny" && r.Rule == demo.RuleDeny && r.Status == 403
+				}); err != nil {
+					t.Errorf("record of the denied page: %v", err)
+				}
+			}
 
 			// The origin received the request, with the browser's User-Agent.
 			var got *http.Request
@@ -107,6 +124,9 @@ func TestBrowsers(t *testing.T) {
 			for _, r := range seen {
 				if r.URL.Path == path {
 					got = r
+				}
+				if r.Host == demo.HostBlocked {
+					t.Errorf("the denied site received %s %s", r.Method, r.URL)
 				}
 			}
 			seenMu.Unlock()
@@ -231,6 +251,16 @@ func runInClient(ctx context.Context, e *demo.Env, cmd *exec.Cmd) (string, error
 	return stdout.String(), nil
 }
 
+// chromiumHostRules maps every demo name to its address; every other
+// name fails to resolve.
+func chromiumHostRules() string {
+	var rules []string
+	for name, a := range demo.Names {
+		rules = append(rules, "MAP "+name+" "+a.String())
+	}
+	return strings.Join(append(rules, "MAP * ~NOTFOUND"), ", ")
+}
+
 func runChromium(ctx context.Context, t *testing.T, e *demo.Env, url string) (string, error) {
 	home := t.TempDir()
 	if err := trustCA(ctx, filepath.Join(home, ".pki", "nssdb"), e.Files.ApplianceCA); err != nil {
@@ -242,7 +272,7 @@ func runChromium(ctx context.Context, t *testing.T, e *demo.Env, url string) (st
 		"--disable-dev-shm-usage", "--user-data-dir="+filepath.Join(home, "profile"),
 		// No DNS in the client VPC: the test site resolves to its
 		// address, every other name fails.
-		"--host-resolver-rules=MAP "+demo.HostApp+" "+demo.AddrApp.String()+", MAP * ~NOTFOUND",
+		"--host-resolver-rules="+chromiumHostRules(),
 		"--virtual-time-budget=5000", "--dump-dom", url)
 	cmd.Env = browserEnv(home)
 	return runInClient(ctx, e, cmd)
