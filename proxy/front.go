@@ -219,7 +219,7 @@ func (p *Proxy) splice(st *connState, rc *replayConn) {
 		p.m.decisions.WithLabelValues("not-tls").Inc()
 		st.rec.UpstreamError = "not-tls after splice by rule " + st.rec.Rule + ": " + notTLS.Error()
 		st.rec.Action, st.rec.Rule = "deny", "not-tls"
-		p.log.Info("proxy: splice closed: not TLS", "client", st.rec.ClientIP, "dst", st.rec.DstIP, "sni", st.rec.SNI, "err", notTLS)
+		p.log.Debug("proxy: splice closed: not TLS", "client", st.rec.ClientIP, "dst", st.rec.DstIP, "sni", st.rec.SNI, "err", notTLS)
 	}
 	st.client.Close()
 	up.Close()
