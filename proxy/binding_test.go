@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -295,23 +294,6 @@ func TestBindingPolicyReportOnlyAndWarning(t *testing.T) {
 		t.Fatalf("report only, resolver failure: %d", resp.StatusCode)
 	}
 	h.rec.wait(t, "would deny", and(field("rule", "report_only:"+RuleBindResolveFailed), field("action", "allow"), field("bind", "resolve-failed")))
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // Over HTTP/2 the :authority is the name; with an SNI it must equal it,

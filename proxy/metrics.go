@@ -31,7 +31,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gwlbproxy_proxy_connections_total",
 			Help: "Client connections accepted, by scheme."}, []string{"scheme"}),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gwlbproxy_proxy_tls_decisions_total",
-			Help: "TLS connection outcomes: bump, splice, deny."}, []string{"action"}),
+			Help: "TLS connection outcomes: bump, splice, deny, and not-tls (a splice closed at a malformed record header)."}, []string{"action"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gwlbproxy_proxy_requests_total",
 			Help: "HTTP requests by policy action."}, []string{"action"}),
 		active: prometheus.NewGauge(prometheus.GaugeOpts{Name: "gwlbproxy_proxy_active_connections",

@@ -34,8 +34,10 @@
 //     silent: close and record;
 //  2. SSRF guard on the original destination (always on; never
 //     report-only);
-//  3. ECH present: policy.ech_action; no SNI: policy.no_sni_action;
-//     unparseable SNI: deny;
+//  3. ECH present: policy.ech_action (default ignore: the outer SNI is
+//     decided like any other, and a bump completes the handshake on the
+//     ClientHelloOuter as a server without ECH keys); no SNI:
+//     policy.no_sni_action; unparseable SNI: deny;
 //  4. the ordered rules on (endpoint, client, destination, SNI);
 //  5. destination binding (binding.go): an allow or splice decided on a
 //     name needs the destination among the name's addresses, else deny
@@ -186,6 +188,7 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 	if err != nil {
 		return nil, fmt.Errorf("proxy config: policy.%w", err)
 	}
+	warnECH(log, cfg.Policy.ECHAction)
 	guard, err := ssrf.New(cfg.SSRF, deps.SelfAddrs)
 	if err != nil {
 		return nil, fmt.Errorf("proxy ssrf guard: %w", err)
@@ -244,6 +247,20 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 	go p.refreshSelf(ctx)
 	go p.up.sweepIdle(ctx)
 	return p, nil
+}
+
+// warnECH says at start what a strict ech_action does to browsers:
+// Chromium, Edge and Firefox put a (GREASE) encrypted_client_hello in
+// every ClientHello, which no one can tell from real ECH.
+func warnECH(log *slog.Logger, action string) {
+	switch action {
+	case "deny":
+		log.Warn("proxy: policy.ech_action is deny: every HTTPS connection of Chromium, Edge and Firefox carries an encrypted_client_hello extension (GREASE when the site has no ECH) and will be denied; use ech_action: ignore to decide on the outer SNI")
+	case "splice":
+		log.Warn("proxy: policy.ech_action is splice: every HTTPS connection of Chromium, Edge and Firefox carries an encrypted_client_hello extension and will pass uninspected, whatever the rules say")
+	case "allow":
+		log.Warn("proxy: policy.ech_action is allow: every HTTPS connection of Chromium, Edge and Firefox carries an encrypted_client_hello extension and will be bumped whatever the rules say about its SNI (requests inside are still checked)")
+	}
 }
 
 func localAddrDst(c net.Conn) (netip.AddrPort, error) {

@@ -111,10 +111,16 @@ type Config struct {
 	// evaluate the rules with an empty name (only rules without domains can
 	// match). Default deny: fail closed.
 	NoSNIAction string `yaml:"no_sni_action"`
-	// ECHAction applies to ClientHellos carrying encrypted_client_hello: the
-	// visible SNI is then only a public front name. Default deny. "policy"
-	// evaluates the rules against the outer name; bumping an ECH hello makes
-	// the client fall back or fail, so "splice" is the only useful allow.
+	// ECHAction applies to ClientHellos carrying encrypted_client_hello
+	// (0xfe0d). Default "ignore" (alias "policy"): decide on the outer SNI
+	// with the rules, like any hello, and bump as a TLS server without ECH
+	// keys (ECH specification, section 6.1.6): a GREASE-ECH client, which
+	// every Chromium and Firefox is, just proceeds; a real-ECH client sees
+	// a valid certificate for the public name, treats ECH as rejected and
+	// retries without it, with the real SNI, which the rules then judge.
+	// GREASE ECH cannot be told from real ECH on the wire, so "deny" denies
+	// every connection of Chromium, Edge and Firefox; "splice" passes them
+	// all through uninspected, whatever the rules say.
 	ECHAction string `yaml:"ech_action"`
 	// ReportOnly logs what would be denied and lets it pass (action "allow"
 	// with rule "report_only:<rule>" in records). SSRF denials are never
@@ -124,8 +130,12 @@ type Config struct {
 
 // DefaultConfig denies everything: an appliance with no rules fails closed.
 func DefaultConfig() Config {
-	return Config{DefaultAction: Deny, NoSNIAction: "deny", ECHAction: "deny"}
+	return Config{DefaultAction: Deny, NoSNIAction: "deny", ECHAction: ECHIgnore}
 }
+
+// ECHIgnore is the default ech_action: the encrypted_client_hello
+// extension is ignored and the hello is decided on its outer SNI.
+const ECHIgnore = "ignore"
 
 func validSpecial(s string) bool {
 	switch s {
@@ -143,8 +153,8 @@ func (c *Config) Validate() error {
 	if !validSpecial(c.NoSNIAction) {
 		return fmt.Errorf("no_sni_action: %q is not allow, splice, deny or policy", c.NoSNIAction)
 	}
-	if !validSpecial(c.ECHAction) {
-		return fmt.Errorf("ech_action: %q is not allow, splice, deny or policy", c.ECHAction)
+	if !validSpecial(c.ECHAction) && c.ECHAction != ECHIgnore {
+		return fmt.Errorf("ech_action: %q is not ignore, deny, splice, allow or policy", c.ECHAction)
 	}
 	seen := map[string]bool{}
 	for i := range c.Rules {
@@ -278,7 +288,8 @@ func (p *Policy) Decide(in Input) Decision {
 }
 
 // Special returns the decision for a no-SNI or ECH ClientHello given the
-// configured special action; ok is false for "policy" (use Decide).
+// configured special action; ok is false for "policy" and "ignore" (use
+// Decide).
 func (p *Policy) Special(kind string) (Decision, bool) {
 	var a string
 	switch kind {
@@ -287,7 +298,7 @@ func (p *Policy) Special(kind string) (Decision, bool) {
 	case "ech":
 		a = p.cfg.ECHAction
 	}
-	if a == "policy" || a == "" {
+	if a == "policy" || a == ECHIgnore || a == "" {
 		return Decision{}, false
 	}
 	return p.reportOnly(Decision{Action: Action(a), Rule: kind}), true

@@ -135,6 +135,8 @@ func TestValidate(t *testing.T) {
 		{"default_action: deny\nno_sni_action: deny\nech_action: deny\nrules: [{name: a, action: allow, domains: ['a b']}]", "rules[0].domains[0]"},
 		{"default_action: deny\nno_sni_action: deny\nech_action: deny\nrules: [{name: a, action: allow}, {name: a, action: deny}]", "rules[1].name: duplicate"},
 		{"default_action: deny\nno_sni_action: deny\nech_action: deny\nrules: [{name: a, action: allow, endpoints: [vpce-zz]}]", "rules[0].endpoints[0]"},
+		{"default_action: deny\nno_sni_action: deny\nech_action: block", "ech_action:"},
+		{"default_action: deny\nno_sni_action: ignore\nech_action: deny", "no_sni_action:"},
 	} {
 		var c Config
 		if err := yaml.Unmarshal([]byte(tc.y), &c); err != nil {
@@ -175,5 +177,33 @@ func TestRuleBind(t *testing.T) {
 	c.Rules[0].Bind = "off"
 	if _, err := New(c); err == nil || !strings.HasPrefix(err.Error(), "rules[0].bind") {
 		t.Fatalf("bad bind: %v", err)
+	}
+}
+
+// TestECHIgnoredByDefault: browsers send GREASE ECH on every connection, so
+// by default the extension must not decide anything (the rules judge the
+// outer SNI); deny and policy remain available.
+func TestECHIgnoredByDefault(t *testing.T) {
+	c := DefaultConfig()
+	if c.ECHAction != ECHIgnore {
+		t.Fatalf("default ech_action %q, want %q", c.ECHAction, ECHIgnore)
+	}
+	for _, a := range []string{ECHIgnore, "policy"} {
+		c.ECHAction = a
+		p, err := New(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d, ok := p.Special("ech"); ok {
+			t.Errorf("ech_action %s: special decision %+v, want the rules", a, d)
+		}
+	}
+	c.ECHAction = "deny"
+	p, err := New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, ok := p.Special("ech"); !ok || d.Action != Deny || d.Rule != "ech" {
+		t.Errorf("ech_action deny: %+v %v", d, ok)
 	}
 }

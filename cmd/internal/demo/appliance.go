@@ -112,7 +112,7 @@ func ApplianceConfig(mode string, f Files) config.Config {
 	c.Proxy.Policy = policy.Config{
 		DefaultAction: policy.Deny,
 		NoSNIAction:   "deny",
-		ECHAction:     "deny",
+		ECHAction:     policy.ECHIgnore,
 		Rules: []policy.Rule{
 			{Name: RuleSplice, Action: policy.Splice, Domains: []string{HostBank}},
 			{Name: RuleDeny, Action: policy.Deny, Domains: []string{HostBlocked}},

@@ -79,6 +79,7 @@ type Internet struct {
 	closers []io.Closer
 	// accepted counts TCP connections accepted per local address.
 	accepted sync.Map // netip.Addr -> *atomic.Int64
+	observe  atomic.Pointer[func(*http.Request)]
 }
 
 // Accepted is how many TCP connections (ports 80 and 443) the servers
@@ -105,6 +106,17 @@ func (l countingListener) Accept() (net.Conn, error) {
 		}
 	}
 	return c, err
+}
+
+// Observe has f told of every HTTP request the internet's servers receive,
+// before it is answered (nil: stop). Tests use it to prove a request
+// arrived, with what it carried. f must not block.
+func (in *Internet) Observe(f func(*http.Request)) {
+	if f == nil {
+		in.observe.Store(nil)
+		return
+	}
+	in.observe.Store(&f)
 }
 
 // NewInternet makes the internet's CA and certificates.
@@ -256,6 +268,9 @@ func (in *Internet) Close() error {
 //	             &rate=R at most R bytes per second (a slow download)
 //	/slow?s=S    one line every 100ms for S seconds
 func (in *Internet) handle(w http.ResponseWriter, r *http.Request) {
+	if f := in.observe.Load(); f != nil {
+		(*f)(r)
+	}
 	local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
 	if lip, ok := addrOf(local); ok && lip == AddrIMDS {
 		fmt.Fprintln(w, LeakBody)
