@@ -53,7 +53,8 @@ func cmdBenchProxy(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.StringVar(&d.Profile, "cpuprofile", "", "write gwlbproxy's CPU profile (pprof) to this file")
 	fs.StringVar(&d.Dir, "dir", "", "keep CA, configs and logs in this directory (default: temporary)")
 	fs.IntVar(&d.Rounds, "rounds", d.Rounds, "repeat no proxy, gwlbproxy, Squid this many times, taking turns; rows aggregate the rounds")
-	fs.StringVar(&d.Scenario, "scenario", "", "run only new-conn or keep-alive (default both)")
+	fs.StringVar(&d.Scenario, "scenario", "", "run only new-conn or keep-alive (default both), or idle: hold --idle-conns bumped connections and report RSS per connection")
+	fs.IntVar(&d.IdleConns, "idle-conns", d.IdleConns, "connections the idle scenario holds open")
 	verbose := fs.Bool("v", false, "log progress to stderr")
 	if err := parseFlags(fs, args); err != nil {
 		return err

@@ -50,8 +50,11 @@ type Config struct {
 	// Dir keeps the run's files (CA, configs, logs) there; "" uses a
 	// temporary directory removed at the end.
 	Dir string
-	// Scenario limits the run to NewConn or KeepAlive; "" runs both.
+	// Scenario limits the run to NewConn, KeepAlive or Idle; "" runs
+	// NewConn and KeepAlive.
 	Scenario string
+	// IdleConns is how many connections the Idle scenario holds open.
+	IdleConns int
 	// Rounds repeats the whole sequence (no proxy, gwlbproxy, Squid) so
 	// the proxies take turns and slow drifts of a shared machine hit both;
 	// each row aggregates its rounds (sums, merged latencies).
@@ -66,7 +69,7 @@ func DefaultConfig() Config {
 	return Config{
 		Conns: 16, Duration: 10 * time.Second, Warmup: 2 * time.Second, BodySize: 1024,
 		Host: "bench.test", Squid: DefaultSquid, Certgen: DefaultCertgen, Baseline: true,
-		ProxyCPU: 1, ClientCPU: 0, Rounds: 1,
+		ProxyCPU: 1, ClientCPU: 0, Rounds: 1, IdleConns: 5000,
 	}
 }
 
@@ -108,6 +111,8 @@ type Result struct {
 	// (gwlbproxy records, Squid access.log) over the run, warm-up included;
 	// Sent counts the requests the client completed through it.
 	LogLines, Sent map[string]int
+	// Idle has the idle scenario's rows (one per proxy and round).
+	Idle []IdleRow
 	// LoadAvg is /proc/loadavg's 1-minute figure at the start and the end:
 	// on a shared machine other work skews the figures.
 	LoadAvg [2]string
@@ -151,8 +156,11 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 			}
 		}
 	}
-	if cfg.Scenario != "" && cfg.Scenario != NewConn && cfg.Scenario != KeepAlive {
-		return res, fmt.Errorf("scenario %q is not %s or %s", cfg.Scenario, NewConn, KeepAlive)
+	if cfg.Scenario != "" && cfg.Scenario != NewConn && cfg.Scenario != KeepAlive && cfg.Scenario != Idle {
+		return res, fmt.Errorf("scenario %q is not %s, %s or %s", cfg.Scenario, NewConn, KeepAlive, Idle)
+	}
+	if cfg.Scenario == Idle && cfg.IdleConns < 1 {
+		return res, fmt.Errorf("idle connections %d out of range", cfg.IdleConns)
 	}
 	if n := runtime.NumCPU(); cfg.ProxyCPU < 0 || cfg.ClientCPU < 0 || cfg.ProxyCPU >= n || cfg.ClientCPU >= n {
 		return res, fmt.Errorf("proxy CPU %d or client CPU %d not in 0..%d", cfg.ProxyCPU, cfg.ClientCPU, n-1)
@@ -211,6 +219,12 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	dst := netip.AddrPortFrom(upstreamAddr, 443)
 	var agg aggregator
 	scenarios := func(name string, roots *x509.CertPool, p *proc) error {
+		if cfg.Scenario == Idle {
+			if p == nil {
+				return nil // no proxy, no proxy memory
+			}
+			return idleScenario(ctx, cfg, &res, name, t.client, dst, roots, p)
+		}
 		for _, keep := range []bool{false, true} {
 			l := &load{ns: t.client, dst: dst, host: cfg.Host, roots: roots, conns: cfg.Conns, keepAlive: keep, bodyLen: int64(cfg.BodySize)}
 			scen := NewConn
@@ -415,6 +429,12 @@ func readFile(path string) string {
 // WriteTable prints the rows, the gwlbproxy/Squid ratios and the targets.
 func (r *Result) WriteTable(w io.Writer) {
 	c := r.Config
+	if c.Scenario == Idle {
+		fmt.Fprintf(w, "proxy pinned to CPU %d (gwlbproxy GOMAXPROCS=1, Squid one worker); load average %s at start, %s at end\n",
+			c.ProxyCPU, r.LoadAvg[0], r.LoadAvg[1])
+		r.writeIdle(w)
+		return
+	}
 	fmt.Fprintf(w, "HTTPS through a bumping proxy: %d connections, %v per scenario after %v warm-up, %d-byte responses, %d round(s) taking turns\n",
 		c.Conns, c.Duration, c.Warmup, c.BodySize, max(c.Rounds, 1))
 	fmt.Fprintf(w, "TLS 1.3 X25519, ECDSA P-256 CA shared by both proxies, full handshakes (no resumption), HTTP/1.1\n")
