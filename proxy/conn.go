@@ -53,6 +53,7 @@ type connState struct {
 	// closed by finish.
 	upMu   sync.Mutex
 	upTr   *http.Transport
+	upH1   *h1Pool // the fast path over the same one connection
 	up     net.Conn
 	upDone bool
 
@@ -131,6 +132,23 @@ func (st *connState) ownTransport(u *upstream, key poolKey) *http.Transport {
 	return st.upTr
 }
 
+// ownH1 returns (creating on first use) the connection's own fast-path
+// pool in per-client mode: at most one idle connection, never timed out
+// by the pool (see perClientTransport), closed by finish.
+func (st *connState) ownH1(u *upstream, key poolKey) *h1Pool {
+	st.upMu.Lock()
+	defer st.upMu.Unlock()
+	if st.upH1 == nil {
+		lim := u.h1Limits()
+		lim.idleTimeout = 0
+		st.upH1 = &h1Pool{max: 1, lim: lim}
+		if st.upDone {
+			st.upH1.close()
+		}
+	}
+	return st.upH1
+}
+
 var errClientGone = errors.New("client connection closed")
 
 // adopt makes c the connection's live upstream (per-client mode). The
@@ -154,11 +172,14 @@ func (st *connState) adopt(c net.Conn) (net.Conn, error) {
 func (st *connState) closeUpstream() {
 	st.upMu.Lock()
 	st.upDone = true
-	up, tr := st.up, st.upTr
+	up, tr, hp := st.up, st.upTr, st.upH1
 	st.up = nil
 	st.upMu.Unlock()
 	if up != nil {
 		up.Close()
+	}
+	if hp != nil {
+		hp.close()
 	}
 	if tr != nil {
 		tr.CloseIdleConnections()
