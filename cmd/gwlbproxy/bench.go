@@ -69,6 +69,9 @@ func cmdBenchProxy(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	res, err := proxybench.Run(ctx, d)
 	if err != nil {
+		if len(res.Rows) > 0 || len(res.Idle) > 0 {
+			res.WriteTable(stdout) // what was measured before the failure
+		}
 		return err
 	}
 	res.WriteTable(stdout)

@@ -365,7 +365,11 @@ func runProxy(ctx context.Context, cfg Config, t *topology, name string, cmd *ex
 		return err
 	}
 	defer func() {
-		if serr := p.stop(10 * time.Second); serr != nil && err == nil {
+		grace := 10 * time.Second
+		if cfg.Scenario == Idle {
+			grace = 60 * time.Second // Squid takes its time over thousands of closed connections
+		}
+		if serr := p.stop(grace); serr != nil && err == nil {
 			err = serr
 		}
 	}()
