@@ -59,6 +59,8 @@ type connState struct {
 
 	finishOnce sync.Once
 	released   atomic.Bool
+	// stall is what made no progress for progress_timeout (stall*).
+	stall atomic.Uint32
 }
 
 // fixedReply is a canned answer for every request on a connection.
@@ -200,6 +202,7 @@ func (st *connState) finish() {
 		st.preMu.Unlock()
 		st.closeUpstream()
 		if st.requests.Load() == 0 {
+			st.markStalled(&st.rec, st.p.cfg.ProgressTimeout)
 			if st.rec.Action == "" {
 				st.rec.Action = "error"
 				st.rec.UpstreamError = "client sent no complete request"
@@ -217,6 +220,11 @@ func (st *connState) release() {
 		delete(p.active, st)
 		p.mu.Unlock()
 		p.m.active.Dec()
+		p.clients.release(st.clientAP.Addr())
+		if s := st.stall.Load(); s != stallNone {
+			p.stats.stalled.Add(1)
+			p.m.stalled.WithLabelValues(stallName(s)).Inc()
+		}
 		<-p.sem
 		p.conns.Done()
 	}
@@ -247,6 +255,16 @@ func tlsVersionName(v uint16) string {
 type servedConn struct {
 	net.Conn
 	st *connState
+}
+
+// Write notes a write that timed out: the client stopped reading (the
+// only write deadlines on a served conn are progress deadlines).
+func (c *servedConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if err != nil && isTimeoutErr(err) {
+		c.st.setStall(stallClientRead)
+	}
+	return n, err
 }
 
 func (c *servedConn) Close() error {

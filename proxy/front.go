@@ -213,8 +213,12 @@ func (p *Proxy) splice(st *connState, rc *replayConn) {
 		p.closeWith(st, "error", st.rec.Rule, msg)
 		return
 	}
-	in, out := relay(rc, up, p.cfg.SpliceIdleTimeout)
+	in, out, stall := relay(rc, up, p.cfg.SpliceIdleTimeout, p.cfg.ProgressTimeout)
 	st.rec.BytesIn, st.rec.BytesOut = in, out
+	if stall != stallNone {
+		st.setStall(stall)
+		st.markStalled(&st.rec, p.cfg.ProgressTimeout)
+	}
 	st.client.Close()
 	up.Close()
 	st.finish()
@@ -223,34 +227,45 @@ func (p *Proxy) splice(st *connState, rc *replayConn) {
 // relay copies both ways; it returns bytes client->upstream and
 // upstream->client. Each direction half-closes its destination at EOF. The
 // splice ends when both directions are done or when neither moved a byte for
-// idle (a one-way stream keeps the other direction alive).
-func relay(client, up net.Conn, idle time.Duration) (in, out int64) {
+// idle (a one-way stream keeps the other direction alive), or when a write
+// is not taken within progress (stall says which side stopped reading).
+func relay(client, up net.Conn, idle, progress time.Duration) (in, out int64, stall uint32) {
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
 	var wg sync.WaitGroup
+	var upStalled, clientStalled bool
 	wg.Add(2)
-	go func() { in = copyIdle(up, client, idle, &last); wg.Done() }()
-	go func() { out = copyIdle(client, up, idle, &last); wg.Done() }()
+	go func() { in, upStalled = copyIdle(up, client, idle, progress, &last); wg.Done() }()
+	go func() { out, clientStalled = copyIdle(client, up, idle, progress, &last); wg.Done() }()
 	wg.Wait()
-	return in, out
+	switch {
+	case clientStalled:
+		stall = stallClientRead
+	case upStalled:
+		stall = stallUpRead
+	}
+	return in, out, stall
 }
 
-func copyIdle(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
+// copyIdle copies src to dst; stalled reports a write to dst that was not
+// taken within the write timeout (min(idle, progress)).
+func copyIdle(dst, src net.Conn, idle, progress time.Duration, last *atomic.Int64) (n int64, stalled bool) {
+	wt := min(idle, progress)
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
-	var n int64
 	var failed bool
 	for {
 		src.SetReadDeadline(time.Now().Add(idle))
 		nr, rerr := src.Read(buf)
 		if nr > 0 {
 			last.Store(time.Now().UnixNano())
-			dst.SetWriteDeadline(time.Now().Add(idle))
+			dst.SetWriteDeadline(time.Now().Add(wt))
 			nw, werr := dst.Write(buf[:nr])
 			n += int64(nw)
 			if werr != nil {
 				failed = true
+				stalled = isTimeoutErr(werr)
 				break
 			}
 		}
@@ -270,7 +285,7 @@ func copyIdle(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
 		dst.Close()
 		src.Close()
 	}
-	return n
+	return n, stalled
 }
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}

@@ -350,9 +350,12 @@ func (b *reqBody) Read(p []byte) (int, error) {
 	if b.s.w.expectContinue {
 		b.s.w.writeContinue() // once; not after the final response began
 	}
+	b.s.extendRead()
 	n, err := b.rc.Read(p)
 	if err == io.EOF {
 		b.eof = true
+	} else if err != nil && isTimeoutErr(err) && !b.closed.Load() && !time.Now().Before(b.s.rd) {
+		b.s.conn.st.setStall(stallClientSend)
 	}
 	return n, err
 }

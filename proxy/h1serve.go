@@ -45,6 +45,7 @@ type h1Server struct {
 	wire wireReader
 	br   *bufio.Reader
 	bw   *bufio.Writer
+	out  h1Out // bw's destination: the conn with progress deadlines
 
 	ctx      context.Context
 	cancel   context.CancelCauseFunc
@@ -99,8 +100,9 @@ func (p *Proxy) serveH1(c *servedConn) {
 	s.wire.c = c
 	s.br = brPool.Get().(*bufio.Reader)
 	s.br.Reset(&s.wire)
+	s.out.s = s
 	s.bw = bwPool.Get().(*bufio.Writer)
-	s.bw.Reset(c)
+	s.bw.Reset(&s.out)
 	s.ctx, s.cancel = context.WithCancelCause(context.WithValue(p.ctx, stateKey{}, c.st))
 	s.remote = c.RemoteAddr().String()
 	if tc, ok := c.Conn.(*tls.Conn); ok {
@@ -296,7 +298,7 @@ func (s *h1Server) waitLean() error {
 	s.br = brPool.Get().(*bufio.Reader)
 	s.br.Reset(&s.wire)
 	s.bw = bwPool.Get().(*bufio.Writer)
-	s.bw.Reset(s.conn)
+	s.bw.Reset(&s.out)
 	if n == 1 {
 		s.wire.unread(b[0])
 		_, err = s.br.Peek(1) // fill: the rest of the record, for the header check
@@ -411,7 +413,9 @@ func (s *h1Server) serve(req *http.Request) (keep bool) {
 	if !bodyless {
 		body = &reqBody{s: s, rc: req.Body}
 		req.Body = body
-		s.setReadDeadline(time.Time{}) // bodies are read at the client's pace
+		// Bodies are read at the client's pace, as long as it keeps
+		// sending (reqBody.Read moves the deadline).
+		s.extendRead()
 	}
 	clear(s.hdr)
 	w := &s.w

@@ -20,6 +20,7 @@ type reqKey struct{}
 // reqInfo follows one request from our handler through goproxy into our
 // RoundTripper and back, and becomes its record.
 type reqInfo struct {
+	st       *connState
 	rec      Record
 	start    time.Time
 	bytesIn  atomic.Int64
@@ -65,7 +66,7 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	st.requests.Add(1)
 	p.stats.requests.Add(1)
-	ri := &reqInfo{start: time.Now(), rec: st.rec}
+	ri := &reqInfo{st: st, start: time.Now(), rec: st.rec}
 	ri.rec.Action, ri.rec.Rule, ri.rec.UpstreamError = "allow", st.rec.Rule, ""
 	ri.rec.Host = r.Host
 	ri.rec.Method = r.Method
@@ -73,6 +74,16 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	ri.rec.UserAgent = r.Header.Get("User-Agent")
 	ri.rw = respWriter{w: w, ri: ri}
 	rw := &ri.rw
+	if r.ProtoMajor == 2 {
+		// HTTP/2 streams get progress deadlines of their own (an h1
+		// connection's are kept by h1Server).
+		if dl, ok := w.(streamDeadlines); ok {
+			rw.wdl = dl
+			if r.Body != nil && r.Body != http.NoBody {
+				r.Body = &progressBody{rc: r.Body, dl: dl, st: st, d: p.cfg.ProgressTimeout}
+			}
+		}
+	}
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = &countingBody{rc: r.Body, n: &ri.bytesIn}
 	}
@@ -150,6 +161,7 @@ func (p *Proxy) recordPath(r *http.Request) string {
 }
 
 func (p *Proxy) finishRequest(ri *reqInfo, rw *respWriter) {
+	ri.st.markStalled(&ri.rec, p.cfg.ProgressTimeout)
 	ri.rec.Status = rw.status
 	if ri.rec.Status == 0 {
 		ri.rec.Status = http.StatusOK
@@ -182,6 +194,12 @@ func (p *Proxy) ship(rec *Record, start time.Time) {
 	bufPool.Put(bp)
 }
 
+// streamDeadlines is what x/net/http2's ResponseWriter offers per stream.
+type streamDeadlines interface {
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
+}
+
 // respWriter counts, captures the status, flushes streaming responses (no
 // Content-Length: chunked, SSE) after every write, and tracks hijacks.
 type respWriter struct {
@@ -190,6 +208,8 @@ type respWriter struct {
 	status    int
 	bytesOut  int64
 	flushEach bool
+	wdl       streamDeadlines // HTTP/2: the stream's deadlines; nil for HTTP/1
+	wnext     time.Time       // the stream's write deadline last set
 }
 
 func (w *respWriter) Header() http.Header { return w.w.Header() }
@@ -211,7 +231,11 @@ func (w *respWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
+	w.extendWrite()
 	n, err := w.w.Write(b)
+	if err != nil && w.wdl != nil && !time.Now().Before(w.wnext) {
+		w.ri.st.setStall(stallClientRead)
+	}
 	w.bytesOut += int64(n)
 	if w.flushEach && err == nil {
 		if f, ok := w.w.(http.Flusher); ok {

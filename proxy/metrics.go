@@ -12,9 +12,14 @@ type metrics struct {
 	upErrs    prometheus.Counter
 	shipFail  prometheus.Counter
 	refused   prometheus.Counter
+
+	clientLimited prometheus.Counter
+	stalled       *prometheus.CounterVec
+	maxConns      prometheus.GaugeFunc
+	saturation    prometheus.GaugeFunc
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(reg prometheus.Registerer, p *Proxy) *metrics {
 	m := &metrics{
 		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gwlbproxy_proxy_connections_total",
 			Help: "Client connections accepted, by scheme."}, []string{"scheme"}),
@@ -34,9 +39,23 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Records the Recorder did not accept."}),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "gwlbproxy_proxy_connections_refused_total",
 			Help: "Connections reset at once because Admit refused them (log spool full under fail_closed)."}),
+		clientLimited: prometheus.NewCounter(prometheus.CounterOpts{Name: "gwlbproxy_proxy_connections_client_limited_total",
+			Help: "Connections refused because their client address had max_conns_per_client connections open."}),
+		stalled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gwlbproxy_proxy_stalled_total",
+			Help: "Connections ended because one side made no progress for progress_timeout, by side."}, []string{"side"}),
+		maxConns: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gwlbproxy_proxy_max_connections",
+			Help: "The connection limit in force (max_conns, sized from memory when 0)."}, func() float64 { return float64(p.maxConns) }),
+		saturation: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gwlbproxy_proxy_connection_saturation",
+			Help: "Open client connections divided by the connection limit (0..1)."}, func() float64 {
+			p.mu.Lock()
+			n := len(p.active)
+			p.mu.Unlock()
+			return float64(n) / float64(p.maxConns)
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.accepted, m.decisions, m.requests, m.active, m.limited, m.helloFail, m.upErrs, m.shipFail, m.refused} {
+		for _, c := range []prometheus.Collector{m.accepted, m.decisions, m.requests, m.active, m.limited, m.helloFail, m.upErrs, m.shipFail, m.refused,
+			m.clientLimited, m.stalled, m.maxConns, m.saturation} {
 			reg.MustRegister(c)
 		}
 	}

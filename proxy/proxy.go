@@ -119,6 +119,9 @@ type Deps struct {
 	SelfAddrs func() ([]netip.Addr, error)
 	// InstanceID goes into every record. Empty: the host name.
 	InstanceID string
+	// Memory is the memory max_conns is sized from or checked against,
+	// in bytes (SizeMaxConns). 0: the cgroup limit or MemTotal.
+	Memory uint64
 }
 
 // Proxy is the inspecting proxy. Create with New.
@@ -138,6 +141,11 @@ type Proxy struct {
 	m     *metrics
 	stats counters
 
+	maxConns int           // max_conns resolved (SizeMaxConns)
+	clients  *clientCounts // connections per client address
+	refusals refusalLog    // rate limit of refused-connection records
+	refusers chan struct{} // bounds the goroutines answering refused connections
+
 	mu        sync.Mutex
 	listeners map[net.Listener]string
 	listenErr error
@@ -152,6 +160,14 @@ type Proxy struct {
 // New validates cfg and builds a proxy. reg may be nil.
 func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*Proxy, error) {
 	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("proxy config: %w", err)
+	}
+	mem := deps.Memory
+	if mem == 0 {
+		mem = instanceMemory()
+	}
+	maxConns, err := SizeMaxConns(cfg.MaxConns, mem)
+	if err != nil {
 		return nil, fmt.Errorf("proxy config: %w", err)
 	}
 	if deps.Recorder == nil {
@@ -191,12 +207,15 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Proxy{
 		cfg: cfg, deps: deps, log: log, pol: pol, guard: guard, roots: roots, ids: ids,
-		sem:       make(chan struct{}, cfg.MaxConns),
+		sem:       make(chan struct{}, maxConns),
+		maxConns:  maxConns,
+		clients:   newClientCounts(perClientCap(cfg.MaxConnsPerClient, maxConns)),
+		refusers:  make(chan struct{}, maxRefusers),
 		listeners: map[net.Listener]string{},
 		active:    map[*connState]struct{}{},
 		ctx:       ctx, stop: cancel,
 	}
-	p.m = newMetrics(reg)
+	p.m = newMetrics(reg, p)
 	p.up = newUpstream(p)
 	p.gp = p.newGoproxy()
 	p.srv = &http.Server{
@@ -218,7 +237,10 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 		IdleTimeout:                  cfg.IdleTimeout,
 		MaxUploadBufferPerConnection: 1 << 20,
 		MaxUploadBufferPerStream:     1 << 20,
-		CountError:                   func(errType string) { p.log.Debug("proxy: http2 error", "type", errType) },
+		// A client that stops reading (no byte written for this long)
+		// loses its connection; streams have their own deadlines.
+		WriteByteTimeout: cfg.ProgressTimeout,
+		CountError:       func(errType string) { p.log.Debug("proxy: http2 error", "type", errType) },
 	}
 	if err := http2.ConfigureServer(p.srv, p.h2); err != nil {
 		cancel()
@@ -322,15 +344,16 @@ func (p *Proxy) serve(l net.Listener, isTLS bool) error {
 		if !p.admit(c) {
 			continue
 		}
+		client := remoteAddr(c)
+		if !p.clients.acquire(client) {
+			p.refuse(c, isTLS, refusedPerClient)
+			continue
+		}
 		select {
 		case p.sem <- struct{}{}:
 		default:
-			p.m.limited.Inc()
-			p.stats.limited.Add(1)
-			st := p.newState(c, isTLS)
-			st.rec.Action, st.rec.UpstreamError = "error", "connection limit reached"
-			p.ship(&st.rec, st.start)
-			c.Close()
+			p.clients.release(client)
+			p.refuse(c, isTLS, refusedTotal)
 			continue
 		}
 		p.conns.Add(1)
@@ -454,10 +477,27 @@ type Stats struct {
 	// UpstreamPerClient is Deps.UpstreamPerClient (upstream_pools is then
 	// 0: every client connection has its own upstream).
 	UpstreamPerClient bool `json:"upstream_per_client"`
+
+	// Saturation (fair share). Saturation is active_conns/max_conns;
+	// ClientLimited counts connections refused at max_conns_per_client
+	// (Limited those refused at max_conns); Clients is how many client
+	// addresses have connections and TopClientConns the most any one
+	// holds; RefusalRecordsDropped counts refusals left unrecorded by the
+	// record rate limit. None of these affects the health verdict: a
+	// saturated proxy still serves, and GWLB must not fail it over.
+	MaxConns              int     `json:"max_conns"`
+	MaxConnsPerClient     int     `json:"max_conns_per_client"`
+	Saturation            float64 `json:"saturation"`
+	ClientLimited         uint64  `json:"client_limited"`
+	Clients               int     `json:"clients"`
+	TopClientConns        int     `json:"top_client_conns"`
+	RefusalRecordsDropped uint64  `json:"refusal_records_dropped"`
+	Stalled               uint64  `json:"stalled"`
 }
 
 type counters struct {
 	accepted, limited, bumped, spliced, denied, helloFail, requests, upErrs, shipFail, refused atomic.Uint64
+	clientLimited, stalled                                                                     atomic.Uint64
 }
 
 // Stats returns current counters.
@@ -465,7 +505,12 @@ func (p *Proxy) Stats() Stats {
 	p.mu.Lock()
 	nl, na := len(p.listeners), len(p.active)
 	p.mu.Unlock()
+	clients, top := p.clients.top()
 	return Stats{
+		MaxConns: p.maxConns, MaxConnsPerClient: p.clients.limit,
+		Saturation: float64(na) / float64(p.maxConns), ClientLimited: p.stats.clientLimited.Load(),
+		Clients: clients, TopClientConns: top, RefusalRecordsDropped: p.refusals.total.Load(),
+		Stalled:   p.stats.stalled.Load(),
 		Listeners: nl, ActiveConns: na,
 		Accepted: p.stats.accepted.Load(), Limited: p.stats.limited.Load(),
 		Bumped: p.stats.bumped.Load(), Spliced: p.stats.spliced.Load(), Denied: p.stats.denied.Load(),

@@ -50,6 +50,10 @@ type Record struct {
 	ALPN          string
 	UpstreamError string
 	UserAgent     string
+	// Stalled names the side that made no progress for
+	// progress_timeout: client_send, client_read, upstream_read; "" when
+	// nothing stalled.
+	Stalled string
 }
 
 // AppendJSON appends r as one JSON object (no newline) to b. Every string is
@@ -96,6 +100,7 @@ func (r *Record) appendJSON(b []byte, maxField int, id []byte) []byte {
 	b = appendStr(b, "alpn", r.ALPN, maxField)
 	b = appendStr(b, "upstream_error", r.UpstreamError, maxField)
 	b = appendStr(b, "user_agent", r.UserAgent, maxField)
+	b = appendStr(b, "stalled", r.Stalled, maxField)
 	return append(b, '}')
 }
 
