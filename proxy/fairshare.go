@@ -44,7 +44,10 @@ func (st *connState) setStall(s uint32) { st.stall.CompareAndSwap(stallNone, s) 
 
 // markStalled fills the stall fields of a request or connection record.
 func (st *connState) markStalled(rec *Record, d time.Duration) {
-	s := st.stall.Load()
+	markStalled(rec, st.stall.Load(), d)
+}
+
+func markStalled(rec *Record, s uint32, d time.Duration) {
 	if s == stallNone {
 		return
 	}
@@ -71,11 +74,12 @@ func isTimeoutErr(err error) bool {
 
 // extendRead moves an HTTP/1 connection's read deadline to
 // progress_timeout from now while a request body is read, when it has
-// drifted by more than an eighth (no deadline change per read).
+// drifted by more than an eighth (no deadline change per read), or when
+// a longer one (the header timeout) is in place.
 func (s *h1Server) extendRead() {
 	d := s.p.cfg.ProgressTimeout
 	now := time.Now()
-	if s.rd.IsZero() || s.rd.Before(now.Add(d-d/8)) {
+	if s.rd.IsZero() || s.rd.Before(now.Add(d-d/8)) || s.rd.After(now.Add(d)) {
 		s.setReadDeadline(now.Add(d))
 	}
 }
@@ -111,7 +115,7 @@ func (o *h1Out) Write(b []byte) (int, error) {
 type progressBody struct {
 	rc   io.ReadCloser
 	dl   interface{ SetReadDeadline(time.Time) error }
-	st   *connState
+	ri   *reqInfo
 	d    time.Duration
 	next time.Time
 }
@@ -124,7 +128,7 @@ func (b *progressBody) Read(p []byte) (int, error) {
 	}
 	n, err := b.rc.Read(p)
 	if err != nil && err != io.EOF && !time.Now().Before(b.next) {
-		b.st.setStall(stallClientSend)
+		b.ri.stall.CompareAndSwap(stallNone, stallClientSend)
 	}
 	return n, err
 }

@@ -382,6 +382,9 @@ func (b *reqBody) finish() bool {
 	if b.eof {
 		return true
 	}
+	if b.s.conn.st.stall.Load() != stallNone {
+		return false // the client stopped sending: no drain wait
+	}
 	if w := &b.s.w; w.expectContinue && !w.wroteContinue {
 		return false // the client was never asked for the body
 	}

@@ -21,6 +21,7 @@ type reqKey struct{}
 // RoundTripper and back, and becomes its record.
 type reqInfo struct {
 	st       *connState
+	stall    atomic.Uint32 // HTTP/2: what stalled on this stream (stall*)
 	rec      Record
 	start    time.Time
 	bytesIn  atomic.Int64
@@ -80,7 +81,7 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 		if dl, ok := w.(streamDeadlines); ok {
 			rw.wdl = dl
 			if r.Body != nil && r.Body != http.NoBody {
-				r.Body = &progressBody{rc: r.Body, dl: dl, st: st, d: p.cfg.ProgressTimeout}
+				r.Body = &progressBody{rc: r.Body, dl: dl, ri: ri, d: p.cfg.ProgressTimeout}
 			}
 		}
 	}
@@ -161,7 +162,14 @@ func (p *Proxy) recordPath(r *http.Request) string {
 }
 
 func (p *Proxy) finishRequest(ri *reqInfo, rw *respWriter) {
-	ri.st.markStalled(&ri.rec, p.cfg.ProgressTimeout)
+	if s := ri.stall.Load(); s != stallNone {
+		// An HTTP/2 stream: the connection goes on.
+		p.stats.stalled.Add(1)
+		p.m.stalled.WithLabelValues(stallName(s)).Inc()
+		markStalled(&ri.rec, s, p.cfg.ProgressTimeout)
+	} else {
+		ri.st.markStalled(&ri.rec, p.cfg.ProgressTimeout)
+	}
 	ri.rec.Status = rw.status
 	if ri.rec.Status == 0 {
 		ri.rec.Status = http.StatusOK
@@ -234,7 +242,7 @@ func (w *respWriter) Write(b []byte) (int, error) {
 	w.extendWrite()
 	n, err := w.w.Write(b)
 	if err != nil && w.wdl != nil && !time.Now().Before(w.wnext) {
-		w.ri.st.setStall(stallClientRead)
+		w.ri.stall.CompareAndSwap(stallNone, stallClientRead)
 	}
 	w.bytesOut += int64(n)
 	if w.flushEach && err == nil {

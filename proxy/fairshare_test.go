@@ -1,0 +1,462 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// fastProgress is the progress timeout of these tests.
+const fastProgress = 400 * time.Millisecond
+
+// waitIdle waits until the proxy holds no connection.
+func waitNoConns(t *testing.T, h *harness) {
+	t.Helper()
+	waitFor(t, "every connection slot freed", func() bool {
+		s := h.p.Stats()
+		return s.ActiveConns == 0 && s.Clients == 0
+	})
+}
+
+// stalledRecord waits for a record whose stalled field is side.
+func stalledRecord(t *testing.T, h *harness, side string) map[string]any {
+	t.Helper()
+	return h.rec.wait(t, "record stalled="+side, field("stalled", side))
+}
+
+// closedWithin checks that the proxy ends c (EOF or reset) within d.
+func closedWithin(t *testing.T, c net.Conn, d time.Duration) {
+	t.Helper()
+	start := time.Now()
+	c.SetReadDeadline(start.Add(d))
+	_, err := io.Copy(io.Discard, c)
+	if err != nil && isTimeoutErr(err) {
+		t.Fatalf("connection still open after %v", d)
+	}
+}
+
+// TestSlowBodyCut: a client that sends part of a request body and stops
+// is cut at progress_timeout, over plain HTTP and bumped TLS; the record
+// says client_send and the slot is freed. A client sending slowly but
+// steadily is not cut.
+func TestSlowBodyCut(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.ProgressTimeout = fastProgress })
+	for _, tlsOn := range []bool{false, true} {
+		t.Run(fmt.Sprint("tls=", tlsOn), func(t *testing.T) {
+			var c net.Conn
+			var err error
+			if tlsOn {
+				c, err = tls.Dial("tcp", h.tlsAddr, &tls.Config{ServerName: "slowbody.good.test", RootCAs: h.clientCA, NextProtos: []string{"http/1.1"}})
+			} else {
+				c, err = net.Dial("tcp", h.httpAddr)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			start := time.Now()
+			io.WriteString(c, "POST /post HTTP/1.1\r\nHost: slowbody.good.test\r\nContent-Length: 1000\r\n\r\n0123456789")
+			closedWithin(t, c, 10*time.Second)
+			if el := time.Since(start); el < fastProgress {
+				t.Fatalf("cut after %v, before the progress timeout", el)
+			}
+			r := stalledRecord(t, h, "client_send")
+			if r["action"] != "error" || !strings.Contains(r["upstream_error"].(string), "request body") {
+				t.Fatalf("record %v", r)
+			}
+			h.rec.mu.Lock()
+			h.rec.recs = nil
+			h.rec.mu.Unlock()
+			waitNoConns(t, h)
+		})
+	}
+	// Slow but steady: a byte every progress/4 is progress.
+	c, br := rawDial(t, h)
+	io.WriteString(c, "POST /post HTTP/1.1\r\nHost: steady.good.test\r\nContent-Length: 8\r\n\r\n")
+	for i := 0; i < 8; i++ {
+		time.Sleep(fastProgress / 4)
+		if _, err := c.Write([]byte{'x'}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if resp, body := readResp(t, br, "POST"); resp.StatusCode != 200 || !strings.Contains(body, "got=8") {
+		t.Fatalf("steady body: %d %q", resp.StatusCode, body)
+	}
+}
+
+// TestSlowReaderCut: a client that stops reading a large response is cut
+// once a write makes no progress for progress_timeout; the record says
+// client_read and the slot (and the upstream connection) is freed.
+func TestSlowReaderCut(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.ProgressTimeout = fastProgress })
+	for _, tlsOn := range []bool{false, true} {
+		t.Run(fmt.Sprint("tls=", tlsOn), func(t *testing.T) {
+			d := net.Dialer{Control: smallRcvBuf}
+			addr := h.httpAddr
+			if tlsOn {
+				addr = h.tlsAddr
+			}
+			raw, err := d.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer raw.Close()
+			c := raw
+			if tlsOn {
+				c = tls.Client(raw, &tls.Config{ServerName: "slowread.good.test", RootCAs: h.clientCA, NextProtos: []string{"http/1.1"}})
+			}
+			io.WriteString(c, "GET /big?n=200000000 HTTP/1.1\r\nHost: slowread.good.test\r\n\r\n")
+			// Read the first bytes, then nothing.
+			var b [1024]byte
+			if _, err := io.ReadFull(c, b[:]); err != nil {
+				t.Fatal(err)
+			}
+			r := stalledRecord(t, h, "client_read")
+			if r["action"] != "error" || r["status"] != float64(200) {
+				t.Fatalf("record %v", r)
+			}
+			if out := r["bytes_out"].(float64); out <= 0 || out >= 200000000 {
+				t.Fatalf("bytes_out %v", out)
+			}
+			h.rec.mu.Lock()
+			h.rec.recs = nil
+			h.rec.mu.Unlock()
+			waitNoConns(t, h)
+		})
+	}
+	if s := h.p.Stats(); s.Stalled < 2 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+// smallRcvBuf keeps a client's receive buffer small so that a client that
+// does not read fills the path quickly.
+func smallRcvBuf(_, _ string, rc syscall.RawConn) error {
+	return rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+}
+
+// TestHTTP2Stalls: an HTTP/2 stream whose body stops, and one whose
+// response the client does not read, are ended at progress_timeout with
+// their records saying which; other streams of the same connection go on.
+func TestHTTP2Stalls(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.ProgressTimeout = fastProgress })
+	tr := &http2.Transport{
+		DialTLSContext: func(ctx context.Context, network, _ string, cfg *tls.Config) (net.Conn, error) {
+			d := tls.Dialer{Config: cfg}
+			return d.DialContext(ctx, network, h.tlsAddr)
+		},
+		TLSClientConfig: &tls.Config{RootCAs: h.clientCA},
+	}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+
+	// A body that sends ten bytes and stops.
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go pw.Write([]byte("0123456789"))
+	req, _ := http.NewRequest("POST", "https://h2stall.good.test/post", pr)
+	req.ContentLength = 1000
+	start := time.Now()
+	resp, err := c.Do(req)
+	if err == nil {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	if time.Since(start) > 10*time.Second {
+		t.Fatal("stalled h2 body not cut")
+	}
+	r := stalledRecord(t, h, "client_send")
+	if r["alpn"] != "h2" {
+		t.Fatalf("record %v", r)
+	}
+
+	// A response nobody reads: the stream's flow-control window fills.
+	resp, err = c.Get("https://h2stall.good.test/big?n=200000000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stalledRecord(t, h, "client_read")
+	resp.Body.Close()
+	// The connection still serves other streams.
+	resp, err = c.Get("https://h2stall.good.test/after")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readAll(t, resp); !strings.Contains(body, upstreamMarker) {
+		t.Fatalf("after the stalls: %q", body)
+	}
+	tr.CloseIdleConnections()
+	waitNoConns(t, h)
+}
+
+// TestSpliceSlowReader: a spliced client that stops reading is cut at
+// progress_timeout (well before splice_idle_timeout), recorded
+// client_read.
+func TestSpliceSlowReader(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.ProgressTimeout = fastProgress })
+	d := net.Dialer{Control: smallRcvBuf}
+	raw, err := d.Dial("tcp", h.tlsAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	// The upstream certificate is the test CA's; the client trusts it
+	// (the splice hands it the upstream's own handshake).
+	c := tls.Client(raw, &tls.Config{ServerName: "splice.test", RootCAs: h.upCA.pool(), NextProtos: []string{"http/1.1"}})
+	io.WriteString(c, "GET /big?n=200000000 HTTP/1.1\r\nHost: splice.test\r\n\r\n")
+	var b [1024]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil {
+		t.Fatal(err)
+	}
+	r := stalledRecord(t, h, "client_read")
+	if r["action"] != "error" || r["rule"] != "splice-bank" {
+		t.Fatalf("record %v", r)
+	}
+	waitNoConns(t, h)
+}
+
+// TestPerClientCap: one client address at its cap gets a 503 page on
+// port 80 and a clean close on 443, recorded (rate limited) and counted;
+// another client address is served meanwhile; when the first client
+// closes a connection it may open one again.
+func TestPerClientCap(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.MaxConns = 50; c.MaxConnsPerClient = 3 })
+	greedy, other := privateLoopback(), privateLoopback()
+	dial := func(from *net.TCPAddr, addr string) net.Conn {
+		d := net.Dialer{LocalAddr: from}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	var held []net.Conn
+	for i := 0; i < 3; i++ {
+		held = append(held, dial(greedy, h.httpAddr))
+	}
+	waitFor(t, "greedy connections accepted", func() bool { return h.p.Stats().TopClientConns == 3 })
+
+	// Over the cap on port 80: a 503 page, then the close.
+	c := dial(greedy, h.httpAddr)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: greedy.good.test\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, body := readResp(t, br, "GET")
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "per-client connection limit") {
+		t.Fatalf("over the cap: %d %q", resp.StatusCode, body)
+	}
+	wantClosed(t, br)
+	// Over the cap on 443: closed cleanly (EOF, not a reset), no bytes.
+	c = dial(greedy, h.tlsAddr)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if b, err := io.ReadAll(c); err != nil || len(b) != 0 {
+		t.Fatalf("TLS over the cap: %q %v", b, err)
+	}
+	r := h.rec.wait(t, "cap record", field("rule", "limit:max_conns_per_client"))
+	if r["client_ip"] != greedy.IP.String() {
+		t.Fatalf("record %v", r)
+	}
+
+	// Another client is served while the greedy one is at its cap.
+	oc := dial(other, h.httpAddr)
+	oc.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(oc, "GET /x HTTP/1.1\r\nHost: other.good.test\r\n\r\n")
+	if resp, body := readResp(t, bufio.NewReader(oc), "GET"); resp.StatusCode != 200 || !strings.Contains(body, upstreamMarker) {
+		t.Fatalf("other client: %d %q", resp.StatusCode, body)
+	}
+	// The greedy client frees one slot and gets one again.
+	held[0].Close()
+	waitFor(t, "greedy slot freed", func() bool { return h.p.Stats().TopClientConns <= 2 })
+	c = dial(greedy, h.httpAddr)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET /y HTTP/1.1\r\nHost: greedy.good.test\r\n\r\n")
+	if resp, _ := readResp(t, bufio.NewReader(c), "GET"); resp.StatusCode != 200 {
+		t.Fatalf("greedy after freeing: %d", resp.StatusCode)
+	}
+	s := h.p.Stats()
+	if s.ClientLimited != 2 || s.MaxConnsPerClient != 3 || s.MaxConns != 50 || s.Saturation <= 0 {
+		t.Fatalf("stats %+v", s)
+	}
+	if err := h.p.Health(); err != nil {
+		t.Fatalf("saturation must not fail health: %v", err)
+	}
+}
+
+// TestRefusalRecordsRateLimited: a flood of refused connections yields a
+// bounded number of records, and a later record says how many were left
+// out; every refusal is counted.
+func TestRefusalRecordsRateLimited(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.MaxConns = 50; c.MaxConnsPerClient = 1 })
+	from := privateLoopback()
+	d := net.Dialer{LocalAddr: from}
+	keep, err := d.Dial("tcp", h.httpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer keep.Close()
+	waitFor(t, "first connection accepted", func() bool { return h.p.Stats().TopClientConns == 1 })
+	const flood = 100
+	for i := 0; i < flood; i++ {
+		c, err := d.Dial("tcp", h.httpAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	waitFor(t, "refusals counted", func() bool { return h.p.Stats().ClientLimited == flood })
+	count := func() int {
+		h.rec.mu.Lock()
+		defer h.rec.mu.Unlock()
+		n := 0
+		for _, r := range h.rec.recs {
+			if r["rule"] == "limit:max_conns_per_client" {
+				n++
+			}
+		}
+		return n
+	}
+	if n := count(); n > refusalBurst+refusalRate || n < refusalBurst/2 {
+		t.Fatalf("%d refusal records for %d refusals", n, flood)
+	}
+	time.Sleep(200 * time.Millisecond)
+	c, _ := d.Dial("tcp", h.httpAddr)
+	c.Close()
+	h.rec.wait(t, "record naming the left-out refusals", func(r map[string]any) bool {
+		s, _ := r["upstream_error"].(string)
+		return strings.Contains(s, "more refusals not recorded")
+	})
+	if s := h.p.Stats(); s.RefusalRecordsDropped == 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+// TestIdleConnsHeldAndReleased holds thousands of idle bumped keep-alive
+// connections (each from its own 127.x address, one request each) and
+// releases them: while held, the proxy keeps one goroutine per client
+// connection (no upstream reader goroutines) and upstream connections
+// stay pooled, not one per client; after release goroutines and
+// descriptors return to where they were. Shared and per-client upstream
+// modes.
+func TestIdleConnsHeldAndReleased(t *testing.T) {
+	n := 2000
+	if testing.Short() {
+		n = 300
+	}
+	for _, perClient := range []bool{false, true} {
+		t.Run(fmt.Sprint("per_client=", perClient), func(t *testing.T) {
+			var h *harness
+			if perClient {
+				h, _ = perClientHarness(t)
+			} else {
+				h = newHarness(t, func(c *Config) { c.HTTP2 = false })
+			}
+			warm := heldConns(t, h, 1)
+			warm[0].Close()
+			waitNoConns(t, h)
+			h.p.up.closeIdle()
+			time.Sleep(100 * time.Millisecond)
+			runtime.GC()
+			g0, fd0 := runtime.NumGoroutine(), countFDs()
+			conns := heldConns(t, h, n)
+			time.Sleep(200 * time.Millisecond)
+			g1, fd1 := runtime.NumGoroutine(), countFDs()
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			// Per connection: the proxy's serving goroutine; per-client
+			// mode adds the test upstream's own serving goroutine.
+			wantG := 1.0
+			wantFD := 2.0 // client socket + accepted socket
+			if perClient {
+				wantG, wantFD = 2.0, 4.0 // + upstream socket + its accepted socket
+			}
+			perG := float64(g1-g0) / float64(n)
+			perFD := float64(fd1-fd0) / float64(n)
+			t.Logf("%d idle bumped connections: %.2f goroutines and %.2f fds each (test client and upstream included); heap in use %d MiB",
+				n, perG, perFD, ms.HeapInuse>>20)
+			if perG > wantG+0.1 || perFD > wantFD+0.1 {
+				t.Fatalf("per idle connection: %.2f goroutines (want <= %.0f), %.2f fds (want <= %.0f)", perG, wantG, perFD, wantFD)
+			}
+			if s := h.p.Stats(); s.ActiveConns != n {
+				t.Fatalf("active %d want %d", s.ActiveConns, n)
+			}
+			for _, c := range conns {
+				c.Close()
+			}
+			waitNoConns(t, h)
+			h.p.up.closeIdle() // pooled upstream connections are not the clients'
+			waitFor(t, "goroutines and fds back", func() bool {
+				return runtime.NumGoroutine() <= g0+10 && countFDs() <= fd0+10
+			})
+		})
+	}
+}
+
+// heldConns opens n bumped HTTP/1.1 connections through the proxy, each
+// from its own loopback address, completes one request on each and
+// returns them open.
+func heldConns(t *testing.T, h *harness, n int) []net.Conn {
+	t.Helper()
+	conns := make([]net.Conn, n)
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	sem := make(chan struct{}, 32)
+	for i := range conns {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			// SO_REUSEADDR: in per-client mode the upstream socket is bound
+			// to this socket's address too.
+			d := net.Dialer{LocalAddr: privateLoopback(), Timeout: 20 * time.Second, Control: reuseAddr}
+			raw, err := d.Dial("tcp", h.tlsAddr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			c := tls.Client(raw, &tls.Config{ServerName: fmt.Sprintf("idle%d.good.test", i%4), RootCAs: h.clientCA, NextProtos: []string{"http/1.1"}})
+			c.SetDeadline(time.Now().Add(60 * time.Second))
+			fmt.Fprintf(c, "GET /idle HTTP/1.1\r\nHost: idle%d.good.test\r\n\r\n", i%4)
+			br := bufio.NewReaderSize(c, 512)
+			resp, err := http.ReadResponse(br, nil)
+			if err == nil {
+				var b []byte
+				b, err = io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err == nil && resp.StatusCode != 200 {
+					err = fmt.Errorf("status %d: %s", resp.StatusCode, b)
+				}
+			}
+			if err != nil {
+				c.Close()
+				errs <- err
+				return
+			}
+			c.SetDeadline(time.Time{})
+			conns[i] = c
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+		t.Fatal(err)
+	}
+	return conns
+}
