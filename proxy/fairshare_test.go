@@ -460,3 +460,34 @@ func heldConns(t *testing.T, h *harness, n int) []net.Conn {
 	}
 	return conns
 }
+
+// TestTrimWhenQuiet: the idle trim runs once after a burst, once the
+// proxy is quiet, and not again until new work came and went.
+func TestTrimWhenQuiet(t *testing.T) {
+	h := newHarness(t, nil)
+	var mu sync.Mutex
+	var trims []time.Time
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go h.p.trimWhenQuiet(ctx, func() { mu.Lock(); trims = append(trims, time.Now()); mu.Unlock() })
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(trims) }
+	c := h.httpClient(false)
+	get := func() {
+		resp, body := mustGet(t, c, "http://trim.good.test/")
+		if resp.StatusCode != 200 || !strings.Contains(body, upstreamMarker) {
+			t.Fatalf("%d %q", resp.StatusCode, body)
+		}
+	}
+	get()
+	start := time.Now()
+	waitFor(t, "trim after the burst", func() bool { return count() == 1 })
+	if time.Since(start) < quietAfter/2 {
+		t.Fatal("trimmed before the proxy was quiet")
+	}
+	time.Sleep(2 * quietAfter)
+	if n := count(); n != 1 {
+		t.Fatalf("%d trims while idle, want 1", n)
+	}
+	get()
+	waitFor(t, "trim after the second burst", func() bool { return count() == 2 })
+}

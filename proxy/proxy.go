@@ -57,6 +57,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -251,6 +252,7 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 	// sends those h2 connections GOAWAY.
 	go p.refreshSelf(ctx)
 	go p.up.sweepIdle(ctx)
+	go p.trimWhenQuiet(ctx, debug.FreeOSMemory)
 	return p, nil
 }
 

@@ -55,6 +55,10 @@ type Config struct {
 	Scenario string
 	// IdleConns is how many connections the Idle scenario holds open.
 	IdleConns int
+	// UpstreamPerClient runs gwlbproxy with one upstream connection per
+	// client connection, dialed from the client's address and port (steer
+	// egress_mode tunnel); Squid is unchanged (it dials from its own).
+	UpstreamPerClient bool
 	// Rounds repeats the whole sequence (no proxy, gwlbproxy, Squid) so
 	// the proxies take turns and slow drifts of a shared machine hit both;
 	// each row aggregates its rounds (sums, merged latencies).
@@ -301,6 +305,9 @@ func runRound(ctx context.Context, cfg Config, res *Result, t *topology, dir, re
 		"--ca-cert", bumpCert, "--ca-key", bumpKey, "--upstream-ca", upCA, "--records", records)
 	if cfg.Profile != "" {
 		args = append(args, "--cpuprofile", cfg.Profile)
+	}
+	if cfg.UpstreamPerClient {
+		args = append(args, "--upstream-per-client")
 	}
 	cmd := nsexec.Command(t.router.Name, cfg.ServerCommand[0], args...)
 	cmd.Env = append(cmd.Env, "GOMAXPROCS=1")
