@@ -56,8 +56,10 @@ func (r IdleRow) FDsPerConn() float64 {
 }
 
 // idleSettle is how long the held connections sit before the reading:
-// both proxies finish their per-request work and go idle.
-const idleSettle = 3 * time.Second
+// both proxies finish their per-request work and go idle (gwlbproxy
+// returns a burst's garbage to the kernel after 2 s without work; without
+// that, its runtime would keep it until its two-minute forced collection).
+const idleSettle = 5 * time.Second
 
 // runIdle opens l.conns connections through the proxy p (at most 64
 // handshakes at a time), sends one keep-alive request on each, reads the
