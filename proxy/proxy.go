@@ -29,6 +29,17 @@
 // Deps.Admit gates every new connection (fail closed when the log spool is
 // full): refused connections are reset before anything else happens.
 //
+// Fair share (fairshare.go): every client address may hold at most
+// max_conns_per_client of the max_conns slots (max_conns itself sized from
+// memory by default); a connection over either limit gets a 503 page or a
+// clean close and a rate-limited record. A client that stops sending a
+// request body or reading a response for progress_timeout loses its
+// connection (HTTP/2: its stream), recorded with the side that stalled.
+// An idle bumped HTTP/1 connection holds its goroutine, socket and TLS
+// state but no bufio buffers, and in per-client mode no upstream
+// goroutines; after a burst the proxy returns the garbage to the kernel
+// once quiet.
+//
 // Decisions, in order, for a TLS connection:
 //  1. read the ClientHello (deadline client_hello_timeout); not TLS or
 //     silent: close and record;
