@@ -311,9 +311,10 @@ func goodbye(c net.Conn, isTLS bool, why string) {
 	io.CopyN(io.Discard, c, 64<<10)
 }
 
-// instanceMemory is the memory this process may use: the cgroup's limit
-// when it has one, else MemTotal; 0 when unknown.
-func instanceMemory() uint64 {
+// InstanceMemory is the memory this process may use: its cgroup's
+// memory.max when set (systemd MemoryMax=, a container limit), else
+// MemTotal; 0 when unknown. New sizes max_conns from it.
+func InstanceMemory() uint64 {
 	var total uint64
 	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
@@ -323,9 +324,22 @@ func instanceMemory() uint64 {
 			}
 		}
 	}
-	if b, err := os.ReadFile("/sys/fs/cgroup/memory.max"); err == nil {
+	// cgroup v2: "0::/system.slice/gwlbproxy.service" names the group.
+	files := []string{"/sys/fs/cgroup/memory.max"}
+	if b, err := os.ReadFile("/proc/self/cgroup"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(line, "0::"); ok && rest != "/" && !strings.Contains(rest, "..") {
+				files = append(files, "/sys/fs/cgroup"+rest+"/memory.max")
+			}
+		}
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
 		if v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil && v > 0 && (total == 0 || v < total) {
-			total = v
+			total = v // "max" (no limit) does not parse
 		}
 	}
 	return total

@@ -491,3 +491,60 @@ func TestTrimWhenQuiet(t *testing.T) {
 	get()
 	waitFor(t, "trim after the second burst", func() bool { return count() == 2 })
 }
+
+// TestSizeMaxConns: max_conns 0 follows memory within its bounds; an
+// explicit limit that cannot fit is refused naming the field, by New too.
+func TestSizeMaxConns(t *testing.T) {
+	const gib = 1 << 30
+	for _, tc := range []struct {
+		set  int
+		mem  uint64
+		want int
+		err  bool
+	}{
+		{0, 0, 20000, false},
+		{0, 1 * gib, 4096, false},
+		{0, 16 * gib, 65536, false},
+		{0, 256 * gib, maxAutoConns, false},
+		{0, 16 << 20, minAutoConns, false},
+		{20000, 0, 20000, false},
+		{20000, 4 * gib, 20000, false},
+		{20000, 2 * gib, 0, true},
+		{5000, 1 * gib, 5000, false},
+	} {
+		got, err := SizeMaxConns(tc.set, tc.mem)
+		if tc.err {
+			if err == nil || !strings.HasPrefix(err.Error(), "max_conns: ") {
+				t.Errorf("SizeMaxConns(%d, %d) = %d, %v; want an error naming max_conns", tc.set, tc.mem, got, err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("SizeMaxConns(%d, %d) = %d, %v; want %d", tc.set, tc.mem, got, err, tc.want)
+		}
+	}
+	if got := perClientCap(0, 20000); got != 2500 {
+		t.Errorf("default per-client cap %d", got)
+	}
+	if got := perClientCap(0, 4); got != 1 {
+		t.Errorf("per-client cap of a tiny limit %d", got)
+	}
+	if got := perClientCap(50000, 100); got != 100 {
+		t.Errorf("per-client cap above max_conns %d", got)
+	}
+	cfg := DefaultConfig()
+	cfg.MaxConns = 100000
+	_, err := New(cfg, Deps{Recorder: &memRecorder{}, Memory: 1 << 30}, nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "max_conns: 100000") {
+		t.Fatalf("New with a limit that does not fit: %v", err)
+	}
+	cfg.MaxConns = 0
+	p, err := New(cfg, Deps{Recorder: &memRecorder{}, Memory: 1 << 30}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Shutdown(context.Background())
+	if s := p.Stats(); s.MaxConns != 4096 || s.MaxConnsPerClient != 512 {
+		t.Fatalf("stats %+v", s)
+	}
+}

@@ -176,7 +176,7 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 	}
 	mem := deps.Memory
 	if mem == 0 {
-		mem = instanceMemory()
+		mem = InstanceMemory()
 	}
 	maxConns, err := SizeMaxConns(cfg.MaxConns, mem)
 	if err != nil {
