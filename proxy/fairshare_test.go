@@ -309,6 +309,7 @@ func TestRefusalRecordsRateLimited(t *testing.T) {
 	defer keep.Close()
 	waitFor(t, "first connection accepted", func() bool { return h.p.Stats().TopClientConns == 1 })
 	const flood = 100
+	start := time.Now()
 	for i := 0; i < flood; i++ {
 		c, err := d.Dial("tcp", h.httpAddr)
 		if err != nil {
@@ -317,6 +318,7 @@ func TestRefusalRecordsRateLimited(t *testing.T) {
 		c.Close()
 	}
 	waitFor(t, "refusals counted", func() bool { return h.p.Stats().ClientLimited == flood })
+	allowed := refusalBurst + int(time.Since(start).Seconds()*refusalRate) + 1
 	count := func() int {
 		h.rec.mu.Lock()
 		defer h.rec.mu.Unlock()
@@ -328,7 +330,7 @@ func TestRefusalRecordsRateLimited(t *testing.T) {
 		}
 		return n
 	}
-	if n := count(); n > refusalBurst+refusalRate || n < refusalBurst/2 {
+	if n := count(); n > allowed || n < refusalBurst/2 {
 		t.Fatalf("%d refusal records for %d refusals", n, flood)
 	}
 	time.Sleep(200 * time.Millisecond)
@@ -361,7 +363,9 @@ func TestIdleConnsHeldAndReleased(t *testing.T) {
 			if perClient {
 				h, _ = perClientHarness(t)
 			} else {
-				h = newHarness(t, func(c *Config) { c.HTTP2 = false })
+				// Few pooled upstream connections, so that they do not
+				// blur the per-client figures.
+				h = newHarness(t, func(c *Config) { c.HTTP2 = false; c.UpstreamIdlePerDest = 4 })
 			}
 			warm := heldConns(t, h, 1)
 			warm[0].Close()
@@ -386,7 +390,8 @@ func TestIdleConnsHeldAndReleased(t *testing.T) {
 			perFD := float64(fd1-fd0) / float64(n)
 			t.Logf("%d idle bumped connections: %.2f goroutines and %.2f fds each (test client and upstream included); heap in use %d MiB",
 				n, perG, perFD, ms.HeapInuse>>20)
-			if perG > wantG+0.1 || perFD > wantFD+0.1 {
+			slack := 0.02 + 64/float64(n) // pooled upstream connections, connections still closing
+			if perG > wantG+slack || perFD > wantFD+slack {
 				t.Fatalf("per idle connection: %.2f goroutines (want <= %.0f), %.2f fds (want <= %.0f)", perG, wantG, perFD, wantFD)
 			}
 			if s := h.p.Stats(); s.ActiveConns != n {
