@@ -46,6 +46,7 @@ type h1Server struct {
 	br   *bufio.Reader
 	bw   *bufio.Writer
 	out  h1Out // bw's destination: the conn with progress deadlines
+	one  [1]byte
 
 	ctx      context.Context
 	cancel   context.CancelCauseFunc
@@ -293,14 +294,13 @@ func (s *h1Server) waitLean() error {
 	s.bw.Reset(nil)
 	bwPool.Put(s.bw)
 	s.br, s.bw = nil, nil
-	var b [1]byte
-	n, err := s.conn.Read(b[:])
+	n, err := s.conn.Read(s.one[:])
 	s.br = brPool.Get().(*bufio.Reader)
 	s.br.Reset(&s.wire)
 	s.bw = bwPool.Get().(*bufio.Writer)
 	s.bw.Reset(&s.out)
 	if n == 1 {
-		s.wire.unread(b[0])
+		s.wire.unread(s.one[0])
 		_, err = s.br.Peek(1) // fill: the rest of the record, for the header check
 		return err
 	}
