@@ -110,45 +110,82 @@ func (o *h1Out) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// progressBody is an HTTP/2 request body with a per-stream read deadline
-// progress_timeout ahead of every read (the h1Server does this for its
-// connections itself).
+// streamWatch enforces progress_timeout on one HTTP/2 stream. x/net's
+// per-stream deadlines are timers that end the stream when they pass
+// whether or not anything is blocked (an SSE stream quiet for a minute
+// would die), so the watch marks when a body read or a response write
+// starts blocking and, when one has blocked for progress_timeout, ends
+// the stream with a deadline in the past and records the stalled side.
+// One timer per stream, armed at the stream's first read or write.
+type streamWatch struct {
+	dl               streamDeadlines
+	ri               *reqInfo
+	d                time.Duration
+	reading, writing atomic.Int64 // start of a blocked read/write (unix ns), 0: none
+	mu               sync.Mutex
+	t                *time.Timer
+	stopped          bool
+}
+
+// begin marks an operation as started and arms the timer.
+func (sw *streamWatch) begin(op *atomic.Int64) {
+	op.Store(time.Now().UnixNano())
+	sw.mu.Lock()
+	if sw.t == nil && !sw.stopped {
+		sw.t = time.AfterFunc(sw.d, sw.check)
+	}
+	sw.mu.Unlock()
+}
+
+func (sw *streamWatch) check() {
+	now := time.Now().UnixNano()
+	next := sw.d
+	for _, x := range []struct {
+		op    *atomic.Int64
+		stall uint32
+		end   func(time.Time) error
+	}{{&sw.reading, stallClientSend, sw.dl.SetReadDeadline}, {&sw.writing, stallClientRead, sw.dl.SetWriteDeadline}} {
+		start := x.op.Load()
+		if start == 0 {
+			continue
+		}
+		if el := time.Duration(now - start); el >= sw.d {
+			sw.ri.stall.CompareAndSwap(stallNone, x.stall)
+			x.end(aLongTimeAgo)
+		} else {
+			next = min(next, sw.d-el)
+		}
+	}
+	sw.mu.Lock()
+	if !sw.stopped {
+		sw.t.Reset(next)
+	}
+	sw.mu.Unlock()
+}
+
+func (sw *streamWatch) stop() {
+	sw.mu.Lock()
+	sw.stopped = true
+	if sw.t != nil {
+		sw.t.Stop()
+	}
+	sw.mu.Unlock()
+}
+
+// progressBody is an HTTP/2 request body under a streamWatch.
 type progressBody struct {
-	rc   io.ReadCloser
-	dl   interface{ SetReadDeadline(time.Time) error }
-	ri   *reqInfo
-	d    time.Duration
-	next time.Time
+	rc io.ReadCloser
+	sw *streamWatch
 }
 
 func (b *progressBody) Read(p []byte) (int, error) {
-	now := time.Now()
-	if b.next.Before(now.Add(b.d - b.d/8)) {
-		b.next = now.Add(b.d)
-		b.dl.SetReadDeadline(b.next)
-	}
+	b.sw.begin(&b.sw.reading)
 	n, err := b.rc.Read(p)
-	if err != nil && err != io.EOF && !time.Now().Before(b.next) {
-		b.ri.stall.CompareAndSwap(stallNone, stallClientSend)
-	}
+	b.sw.reading.Store(0)
 	return n, err
 }
 
 func (b *progressBody) Close() error { return b.rc.Close() }
-
-// streamWriteDeadline keeps an HTTP/2 stream's write deadline
-// progress_timeout ahead of its writes (respWriter.Write).
-func (w *respWriter) extendWrite() {
-	if w.wdl == nil {
-		return
-	}
-	d := w.ri.st.p.cfg.ProgressTimeout
-	now := time.Now()
-	if w.wnext.Before(now.Add(d - d/8)) {
-		w.wnext = now.Add(d)
-		w.wdl.SetWriteDeadline(w.wnext)
-	}
-}
 
 // clientCounts counts open connections per client address.
 type clientCounts struct {

@@ -197,8 +197,44 @@ func TestHTTP2Stalls(t *testing.T) {
 	if body := readAll(t, resp); !strings.Contains(body, upstreamMarker) {
 		t.Fatalf("after the stalls: %q", body)
 	}
+	// A stream whose upstream is quiet for longer than progress_timeout
+	// (server-sent events) is not a stall: nothing is blocked on the
+	// client.
+	quietUpstream(t, h, c, "https://h2stall.good.test/sse")
 	tr.CloseIdleConnections()
 	waitNoConns(t, h)
+}
+
+// quietUpstream reads the first event of /sse, waits three progress
+// timeouts, releases the second event and expects it.
+func quietUpstream(t *testing.T, h *harness, c *http.Client, url string) {
+	t.Helper()
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	if line, err := br.ReadString('\n'); err != nil || line != "data: event 0\n" {
+		t.Fatalf("first event %q %v", line, err)
+	}
+	br.ReadString('\n')
+	time.Sleep(3 * fastProgress)
+	h.sseAck <- struct{}{}
+	if line, err := br.ReadString('\n'); err != nil || line != "data: event 1\n" {
+		t.Fatalf("event after a quiet upstream: %q %v", line, err)
+	}
+}
+
+// TestQuietUpstreamNotStalled: over HTTP/1 (plain and bumped), a response
+// whose upstream pauses for longer than progress_timeout is not cut.
+func TestQuietUpstreamNotStalled(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.ProgressTimeout = fastProgress })
+	quietUpstream(t, h, h.httpClient(true), "http://quiet.good.test/sse")
+	quietUpstream(t, h, h.httpsClient(true), "https://quiet.good.test/sse")
+	if s := h.p.Stats(); s.Stalled != 0 {
+		t.Fatalf("stats %+v", s)
+	}
 }
 
 // TestSpliceSlowReader: a spliced client that stops reading is cut at

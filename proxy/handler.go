@@ -79,9 +79,11 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 		// HTTP/2 streams get progress deadlines of their own (an h1
 		// connection's are kept by h1Server).
 		if dl, ok := w.(streamDeadlines); ok {
-			rw.wdl = dl
+			sw := &streamWatch{dl: dl, ri: ri, d: p.cfg.ProgressTimeout}
+			rw.sw = sw
+			defer sw.stop()
 			if r.Body != nil && r.Body != http.NoBody {
-				r.Body = &progressBody{rc: r.Body, dl: dl, ri: ri, d: p.cfg.ProgressTimeout}
+				r.Body = &progressBody{rc: r.Body, sw: sw}
 			}
 		}
 	}
@@ -216,8 +218,7 @@ type respWriter struct {
 	status    int
 	bytesOut  int64
 	flushEach bool
-	wdl       streamDeadlines // HTTP/2: the stream's deadlines; nil for HTTP/1
-	wnext     time.Time       // the stream's write deadline last set
+	sw        *streamWatch // HTTP/2: the stream's progress watch; nil for HTTP/1
 }
 
 func (w *respWriter) Header() http.Header { return w.w.Header() }
@@ -239,11 +240,11 @@ func (w *respWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
-	w.extendWrite()
-	n, err := w.w.Write(b)
-	if err != nil && w.wdl != nil && !time.Now().Before(w.wnext) {
-		w.ri.stall.CompareAndSwap(stallNone, stallClientRead)
+	if w.sw != nil {
+		w.sw.begin(&w.sw.writing)
+		defer w.sw.writing.Store(0)
 	}
+	n, err := w.w.Write(b)
 	w.bytesOut += int64(n)
 	if w.flushEach && err == nil {
 		if f, ok := w.w.(http.Flusher); ok {
