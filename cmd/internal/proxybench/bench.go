@@ -59,6 +59,9 @@ type Config struct {
 	// client connection, dialed from the client's address and port (steer
 	// egress_mode tunnel); Squid is unchanged (it dials from its own).
 	UpstreamPerClient bool
+	// IdleHTTP2 makes the idle scenario's clients speak HTTP/2 to
+	// gwlbproxy (as browsers do); Squid is then skipped (no HTTP/2).
+	IdleHTTP2 bool
 	// Rounds repeats the whole sequence (no proxy, gwlbproxy, Squid) so
 	// the proxies take turns and slow drifts of a shared machine hit both;
 	// each row aggregates its rounds (sums, merged latencies).
@@ -166,6 +169,12 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	if cfg.Scenario == Idle && cfg.IdleConns < 1 {
 		return res, fmt.Errorf("idle connections %d out of range", cfg.IdleConns)
 	}
+	if cfg.IdleHTTP2 {
+		if cfg.Scenario != Idle {
+			return res, errors.New("HTTP/2 clients only in the idle scenario")
+		}
+		cfg.Squid = "" // Squid does not speak HTTP/2 to clients
+	}
 	if n := runtime.NumCPU(); cfg.ProxyCPU < 0 || cfg.ClientCPU < 0 || cfg.ProxyCPU >= n || cfg.ClientCPU >= n {
 		return res, fmt.Errorf("proxy CPU %d or client CPU %d not in 0..%d", cfg.ProxyCPU, cfg.ClientCPU, n-1)
 	}
@@ -227,7 +236,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 			if p == nil {
 				return nil // no proxy, no proxy memory
 			}
-			return idleScenario(ctx, cfg, &res, name, t.client, dst, roots, p)
+			return idleScenario(ctx, cfg, &res, name, t.client, dst, roots, p, cfg.IdleHTTP2 && name == "gwlbproxy")
 		}
 		for _, keep := range []bool{false, true} {
 			l := &load{ns: t.client, dst: dst, host: cfg.Host, roots: roots, conns: cfg.Conns, keepAlive: keep, bodyLen: int64(cfg.BodySize)}
@@ -308,6 +317,9 @@ func runRound(ctx context.Context, cfg Config, res *Result, t *topology, dir, re
 	}
 	if cfg.UpstreamPerClient {
 		args = append(args, "--upstream-per-client")
+	}
+	if cfg.IdleHTTP2 {
+		args = append(args, "--http2")
 	}
 	cmd := nsexec.Command(t.router.Name, cfg.ServerCommand[0], args...)
 	cmd.Env = append(cmd.Env, "GOMAXPROCS=1")

@@ -2,6 +2,7 @@ package proxybench
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -14,6 +15,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
 // Idle is the scenario that holds IdleConns bumped keep-alive connections
@@ -37,6 +41,7 @@ type IdleRow struct {
 	FDsBefore int    `json:"fds_before"`
 	FDsHeld   int    `json:"fds_held"`
 	Threads   int    `json:"threads_held"`
+	HTTP2     bool   `json:"http2"` // the clients spoke HTTP/2
 }
 
 // PerConn is the resident memory growth per held connection, in bytes.
@@ -64,10 +69,13 @@ const idleSettle = 5 * time.Second
 // runIdle opens l.conns connections through the proxy p (at most 64
 // handshakes at a time), sends one keep-alive request on each, reads the
 // answer, and holds them all open while it reads p's RSS.
-func runIdle(ctx context.Context, name string, l *load, n int, p *proc) IdleRow {
-	row := IdleRow{Proxy: name, Conns: n}
+func runIdle(ctx context.Context, name string, l *load, n int, p *proc, h2 bool) IdleRow {
+	row := IdleRow{Proxy: name, Conns: n, HTTP2: h2}
 	row.RSSBefore, row.FDsBefore, _ = treeMem(p.pid())
 	tc := &tls.Config{ServerName: l.host, RootCAs: l.roots, NextProtos: []string{"http/1.1"}, CurvePreferences: []tls.CurveID{tls.X25519}}
+	if h2 {
+		tc.NextProtos = []string{"h2"}
+	}
 	req := []byte("GET /bench HTTP/1.1\r\nHost: " + l.host + "\r\nUser-Agent: proxybench\r\nAccept: */*\r\n\r\n")
 	var (
 		mu    sync.Mutex
@@ -83,7 +91,7 @@ func runIdle(ctx context.Context, name string, l *load, n int, p *proc) IdleRow 
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			c, err := idleOne(ctx, l, tc, req)
+			c, err := idleOne(ctx, l, tc, req, h2)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -129,7 +137,7 @@ func isTimeout(err error) bool {
 
 // idleOne opens one bumped connection, completes one request on it and
 // returns it open.
-func idleOne(ctx context.Context, l *load, tc *tls.Config, req []byte) (*tls.Conn, error) {
+func idleOne(ctx context.Context, l *load, tc *tls.Config, req []byte, h2 bool) (*tls.Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	raw, err := l.ns.dialTCP(dctx, l.dst)
@@ -141,6 +149,14 @@ func idleOne(ctx context.Context, l *load, tc *tls.Config, req []byte) (*tls.Con
 	if err := c.HandshakeContext(dctx); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("tls handshake: %w", err)
+	}
+	if h2 {
+		if err := idleH2(c, l); err != nil {
+			c.Close()
+			return nil, err
+		}
+		c.SetDeadline(time.Time{})
+		return c, nil
 	}
 	if _, err := c.Write(req); err != nil {
 		c.Close()
@@ -162,6 +178,62 @@ func idleOne(ctx context.Context, l *load, tc *tls.Config, req []byte) (*tls.Con
 	}
 	c.SetDeadline(time.Time{})
 	return c, nil
+}
+
+// idleH2 sends one GET as an HTTP/2 client with a bare framer (no
+// client goroutines; the connection then sits idle like a browser's
+// between requests) and reads the response to its end.
+func idleH2(c *tls.Conn, l *load) error {
+	if c.ConnectionState().NegotiatedProtocol != "h2" {
+		return fmt.Errorf("ALPN %q, want h2", c.ConnectionState().NegotiatedProtocol)
+	}
+	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
+		return err
+	}
+	fr := http2.NewFramer(c, c)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	if err := fr.WriteSettings(); err != nil {
+		return err
+	}
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", l.host}, {":path", "/bench"}, {"user-agent", "proxybench"}} {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+		return err
+	}
+	var status string
+	var body int64
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			return fmt.Errorf("h2 response: %w", err)
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				if err := fr.WriteSettingsAck(); err != nil {
+					return err
+				}
+			}
+		case *http2.MetaHeadersFrame:
+			status = f.PseudoValue("status")
+			if f.StreamEnded() {
+				return fmt.Errorf("h2 response: status %s without a body", status)
+			}
+		case *http2.DataFrame:
+			body += int64(len(f.Data()))
+			if f.StreamEnded() {
+				if status != "200" || body != l.bodyLen {
+					return fmt.Errorf("h2 response: status %s, %d body bytes", status, body)
+				}
+				return nil
+			}
+		case *http2.GoAwayFrame, *http2.RSTStreamFrame:
+			return fmt.Errorf("h2 response: %v", f)
+		}
+	}
 }
 
 // treeMem sums VmRSS (bytes), open descriptors and threads over pid's
@@ -193,7 +265,7 @@ func treeMem(pid int) (rss int64, fds, threads int) {
 }
 
 // idleScenario runs the idle scenario against p and appends its row.
-func idleScenario(ctx context.Context, cfg Config, res *Result, name string, ns *netNS, dst netip.AddrPort, roots *x509.CertPool, p *proc) error {
+func idleScenario(ctx context.Context, cfg Config, res *Result, name string, ns *netNS, dst netip.AddrPort, roots *x509.CertPool, p *proc, h2 bool) error {
 	l := &load{ns: ns, dst: dst, host: cfg.Host, roots: roots, conns: 1, keepAlive: true, bodyLen: int64(cfg.BodySize)}
 	// Warm-up: leaf minted, pools and buffers in use once.
 	if w := l.run(ctx, 500*time.Millisecond); w.Requests == 0 {
@@ -201,7 +273,7 @@ func idleScenario(ctx context.Context, cfg Config, res *Result, name string, ns 
 	}
 	time.Sleep(500 * time.Millisecond)
 	cfg.Log.Info("measuring", "proxy", name, "scenario", Idle, "conns", cfg.IdleConns)
-	row := runIdle(ctx, name, l, cfg.IdleConns, p)
+	row := runIdle(ctx, name, l, cfg.IdleConns, p, h2)
 	res.Idle = append(res.Idle, row)
 	if p.exited() {
 		return fmt.Errorf("%s exited during the idle run: %v", name, p.exitErr())
@@ -215,11 +287,15 @@ func (r *Result) writeIdle(w io.Writer) {
 		return
 	}
 	fmt.Fprintf(w, "\nidle bumped keep-alive connections (one request each, then held %v; RSS of the proxy's process tree)\n", idleSettle)
-	fmt.Fprintf(w, "%-10s %6s %6s %7s %10s %10s %10s %10s %9s %8s\n",
+	fmt.Fprintf(w, "%-12s %6s %6s %7s %10s %10s %10s %10s %9s %8s\n",
 		"proxy", "asked", "held", "errors", "RSS idle", "RSS held", "RSS after", "per conn", "fds/conn", "threads")
 	for _, x := range r.Idle {
-		fmt.Fprintf(w, "%-10s %6d %6d %7d %9.1fM %9.1fM %9.1fM %8.1fKB %9.2f %8d\n",
-			x.Proxy, x.Conns, x.Held, x.Errors, mb(x.RSSBefore), mb(x.RSSHeld), mb(x.RSSAfter), x.PerConn()/1024, x.FDsPerConn(), x.Threads)
+		name := x.Proxy
+		if x.HTTP2 {
+			name += "/h2"
+		}
+		fmt.Fprintf(w, "%-12s %6d %6d %7d %9.1fM %9.1fM %9.1fM %8.1fKB %9.2f %8d\n",
+			name, x.Conns, x.Held, x.Errors, mb(x.RSSBefore), mb(x.RSSHeld), mb(x.RSSAfter), x.PerConn()/1024, x.FDsPerConn(), x.Threads)
 		if x.FirstErr != "" {
 			fmt.Fprintf(w, "first error, %s idle: %s\n", x.Proxy, x.FirstErr)
 		}

@@ -87,17 +87,19 @@ func TestRunShort(t *testing.T) {
 }
 
 // TestIdleShort runs the idle scenario with a few connections, in shared
-// and per-client upstream mode: every connection must be held open by
-// each proxy, its RSS read, and the table must name the target.
+// and per-client upstream mode and with HTTP/2 clients: every connection
+// must be held open by each proxy, its RSS read, and the table must name
+// the target.
 func TestIdleShort(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: network namespaces, nftables, TPROXY")
 	}
-	for _, perClient := range []bool{false, true} {
+	for _, mode := range []struct{ perClient, h2 bool }{{false, false}, {true, false}, {false, true}} {
+		perClient := mode.perClient
 		cfg := DefaultConfig()
-		cfg.Scenario, cfg.IdleConns, cfg.UpstreamPerClient = Idle, 40, perClient
+		cfg.Scenario, cfg.IdleConns, cfg.UpstreamPerClient, cfg.IdleHTTP2 = Idle, 40, perClient, mode.h2
 		cfg.ServerCommand = []string{os.Args[0], "proxy-server"}
-		if _, err := os.Stat(cfg.Squid); err != nil || perClient {
+		if _, err := os.Stat(cfg.Squid); err != nil || perClient || mode.h2 {
 			cfg.Squid = "" // Squid's half once is enough
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -114,8 +116,8 @@ func TestIdleShort(t *testing.T) {
 			t.Fatalf("idle rows %+v", res.Idle)
 		}
 		for _, r := range res.Idle {
-			if r.Held != cfg.IdleConns || r.Errors != 0 || r.RSSHeld <= 0 || r.FDsHeld <= r.FDsBefore {
-				t.Fatalf("per_client=%v: %+v", perClient, r)
+			if r.Held != cfg.IdleConns || r.Errors != 0 || r.RSSHeld <= 0 || r.FDsHeld <= r.FDsBefore || r.HTTP2 != (mode.h2 && r.Proxy == "gwlbproxy") {
+				t.Fatalf("%+v: %+v", mode, r)
 			}
 		}
 		var b bytes.Buffer
@@ -123,6 +125,6 @@ func TestIdleShort(t *testing.T) {
 		if !strings.Contains(b.String(), "per idle bumped connection (target <= 60 KB") {
 			t.Fatalf("table:\n%s", b.String())
 		}
-		t.Logf("per_client=%v\n%s", perClient, b.String())
+		t.Logf("%+v\n%s", mode, b.String())
 	}
 }

@@ -41,6 +41,7 @@ func ServerMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	upCA := fs.String("upstream-ca", "", "PEM bundle trusted for upstream servers")
 	records := fs.String("records", "", "file the records are appended to (empty: discarded)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	h2 := fs.Bool("http2", false, "offer h2 to clients (the appliance default; off so that gwlbproxy and Squid both speak HTTP/1.1)")
 	perClient := fs.Bool("upstream-per-client", false, "dial every upstream connection from the client's own address and port (IP_TRANSPARENT), one per client connection, as steer's egress_mode tunnel does")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -61,7 +62,7 @@ func ServerMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	cfg.Policy.DefaultAction = policy.Allow
 	cfg.Policy.NoSNIAction = "allow"
 	cfg.UpstreamCABundle = *upCA
-	cfg.HTTP2 = false // the load client and Squid speak HTTP/1.1 only
+	cfg.HTTP2 = *h2 // off by default: the load client and Squid speak HTTP/1.1 only
 	// Every bench connection comes from the one client address.
 	cfg.MaxConnsPerClient = 1 << 22
 
