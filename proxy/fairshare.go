@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	rtmetrics "runtime/metrics"
 	"strconv"
 	"strings"
 	"sync"
@@ -383,20 +384,37 @@ func InstanceMemory() uint64 {
 }
 
 // quietTrim: after a burst of work, once the proxy has been quiet (no
-// connection accepted, no request) for quietAfter, the garbage the burst
-// left is collected and the freed memory returned to the kernel, at most
-// once per burst. The appliance runs the collector lazily (runtime
-// gc_percent 400) for throughput; without this, thousands of connections
-// opened in a burst and then idle kept several times their live heap
-// resident until the runtime's two-minute forced collection. A proxy
-// that keeps serving never trims: gc_percent governs it.
-const quietAfter = 2 * time.Second
+// connection accepted, no request) for quiet, the garbage the burst left
+// is collected and the freed memory returned to the kernel, at most once
+// per burst, at most once per minGap, and only when at least minAlloc
+// bytes were allocated since the last trim (a trickle of requests does
+// not buy a full collection every few seconds). The appliance runs the
+// collector lazily (runtime gc_percent 400) for throughput; without this,
+// thousands of connections opened in a burst and then idle kept several
+// times their live heap resident until the runtime's two-minute forced
+// collection. A proxy that keeps serving never trims: gc_percent governs
+// it.
+type trimPolicy struct {
+	quiet, minGap time.Duration
+	minAlloc      uint64
+}
 
-func (p *Proxy) trimWhenQuiet(ctx context.Context, trim func()) {
-	t := time.NewTicker(quietAfter / 2)
+var defaultTrim = trimPolicy{quiet: 2 * time.Second, minGap: 30 * time.Second, minAlloc: 32 << 20}
+
+func (p *Proxy) trimWhenQuiet(ctx context.Context, pol trimPolicy, trim func()) {
+	t := time.NewTicker(pol.quiet / 2)
 	defer t.Stop()
+	sample := []rtmetrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
+	allocated := func() uint64 {
+		rtmetrics.Read(sample)
+		if sample[0].Value.Kind() != rtmetrics.KindUint64 {
+			return 0
+		}
+		return sample[0].Value.Uint64()
+	}
 	var last uint64
-	var quietSince time.Time
+	var quietSince, lastTrim time.Time
+	allocAtTrim := allocated()
 	trimmed := true
 	for {
 		select {
@@ -408,9 +426,13 @@ func (p *Proxy) trimWhenQuiet(ctx context.Context, trim func()) {
 				last, quietSince, trimmed = act, now, false
 				continue
 			}
-			if !trimmed && now.Sub(quietSince) >= quietAfter {
-				trimmed = true
+			if trimmed || now.Sub(quietSince) < pol.quiet || !lastTrim.IsZero() && now.Sub(lastTrim) < pol.minGap {
+				continue
+			}
+			trimmed = true
+			if a := allocated(); a-allocAtTrim >= pol.minAlloc {
 				trim()
+				lastTrim, allocAtTrim = time.Now(), allocated()
 			}
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -503,14 +504,16 @@ func heldConns(t *testing.T, h *harness, n int) []net.Conn {
 }
 
 // TestTrimWhenQuiet: the idle trim runs once after a burst, once the
-// proxy is quiet, and not again until new work came and went.
+// proxy is quiet, not again while idle, not after a burst that allocated
+// too little, and not sooner than minGap after the last one.
 func TestTrimWhenQuiet(t *testing.T) {
 	h := newHarness(t, nil)
 	var mu sync.Mutex
 	var trims []time.Time
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go h.p.trimWhenQuiet(ctx, func() { mu.Lock(); trims = append(trims, time.Now()); mu.Unlock() })
+	pol := trimPolicy{quiet: 300 * time.Millisecond, minGap: 2 * time.Second, minAlloc: 1 << 20}
+	go h.p.trimWhenQuiet(ctx, pol, func() { mu.Lock(); trims = append(trims, time.Now()); mu.Unlock() })
 	count := func() int { mu.Lock(); defer mu.Unlock(); return len(trims) }
 	c := h.httpClient(false)
 	get := func() {
@@ -519,19 +522,44 @@ func TestTrimWhenQuiet(t *testing.T) {
 			t.Fatalf("%d %q", resp.StatusCode, body)
 		}
 	}
-	get()
+	burst := func() {
+		for i := 0; i < 5; i++ {
+			get()
+		}
+		garbage = make([]byte, 2<<20) // the burst's allocations
+	}
+	burst()
 	start := time.Now()
 	waitFor(t, "trim after the burst", func() bool { return count() == 1 })
-	if time.Since(start) < quietAfter/2 {
+	if time.Since(start) < pol.quiet/2 {
 		t.Fatal("trimmed before the proxy was quiet")
 	}
-	time.Sleep(2 * quietAfter)
+	time.Sleep(4 * pol.quiet)
 	if n := count(); n != 1 {
 		t.Fatalf("%d trims while idle, want 1", n)
 	}
-	get()
+	// A burst within minGap of the first trim is trimmed, but only
+	// minGap after the first.
+	burst()
 	waitFor(t, "trim after the second burst", func() bool { return count() == 2 })
+	mu.Lock()
+	gap := trims[1].Sub(trims[0])
+	mu.Unlock()
+	if gap < pol.minGap {
+		t.Fatalf("trims %v apart, want >= %v", gap, pol.minGap)
+	}
+	// Work that allocates little is not worth a collection.
+	pol2 := trimPolicy{quiet: 300 * time.Millisecond, minGap: time.Millisecond, minAlloc: 1 << 40}
+	var n2 atomic.Int32
+	go h.p.trimWhenQuiet(ctx, pol2, func() { n2.Add(1) })
+	get()
+	time.Sleep(6 * pol2.quiet)
+	if n2.Load() != 0 {
+		t.Fatal("trimmed after a burst that allocated little")
+	}
 }
+
+var garbage []byte
 
 // TestSizeMaxConns: max_conns 0 follows memory within its bounds; an
 // explicit limit that cannot fit is refused naming the field, by New too.

@@ -263,7 +263,7 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 	// sends those h2 connections GOAWAY.
 	go p.refreshSelf(ctx)
 	go p.up.sweepIdle(ctx)
-	go p.trimWhenQuiet(ctx, debug.FreeOSMemory)
+	go p.trimWhenQuiet(ctx, defaultTrim, debug.FreeOSMemory)
 	return p, nil
 }
 
