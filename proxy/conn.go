@@ -56,11 +56,14 @@ type connState struct {
 	// closed by finish.
 	upMu   sync.Mutex
 	upTr   *http.Transport
+	upH1   *h1Pool // the fast path over the same one connection
 	up     net.Conn
 	upDone bool
 
 	finishOnce sync.Once
 	released   atomic.Bool
+	// stall is what made no progress for progress_timeout (stall*).
+	stall atomic.Uint32
 }
 
 // fixedReply is a canned answer for every request on a connection.
@@ -134,6 +137,23 @@ func (st *connState) ownTransport(u *upstream, key poolKey) *http.Transport {
 	return st.upTr
 }
 
+// ownH1 returns (creating on first use) the connection's own fast-path
+// pool in per-client mode: at most one idle connection, never timed out
+// by the pool (see perClientTransport), closed by finish.
+func (st *connState) ownH1(u *upstream, key poolKey) *h1Pool {
+	st.upMu.Lock()
+	defer st.upMu.Unlock()
+	if st.upH1 == nil {
+		lim := u.h1Limits()
+		lim.idleTimeout = 0
+		st.upH1 = &h1Pool{max: 1, lim: lim}
+		if st.upDone {
+			st.upH1.close()
+		}
+	}
+	return st.upH1
+}
+
 var errClientGone = errors.New("client connection closed")
 
 // adopt makes c the connection's live upstream (per-client mode). The
@@ -157,11 +177,14 @@ func (st *connState) adopt(c net.Conn) (net.Conn, error) {
 func (st *connState) closeUpstream() {
 	st.upMu.Lock()
 	st.upDone = true
-	up, tr := st.up, st.upTr
+	up, tr, hp := st.up, st.upTr, st.upH1
 	st.up = nil
 	st.upMu.Unlock()
 	if up != nil {
 		up.Close()
+	}
+	if hp != nil {
+		hp.close()
 	}
 	if tr != nil {
 		tr.CloseIdleConnections()
@@ -182,6 +205,7 @@ func (st *connState) finish() {
 		st.preMu.Unlock()
 		st.closeUpstream()
 		if st.requests.Load() == 0 {
+			st.markStalled(&st.rec, st.p.cfg.ProgressTimeout)
 			if st.rec.Action == "" {
 				st.rec.Action = "error"
 				st.rec.UpstreamError = "client sent no complete request"
@@ -199,6 +223,11 @@ func (st *connState) release() {
 		delete(p.active, st)
 		p.mu.Unlock()
 		p.m.active.Dec()
+		p.clients.release(st.clientAP.Addr())
+		if s := st.stall.Load(); s != stallNone {
+			p.stats.stalled.Add(1)
+			p.m.stalled.WithLabelValues(stallName(s)).Inc()
+		}
 		<-p.sem
 		p.conns.Done()
 	}
@@ -229,6 +258,16 @@ func tlsVersionName(v uint16) string {
 type servedConn struct {
 	net.Conn
 	st *connState
+}
+
+// Write notes a write that timed out: the client stopped reading (the
+// only write deadlines on a served conn are progress deadlines).
+func (c *servedConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if err != nil && isTimeoutErr(err) {
+		c.st.setStall(stallClientRead)
+	}
+	return n, err
 }
 
 func (c *servedConn) Close() error {

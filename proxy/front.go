@@ -235,13 +235,17 @@ func (p *Proxy) splice(st *connState, rc *replayConn) {
 		p.closeWith(st, "error", st.rec.Rule, msg)
 		return
 	}
-	in, out, notTLS := relay(rc, up, p.cfg.SpliceIdleTimeout)
+	in, out, stall, notTLS := relay(rc, up, p.cfg.SpliceIdleTimeout, p.cfg.ProgressTimeout)
 	st.rec.BytesIn, st.rec.BytesOut = in, out
-	if notTLS != nil {
+	switch {
+	case notTLS != nil:
 		p.m.decisions.WithLabelValues("not-tls").Inc()
 		st.rec.UpstreamError = "not-tls after splice by rule " + st.rec.Rule + ": " + notTLS.Error()
 		st.rec.Action, st.rec.Rule = "deny", "not-tls"
 		p.log.Debug("proxy: splice closed: not TLS", "client", st.rec.ClientIP, "dst", st.rec.DstIP, "sni", st.rec.SNI, "err", notTLS)
+	case stall != stallNone:
+		st.setStall(stall)
+		st.markStalled(&st.rec, p.cfg.ProgressTimeout)
 	}
 	st.client.Close()
 	up.Close()
@@ -251,18 +255,20 @@ func (p *Proxy) splice(st *connState, rc *replayConn) {
 // relay copies both ways; it returns bytes client->upstream and
 // upstream->client. Each direction half-closes its destination at EOF. The
 // splice ends when both directions are done or when neither moved a byte for
-// idle (a one-way stream keeps the other direction alive). Both directions
-// must be TLS records from the first byte (the replayed ClientHello) on:
-// the first malformed record header ends the splice, and notTLS says which
-// side sent it.
-func relay(client, up net.Conn, idle time.Duration) (in, out int64, notTLS error) {
+// idle (a one-way stream keeps the other direction alive), or when a write
+// is not taken within progress (stall says which side stopped reading).
+// Both directions must be TLS records from the first byte (the replayed
+// ClientHello) on: the first malformed record header ends the splice, and
+// notTLS says which side sent it.
+func relay(client, up net.Conn, idle, progress time.Duration) (in, out int64, stall uint32, notTLS error) {
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
 	var wg sync.WaitGroup
+	var upStalled, clientStalled bool
 	var errIn, errOut error
 	wg.Add(2)
-	go func() { in, errIn = copyIdle(up, client, idle, &last); wg.Done() }()
-	go func() { out, errOut = copyIdle(client, up, idle, &last); wg.Done() }()
+	go func() { in, upStalled, errIn = copyIdle(up, client, idle, progress, &last); wg.Done() }()
+	go func() { out, clientStalled, errOut = copyIdle(client, up, idle, progress, &last); wg.Done() }()
 	wg.Wait()
 	switch {
 	case errIn != nil:
@@ -270,22 +276,28 @@ func relay(client, up net.Conn, idle time.Duration) (in, out int64, notTLS error
 	case errOut != nil:
 		notTLS = fmt.Errorf("upstream sent %w", errOut)
 	}
-	return in, out, notTLS
+	switch {
+	case clientStalled:
+		stall = stallClientRead
+	case upStalled:
+		stall = stallUpRead
+	}
+	return in, out, stall, notTLS
 }
 
 // copyIdle copies src to dst until EOF, an error or idle; it passes only
 // well-framed TLS records and returns the framing error that stopped it.
 // An incomplete record header at the end of a read is held at the front of
 // the buffer until the next read completes it, so no byte of a malformed
-// header reaches dst.
-func copyIdle(dst, src net.Conn, idle time.Duration, last *atomic.Int64) (int64, error) {
+// header reaches dst. stalled reports a write to dst that was not taken
+// within the write timeout (min(idle, progress)).
+func copyIdle(dst, src net.Conn, idle, progress time.Duration, last *atomic.Int64) (n int64, stalled bool, frameErr error) {
+	wt := min(idle, progress)
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
-	var n int64
 	var failed bool
 	var fr tlsFramer
-	var frameErr error
 	hold := 0
 	for {
 		src.SetReadDeadline(time.Now().Add(idle))
@@ -295,11 +307,12 @@ func copyIdle(dst, src net.Conn, idle time.Duration, last *atomic.Int64) (int64,
 			data := buf[:hold+nr]
 			pass, ferr := fr.scan(data)
 			if pass > 0 {
-				dst.SetWriteDeadline(time.Now().Add(idle))
+				dst.SetWriteDeadline(time.Now().Add(wt))
 				nw, werr := dst.Write(data[:pass])
 				n += int64(nw)
 				if werr != nil {
 					failed = true
+					stalled = isTimeoutErr(werr)
 					break
 				}
 			}
@@ -324,12 +337,12 @@ func copyIdle(dst, src net.Conn, idle time.Duration, last *atomic.Int64) (int64,
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok && !failed {
 		cw.CloseWrite()
 	} else {
-		// Error, idle or not TLS: tear both sides down so the other
+		// Error, idle, stall or not TLS: tear both sides down so the other
 		// direction ends.
 		dst.Close()
 		src.Close()
 	}
-	return n, frameErr
+	return n, stalled, frameErr
 }
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}

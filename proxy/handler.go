@@ -23,6 +23,8 @@ type reqKey struct{}
 // reqInfo follows one request from our handler through goproxy into our
 // RoundTripper and back, and becomes its record.
 type reqInfo struct {
+	st       *connState
+	stall    atomic.Uint32 // HTTP/2: what stalled on this stream (stall*)
 	rec      Record
 	start    time.Time
 	bytesIn  atomic.Int64
@@ -68,7 +70,7 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	st.requests.Add(1)
 	p.stats.requests.Add(1)
-	ri := &reqInfo{start: time.Now(), rec: st.rec}
+	ri := &reqInfo{st: st, start: time.Now(), rec: st.rec}
 	ri.rec.Action, ri.rec.Rule, ri.rec.UpstreamError = "allow", st.rec.Rule, ""
 	ri.rec.Host = r.Host
 	ri.rec.Method = r.Method
@@ -76,6 +78,18 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	ri.rec.UserAgent = r.Header.Get("User-Agent")
 	ri.rw = respWriter{w: w, ri: ri}
 	rw := &ri.rw
+	if r.ProtoMajor == 2 {
+		// HTTP/2 streams get progress deadlines of their own (an h1
+		// connection's are kept by h1Server).
+		if dl, ok := w.(streamDeadlines); ok {
+			sw := &streamWatch{dl: dl, ri: ri, d: p.cfg.ProgressTimeout}
+			rw.sw = sw
+			defer sw.stop()
+			if r.Body != nil && r.Body != http.NoBody {
+				r.Body = &progressBody{rc: r.Body, sw: sw}
+			}
+		}
+	}
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = &countingBody{rc: r.Body, n: &ri.bytesIn}
 	}
@@ -176,6 +190,14 @@ func (p *Proxy) recordPath(r *http.Request, scheme string) string {
 }
 
 func (p *Proxy) finishRequest(ri *reqInfo, rw *respWriter) {
+	if s := ri.stall.Load(); s != stallNone {
+		// An HTTP/2 stream: the connection goes on.
+		p.stats.stalled.Add(1)
+		p.m.stalled.WithLabelValues(stallName(s)).Inc()
+		markStalled(&ri.rec, s, p.cfg.ProgressTimeout)
+	} else {
+		ri.st.markStalled(&ri.rec, p.cfg.ProgressTimeout)
+	}
 	ri.rec.Status = rw.status
 	if ri.rec.Status == 0 {
 		ri.rec.Status = http.StatusOK
@@ -208,6 +230,12 @@ func (p *Proxy) ship(rec *Record, start time.Time) {
 	bufPool.Put(bp)
 }
 
+// streamDeadlines is what x/net/http2's ResponseWriter offers per stream.
+type streamDeadlines interface {
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
+}
+
 // respWriter counts, captures the status, flushes streaming responses (no
 // Content-Length: chunked, SSE) after every write, and tracks hijacks.
 type respWriter struct {
@@ -216,6 +244,7 @@ type respWriter struct {
 	status    int
 	bytesOut  int64
 	flushEach bool
+	sw        *streamWatch // HTTP/2: the stream's progress watch; nil for HTTP/1
 }
 
 func (w *respWriter) Header() http.Header { return w.w.Header() }
@@ -236,6 +265,10 @@ func (w *respWriter) WriteHeader(code int) {
 func (w *respWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
+	}
+	if w.sw != nil {
+		w.sw.begin(&w.sw.writing)
+		defer w.sw.writing.Store(0)
 	}
 	n, err := w.w.Write(b)
 	w.bytesOut += int64(n)

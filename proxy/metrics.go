@@ -14,6 +14,11 @@ type metrics struct {
 	refused   prometheus.Counter
 	binding   *prometheus.CounterVec
 	bindBy    map[string]prometheus.Counter // binding's labels, bound once
+
+	clientLimited prometheus.Counter
+	stalled       *prometheus.CounterVec
+	maxConns      prometheus.GaugeFunc
+	saturation    prometheus.GaugeFunc
 }
 
 // bindCount counts a binding outcome without a label lookup per
@@ -26,7 +31,7 @@ func (m *metrics) bindCount(status string) {
 	m.binding.WithLabelValues(status).Inc()
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(reg prometheus.Registerer, p *Proxy) *metrics {
 	m := &metrics{
 		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gwlbproxy_proxy_connections_total",
 			Help: "Client connections accepted, by scheme."}, []string{"scheme"}),
@@ -48,13 +53,27 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Connections reset at once because Admit refused them (log spool full under fail_closed)."}),
 		binding: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gwlbproxy_proxy_binding_total",
 			Help: "Destination binding checks (new name on a connection), by outcome: match, mismatch, resolve-failed, none (rule opt-out), off."}, []string{"result"}),
+		clientLimited: prometheus.NewCounter(prometheus.CounterOpts{Name: "gwlbproxy_proxy_connections_client_limited_total",
+			Help: "Connections refused because their client address had max_conns_per_client connections open."}),
+		stalled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gwlbproxy_proxy_stalled_total",
+			Help: "Connections ended because one side made no progress for progress_timeout, by side."}, []string{"side"}),
+		maxConns: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gwlbproxy_proxy_max_connections",
+			Help: "The connection limit in force (max_conns, sized from memory when 0)."}, func() float64 { return float64(p.maxConns) }),
+		saturation: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gwlbproxy_proxy_connection_saturation",
+			Help: "Open client connections divided by the connection limit (0..1)."}, func() float64 {
+			p.mu.Lock()
+			n := len(p.active)
+			p.mu.Unlock()
+			return float64(n) / float64(p.maxConns)
+		}),
 	}
 	m.bindBy = map[string]prometheus.Counter{}
 	for _, s := range []string{bindMatch, bindMismatch, bindFailed, bindOptOut, bindOff} {
 		m.bindBy[s] = m.binding.WithLabelValues(s)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.binding, m.accepted, m.decisions, m.requests, m.active, m.limited, m.helloFail, m.upErrs, m.shipFail, m.refused} {
+		for _, c := range []prometheus.Collector{m.binding, m.accepted, m.decisions, m.requests, m.active, m.limited, m.helloFail, m.upErrs, m.shipFail, m.refused,
+			m.clientLimited, m.stalled, m.maxConns, m.saturation} {
 			reg.MustRegister(c)
 		}
 	}

@@ -57,6 +57,10 @@ type Record struct {
 	Bind        string
 	BindName    string
 	BindAnswers string
+	// Stalled names the side that made no progress for
+	// progress_timeout: client_send, client_read, upstream_read; "" when
+	// nothing stalled.
+	Stalled string
 }
 
 // AppendJSON appends r as one JSON object (no newline) to b. Every string is
@@ -106,6 +110,7 @@ func (r *Record) appendJSON(b []byte, maxField int, id []byte) []byte {
 	b = appendStr(b, "bind", r.Bind, maxField)
 	b = appendStr(b, "bind_name", r.BindName, maxField)
 	b = appendStr(b, "bind_answers", r.BindAnswers, maxField)
+	b = appendStr(b, "stalled", r.Stalled, maxField)
 	return append(b, '}')
 }
 

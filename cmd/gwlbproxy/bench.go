@@ -54,7 +54,10 @@ func cmdBenchProxy(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.StringVar(&d.Dir, "dir", "", "keep CA, configs and logs in this directory (default: temporary)")
 	fs.IntVar(&d.Rounds, "rounds", d.Rounds, "repeat no proxy, gwlbproxy, Squid this many times, taking turns; rows aggregate the rounds")
 	fs.BoolVar(&d.CompareBinding, "compare-binding", d.CompareBinding, "also run gwlbproxy with destination binding off (row "+proxybench.BindOffRow+") to show binding's cost")
-	fs.StringVar(&d.Scenario, "scenario", "", "run only new-conn or keep-alive (default both)")
+	fs.StringVar(&d.Scenario, "scenario", "", "run only new-conn or keep-alive (default both), or idle: hold --idle-conns bumped connections and report RSS per connection")
+	fs.IntVar(&d.IdleConns, "idle-conns", d.IdleConns, "connections the idle scenario holds open")
+	fs.BoolVar(&d.IdleHTTP2, "idle-h2", false, "idle scenario: clients speak HTTP/2 to gwlbproxy, as browsers do (Squid skipped)")
+	fs.BoolVar(&d.UpstreamPerClient, "upstream-per-client", false, "gwlbproxy dials each upstream from its client's address, one per client connection (egress_mode tunnel)")
 	verbose := fs.Bool("v", false, "log progress to stderr")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -69,6 +72,9 @@ func cmdBenchProxy(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	res, err := proxybench.Run(ctx, d)
 	if err != nil {
+		if len(res.Rows) > 0 || len(res.Idle) > 0 {
+			res.WriteTable(stdout) // what was measured before the failure
+		}
 		return err
 	}
 	res.WriteTable(stdout)

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
+	"github.com/gwlbproxy/gwlbproxy/proxy"
 )
 
 func cmdCheck(_ context.Context, args []string, stdout, stderr io.Writer) error {
@@ -17,6 +19,11 @@ func cmdCheck(_ context.Context, args []string, stdout, stderr io.Writer) error 
 	c, err := config.Load(*path, false)
 	if err != nil {
 		return err
+	}
+	// What run would refuse on this instance: a connection limit that
+	// does not fit its memory.
+	if _, err := proxy.SizeMaxConns(c.Proxy.MaxConns, proxy.InstanceMemory()); err != nil {
+		return fmt.Errorf("config %s: proxy.%w", *path, err)
 	}
 	out, err := c.Marshal()
 	if err != nil {

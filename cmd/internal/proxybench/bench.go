@@ -51,12 +51,22 @@ type Config struct {
 	// Dir keeps the run's files (CA, configs, logs) there; "" uses a
 	// temporary directory removed at the end.
 	Dir string
-	// Scenario limits the run to NewConn or KeepAlive; "" runs both.
+	// Scenario limits the run to NewConn, KeepAlive or Idle; "" runs
+	// NewConn and KeepAlive.
 	Scenario string
 	// CompareBinding also runs gwlbproxy with destination binding off
 	// (row BindOffRow) beside the default (binding on, row "gwlbproxy"),
 	// to show what binding costs on the cache-hit path.
 	CompareBinding bool
+	// IdleConns is how many connections the Idle scenario holds open.
+	IdleConns int
+	// UpstreamPerClient runs gwlbproxy with one upstream connection per
+	// client connection, dialed from the client's address and port (steer
+	// egress_mode tunnel); Squid is unchanged (it dials from its own).
+	UpstreamPerClient bool
+	// IdleHTTP2 makes the idle scenario's clients speak HTTP/2 to
+	// gwlbproxy (as browsers do); Squid is then skipped (no HTTP/2).
+	IdleHTTP2 bool
 	// Rounds repeats the whole sequence (no proxy, gwlbproxy, Squid) so
 	// the proxies take turns and slow drifts of a shared machine hit both;
 	// each row aggregates its rounds (sums, merged latencies).
@@ -71,7 +81,7 @@ func DefaultConfig() Config {
 	return Config{
 		Conns: 16, Duration: 10 * time.Second, Warmup: 2 * time.Second, BodySize: 1024,
 		Host: "bench.test", Squid: DefaultSquid, Certgen: DefaultCertgen, Baseline: true,
-		ProxyCPU: 1, ClientCPU: 0, Rounds: 1, CompareBinding: true,
+		ProxyCPU: 1, ClientCPU: 0, Rounds: 1, CompareBinding: true, IdleConns: 5000,
 	}
 }
 
@@ -120,6 +130,8 @@ type Result struct {
 	// (gwlbproxy records, Squid access.log) over the run, warm-up included;
 	// Sent counts the requests the client completed through it.
 	LogLines, Sent map[string]int
+	// Idle has the idle scenario's rows (one per proxy and round).
+	Idle []IdleRow
 	// LoadAvg is /proc/loadavg's 1-minute figure at the start and the end:
 	// on a shared machine other work skews the figures.
 	LoadAvg [2]string
@@ -163,8 +175,20 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 			}
 		}
 	}
-	if cfg.Scenario != "" && cfg.Scenario != NewConn && cfg.Scenario != KeepAlive {
-		return res, fmt.Errorf("scenario %q is not %s or %s", cfg.Scenario, NewConn, KeepAlive)
+	if cfg.Scenario != "" && cfg.Scenario != NewConn && cfg.Scenario != KeepAlive && cfg.Scenario != Idle {
+		return res, fmt.Errorf("scenario %q is not %s, %s or %s", cfg.Scenario, NewConn, KeepAlive, Idle)
+	}
+	if cfg.Scenario == Idle && cfg.IdleConns < 1 {
+		return res, fmt.Errorf("idle connections %d out of range", cfg.IdleConns)
+	}
+	if cfg.IdleHTTP2 {
+		if cfg.Scenario != Idle {
+			return res, errors.New("HTTP/2 clients only in the idle scenario")
+		}
+		cfg.Squid = "" // Squid does not speak HTTP/2 to clients
+	}
+	if cfg.Scenario == Idle {
+		cfg.CompareBinding = false // binding costs nothing per idle connection
 	}
 	if n := runtime.NumCPU(); cfg.ProxyCPU < 0 || cfg.ClientCPU < 0 || cfg.ProxyCPU >= n || cfg.ClientCPU >= n {
 		return res, fmt.Errorf("proxy CPU %d or client CPU %d not in 0..%d", cfg.ProxyCPU, cfg.ClientCPU, n-1)
@@ -236,6 +260,12 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	dst := netip.AddrPortFrom(upstreamAddr, 443)
 	var agg aggregator
 	scenarios := func(name string, roots *x509.CertPool, p *proc) error {
+		if cfg.Scenario == Idle {
+			if p == nil {
+				return nil // no proxy, no proxy memory
+			}
+			return idleScenario(ctx, cfg, &res, name, t.client, dst, roots, p, cfg.IdleHTTP2 && name == "gwlbproxy")
+		}
 		for _, keep := range []bool{false, true} {
 			l := &load{ns: t.client, dst: dst, host: cfg.Host, roots: roots, conns: cfg.Conns, keepAlive: keep, bodyLen: int64(cfg.BodySize)}
 			scen := NewConn
@@ -314,6 +344,12 @@ func runRound(ctx context.Context, cfg Config, round int, res *Result, t *topolo
 			"--binding", binding, "--dns", netip.AddrPortFrom(upstreamAddr, 53).String())
 		if profile != "" {
 			args = append(args, "--cpuprofile", profile)
+		}
+		if cfg.UpstreamPerClient {
+			args = append(args, "--upstream-per-client")
+		}
+		if cfg.IdleHTTP2 {
+			args = append(args, "--http2")
 		}
 		cmd := nsexec.Command(t.router.Name, cfg.ServerCommand[0], args...)
 		cmd.Env = append(cmd.Env, "GOMAXPROCS=1")
@@ -396,7 +432,11 @@ func runProxy(ctx context.Context, cfg Config, t *topology, name string, cmd *ex
 		return err
 	}
 	defer func() {
-		if serr := p.stop(10 * time.Second); serr != nil && err == nil {
+		grace := 10 * time.Second
+		if cfg.Scenario == Idle {
+			grace = 60 * time.Second // Squid takes its time over thousands of closed connections
+		}
+		if serr := p.stop(grace); serr != nil && err == nil {
 			err = serr
 		}
 	}()
@@ -460,6 +500,12 @@ func readFile(path string) string {
 // WriteTable prints the rows, the gwlbproxy/Squid ratios and the targets.
 func (r *Result) WriteTable(w io.Writer) {
 	c := r.Config
+	if c.Scenario == Idle {
+		fmt.Fprintf(w, "proxy pinned to CPU %d (gwlbproxy GOMAXPROCS=1, Squid one worker); load average %s at start, %s at end\n",
+			c.ProxyCPU, r.LoadAvg[0], r.LoadAvg[1])
+		r.writeIdle(w)
+		return
+	}
 	fmt.Fprintf(w, "HTTPS through a bumping proxy: %d connections, %v per scenario after %v warm-up, %d-byte responses, %d round(s) taking turns\n",
 		c.Conns, c.Duration, c.Warmup, c.BodySize, max(c.Rounds, 1))
 	fmt.Fprintf(w, "TLS 1.3 X25519, ECDSA P-256 CA shared by both proxies, full handshakes (no resumption), HTTP/1.1\n")

@@ -85,3 +85,46 @@ func TestRunShort(t *testing.T) {
 		t.Errorf("table lacks the gwlbproxy row:\n%s", out.String())
 	}
 }
+
+// TestIdleShort runs the idle scenario with a few connections, in shared
+// and per-client upstream mode and with HTTP/2 clients: every connection
+// must be held open by each proxy, its RSS read, and the table must name
+// the target.
+func TestIdleShort(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: network namespaces, nftables, TPROXY")
+	}
+	for _, mode := range []struct{ perClient, h2 bool }{{false, false}, {true, false}, {false, true}} {
+		perClient := mode.perClient
+		cfg := DefaultConfig()
+		cfg.Scenario, cfg.IdleConns, cfg.UpstreamPerClient, cfg.IdleHTTP2 = Idle, 40, perClient, mode.h2
+		cfg.ServerCommand = []string{os.Args[0], "proxy-server"}
+		if _, err := os.Stat(cfg.Squid); err != nil || perClient || mode.h2 {
+			cfg.Squid = "" // Squid's half once is enough
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		res, err := Run(ctx, cfg)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := 1
+		if cfg.Squid != "" {
+			want = 2
+		}
+		if len(res.Idle) != want {
+			t.Fatalf("idle rows %+v", res.Idle)
+		}
+		for _, r := range res.Idle {
+			if r.Held != cfg.IdleConns || r.Errors != 0 || r.RSSHeld <= 0 || r.FDsHeld <= r.FDsBefore || r.HTTP2 != (mode.h2 && r.Proxy == "gwlbproxy") {
+				t.Fatalf("%+v: %+v", mode, r)
+			}
+		}
+		var b bytes.Buffer
+		res.WriteTable(&b)
+		if !strings.Contains(b.String(), "per idle bumped connection (target <= 60 KB") {
+			t.Fatalf("table:\n%s", b.String())
+		}
+		t.Logf("%+v\n%s", mode, b.String())
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"runtime/pprof"
 	"sync"
@@ -42,6 +43,8 @@ func ServerMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	bindMode := fs.String("binding", proxy.BindEnforce, "proxy.binding.mode: enforce, report_only or off")
 	dnsServer := fs.String("dns", "", "DNS server (ip:port) destination binding asks; empty: /etc/resolv.conf")
+	h2 := fs.Bool("http2", false, "offer h2 to clients (the appliance default; off so that gwlbproxy and Squid both speak HTTP/1.1)")
+	perClient := fs.Bool("upstream-per-client", false, "dial every upstream connection from the client's own address and port (IP_TRANSPARENT), one per client connection, as steer's egress_mode tunnel does")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -61,7 +64,9 @@ func ServerMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	cfg.Policy.DefaultAction = policy.Allow
 	cfg.Policy.NoSNIAction = "allow"
 	cfg.UpstreamCABundle = *upCA
-	cfg.HTTP2 = false // the load client and Squid speak HTTP/1.1 only
+	cfg.HTTP2 = *h2 // off by default: the load client and Squid speak HTTP/1.1 only
+	// Every bench connection comes from the one client address.
+	cfg.MaxConnsPerClient = 1 << 22
 	cfg.Binding.Mode = *bindMode
 	if *dnsServer != "" {
 		cfg.Binding.Resolver.Servers = []string{*dnsServer}
@@ -75,7 +80,12 @@ func ServerMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		rec = fr
 	}
-	px, err := proxy.New(cfg, proxy.Deps{Certs: minter, Recorder: rec, InstanceID: "proxybench"}, log, nil)
+	deps := proxy.Deps{Certs: minter, Recorder: rec, InstanceID: "proxybench"}
+	if *perClient {
+		deps.UpstreamPerClient = true
+		deps.DialUpstream = dialAsClient
+	}
+	px, err := proxy.New(cfg, deps, log, nil)
 	if err != nil {
 		return err
 	}
@@ -132,6 +142,14 @@ func transparent(_, _ string, c syscall.RawConn) error {
 		return fmt.Errorf("IP_TRANSPARENT: %w", serr)
 	}
 	return nil
+}
+
+// dialAsClient connects to dst from the client's own address and port
+// (IP_TRANSPARENT; the router's "socket transparent" rule delivers the
+// answers to this socket), the way steer dials in egress_mode tunnel.
+func dialAsClient(ctx context.Context, client net.Conn, dst netip.AddrPort) (net.Conn, error) {
+	d := net.Dialer{LocalAddr: client.RemoteAddr(), Control: transparent}
+	return d.DialContext(ctx, "tcp4", dst.String())
 }
 
 type discard struct{}
