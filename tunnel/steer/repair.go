@@ -82,6 +82,13 @@ func (s *Steerer) wantElements() map[string]map[string]string {
 		marks[k] = string(native32(s.cfg.tunnelMark(p.Slot)))
 	}
 	out[setTunnels], out[mapTunnelMark] = tun, marks
+	for name, elems := range s.npEndpointElems() {
+		m := map[string]string{}
+		for _, e := range elems {
+			m[string(e.Key)] = ""
+		}
+		out[name] = m
+	}
 	return out
 }
 
@@ -160,7 +167,7 @@ func (s *Steerer) nftDrift() ([]string, error) {
 			named[no.Name] = true
 		}
 	}
-	for _, n := range counterNames {
+	for _, n := range append(append([]string(nil), counterNames...), s.rs.npCounters...) {
 		if !named[n] {
 			out = append(out, "counter "+n+" missing")
 		}
@@ -281,6 +288,14 @@ func (s *Steerer) reinstallLocked() error {
 			return err
 		}
 		if err := s.nft.SetAddElements(s.rs.sets[mapTunnelMark], marks); err != nil {
+			return err
+		}
+	}
+	for name, elems := range s.npEndpointElems() {
+		if len(elems) == 0 {
+			continue
+		}
+		if err := s.nft.SetAddElements(s.rs.sets[name], elems); err != nil {
 			return err
 		}
 	}

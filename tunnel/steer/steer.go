@@ -55,6 +55,11 @@ type Steerer struct {
 	sysctlFails atomic.Uint64
 
 	nftRepairs, routingRepairs, repairFailures atomic.Uint64
+
+	// Endpoint of each tunnel slot and gwi-* index, for flow records
+	// (flows.go). Kept after PairDown: the destroy events of the flows
+	// PairDown flushes arrive after it.
+	epBySlot, epByIf sync.Map
 }
 
 // New validates cfg and prepares a Steerer; nothing is changed in the
@@ -64,6 +69,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Steerer, err
 }
 
 func newSteerer(cfg Config, log *slog.Logger, reg prometheus.Registerer, nsFd int) (*Steerer, error) {
+	cfg.NetworkPolicy.Rules = append([]NetRule(nil), cfg.NetworkPolicy.Rules...) // validate fills in parsed fields
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -270,11 +276,18 @@ func (s *Steerer) pairUp(p tunnel.Pair) error {
 	if err := s.nft.SetAddElements(s.rs.sets[mapTunnelMark], []nftables.SetElement{{Key: elemIfIndex(p.InIndex), Val: native32(s.cfg.tunnelMark(p.Slot))}}); err != nil {
 		return err
 	}
+	for _, name := range s.npEndpointSetsOf(p.EndpointID) {
+		if err := s.nft.SetAddElements(s.rs.sets[name], []nftables.SetElement{{Key: elemIfIndex(p.InIndex)}}); err != nil {
+			return err
+		}
+	}
 	if err := s.nft.Flush(); err != nil {
 		_ = s.delRouting(rules, routes)
 		return fmt.Errorf("nftables elements: %w", err)
 	}
 	s.pairs[p.Slot] = p
+	s.epBySlot.Store(p.Slot, p.EndpointID)
+	s.epByIf.Store(p.InIndex, p.EndpointID)
 	return nil
 }
 
@@ -293,6 +306,11 @@ func (s *Steerer) PairDown(ctx context.Context, p tunnel.Pair) error {
 		}
 		if err := s.nft.SetDeleteElements(m, []nftables.SetElement{{Key: elemIfIndex(p.InIndex)}}); err != nil {
 			errs = append(errs, err)
+		}
+		for _, name := range s.npEndpointSetsOf(p.EndpointID) {
+			if err := s.nft.SetDeleteElements(s.rs.sets[name], []nftables.SetElement{{Key: elemIfIndex(p.InIndex)}}); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		if err := s.nft.Flush(); err != nil {
 			errs = append(errs, fmt.Errorf("nftables elements: %w", err))

@@ -6,6 +6,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/ca"
 	"github.com/gwlbproxy/gwlbproxy/logship"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/tunnel"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
 )
@@ -49,6 +50,15 @@ func (c *Components) SteerConfig() steer.Config {
 	s := c.Steer
 	s.GenevePort = c.Tunnel.Port
 	s.GeneveSources = c.Tunnel.AllowedSources
+	// issue 15: an unset network_policy.default_action follows the proxy
+	// policy's default, so a deny-by-default proxy is deny-by-default on
+	// every port and protocol, not only on the intercepted ones.
+	if s.NetworkPolicy.DefaultAction == "" {
+		s.NetworkPolicy.DefaultAction = steer.NetDeny
+		if c.Proxy.Policy.DefaultAction != policy.Deny {
+			s.NetworkPolicy.DefaultAction = steer.NetAllow
+		}
+	}
 	return s
 }
 

@@ -43,6 +43,12 @@ const (
 	RuleAllow  = "demo-sites"
 )
 
+// Rule names of the demo's network policy (forwarded traffic).
+const (
+	NetRulePing = "ping-echo-host"
+	NetRuleEcho = "udp-echo"
+)
+
 // Files are the generated files of one demo run.
 type Files struct {
 	Dir          string // temporary directory holding everything below
@@ -104,6 +110,13 @@ func ApplianceConfig(mode string, f Files) config.Config {
 	c.Steer.IPv6 = false
 	if mode == steer.EgressNAT {
 		c.Steer.EgressInterface = EgressInterface
+	}
+	// Deny by default on every port (it follows the proxy policy's
+	// default): the tour's ping and UDP echo are allowed by name.
+	c.Steer.NetworkPolicy.Rules = []steer.NetRule{
+		{Name: NetRulePing, Action: steer.NetAllow, Protocol: steer.ProtoICMP, Destinations: []netip.Prefix{netip.PrefixFrom(AddrEcho, 32)}},
+		{Name: NetRuleEcho, Action: steer.NetAllow, Protocol: steer.ProtoUDP, Destinations: []netip.Prefix{netip.PrefixFrom(AddrEcho, 32)},
+			Ports: []policy.PortRange{{Lo: EchoPort, Hi: EchoPort}}},
 	}
 	c.Proxy.UpstreamCABundle = f.InternetCA
 	c.Proxy.DialTimeout = 5 * time.Second
