@@ -69,6 +69,12 @@ func (s *Steerer) Explain() string {
 		if name == setTunnels || name == mapTunnelMark {
 			dyn = " # elements added by PairUp, removed by PairDown"
 		}
+		for _, ds := range rs.npDomainSets {
+			if ds.name == name {
+				kind, typ = "set", st.KeyType.Name+"; flags timeout"
+				dyn = " # addresses of " + strings.Join(ds.domains, ", ") + " from the resolver, each timing out after its DNS TTL"
+			}
+		}
 		for _, es := range rs.npEndpointSets {
 			if es.name == name {
 				var ids []string
@@ -120,7 +126,11 @@ func (s *Steerer) Explain() string {
 	return b.String()
 }
 
+// baseRoutesWithLo is baseRoutes for lo index lo. It takes mu: the
+// re-assert loop reads loIndex concurrently.
 func (s *Steerer) baseRoutesWithLo(lo int) ([]*netlink.Rule, []*netlink.Route) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	save := s.loIndex
 	s.loIndex = lo
 	r, rt := s.baseRoutes()

@@ -1,8 +1,10 @@
 package steer
 
+import "net/netip"
+
 // What flow records (package tunnel/flowlog) need from steering: which
 // endpoint a conntrack mark or a gwi-* interface belongs to, which policy
-// rule a conntrack label names, and the marks and ports to tell forwarded
+// rule decides a flow, and the marks and ports to tell forwarded
 // flows from intercepted ones.
 
 // EndpointOfMark returns the GWLB endpoint id of the tunnel whose mark is
@@ -29,10 +31,10 @@ func (s *Steerer) EndpointOfIfIndex(idx int) (uint64, bool) {
 	return v.(uint64), true
 }
 
-// RuleOfLabels names the network policy rule that accepted a flow from its
-// conntrack labels (see LabelBit).
-func (s *Steerer) RuleOfLabels(labels []byte) (string, bool) {
-	return s.cfg.NetworkPolicy.RuleOfLabels(labels)
+// RuleFor names the network policy rule that decides a flow (see
+// NetworkPolicy.RuleFor).
+func (s *Steerer) RuleFor(ep uint64, proto uint8, src, dst netip.Addr, dport uint16) string {
+	return s.cfg.NetworkPolicy.RuleFor(ep, proto, src, dst, dport, s.resolvedNow)
 }
 
 // FlowSource is what a flow logger must know about this steering setup.
@@ -41,13 +43,12 @@ type FlowSource struct {
 	MarkMask       uint32   // selects the "ours" part of a mark
 	LogGroup       uint16   // NFLOG group of denials (0: none)
 	InterceptPorts []uint16 // TCP ports handed to the proxy (not forwarded)
-	PolicyActive   bool     // a network policy filters forwarded traffic
 }
 
 // FlowSource describes this configuration for flow records.
 func (s *Steerer) FlowSource() FlowSource {
-	fs := FlowSource{MarkBase: s.cfg.MarkBase, MarkMask: markMask, PolicyActive: s.cfg.NetworkPolicy.active()}
-	if fs.PolicyActive {
+	fs := FlowSource{MarkBase: s.cfg.MarkBase, MarkMask: markMask}
+	if s.cfg.NetworkPolicy.active() {
 		fs.LogGroup = s.cfg.NetworkPolicy.LogGroup
 	}
 	fs.InterceptPorts = append(append(fs.InterceptPorts, s.cfg.HTTPPorts...), s.cfg.TLSPorts...)

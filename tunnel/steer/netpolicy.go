@@ -3,6 +3,7 @@ package steer
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 
@@ -83,6 +84,11 @@ type NetRule struct {
 	// Ports are destination ports or ranges ("22", "8000-8100"); only
 	// with protocol tcp or udp.
 	Ports []policy.PortRange `yaml:"ports,omitempty"`
+	// Domains are exact DNS names whose addresses (A and AAAA, resolved
+	// by the appliance, kept for their TTL) count as destinations: a rule
+	// with Destinations and Domains matches either. No wildcards: a
+	// wildcard cannot be resolved.
+	Domains []string `yaml:"domains,omitempty"`
 
 	endpoints []uint64
 }
@@ -150,6 +156,19 @@ func (p *NetworkPolicy) validate() []error {
 				add("rules[%d].destinations[%d]: invalid prefix", i, j)
 			}
 		}
+		r.Domains = append([]string(nil), r.Domains...) // normalised in place below
+		for j, d := range r.Domains {
+			if strings.Contains(d, "*") {
+				add("rules[%d].domains[%d]: %q: wildcards cannot be resolved; name each host", i, j, d)
+				continue
+			}
+			n, err := policy.NormalizeName(d)
+			if err != nil || n == "" || !strings.Contains(n, ".") {
+				add("rules[%d].domains[%d]: %q is not a DNS name", i, j, d)
+				continue
+			}
+			r.Domains[j] = n
+		}
 		if r.Protocol == ProtoICMP && (hasFamily(r.Clients, true) || hasFamily(r.Destinations, true)) && !hasFamily(r.Clients, false) && !hasFamily(r.Destinations, false) {
 			add("rules[%d].protocol: icmp never matches IPv6 clients/destinations (use icmpv6)", i)
 		}
@@ -191,35 +210,79 @@ func npEndpointSet(i int) string { return fmt.Sprintf("np_ep_%d", i) }
 // NFLOGPrefix is the log prefix of denials by rule name.
 func NFLOGPrefix(rule string) string { return "np:" + rule }
 
-// LabelBit is the conntrack label bit an allow rule sets on the flows it
-// accepts (rule index i: bit i+1; the default action: bit 0), so flow
-// records can name the rule. Rules past index 126 set no label.
-func LabelBit(ruleIndex int) int { return ruleIndex + 1 }
-
-const maxLabelBit = 127
-
-// RuleOfLabels maps conntrack labels back to the rule name: the lowest
-// set bit. ok is false when no bit is set.
-func (p *NetworkPolicy) RuleOfLabels(labels []byte) (string, bool) {
-	for bit := 0; bit < len(labels)*8 && bit <= maxLabelBit; bit++ {
-		if labels[bit/8]&(1<<(bit%8)) == 0 {
-			continue
-		}
-		if bit == 0 {
-			return DefaultRuleName, true
-		}
-		if bit-1 < len(p.Rules) {
-			return p.Rules[bit-1].Name, true
+// RuleFor names the rule that decides a new flow from endpoint ep with
+// protocol proto from src to dst:dport: the first rule that matches, or
+// DefaultRuleName. It evaluates the same criteria as the nftables rules
+// (flow records name the rule of an allowed flow with it: conntrack's
+// destroy events carry no labels). "" when no policy is active.
+// resolved reports whether a is a current address of a domain name (nil:
+// none is).
+func (p *NetworkPolicy) RuleFor(ep uint64, proto uint8, src, dst netip.Addr, dport uint16, resolved func(name string, a netip.Addr) bool) string {
+	if !p.active() {
+		return ""
+	}
+	src, dst = src.Unmap(), dst.Unmap()
+	for i := range p.Rules {
+		if p.Rules[i].matches(ep, proto, src, dst, dport, resolved) {
+			return p.Rules[i].Name
 		}
 	}
-	return "", false
+	return DefaultRuleName
 }
 
-// labelData is the 16-byte ct label value with one bit set.
-func labelData(bit int) []byte {
-	b := make([]byte, 16)
-	b[bit/8] |= 1 << (bit % 8)
-	return b
+func (r *NetRule) matches(ep uint64, proto uint8, src, dst netip.Addr, dport uint16, resolved func(string, netip.Addr) bool) bool {
+	if len(r.endpoints) > 0 && !slices.Contains(r.endpoints, ep) {
+		return false
+	}
+	if len(r.Clients) > 0 && !slices.ContainsFunc(r.Clients, func(p netip.Prefix) bool { return p.Contains(src) }) {
+		return false
+	}
+	if len(r.Destinations)+len(r.Domains) > 0 {
+		in := slices.ContainsFunc(r.Destinations, func(p netip.Prefix) bool { return p.Contains(dst) })
+		if !in && resolved != nil {
+			in = slices.ContainsFunc(r.Domains, func(n string) bool { return resolved(n, dst) })
+		}
+		if !in {
+			return false
+		}
+	}
+	switch r.Protocol {
+	case ProtoTCP:
+		if proto != unix.IPPROTO_TCP {
+			return false
+		}
+	case ProtoUDP:
+		if proto != unix.IPPROTO_UDP {
+			return false
+		}
+	case ProtoICMP:
+		if proto != unix.IPPROTO_ICMP {
+			return false
+		}
+	case ProtoICMPv6:
+		if proto != unix.IPPROTO_ICMPV6 {
+			return false
+		}
+	}
+	if len(r.Ports) > 0 && !slices.ContainsFunc(r.Ports, func(pr policy.PortRange) bool { return dport >= pr.Lo && dport <= pr.Hi }) {
+		return false
+	}
+	return true
+}
+
+// npDomainSet is rule i's set of resolved addresses of one family.
+func npDomainSet(i int, v6 bool) string {
+	if v6 {
+		return fmt.Sprintf("np_dom6_%d", i)
+	}
+	return fmt.Sprintf("np_dom4_%d", i)
+}
+
+// npDomainSetOf is a domain set and the names whose addresses it holds.
+type npDomainSetOf struct {
+	name    string
+	v6      bool
+	domains []string
 }
 
 // anonSet is a constant anonymous set of a policy rule; the placeholder
@@ -320,19 +383,12 @@ func (s *Steerer) addNetworkPolicy(rs *ruleset, add func(chain, text string, e .
 		rs.anonOrder = append(rs.anonOrder, placeholder)
 		return &expr.Lookup{SourceRegister: 1, SetName: placeholder}
 	}
-	verdict := func(name string, bit int, allow bool) ([]expr.Any, string) {
+	verdict := func(name string, allow bool) ([]expr.Any, string) {
 		if allow {
 			// forwarded keeps counting every forwarded packet (new and
 			// established), as it does without a policy.
 			e := cat(objref(npCounter(name)), objref(ctrForwarded))
 			txt := "counter name " + npCounter(name) + " counter name " + ctrForwarded
-			if bit <= maxLabelBit {
-				e = append([]expr.Any{
-					&expr.Immediate{Register: 1, Data: labelData(bit)},
-					&expr.Ct{Key: expr.CtKeyLABELS, Register: 1, SourceRegister: true},
-				}, e...)
-				txt = fmt.Sprintf("ct label set %d ", bit) + txt
-			}
 			return append(e, accept()...), txt + " accept"
 		}
 		e := objref(npCounter(name))
@@ -358,15 +414,19 @@ func (s *Steerer) addNetworkPolicy(rs *ruleset, add func(chain, text string, e .
 			base = append(base, lookup(setTunnels, rs.sets, false)[0], &expr.Lookup{SourceRegister: 1, SetName: name})
 			text += fmt.Sprintf(" iif @%s", name)
 		}
-		// One nft rule per address family the rule's CIDRs need.
+		// One nft rule per address family the rule's CIDRs need, and per
+		// kind of destination (CIDRs, or the domain set the resolver
+		// fills: either may match).
 		type fam struct {
 			v6       bool
 			clients  []netip.Prefix
 			dsts     []netip.Prefix
+			domSet   string // domain set of this family instead of dsts
 			familyOK bool
 		}
+		hasDst := len(r.Destinations)+len(r.Domains) > 0
 		var fams []fam
-		if len(r.Clients)+len(r.Destinations) == 0 {
+		if len(r.Clients) == 0 && !hasDst {
 			fams = []fam{{familyOK: false}}
 		} else {
 			for _, v6 := range []bool{false, true} {
@@ -384,10 +444,21 @@ func (s *Steerer) addNetworkPolicy(rs *ruleset, add func(chain, text string, e .
 						f.dsts = append(f.dsts, p)
 					}
 				}
-				if (len(r.Clients) > 0 && len(f.clients) == 0) || (len(r.Destinations) > 0 && len(f.dsts) == 0) {
+				if len(r.Clients) > 0 && len(f.clients) == 0 {
 					continue
 				}
-				fams = append(fams, f)
+				if len(f.dsts) > 0 || !hasDst {
+					fams = append(fams, f)
+				}
+				if len(r.Domains) > 0 {
+					name, typ := npDomainSet(i, v6), nftables.TypeIPAddr
+					if v6 {
+						typ = nftables.TypeIP6Addr
+					}
+					rs.sets[name] = &nftables.Set{Table: t, Name: name, KeyType: typ, HasTimeout: true}
+					rs.npDomainSets = append(rs.npDomainSets, npDomainSetOf{name: name, v6: v6, domains: r.Domains})
+					fams = append(fams, fam{v6: v6, clients: f.clients, domSet: name, familyOK: true})
+				}
 			}
 		}
 		for _, f := range fams {
@@ -409,6 +480,10 @@ func (s *Steerer) addNetworkPolicy(rs *ruleset, add func(chain, text string, e .
 					e = append(e, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off + n, Len: n}, anon(typ, true, elems, t))
 					txt += fmt.Sprintf(" %s daddr { %s }", ipn, t)
 				}
+				if f.domSet != "" {
+					e = append(e, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off + n, Len: n}, &expr.Lookup{SourceRegister: 1, SetName: f.domSet})
+					txt += fmt.Sprintf(" %s daddr @%s", ipn, f.domSet)
+				}
 			}
 			switch r.Protocol {
 			case ProtoTCP, ProtoUDP, ProtoICMP, ProtoICMPv6:
@@ -422,11 +497,11 @@ func (s *Steerer) addNetworkPolicy(rs *ruleset, add func(chain, text string, e .
 				e = append(e, anon(nftables.TypeInetService, true, elems, t))
 				txt += fmt.Sprintf(" th dport { %s }", t)
 			}
-			v, vt := verdict(r.Name, LabelBit(i), r.Action == NetAllow)
+			v, vt := verdict(r.Name, r.Action == NetAllow)
 			add(chainFilterFwd, txt+" "+vt, append(e, v...)...)
 		}
 	}
-	v, vt := verdict(DefaultRuleName, 0, np.defaultAllows())
+	v, vt := verdict(DefaultRuleName, np.defaultAllows())
 	add(chainFilterFwd, fmt.Sprintf("iif @%s %s", setTunnels, vt), cat(fromTunnel, v)...)
 }
 
@@ -528,6 +603,9 @@ func (s *Steerer) explainNetworkPolicy() string {
 		}
 		if len(r.Destinations) > 0 {
 			fmt.Fprintf(&b, " destinations=%v", r.Destinations)
+		}
+		if len(r.Domains) > 0 {
+			fmt.Fprintf(&b, " domains=%v", r.Domains)
 		}
 		if len(r.Ports) > 0 {
 			fmt.Fprintf(&b, " ports=%v", r.Ports)

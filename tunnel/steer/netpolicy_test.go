@@ -1,11 +1,14 @@
 package steer
 
 import (
+	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -413,5 +416,122 @@ func TestIntervalElems(t *testing.T) {
 	}
 	if want := "22/false 31/true 60000/false"; strings.Join(got, " ") != want {
 		t.Fatalf("got %s want %s", strings.Join(got, " "), want)
+	}
+}
+
+// TestRuleFor: the rule flow records name is the first match, as in the
+// kernel.
+func TestRuleFor(t *testing.T) {
+	cfg := npConfig(EgressNAT, epA)
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	np := &cfg.NetworkPolicy
+	srv, cli := serverAddr, clientAddr
+	for _, c := range []struct {
+		ep    uint64
+		proto uint8
+		dst   netip.Addr
+		port  uint16
+		want  string
+	}{
+		{epA, unix.IPPROTO_TCP, srv, 22, "ssh-a"},
+		{epA + 1, unix.IPPROTO_TCP, srv, 22, DefaultRuleName},
+		{epA, unix.IPPROTO_UDP, srv, 22, DefaultRuleName},
+		{epA, unix.IPPROTO_UDP, srv, 5001, "udp-echo"},
+		{epA, unix.IPPROTO_UDP, netip.MustParseAddr("203.0.113.99"), 5001, "no-test-net-3"},
+		{epA, unix.IPPROTO_TCP, serverAddr6, 22, "ssh-a"},
+		{epA, unix.IPPROTO_ICMP, srv, 0, DefaultRuleName},
+	} {
+		if got := np.RuleFor(c.ep, c.proto, cli, c.dst, c.port, nil); got != c.want {
+			t.Errorf("%x %d %s:%d: %q, want %q", c.ep, c.proto, c.dst, c.port, got, c.want)
+		}
+	}
+	var off NetworkPolicy
+	if got := off.RuleFor(epA, unix.IPPROTO_TCP, cli, srv, 22, nil); got != "" {
+		t.Errorf("inactive policy: %q", got)
+	}
+}
+
+// fakeResolver is a test resolver whose answers the test changes.
+type fakeResolver struct {
+	mu    sync.Mutex
+	addrs []netip.Addr
+	ttl   time.Duration
+	err   error
+	calls int
+}
+
+func (f *fakeResolver) set(addrs []netip.Addr, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.addrs, f.err = addrs, err
+}
+
+func (f *fakeResolver) LookupNetIP(_ context.Context, name string) ([]netip.Addr, time.Duration, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	if name != "ssh.example.test" {
+		return nil, 0, fmt.Errorf("no such name %q", name)
+	}
+	return append([]netip.Addr(nil), f.addrs...), f.ttl, f.err
+}
+
+// TestNetworkPolicyDomains: a rule "allow tcp/22 to ssh.example.test"
+// follows the resolver's changing answers: allowed while the name
+// resolves to the server, denied once the answer moved elsewhere and the
+// old address timed out, allowed again, and when resolution fails the last
+// answer is kept until its TTL runs out, then the rule fails closed.
+func TestNetworkPolicyDomains(t *testing.T) {
+	cfg := npConfig(EgressTunnel, epA)
+	cfg.NetworkPolicy.Rules = []NetRule{{Name: "ssh-by-name", Action: NetAllow, Protocol: ProtoTCP,
+		Ports: []policy.PortRange{{Lo: 22, Hi: 22}}, Domains: []string{"SSH.example.test."}}}
+	res := &fakeResolver{addrs: []netip.Addr{serverAddr}, ttl: time.Second} // clamped to minDomainTTL
+	tp := newTopoWith(t, cfg, func(s *Steerer) { s.SetResolver(res) }, "a")
+	a := tp.tun["a"]
+	ssh := netip.AddrPortFrom(serverAddr, 22)
+	allowed := func() bool {
+		c, err := dial(t, a.cli, ssh, 1500*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}
+	waitFor(t, "first answer", func() bool { return tp.s.resolvedNow("ssh.example.test", serverAddr) })
+	if !allowed() {
+		t.Fatalf("ssh to the resolved address denied; stats %+v", tp.s.Stats())
+	}
+	if !strings.Contains(tp.s.Explain(), "np_dom4_0") {
+		t.Fatalf("explain lacks the domain set:\n%s", tp.s.Explain())
+	}
+	// The name moves: the old address stays until its TTL, then not.
+	res.set([]netip.Addr{netip.MustParseAddr("203.0.113.81")}, nil)
+	waitFor(t, "old answer to time out", func() bool { return !tp.s.resolvedNow("ssh.example.test", serverAddr) })
+	if allowed() {
+		t.Fatal("ssh allowed to an address the name no longer has")
+	}
+	res.set([]netip.Addr{serverAddr}, nil)
+	waitFor(t, "answer back", func() bool { return tp.s.resolvedNow("ssh.example.test", serverAddr) })
+	if !allowed() {
+		t.Fatal("ssh denied after the name resolved to the server again")
+	}
+	// Resolution fails: kept until the TTL, then fail closed.
+	res.set(nil, errors.New("SERVFAIL"))
+	failedAt := time.Now()
+	waitFor(t, "a failed resolution", func() bool { st := tp.s.Stats(); return st.Domains != nil && st.Domains.Failures > 0 })
+	if time.Since(failedAt) < minDomainTTL/2 && !allowed() {
+		t.Fatal("last answer dropped at the first failure")
+	}
+	waitFor(t, "the last answer to lapse", func() bool { return !tp.s.resolvedNow("ssh.example.test", serverAddr) })
+	if allowed() {
+		t.Fatal("ssh allowed after the last answer timed out (must fail closed)")
+	}
+	st := tp.s.Stats().Domains
+	if st.Lapsed == 0 || st.Failures == 0 || st.Resolved != 0 {
+		t.Fatalf("domain stats %+v", st)
+	}
+	if r := tp.s.RuleFor(epA, unix.IPPROTO_TCP, clientAddr, serverAddr, 22); r != DefaultRuleName {
+		t.Fatalf("RuleFor after lapse: %q", r)
 	}
 }

@@ -74,6 +74,7 @@ type ruleset struct {
 	anon           map[string]*anonSet
 	anonOrder      []string
 	npEndpointSets []npEndpointSetOf
+	npDomainSets   []npDomainSetOf
 }
 
 func (s *Steerer) buildRuleset(egress string) *ruleset {
@@ -323,6 +324,9 @@ func (rs *ruleset) setNames() []string {
 	names := []string{setTunnels, mapTunnelMark, setHTTPPorts, setTLSPorts, setQUICPorts}
 	for _, es := range rs.npEndpointSets {
 		names = append(names, es.name)
+	}
+	for _, ds := range rs.npDomainSets {
+		names = append(names, ds.name)
 	}
 	return names
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
@@ -298,6 +299,9 @@ func (s *Steerer) reinstallLocked() error {
 		if err := s.nft.SetAddElements(s.rs.sets[name], elems); err != nil {
 			return err
 		}
+	}
+	if err := s.domainElemsLocked(time.Now()); err != nil {
+		return err
 	}
 	if err := s.nft.Flush(); err != nil {
 		return fmt.Errorf("table %s: %w", s.cfg.TableName, err)

@@ -60,6 +60,11 @@ type Steerer struct {
 	// (flows.go). Kept after PairDown: the destroy events of the flows
 	// PairDown flushes arrive after it.
 	epBySlot, epByIf sync.Map
+
+	// Domain names in network rules (domain.go).
+	resolver Resolver
+	dom      domains
+	domWG    sync.WaitGroup
 }
 
 // New validates cfg and prepares a Steerer; nothing is changed in the
@@ -103,6 +108,9 @@ func (s *Steerer) Start(ctx context.Context) error {
 	defer s.mu.Unlock()
 	if s.started {
 		return errors.New("steer: already started")
+	}
+	if s.hasDomains() && s.resolver == nil {
+		return errors.New("steer: network_policy has domains but no resolver is configured")
 	}
 	if err := s.open(); err != nil {
 		return err
@@ -149,6 +157,16 @@ func (s *Steerer) Start(ctx context.Context) error {
 	s.cancel = cancel
 	s.done = make(chan struct{})
 	go s.reassert(rctx, ctx.Done())
+	if s.hasDomains() {
+		s.dom.names = map[string]*domainState{}
+		for _, r := range s.cfg.NetworkPolicy.Rules {
+			for _, n := range r.Domains {
+				s.dom.names[n] = &domainState{addrs: map[netip.Addr]time.Time{}}
+			}
+		}
+		s.domWG.Add(1)
+		go s.domainLoop(rctx)
+	}
 	s.started = true
 	s.log.Info("steering installed", "table", s.cfg.TableName, "mode", s.cfg.EgressMode, "egress", s.egress)
 	return nil
@@ -350,6 +368,7 @@ func (s *Steerer) Close() error {
 	if cancel != nil {
 		cancel()
 		<-done
+		s.domWG.Wait()
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -429,6 +448,9 @@ type Stats struct {
 	NFTRepairs     uint64 `json:"nft_repairs"`
 	RoutingRepairs uint64 `json:"routing_repairs"`
 	RepairFailures uint64 `json:"repair_failures"`
+	// Domains is the state of domain names in network rules (absent
+	// without any).
+	Domains *DomainStats `json:"domains,omitempty"`
 }
 
 // Stats reads the counter objects from the kernel.
@@ -442,6 +464,7 @@ func (s *Steerer) Stats() Stats {
 	st.NFTRepairs = s.nftRepairs.Load()
 	st.RoutingRepairs = s.routingRepairs.Load()
 	st.RepairFailures = s.repairFailures.Load()
+	st.Domains = s.domainStats()
 	// Under mu: a netlink query must not interleave with a batch being
 	// flushed (PairUp, repair) on the same socket.
 	if s.started && !s.closed {

@@ -32,6 +32,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/logship"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 	"github.com/gwlbproxy/gwlbproxy/tunnel"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/flowlog"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
 )
 
@@ -114,6 +115,23 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	}
 	cleanup.add("steer", st.Close)
 	hs.Add(health.Check{Name: "steer", Health: st.Health, Stats: func() any { return st.Stats() }})
+
+	// issue 15: a record per forwarded flow (and per denied attempt),
+	// through the same shipper and spool as the request records.
+	var flows *flowlog.Logger
+	if c.FlowRecords.Enabled {
+		fcfg, fs := c.FlowRecords, st.FlowSource()
+		fcfg.MarkBase, fcfg.MarkMask, fcfg.LogGroup, fcfg.InterceptPorts = fs.MarkBase, fs.MarkMask, fs.LogGroup, fs.InterceptPorts
+		flows, err = flowlog.New(fcfg, st, shipper, instanceID, log.With("component", "flowlog"), reg)
+		if err != nil {
+			return fmt.Errorf("flow_records: %w", err)
+		}
+		if err := flows.Start(bg); err != nil {
+			return fmt.Errorf("flow_records: %w", err)
+		}
+		cleanup.add("flow records", flows.Close)
+		hs.Add(health.Check{Name: "flowlog", Health: flows.Health, Stats: func() any { return flows.Stats() }})
+	}
 
 	sls, err := st.ListenAll(ctx)
 	if err != nil {
@@ -228,6 +246,11 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	stopTunnel()
 	if err := <-tunnelDone; err != nil {
 		log.Warn("tunnel shutdown", "err", err)
+	}
+	if flows != nil { // its last records and summary go into the spool
+		if err := flows.Close(); err != nil {
+			log.Warn("flow records shutdown", "err", err)
+		}
 	}
 	// Last: every record the proxy wrote is in the spool; ship what the
 	// remaining deadline allows, the rest waits in the spool for next start.

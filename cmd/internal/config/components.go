@@ -8,6 +8,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/tunnel"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/flowlog"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
 )
 
@@ -19,6 +20,8 @@ type Components struct {
 	Proxy   proxy.Config   `yaml:"proxy"`
 	CA      ca.Config      `yaml:"ca"`
 	Logship logship.Config `yaml:"logship"`
+	// FlowRecords: a record per forwarded flow (issue 15).
+	FlowRecords flowlog.Config `yaml:"flow_records"`
 }
 
 // vpcPrivateRanges is the default for tunnel.allowed_sources: GWLB always
@@ -40,6 +43,8 @@ func defaultComponents() Components {
 		Proxy:   proxy.DefaultConfig(),
 		CA:      ca.DefaultConfig(),
 		Logship: logship.DefaultConfig(),
+
+		FlowRecords: flowlog.DefaultConfig(),
 	}
 }
 
@@ -74,6 +79,9 @@ func (c *Components) validate() error {
 		return err
 	}
 	if err := prefix("ca", c.CA.Validate()); err != nil {
+		return err
+	}
+	if err := prefix("flow_records", c.FlowRecords.Validate()); err != nil {
 		return err
 	}
 	return prefix("logship", c.Logship.Validate())

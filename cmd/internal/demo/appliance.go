@@ -23,6 +23,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/nsexec"
 	"github.com/gwlbproxy/gwlbproxy/logship"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/flowlog"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
 )
@@ -338,6 +339,14 @@ type Record struct {
 	UpstreamError string    `json:"upstream_error"`
 	UserAgent     string    `json:"user_agent"`
 
+	// Flow records (tunnel/flowlog): record_type flow, flow_interim,
+	// flow_denied, flow_summary; request records have none.
+	RecordType string `json:"record_type"`
+	Protocol   string `json:"protocol"`
+	PacketsIn  int64  `json:"packets_in"`
+	PacketsOut int64  `json:"packets_out"`
+	TCPState   string `json:"tcp_state"`
+
 	Raw  string   `json:"-"`
 	Keys []string `json:"-"`
 	// raw holds every field's JSON value, for Field.
@@ -372,6 +381,13 @@ func (r *Record) Field(k string) string {
 var RecordFields = []string{"time", "record_id", "instance_id", "endpoint_id", "client_ip", "client_port",
 	"dst_ip", "dst_port", "sni", "host", "method", "scheme", "path", "status", "action", "rule",
 	"bytes_in", "bytes_out", "duration_ms", "tls_version", "alpn", "upstream_error", "user_agent"}
+
+// FlowRecordFields and FlowSummaryFields are the fields of flow records
+// (tunnel/flowlog).
+var (
+	FlowRecordFields  = flowlog.RecordFields
+	FlowSummaryFields = flowlog.SummaryFields
+)
 
 // Records collects the appliance's records (across restarts).
 type Records struct {
