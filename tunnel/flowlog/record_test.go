@@ -1,9 +1,11 @@
 package flowlog
 
 import (
+	"context"
 	"encoding/json"
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -119,5 +121,83 @@ func TestDeniedRecord(t *testing.T) {
 		if _, ok := l.deniedRecord(bad); ok {
 			t.Errorf("%x decoded", bad)
 		}
+	}
+}
+
+// TestDeniedPerSource: at most denied_per_source records per source per
+// interval; the rest are counted in the summary, which is written and the
+// window reset at the next interval.
+func TestDeniedPerSource(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.DeniedPerSource = 3
+	cfg.SummaryInterval = time.Second
+	cfg.MarkBase, cfg.MarkMask = 0x47570000, 0xffff0000
+	rec := &memRecorder{}
+	l, err := newLogger(cfg, fakeSource{}, rec, "i", nil, nil, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := netip.MustParseAddr("198.19.0.10"), netip.MustParseAddr("198.19.0.11")
+	admitted := 0
+	for range 10 {
+		if l.admitDenied(a) {
+			admitted++
+		}
+	}
+	if !l.admitDenied(b) || admitted != 3 {
+		t.Fatalf("admitted %d of 10 from a (want 3), b refused", admitted)
+	}
+	if st := l.Stats(); st.DeniedSuppressed != 7 {
+		t.Fatalf("suppressed %d, want 7", st.DeniedSuppressed)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	l.wg.Add(1)
+	go l.writer(ctx)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rec.mu.Lock()
+		var got map[string]any
+		for _, r := range rec.recs {
+			if r["record_type"] == TypeSummary {
+				got = r
+			}
+		}
+		rec.mu.Unlock()
+		if got != nil {
+			if got["denied_suppressed"] != 7.0 || got["denied_sources"] != 1.0 {
+				t.Fatalf("summary %v", got)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no summary")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	l.wg.Wait()
+	if !l.admitDenied(a) {
+		t.Fatal("the window did not reset after the summary")
+	}
+}
+
+// TestOverrunHealth: an overrun is counted, in the next summary, and
+// turns Health red.
+func TestOverrunHealth(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.MarkBase, cfg.MarkMask = 0x47570000, 0xffff0000
+	l, err := newLogger(cfg, fakeSource{}, &memRecorder{}, "i", nil, nil, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Health(); err != nil {
+		t.Fatal(err)
+	}
+	l.overrun(&l.c.ctOverruns, "conntrack")
+	if err := l.Health(); err == nil || !strings.Contains(err.Error(), "overruns") {
+		t.Fatalf("health after an overrun: %v", err)
+	}
+	if l.Stats().ConntrackOverruns != 1 || l.sum.overruns != 1 {
+		t.Fatalf("stats %+v", l.Stats())
 	}
 }
