@@ -37,7 +37,10 @@ import (
 // Network policy actions.
 const (
 	NetAllow = "allow"
-	NetDeny  = "deny"
+	NetDeny  = "deny" // drop silently
+	// NetReject denies and tells the client at once: a TCP reset for
+	// TCP, ICMP administratively prohibited otherwise.
+	NetReject = "reject"
 )
 
 // Protocols a network rule can match.
@@ -55,8 +58,8 @@ const DefaultRuleName = "default"
 
 // NetworkPolicy is the steer.network_policy section.
 type NetworkPolicy struct {
-	// DefaultAction applies to forwarded traffic no rule matched: allow or
-	// deny. Empty: the application fills in the proxy policy's default
+	// DefaultAction applies to forwarded traffic no rule matched: allow,
+	// deny or reject. Empty: the application fills in the proxy policy's default
 	// (deny unless proxy.policy.default_action allows), so a
 	// deny-by-default proxy is deny-by-default on every port. Inside this
 	// package, empty means allow (the behaviour before network policies).
@@ -96,10 +99,8 @@ type NetRule struct {
 // active reports whether the policy changes anything: any rule, or a
 // default other than allow.
 func (p *NetworkPolicy) active() bool {
-	return len(p.Rules) > 0 || p.DefaultAction == NetDeny
+	return len(p.Rules) > 0 || p.DefaultAction == NetDeny || p.DefaultAction == NetReject
 }
-
-func (p *NetworkPolicy) defaultAllows() bool { return p.DefaultAction != NetDeny }
 
 // validate checks the policy; messages start with "network_policy.".
 func (p *NetworkPolicy) validate() []error {
@@ -108,9 +109,9 @@ func (p *NetworkPolicy) validate() []error {
 		errs = append(errs, fmt.Errorf("network_policy."+format, a...))
 	}
 	switch p.DefaultAction {
-	case "", NetAllow, NetDeny:
+	case "", NetAllow, NetDeny, NetReject:
 	default:
-		add("default_action: %q is not allow or deny", p.DefaultAction)
+		add("default_action: %q is not allow, deny or reject", p.DefaultAction)
 	}
 	seen := map[string]bool{}
 	for i := range p.Rules {
@@ -121,8 +122,8 @@ func (p *NetworkPolicy) validate() []error {
 			add("rules[%d].name: duplicate %q", i, r.Name)
 		}
 		seen[r.Name] = true
-		if r.Action != NetAllow && r.Action != NetDeny {
-			add("rules[%d].action: %q is not allow or deny", i, r.Action)
+		if r.Action != NetAllow && r.Action != NetDeny && r.Action != NetReject {
+			add("rules[%d].action: %q is not allow, deny or reject", i, r.Action)
 		}
 		switch r.Protocol {
 		case "", ProtoAny, ProtoTCP, ProtoUDP, ProtoICMP, ProtoICMPv6:
@@ -383,13 +384,20 @@ func (s *Steerer) addNetworkPolicy(rs *ruleset, add func(chain, text string, e .
 		rs.anonOrder = append(rs.anonOrder, placeholder)
 		return &expr.Lookup{SourceRegister: 1, SetName: placeholder}
 	}
-	verdict := func(name string, allow bool) ([]expr.Any, string) {
-		if allow {
+	// verdicts are the rule endings for action on traffic of protocol
+	// proto: one, or for reject of any protocol two (a TCP reset for TCP,
+	// first; ICMP administratively prohibited for the rest).
+	type ending struct {
+		match []expr.Any
+		e     []expr.Any
+		txt   string
+	}
+	verdicts := func(name, action, proto string) []ending {
+		if action == NetAllow {
 			// forwarded keeps counting every forwarded packet (new and
 			// established), as it does without a policy.
-			e := cat(objref(npCounter(name)), objref(ctrForwarded))
-			txt := "counter name " + npCounter(name) + " counter name " + ctrForwarded
-			return append(e, accept()...), txt + " accept"
+			e := cat(objref(npCounter(name)), objref(ctrForwarded), accept())
+			return []ending{{e: e, txt: "counter name " + npCounter(name) + " counter name " + ctrForwarded + " accept"}}
 		}
 		e := objref(npCounter(name))
 		txt := "counter name " + npCounter(name)
@@ -397,9 +405,21 @@ func (s *Steerer) addNetworkPolicy(rs *ruleset, add func(chain, text string, e .
 			e = append(e, &expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: np.LogGroup, Data: []byte(NFLOGPrefix(name))})
 			txt += fmt.Sprintf(" log group %d prefix %q", np.LogGroup, NFLOGPrefix(name))
 		}
-		return append(e, drop()...), txt + " drop"
+		if action != NetReject {
+			return []ending{{e: cat(e, drop()), txt: txt + " drop"}}
+		}
+		rst := ending{e: cat(e, []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}}), txt: txt + " reject with tcp reset"}
+		icmp := ending{e: cat(e, []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED}}),
+			txt: txt + " reject with icmpx admin-prohibited"}
+		switch proto {
+		case ProtoTCP:
+			return []ending{rst}
+		case "", ProtoAny:
+			rst.match, rst.txt = l4proto(unix.IPPROTO_TCP), "meta l4proto tcp "+rst.txt
+			return []ending{rst, icmp}
+		}
+		return []ending{icmp}
 	}
-
 	for i := range np.Rules {
 		r := &np.Rules[i]
 		rs.npCounters = append(rs.npCounters, npCounter(r.Name))
@@ -497,12 +517,18 @@ func (s *Steerer) addNetworkPolicy(rs *ruleset, add func(chain, text string, e .
 				e = append(e, anon(nftables.TypeInetService, true, elems, t))
 				txt += fmt.Sprintf(" th dport { %s }", t)
 			}
-			v, vt := verdict(r.Name, r.Action == NetAllow)
-			add(chainFilterFwd, txt+" "+vt, append(e, v...)...)
+			for _, v := range verdicts(r.Name, r.Action, r.Protocol) {
+				add(chainFilterFwd, txt+" "+v.txt, cat(e, v.match, v.e)...)
+			}
 		}
 	}
-	v, vt := verdict(DefaultRuleName, np.defaultAllows())
-	add(chainFilterFwd, fmt.Sprintf("iif @%s %s", setTunnels, vt), cat(fromTunnel, v)...)
+	def := np.DefaultAction
+	if def == "" {
+		def = NetAllow
+	}
+	for _, v := range verdicts(DefaultRuleName, def, ProtoAny) {
+		add(chainFilterFwd, fmt.Sprintf("iif @%s %s", setTunnels, v.txt), cat(fromTunnel, v.match, v.e)...)
+	}
 }
 
 // npEndpointSetOf is a rule's endpoint set and the endpoint ids whose

@@ -35,6 +35,8 @@ func npConfig(mode string, epA uint64) Config {
 			{Name: "no-test-net-3", Action: NetDeny, Destinations: []netip.Prefix{netip.MustParsePrefix("203.0.113.99/32")}},
 			{Name: "udp-echo", Action: NetAllow, Protocol: ProtoUDP, Clients: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15")},
 				Ports: []policy.PortRange{{Lo: 5000, Hi: 5001}}},
+			{Name: "refuse-8081", Action: NetReject, Protocol: ProtoTCP, Ports: []policy.PortRange{{Lo: 8081, Hi: 8081}}},
+			{Name: "refuse-5002", Action: NetReject, Protocol: ProtoUDP, Ports: []policy.PortRange{{Lo: 5002, Hi: 5002}}},
 		},
 	}
 	return c
@@ -64,7 +66,9 @@ func TestNetworkPolicy(t *testing.T) {
 			}
 			for _, srv := range servers {
 				tcpServe(t, srv, 8080)
+				tcpServe(t, srv, 8081)
 				udpEchoFrom(t, srv, 5001)
+				udpEchoFrom(t, srv, 5002)
 			}
 
 			// Intercepted: the proxy answers, the network policy is not asked.
@@ -91,6 +95,18 @@ func TestNetworkPolicy(t *testing.T) {
 			}
 			if after := tp.s.Stats().Counters[npCounter(DefaultRuleName)].Packets; after <= before {
 				t.Fatalf("np_default counter %d -> %d", before, after)
+			}
+			// reject: refused at once although a server listens (a TCP
+			// reset; ICMP administratively prohibited for UDP).
+			t0 := time.Now()
+			if conn, err := dial(t, a.cli, netip.AddrPortFrom(serverAddr, 8081), 5*time.Second); err == nil {
+				conn.Close()
+				t.Fatal("8081 connected, want rejected")
+			} else if !errors.Is(err, unix.ECONNREFUSED) || time.Since(t0) > 3*time.Second {
+				t.Fatalf("8081: %v after %s, want connection refused at once", err, time.Since(t0))
+			}
+			if _, err := udpAsk(t, a.cli, netip.AddrPortFrom(serverAddr, 5002), "ping"); err == nil || strings.Contains(err.Error(), "no answer") {
+				t.Fatalf("udp 5002: %v, want an ICMP error", err)
 			}
 			// Allowed UDP exchange.
 			from, err := udpAsk(t, a.cli, netip.AddrPortFrom(serverAddr, 5001), "ping")
@@ -184,8 +200,11 @@ func udpAsk(t *testing.T, n *nsh, dst netip.AddrPort, msg string) (netip.AddrPor
 		c.Write([]byte(msg))
 		c.SetReadDeadline(time.Now().Add(700 * time.Millisecond))
 		k, err := c.Read(buf)
-		if err != nil {
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
 			continue
+		}
+		if err != nil {
+			return netip.AddrPort{}, err
 		}
 		ap, err := netip.ParseAddrPort(string(buf[:k]))
 		if err != nil {

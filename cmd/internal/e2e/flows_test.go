@@ -3,9 +3,11 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -80,6 +82,67 @@ func TestNetworkPolicyFlowRecords(t *testing.T) {
 			t.Logf("denied record: %s", d.Raw)
 			if d.Action != "deny" || d.Rule != "default" || d.EndpointID != ep || d.DstIP != demo.AddrEcho.String() {
 				t.Errorf("denied record %s: want deny by default from %s", d.Raw, ep)
+			}
+
+			// A burst of short flows: each ends in a flow record or is
+			// counted in a flow_summary; the kernel's own count of new
+			// flows the rule accepted (its nftables counter) is the
+			// reference.
+			before, err := e.SteerCounter(ctx, "np_"+demo.NetRuleEcho)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const burst, basePort = 2000, 30000
+			if err := e.Clients[0].NS.Do(func() error {
+				dst := &net.UDPAddr{IP: demo.AddrEcho.AsSlice(), Port: demo.EchoPort}
+				for i := range burst {
+					c, err := net.DialUDP("udp4", &net.UDPAddr{Port: basePort + i}, dst)
+					if err != nil {
+						return err
+					}
+					c.Write([]byte("burst"))
+					c.Close()
+					if i%100 == 99 {
+						time.Sleep(10 * time.Millisecond) // the simulated GWLB's tun queue is short
+					}
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			// The burst's packets are still crossing the simulated GWLB:
+			// wait until the counter stops moving.
+			var after float64
+			for last := -1.0; ; last = after {
+				time.Sleep(time.Second)
+				if after, err = e.SteerCounter(ctx, "np_"+demo.NetRuleEcho); err != nil {
+					t.Fatal(err)
+				}
+				if after == last {
+					break
+				}
+			}
+			ref := int(after - before)
+			if ref < burst/2 || ref > burst {
+				t.Fatalf("the rule accepted %d new flows of %d sent", ref, burst)
+			}
+			var recorded, summarised int
+			waitFor(t, 2*time.Minute, "a record or a summary for every flow of the burst", func() (bool, string) {
+				recorded, summarised = 0, 0
+				for _, r := range e.Records.All() {
+					switch {
+					case r.RecordType == "flow" && r.Protocol == "udp" && r.DstPort == demo.EchoPort && r.ClientPort >= basePort && r.ClientPort < basePort+burst:
+						recorded++
+					case r.RecordType == "flow_summary":
+						n, _ := strconv.Atoi(r.Field("flows"))
+						summarised += n
+					}
+				}
+				return recorded+summarised >= ref, fmt.Sprintf("%d recorded + %d summarised of %d", recorded, summarised, ref)
+			})
+			t.Logf("burst: %d flows accepted by the rule (nftables counter), %d flow records, %d summarised", ref, recorded, summarised)
+			if recorded+summarised != ref {
+				t.Errorf("%d recorded + %d summarised != %d accepted", recorded, summarised, ref)
 			}
 			checkAllRecords(t, e)
 		})
