@@ -26,8 +26,10 @@ import (
 //  1. QUIC and guard drops (unchanged);
 //  2. ct state established,related: accept. Replies, and ICMP errors about
 //     an allowed flow (fragmentation needed, unreachable), always pass;
-//  3. the rules in order; the first match decides (allow: accept; deny:
-//     NFLOG to log_group with prefix "np:<rule>", drop);
+//  3. the rules in order; the first match decides (allow: accept; deny
+//     and reject: NFLOG to log_group with prefix "np:<rule>", then drop, or
+//     a TCP reset / ICMP administratively prohibited); destinations may
+//     be CIDRs or domain names (domain.go);
 //  4. default_action.
 //
 // Intercepted ports never reach the forward hook (TPROXY delivers them
