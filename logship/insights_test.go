@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/flowlog"
 )
 
 // insightsWords are Logs Insights command names, operators and keywords:
@@ -81,6 +82,11 @@ func TestInsightsQueriesReferenceRecordFields(t *testing.T) {
 		if _, ok := fromProxy[k]; !ok {
 			t.Errorf("contract field %q missing from proxy.Record JSON", k)
 		}
+	}
+
+	// Flow records (tunnel/flowlog, issue 15) go to the same log group.
+	for _, k := range append(append([]string(nil), flowlog.RecordFields...), flowlog.SummaryFields...) {
+		fromProxy[k] = true
 	}
 
 	files, err := filepath.Glob("../configs/insights/*.cwli")

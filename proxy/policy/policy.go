@@ -62,6 +62,18 @@ func (p *PortRange) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
+// UnmarshalText accepts a port or range too: the config loader's strict
+// decoder reads scalars through encoding.TextUnmarshaler only, so without
+// it no "ports:" list could be written in a config file.
+func (p *PortRange) UnmarshalText(b []byte) error {
+	r, err := ParsePortRange(string(b))
+	if err != nil {
+		return err
+	}
+	*p = r
+	return nil
+}
+
 // MarshalYAML writes the range back in its text form.
 func (p PortRange) MarshalYAML() (any, error) { return p.String(), nil }
 

@@ -31,7 +31,9 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/sdnotify"
 	"github.com/gwlbproxy/gwlbproxy/logship"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/resolve"
 	"github.com/gwlbproxy/gwlbproxy/tunnel"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/flowlog"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
 )
 
@@ -105,15 +107,47 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	}()
 	hs.Add(health.Check{Name: "logship", Health: shipper.Health, Stats: func() any { return shipper.Stats() }})
 
+	// One resolver and cache for the appliance: destination binding and the
+	// network policy's domain rules see the same answers.
+	rcfg := c.Proxy.Binding.Resolver
+	rcfg.Registerer = reg
+	resolver, err := resolve.New(rcfg)
+	if err != nil {
+		return fmt.Errorf("proxy config: binding.%w", err)
+	}
+	if servers, err := resolver.ServerList(); err != nil {
+		log.Error("resolver has no DNS server: name-based allows (binding) and domain rules fail closed until this is fixed", "err", err)
+	} else {
+		log.Info("resolver", "servers", servers, "binding", c.Proxy.Binding.Mode)
+	}
+
 	st, err := steer.New(c.SteerConfig(), log.With("component", "steer"), reg)
 	if err != nil {
 		return fmt.Errorf("steer: %w", err)
 	}
+	st.SetResolver(resolver)
 	if err := st.Start(bg); err != nil {
 		return fmt.Errorf("steer: %w", err)
 	}
 	cleanup.add("steer", st.Close)
 	hs.Add(health.Check{Name: "steer", Health: st.Health, Stats: func() any { return st.Stats() }})
+
+	// issue 15: a record per forwarded flow (and per denied attempt),
+	// through the same shipper and spool as the request records.
+	var flows *flowlog.Logger
+	if c.FlowRecords.Enabled {
+		fcfg, fs := c.FlowRecords, st.FlowSource()
+		fcfg.MarkBase, fcfg.MarkMask, fcfg.LogGroup, fcfg.InterceptPorts = fs.MarkBase, fs.MarkMask, fs.LogGroup, fs.InterceptPorts
+		flows, err = flowlog.New(fcfg, st, unmetered{shipper}, instanceID, log.With("component", "flowlog"), reg)
+		if err != nil {
+			return fmt.Errorf("flow_records: %w", err)
+		}
+		if err := flows.Start(bg); err != nil {
+			return fmt.Errorf("flow_records: %w", err)
+		}
+		cleanup.add("flow records", flows.Close)
+		hs.Add(health.Check{Name: "flowlog", Health: flows.Health, Stats: func() any { return flows.Stats() }})
+	}
 
 	sls, err := st.ListenAll(ctx)
 	if err != nil {
@@ -139,6 +173,7 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 		// unacked records, which the spool absorbs).
 		Admit:      shipper.Admit,
 		InstanceID: instanceID,
+		Binder:     resolver,
 	}, log.With("component", "proxy"), reg)
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)
@@ -228,6 +263,11 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	stopTunnel()
 	if err := <-tunnelDone; err != nil {
 		log.Warn("tunnel shutdown", "err", err)
+	}
+	if flows != nil { // its last records and summary go into the spool
+		if err := flows.Close(); err != nil {
+			log.Warn("flow records shutdown", "err", err)
+		}
 	}
 	// Last: every record the proxy wrote is in the spool; ship what the
 	// remaining deadline allows, the rest waits in the spool for next start.
@@ -365,3 +405,9 @@ func (c *cleanups) run(log *slog.Logger) error {
 	}
 	return errors.Join(errs...)
 }
+
+// unmetered ships flow records without counting them as requests in the
+// EMF metrics.
+type unmetered struct{ *logship.Shipper }
+
+func (u unmetered) Ship(ts time.Time, b []byte) error { return u.ShipUnmetered(ts, b) }

@@ -23,6 +23,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/nsexec"
 	"github.com/gwlbproxy/gwlbproxy/logship"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/flowlog"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
 )
@@ -41,6 +42,12 @@ const (
 	RuleSplice = "bank-untouched"
 	RuleDeny   = "blocked-sites"
 	RuleAllow  = "demo-sites"
+)
+
+// Rule names of the demo's network policy (forwarded traffic).
+const (
+	NetRulePing = "ping-echo-host"
+	NetRuleEcho = "udp-echo"
 )
 
 // Files are the generated files of one demo run.
@@ -104,6 +111,13 @@ func ApplianceConfig(mode string, f Files) config.Config {
 	c.Steer.IPv6 = false
 	if mode == steer.EgressNAT {
 		c.Steer.EgressInterface = EgressInterface
+	}
+	// Deny by default on every port (it follows the proxy policy's
+	// default): the tour's ping and UDP echo are allowed by name.
+	c.Steer.NetworkPolicy.Rules = []steer.NetRule{
+		{Name: NetRulePing, Action: steer.NetAllow, Protocol: steer.ProtoICMP, Destinations: []netip.Prefix{netip.PrefixFrom(AddrEcho, 32)}},
+		{Name: NetRuleEcho, Action: steer.NetAllow, Protocol: steer.ProtoUDP, Destinations: []netip.Prefix{netip.PrefixFrom(AddrEcho, 32)},
+			Ports: []policy.PortRange{{Lo: EchoPort, Hi: EchoPort}}},
 	}
 	c.Proxy.UpstreamCABundle = f.InternetCA
 	c.Proxy.DialTimeout = 5 * time.Second
@@ -330,6 +344,14 @@ type Record struct {
 	BindName      string    `json:"bind_name"`
 	BindAnswers   string    `json:"bind_answers"`
 
+	// Flow records (tunnel/flowlog): record_type flow, flow_interim,
+	// flow_denied, flow_summary; request records have none.
+	RecordType string `json:"record_type"`
+	Protocol   string `json:"protocol"`
+	PacketsIn  int64  `json:"packets_in"`
+	PacketsOut int64  `json:"packets_out"`
+	TCPState   string `json:"tcp_state"`
+
 	Raw  string   `json:"-"`
 	Keys []string `json:"-"`
 	// raw holds every field's JSON value, for Field.
@@ -365,6 +387,13 @@ var RecordFields = []string{"time", "record_id", "instance_id", "endpoint_id", "
 	"dst_ip", "dst_port", "sni", "host", "method", "scheme", "path", "status", "action", "rule",
 	"bytes_in", "bytes_out", "duration_ms", "tls_version", "alpn", "upstream_error", "user_agent",
 	"bind", "bind_name", "bind_answers"}
+
+// FlowRecordFields and FlowSummaryFields are the fields of flow records
+// (tunnel/flowlog).
+var (
+	FlowRecordFields  = flowlog.RecordFields
+	FlowSummaryFields = flowlog.SummaryFields
+)
 
 // Records collects the appliance's records (across restarts).
 type Records struct {

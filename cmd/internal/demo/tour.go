@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/flowlog"
 	"io"
 	"net/netip"
 	"strings"
@@ -148,7 +149,14 @@ func MissingFields(r *Record) []string {
 		have[k] = true
 	}
 	var missing []string
-	for _, k := range RecordFields {
+	fields := RecordFields
+	if strings.HasPrefix(r.RecordType, "flow") {
+		fields = FlowRecordFields
+		if r.RecordType == flowlog.TypeSummary {
+			fields = FlowSummaryFields
+		}
+	}
+	for _, k := range fields {
 		if !have[k] {
 			missing = append(missing, k)
 		}
