@@ -65,6 +65,9 @@ func (p *Proxy) handleTLS(st *connState) {
 	}
 	c.SetReadDeadline(time.Time{})
 	st.rec.SNI = hello.ServerName
+	// crypto/tls accepted these bytes; a hello our fingerprint parser
+	// cannot read just leaves ja4/ja3 empty.
+	st.rec.Fingerprint.Compute(buf)
 	rc := &replayConn{Conn: c, prefix: buf}
 
 	d := p.decideTLS(st, hello)
