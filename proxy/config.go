@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/ssrf"
 )
@@ -70,6 +71,12 @@ type Config struct {
 	MaxConns int `yaml:"max_conns"`
 	// MaxRecordField caps every string field of a record, in bytes.
 	MaxRecordField int `yaml:"max_record_field"`
+
+	// Mirror is the decryption mirror (issue 19): the cleartext of bumped
+	// HTTP/1.x and plain HTTP connections as synthetic TCP/IP packets into
+	// a tap device for an IDS. Off by default. The app opens the device
+	// (Deps.Mirror); see package mirror.
+	Mirror mirror.Config `yaml:"mirror"`
 }
 
 // DefaultConfig returns every default.
@@ -96,6 +103,7 @@ func DefaultConfig() Config {
 		SpliceIdleTimeout:     350 * time.Second,
 		MaxConns:              20000,
 		MaxRecordField:        2048,
+		Mirror:                mirror.DefaultConfig(),
 	}
 }
 
@@ -149,6 +157,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxRecordField < 64 || c.MaxRecordField > 65536 {
 		return fmt.Errorf("max_record_field: %d out of range 64..65536", c.MaxRecordField)
+	}
+	if err := c.Mirror.Validate(); err != nil {
+		return fmt.Errorf("mirror.%w", err)
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ type metrics struct {
 	upErrs    prometheus.Counter
 	shipFail  prometheus.Counter
 	refused   prometheus.Counter
+	mirrorH2  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -34,9 +35,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Records the Recorder did not accept."}),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "gwlbproxy_proxy_connections_refused_total",
 			Help: "Connections reset at once because Admit refused them (log spool full under fail_closed)."}),
+		mirrorH2: prometheus.NewCounter(prometheus.CounterOpts{Name: "gwlbproxy_mirror_h2_not_mirrored_total",
+			Help: "Bumped HTTP/2 connections not mirrored while the decryption mirror is on (HTTP/2 is not mirrored)."}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.accepted, m.decisions, m.requests, m.active, m.limited, m.helloFail, m.upErrs, m.shipFail, m.refused} {
+		for _, c := range []prometheus.Collector{m.accepted, m.decisions, m.requests, m.active, m.limited, m.helloFail, m.upErrs, m.shipFail, m.refused, m.mirrorH2} {
 			reg.MustRegister(c)
 		}
 	}

@@ -65,6 +65,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http2"
 
+	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/ssrf"
 )
@@ -119,6 +120,10 @@ type Deps struct {
 	SelfAddrs func() ([]netip.Addr, error)
 	// InstanceID goes into every record. Empty: the host name.
 	InstanceID string
+	// Mirror, when set, receives the cleartext of plain HTTP and bumped
+	// HTTP/1.x connections (the decryption mirror). Nil: nothing mirrored,
+	// at no cost.
+	Mirror *mirror.Mirror
 }
 
 // Proxy is the inspecting proxy. Create with New.

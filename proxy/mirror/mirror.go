@@ -17,6 +17,13 @@
 // drops them before IP, so mirrored packets are seen by packet capture
 // (AF_PACKET, as Suricata uses) and never routed or answered.
 //
+// What is mirrored: plain HTTP connections and bumped connections served as
+// HTTP/1.x (including a WebSocket after its upgrade), exactly as the client
+// sent and received them. Bumped HTTP/2 connections are not mirrored (their
+// streams are not translated to HTTP/1.1; gwlbproxy_mirror_h2_not_mirrored_total
+// counts them): operators who need them mirrored set proxy.http2 to false.
+// Spliced connections are never decrypted, so never mirrored.
+//
 // Mirroring must never slow the proxy: packets go through a bounded queue
 // to one writer goroutine, and a full queue drops packets (counted). With
 // the mirror off the proxy holds a nil *Stream and every method is a no-op.
@@ -31,6 +38,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -532,4 +540,40 @@ func build(b []byte, smac, dmac [6]byte, src, dst netip.AddrPort, ipid uint16, f
 	seg := t[:tcpLen+len(payload)]
 	binary.BigEndian.PutUint16(t[16:], ^offload.Fold(udp.Checksum(seg, pseudo)))
 	return 14 + ipLen + len(seg)
+}
+
+// NewWriter returns a mirror that hands each frame, in order on one
+// goroutine, to write instead of a tap device: for tests, benchmarks and
+// other sinks. write must not keep the slice. cfg is validated as if
+// enabled.
+func NewWriter(cfg Config, write func(frame []byte) error) (*Mirror, error) {
+	cfg.Enabled = true
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("mirror: %w", err)
+	}
+	m := newMirror(cfg, funcSink(write))
+	m.start()
+	return m, nil
+}
+
+type funcSink func([]byte) error
+
+func (f funcSink) write(b []byte) error { return f(b) }
+
+// Collectors exports the counters as Prometheus metrics
+// (gwlbproxy_mirror_*).
+func (m *Mirror) Collectors() []prometheus.Collector {
+	c := func(name, help string, v *atomic.Uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "gwlbproxy_mirror_" + name, Help: help},
+			func() float64 { return float64(v.Load()) })
+	}
+	return []prometheus.Collector{
+		c("streams_total", "Connections mirrored.", &m.streams),
+		c("packets_total", "Packets written to the mirror device.", &m.packets),
+		c("bytes_total", "Cleartext payload bytes mirrored.", &m.bytes),
+		c("dropped_packets_total", "Packets dropped because the mirror queue was full.", &m.dropped),
+		c("capped_total", "Mirrored connections ended with RST at max_bytes_per_conn.", &m.capped),
+		c("write_errors_total", "Packets the mirror device refused.", &m.writeErrs),
+		c("unmirrorable_total", "Connections not mirrored (address families differ or unknown addresses).", &m.unmirrorable),
+	}
 }

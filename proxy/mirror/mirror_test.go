@@ -2,14 +2,12 @@ package mirror
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"sync"
 	"testing"
 
-	"github.com/gwlbproxy/gwlbproxy/tunnel/offload"
-	"github.com/gwlbproxy/gwlbproxy/tunnel/udp"
+	"github.com/gwlbproxy/gwlbproxy/proxy/mirror/mirrortest"
 )
 
 // memSink keeps copies of written frames; block makes writes wait.
@@ -43,161 +41,26 @@ func newTest(t *testing.T, cfg Config) (*Mirror, *memSink) {
 	return m, ms
 }
 
-// pkt is a parsed mirrored frame.
-type pkt struct {
-	src, dst netip.AddrPort
-	seq, ack uint32
-	flags    byte
-	win      uint16
-	payload  []byte
-	ipLen    int
-	opts     []byte
-}
-
-// parse checks and decodes one frame: Ethernet, IPv4 (header checksum,
-// lengths) or IPv6, TCP (checksum over the pseudo header).
-func parse(t *testing.T, f []byte) pkt {
+// reassemble is mirrortest.Reassemble failing the test on error.
+func reassemble(t *testing.T, frames [][]byte, client, server netip.AddrPort, mtu int) mirrortest.Conversation {
 	t.Helper()
-	if len(f) < 14 {
-		t.Fatalf("short frame %d", len(f))
-	}
-	if bytes.Equal(f[0:6], devMAC[:]) || f[0]&1 != 0 {
-		t.Fatalf("destination MAC %x is the device's or multicast", f[0:6])
-	}
-	et := binary.BigEndian.Uint16(f[12:])
-	ip := f[14:]
-	var p pkt
-	var tcp []byte
-	var pseudo uint64
-	switch et {
-	case 0x0800:
-		if ip[0] != 0x45 || ip[9] != 6 {
-			t.Fatalf("ipv4 header %x", ip[:20])
-		}
-		if offload.Fold(udp.Checksum(ip[:20], 0)) != 0xffff {
-			t.Fatal("bad IPv4 header checksum")
-		}
-		tot := int(binary.BigEndian.Uint16(ip[2:]))
-		if tot != len(ip) {
-			t.Fatalf("ipv4 total %d, frame carries %d", tot, len(ip))
-		}
-		p.ipLen = tot
-		s, _ := netip.AddrFromSlice(ip[12:16])
-		d, _ := netip.AddrFromSlice(ip[16:20])
-		tcp = ip[20:tot]
-		pseudo = udp.Checksum(ip[12:20], 6+uint64(len(tcp)))
-		p.src, p.dst = netip.AddrPortFrom(s, binary.BigEndian.Uint16(tcp[0:])), netip.AddrPortFrom(d, binary.BigEndian.Uint16(tcp[2:]))
-	case 0x86dd:
-		if ip[0]>>4 != 6 || ip[6] != 6 {
-			t.Fatalf("ipv6 header %x", ip[:40])
-		}
-		pl := int(binary.BigEndian.Uint16(ip[4:]))
-		if 40+pl != len(ip) {
-			t.Fatalf("ipv6 payload length %d, frame carries %d", pl, len(ip)-40)
-		}
-		p.ipLen = 40 + pl
-		s, _ := netip.AddrFromSlice(ip[8:24])
-		d, _ := netip.AddrFromSlice(ip[24:40])
-		tcp = ip[40:]
-		pseudo = udp.Checksum(ip[8:40], 6+uint64(len(tcp)))
-		p.src, p.dst = netip.AddrPortFrom(s, binary.BigEndian.Uint16(tcp[0:])), netip.AddrPortFrom(d, binary.BigEndian.Uint16(tcp[2:]))
-	default:
-		t.Fatalf("ethertype %#x", et)
-	}
-	if offload.Fold(udp.Checksum(tcp, pseudo)) != 0xffff {
-		t.Fatal("bad TCP checksum")
-	}
-	off := int(tcp[12]>>4) * 4
-	p.seq, p.ack = binary.BigEndian.Uint32(tcp[4:]), binary.BigEndian.Uint32(tcp[8:])
-	p.flags, p.win = tcp[13], binary.BigEndian.Uint16(tcp[14:])
-	p.opts, p.payload = tcp[20:off], tcp[off:]
-	return p
-}
-
-// conversation replays frames through a strict TCP model of both ends and
-// returns the reassembled bytes of each direction and how it ended.
-type conversation struct {
-	toServer, toClient []byte
-	end                string // "fin" or "rst"
-	packets            int
-}
-
-func reassemble(t *testing.T, frames [][]byte, client, server netip.AddrPort, mtu int) conversation {
-	t.Helper()
-	var c conversation
-	var cnext, snext uint32 // next expected seq from client / server
-	state := "closed"
-	var cFin, sFin bool
-	for i, f := range frames {
-		if len(f)-14 > mtu {
-			t.Fatalf("packet %d: IP length %d > mtu %d", i, len(f)-14, mtu)
-		}
-		p := parse(t, f)
-		c.packets++
-		fromClient := p.src == client && p.dst == server
-		if !fromClient && !(p.src == server && p.dst == client) {
-			t.Fatalf("packet %d: 5-tuple %v -> %v", i, p.src, p.dst)
-		}
-		switch state {
-		case "closed":
-			if !fromClient || p.flags != flagSYN || len(p.payload) != 0 || len(p.opts) == 0 {
-				t.Fatalf("packet %d: want client SYN, got flags %#x", i, p.flags)
-			}
-			cnext = p.seq + 1
-			state = "syn"
-			continue
-		case "syn":
-			if fromClient || p.flags != flagSYN|flagACK || p.ack != cnext {
-				t.Fatalf("packet %d: want SYN-ACK acking %d, got flags %#x ack %d", i, cnext, p.flags, p.ack)
-			}
-			snext = p.seq + 1
-			state = "synack"
-			continue
-		case "synack":
-			if !fromClient || p.flags != flagACK || p.seq != cnext || p.ack != snext {
-				t.Fatalf("packet %d: want handshake ACK", i)
-			}
-			state = "est"
-			continue
-		case "done":
-			t.Fatalf("packet %d after the end", i)
-		}
-		if p.flags&flagRST != 0 {
-			if want := cnext; !fromClient || p.seq != want {
-				t.Fatalf("packet %d: RST seq %d want %d", i, p.seq, want)
-			}
-			c.end, state = "rst", "done"
-			continue
-		}
-		if p.flags&flagACK == 0 {
-			t.Fatalf("packet %d: no ACK flag", i)
-		}
-		if fromClient {
-			if p.seq != cnext || p.ack != snext {
-				t.Fatalf("packet %d: client seq %d ack %d, want %d %d", i, p.seq, p.ack, cnext, snext)
-			}
-			c.toServer = append(c.toServer, p.payload...)
-			cnext += uint32(len(p.payload))
-			if p.flags&flagFIN != 0 {
-				cnext++
-				cFin = true
-			}
-		} else {
-			if p.seq != snext || p.ack != cnext {
-				t.Fatalf("packet %d: server seq %d ack %d, want %d %d", i, p.seq, p.ack, snext, cnext)
-			}
-			c.toClient = append(c.toClient, p.payload...)
-			snext += uint32(len(p.payload))
-			if p.flags&flagFIN != 0 {
-				snext++
-				sFin = true
-			}
-		}
-		if cFin && sFin && fromClient && p.flags == flagACK && len(p.payload) == 0 {
-			c.end, state = "fin", "done"
-		}
+	c, err := mirrortest.Reassemble(frames, client, server, mtu)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return c
+}
+
+func parse(t *testing.T, f []byte) mirrortest.Packet {
+	t.Helper()
+	p, err := mirrortest.Parse(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.DstMAC == devMAC {
+		t.Fatal("frame addressed to the device itself")
+	}
+	return p
 }
 
 func pattern(n int, seed byte) []byte {
@@ -235,18 +98,18 @@ func TestConversation(t *testing.T) {
 			m.Close()
 			cl, sv := netip.AddrPortFrom(client.Addr().Unmap(), client.Port()), netip.AddrPortFrom(server.Addr().Unmap(), server.Port())
 			c := reassemble(t, ms.frames, cl, sv, tc.mtu)
-			if !bytes.Equal(c.toServer, append(append([]byte(nil), req...), req...)) {
-				t.Errorf("client->server reassembled %d bytes", len(c.toServer))
+			if !bytes.Equal(c.ToServer, append(append([]byte(nil), req...), req...)) {
+				t.Errorf("client->server reassembled %d bytes", len(c.ToServer))
 			}
-			if !bytes.Equal(c.toClient, resp) {
-				t.Errorf("server->client reassembled %d bytes, want %d", len(c.toClient), len(resp))
+			if !bytes.Equal(c.ToClient, resp) {
+				t.Errorf("server->client reassembled %d bytes, want %d", len(c.ToClient), len(resp))
 			}
-			if c.end != "fin" {
-				t.Errorf("ended %q, want fin", c.end)
+			if c.End != "fin" {
+				t.Errorf("ended %q, want fin", c.End)
 			}
 			st := m.Stats()
-			if st.Packets != uint64(c.packets) || st.Dropped != 0 || st.Streams != 1 || st.Bytes != uint64(2*len(req)+len(resp)) {
-				t.Errorf("stats %+v, packets seen %d", st, c.packets)
+			if st.Packets != uint64(c.Packets) || st.Dropped != 0 || st.Streams != 1 || st.Bytes != uint64(2*len(req)+len(resp)) {
+				t.Errorf("stats %+v, packets seen %d", st, c.Packets)
 			}
 		})
 	}
@@ -260,8 +123,8 @@ func TestAbortSendsRST(t *testing.T) {
 	s.Abort()
 	s.Close()
 	m.Close()
-	if c := reassemble(t, ms.frames, cl, sv, 1500); c.end != "rst" || len(c.toServer) != 18 {
-		t.Fatalf("end %q, %d bytes", c.end, len(c.toServer))
+	if c := reassemble(t, ms.frames, cl, sv, 1500); c.End != "rst" || len(c.ToServer) != 18 {
+		t.Fatalf("end %q, %d bytes", c.End, len(c.ToServer))
 	}
 }
 
@@ -275,8 +138,8 @@ func TestByteCap(t *testing.T) {
 	s.Close()
 	m.Close()
 	c := reassemble(t, ms.frames, cl, sv, 1500)
-	if c.end != "rst" || len(c.toServer)+len(c.toClient) != 5000 || !bytes.Equal(c.toClient, pattern(10000, 2)[:4000]) {
-		t.Fatalf("end %q, %d+%d bytes", c.end, len(c.toServer), len(c.toClient))
+	if c.End != "rst" || len(c.ToServer)+len(c.ToClient) != 5000 || !bytes.Equal(c.ToClient, pattern(10000, 2)[:4000]) {
+		t.Fatalf("end %q, %d+%d bytes", c.End, len(c.ToServer), len(c.ToClient))
 	}
 	if m.Stats().Capped != 1 {
 		t.Fatalf("capped %d", m.Stats().Capped)
@@ -351,17 +214,17 @@ func TestConcurrentStreams(t *testing.T) {
 	by := map[netip.Addr][][]byte{}
 	for _, f := range ms.frames {
 		p := parse(t, f)
-		a := p.src.Addr()
-		if p.src.Port() == 80 {
-			a = p.dst.Addr()
+		a := p.Src.Addr()
+		if p.Src.Port() == 80 {
+			a = p.Dst.Addr()
 		}
 		by[a] = append(by[a], f)
 	}
 	for i := 0; i < 8; i++ {
 		cl := netip.MustParseAddrPort(fmt.Sprintf("198.18.0.%d:4000%d", i+1, i))
 		c := reassemble(t, by[cl.Addr()], cl, netip.MustParseAddrPort("203.0.113.5:80"), 1500)
-		if !bytes.Equal(c.toServer, pattern(50000, byte(i))) || !bytes.Equal(c.toClient, pattern(70000, byte(i+1))) || c.end != "fin" {
-			t.Errorf("flow %d: %d/%d bytes, end %q", i, len(c.toServer), len(c.toClient), c.end)
+		if !bytes.Equal(c.ToServer, pattern(50000, byte(i))) || !bytes.Equal(c.ToClient, pattern(70000, byte(i+1))) || c.End != "fin" {
+			t.Errorf("flow %d: %d/%d bytes, end %q", i, len(c.ToServer), len(c.ToClient), c.End)
 		}
 	}
 }

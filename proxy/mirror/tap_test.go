@@ -123,8 +123,8 @@ func TestTapCapture(t *testing.T) {
 		cl, sv netip.AddrPort
 	}{{v4, client, server}, {v6, client6, server6}} {
 		conv := reassemble(t, c.frames, c.cl, c.sv, 1500)
-		if string(conv.toServer) != req || string(conv.toClient) != resp || conv.end != "fin" {
-			t.Errorf("%v: reassembled %d/%d bytes, end %q", c.cl, len(conv.toServer), len(conv.toClient), conv.end)
+		if string(conv.ToServer) != req || string(conv.ToClient) != resp || conv.End != "fin" {
+			t.Errorf("%v: reassembled %d/%d bytes, end %q", c.cl, len(conv.ToServer), len(conv.ToClient), conv.End)
 		}
 	}
 	tsharkCheck(t, frames, len(body))

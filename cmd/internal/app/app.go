@@ -31,6 +31,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/sdnotify"
 	"github.com/gwlbproxy/gwlbproxy/logship"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
 	"github.com/gwlbproxy/gwlbproxy/tunnel"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
 )
@@ -129,6 +130,16 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 		return fmt.Errorf("proxy listeners: %w", err)
 	}
 	cleanup.add("proxy listeners", ls.Close)
+	// issue 19: the decryption mirror's tap device, when turned on.
+	var mir *mirror.Mirror
+	if c.Proxy.Mirror.Enabled {
+		if mir, err = mirror.Open(c.Proxy.Mirror); err != nil {
+			return fmt.Errorf("proxy.mirror: %w", err)
+		}
+		cleanup.add("mirror", mir.Close)
+		reg.MustRegister(mir.Collectors()...)
+		log.Info("decryption mirror on", "interface", c.Proxy.Mirror.Interface, "mtu", c.Proxy.Mirror.MTU)
+	}
 	px, err := proxy.New(c.Proxy, proxy.Deps{
 		Certs:             minter,
 		Recorder:          shipper,
@@ -139,6 +150,7 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 		// unacked records, which the spool absorbs).
 		Admit:      shipper.Admit,
 		InstanceID: instanceID,
+		Mirror:     mir,
 	}, log.With("component", "proxy"), reg)
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)
