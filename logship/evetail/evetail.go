@@ -39,8 +39,10 @@ type Shipper interface {
 	Sync() error
 }
 
-// Config says what to follow.
+// Config says what to follow (the logship.ids_alerts section).
 type Config struct {
+	// Enabled starts the tailer with the appliance.
+	Enabled bool `yaml:"enabled"`
 	// Path of eve.json.
 	Path string `yaml:"path"`
 	// StateFile keeps the read position across restarts.
@@ -49,6 +51,28 @@ type Config struct {
 	Poll time.Duration `yaml:"poll"`
 	// InstanceID goes into every record.
 	InstanceID string `yaml:"-"`
+}
+
+// DefaultConfig is off, following Suricata's default eve.json.
+func DefaultConfig() Config {
+	return Config{Path: "/var/log/suricata/eve.json", StateFile: "/var/lib/gwlbproxy/eve.pos", Poll: 250 * time.Millisecond}
+}
+
+// Validate checks c; messages start with the yaml key.
+func (c Config) Validate() error {
+	if !c.Enabled {
+		return nil
+	}
+	if c.Path == "" {
+		return errors.New("path: required when enabled")
+	}
+	if c.StateFile == "" {
+		return errors.New("state_file: required when enabled")
+	}
+	if c.Poll < 10*time.Millisecond || c.Poll > time.Minute {
+		return fmt.Errorf("poll: %s out of range 10ms..1m", c.Poll)
+	}
+	return nil
 }
 
 // position identifies the next unread byte.
@@ -175,6 +199,52 @@ func (t *Tailer) openCurrent() error {
 	return t.save()
 }
 
+// openNext moves from the finished file to the one written after it: the
+// oldest sibling (Path, or a rotated Path.*) modified after it, so that a
+// file rotated twice while the tailer was stopped is read too. Compressed
+// rotations are older and skipped.
+func (t *Tailer) openNext() error {
+	old, err := t.f.Stat()
+	if err != nil {
+		return fmt.Errorf("evetail: %w", err)
+	}
+	cands, _ := filepath.Glob(t.cfg.Path + ".*")
+	var next string
+	var nextFI os.FileInfo
+	for _, c := range cands {
+		switch filepath.Ext(c) {
+		case ".gz", ".xz", ".bz2", ".zst", ".tmp":
+			continue
+		}
+		fi, err := os.Stat(c)
+		if err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		if dev, ino := fileID(fi); dev == t.pos.Dev && ino == t.pos.Ino {
+			continue
+		}
+		if !fi.ModTime().After(old.ModTime()) {
+			continue // older, or this very file
+		}
+		if nextFI == nil || fi.ModTime().Before(nextFI.ModTime()) {
+			next, nextFI = c, fi
+		}
+	}
+	if nextFI == nil {
+		return t.openCurrent()
+	}
+	f, err := os.Open(next)
+	if err != nil {
+		return t.openCurrent()
+	}
+	t.f.Close()
+	t.f = f
+	t.pos.Dev, t.pos.Ino = fileID(nextFI)
+	t.pos.Offset = 0
+	t.log.Info("evetail: reading a rotated file written after the last one", "path", next)
+	return t.save()
+}
+
 // step reads what is new, follows a rotation, ships and saves.
 func (t *Tailer) step(ctx context.Context) error {
 	if t.f == nil {
@@ -195,7 +265,7 @@ func (t *Tailer) step(ctx context.Context) error {
 			if err := t.drain(nil); err != nil { // the rest of the old file, all of it
 				return err
 			}
-			if err := t.openCurrent(); err != nil {
+			if err := t.openNext(); err != nil {
 				return err
 			}
 			continue
@@ -386,4 +456,23 @@ func (t *Tailer) save() error {
 		d.Close()
 	}
 	return nil
+}
+
+// AlertRecord converts one eve.json alert line into the ids_alert record
+// the tailer ships (offset 0 of an unknown file for its record_id); for
+// tests and tools that need the record's shape.
+func AlertRecord(line []byte, instanceID string) ([]byte, error) {
+	var ev eveEvent
+	if err := json.Unmarshal(line, &ev); err != nil {
+		return nil, fmt.Errorf("evetail: %w", err)
+	}
+	if ev.EventType != "alert" {
+		return nil, fmt.Errorf("evetail: event_type %q is not alert", ev.EventType)
+	}
+	ts, err := time.Parse("2006-01-02T15:04:05.999999-0700", ev.Timestamp)
+	if err != nil {
+		return nil, fmt.Errorf("evetail: timestamp: %w", err)
+	}
+	t := &Tailer{cfg: Config{InstanceID: instanceID}}
+	return t.appendRecord(nil, &ev, ts, 0), nil
 }

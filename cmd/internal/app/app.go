@@ -30,6 +30,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/lifecycle"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/sdnotify"
 	"github.com/gwlbproxy/gwlbproxy/logship"
+	"github.com/gwlbproxy/gwlbproxy/logship/evetail"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
 	"github.com/gwlbproxy/gwlbproxy/tunnel"
@@ -99,6 +100,19 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 		return fmt.Errorf("logship: %w", err)
 	}
 	shipperOpen := true
+	// issue 19: Suricata's alerts into the same log group.
+	if ic := c.Logship.IDSAlerts; ic.Enabled {
+		ic.InstanceID = instanceID
+		tl, err := evetail.New(ic, shipper, log.With("component", "evetail"))
+		if err != nil {
+			return fmt.Errorf("logship.ids_alerts: %w", err)
+		}
+		go func() {
+			if err := tl.Run(bg); err != nil {
+				log.Error("ids alert tailer stopped", "err", err)
+			}
+		}()
+	}
 	defer func() { // startup failed after the shipper opened: keep its spool
 		if shipperOpen {
 			_ = shipper.Close(context.Background())
