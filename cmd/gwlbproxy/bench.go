@@ -6,6 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
+	"strings"
 
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/proxybench"
 )
@@ -54,6 +56,8 @@ func cmdBenchProxy(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.StringVar(&d.Dir, "dir", "", "keep CA, configs and logs in this directory (default: temporary)")
 	fs.IntVar(&d.Rounds, "rounds", d.Rounds, "repeat no proxy, gwlbproxy, Squid this many times, taking turns; rows aggregate the rounds")
 	fs.StringVar(&d.Scenario, "scenario", "", "run only new-conn or keep-alive (default both)")
+	fs.BoolVar(&d.Mirror, "mirror", false, "also run gwlbproxy with the decryption mirror on (row gwlbproxy+m) and print its cost")
+	bodies := fs.String("bodies", "", "comma-separated body sizes, each scenario run once per size (e.g. 1024,1048576)")
 	verbose := fs.Bool("v", false, "log progress to stderr")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -63,6 +67,15 @@ func cmdBenchProxy(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return err
 	}
 	d.ServerCommand = []string{exe, "bench", "proxy-server"}
+	if *bodies != "" {
+		for _, f := range strings.Split(*bodies, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 0 {
+				return fmt.Errorf("bench proxy: --bodies: %q is not a byte count", f)
+			}
+			d.BodySizes = append(d.BodySizes, n)
+		}
+	}
 	if *verbose {
 		d.Log = slog.New(slog.NewTextHandler(stderr, nil))
 	}

@@ -85,3 +85,38 @@ func TestRunShort(t *testing.T) {
 		t.Errorf("table lacks the gwlbproxy row:\n%s", out.String())
 	}
 }
+
+// TestRunShortMirror: the decryption mirror's rows (issue 19), keep-alive
+// with 1 KiB and 1 MiB bodies in one run, gwlbproxy with and without the
+// mirror; the table prints the mirror's cost.
+func TestRunShortMirror(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: network namespaces, nftables, TPROXY, tap device")
+	}
+	cfg := DefaultConfig()
+	cfg.Conns, cfg.Duration, cfg.Warmup = 2, time.Second, 200*time.Millisecond
+	cfg.ServerCommand = []string{os.Args[0], "proxy-server"}
+	cfg.Squid, cfg.Baseline, cfg.Mirror = "", false, true
+	cfg.Scenario = KeepAlive
+	cfg.BodySizes = []int{1024, 1 << 20}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	res.WriteTable(&out)
+	t.Logf("\n%s", out.String())
+	for _, p := range []string{"gwlbproxy", "gwlbproxy+m"} {
+		for _, s := range []string{KeepAlive + "/1KiB", KeepAlive + "/1MiB"} {
+			r, ok := res.Find(p, s)
+			if !ok || r.Requests == 0 || r.Errors != 0 || r.ProxyCPU <= 0 {
+				t.Errorf("%s %s: %+v", p, s, r)
+			}
+		}
+	}
+	if !strings.Contains(out.String(), "mirror cost keep-alive/1MiB") {
+		t.Errorf("table lacks the mirror cost:\n%s", out.String())
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/ca"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
@@ -40,6 +41,7 @@ func ServerMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	upCA := fs.String("upstream-ca", "", "PEM bundle trusted for upstream servers")
 	records := fs.String("records", "", "file the records are appended to (empty: discarded)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	mirrorDev := fs.String("mirror", "", "turn the decryption mirror on into this tap device (issue 19)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -69,7 +71,16 @@ func ServerMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		rec = fr
 	}
-	px, err := proxy.New(cfg, proxy.Deps{Certs: minter, Recorder: rec, InstanceID: "proxybench"}, log, nil)
+	var mir *mirror.Mirror
+	if *mirrorDev != "" {
+		mc := mirror.DefaultConfig()
+		mc.Enabled, mc.Interface = true, *mirrorDev
+		if mir, err = mirror.Open(mc); err != nil {
+			return err
+		}
+		defer mir.Close()
+	}
+	px, err := proxy.New(cfg, proxy.Deps{Certs: minter, Recorder: rec, InstanceID: "proxybench", Mirror: mir}, log, nil)
 	if err != nil {
 		return err
 	}
