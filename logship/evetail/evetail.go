@@ -33,6 +33,9 @@ import (
 	"time"
 )
 
+// maxLine bounds one eve.json line held in memory.
+const maxLine = 16 << 20
+
 // Shipper is what the tailer ships through (*logship.Shipper).
 type Shipper interface {
 	Ship(ts time.Time, record []byte) error
@@ -301,11 +304,21 @@ func (t *Tailer) drain(ctx context.Context) error {
 		chunk := t.buf[:n]
 		last := bytes.LastIndexByte(chunk, '\n')
 		if last < 0 {
-			if n == cap(t.buf) { // one line longer than the buffer
+			if n < cap(t.buf) {
+				return nil // a partial line: wait for its end
+			}
+			if cap(t.buf) < maxLine { // one line longer than the buffer
 				t.buf = make([]byte, 2*cap(t.buf))
 				continue
 			}
-			return nil // a partial line: wait for its end
+			// A line over maxLine is not Suricata's: skip it (its tail,
+			// up to the newline, is then one more unparsable line).
+			t.Bad++
+			t.pos.Offset += int64(n)
+			if err := t.save(); err != nil {
+				return err
+			}
+			continue
 		}
 		off := t.pos.Offset
 		for _, line := range bytes.SplitAfter(chunk[:last+1], []byte("\n")) {

@@ -166,3 +166,32 @@ func TestTruncateInPlace(t *testing.T) {
 		t.Fatalf("%v", c)
 	}
 }
+
+// TestHostileLines: a huge line, binary junk, JSON that is not an object,
+// an alert with absurd field types: skipped or shipped, never a crash, and
+// the alerts around them arrive.
+func TestHostileLines(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "eve.json")
+	ship := &memShipper{}
+	tl, _ := New(Config{Path: path, StateFile: filepath.Join(dir, "pos"), Poll: time.Millisecond}, ship, slog.New(slog.DiscardHandler))
+	big := make([]byte, maxLine+1000)
+	for i := range big {
+		big[i] = 'a'
+	}
+	appendTo(t, path, alertLine(0))
+	appendTo(t, path, string(big)+"\n")
+	appendTo(t, path, "\x00\xff\xfe{\n[1,2]\nnull\n\"alert\"\n")
+	appendTo(t, path, `{"event_type":"alert","timestamp":5,"alert":"x","flow":7}`+"\n")
+	appendTo(t, path, `{"event_type":"alert","timestamp":"bad","src_port":-1,"alert":{"signature_id":"x"}}`+"\n")
+	appendTo(t, path, alertLine(1))
+	if err := tl.step(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if c := ship.count(); c[0] != 1 || c[1] != 1 {
+		t.Fatalf("alerts around hostile lines: %v", c)
+	}
+	if tl.Bad < 5 {
+		t.Errorf("bad lines counted %d", tl.Bad)
+	}
+}

@@ -1,12 +1,12 @@
 package evetail_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -17,20 +17,25 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/logship"
+	"github.com/gwlbproxy/gwlbproxy/logship/cwlfake"
 	"github.com/gwlbproxy/gwlbproxy/logship/evetail"
 )
 
 // TestKillChild is the tailer process of TestSIGKILL: the real shipper
-// (spool, file sink) and the tailer, until SIGTERM (orderly) or SIGKILL.
+// (spool, CloudWatch Logs sink pointed at the parent's fake) and the tailer, until SIGTERM (orderly) or SIGKILL.
 func TestKillChild(t *testing.T) {
 	dir := os.Getenv("EVETAIL_KILL_DIR")
 	if dir == "" {
 		t.Skip("helper process of TestSIGKILL")
 	}
 	lc := logship.DefaultConfig()
-	lc.Sink = logship.SinkFile
-	lc.File.Path = filepath.Join(dir, "records.jsonl")
-	lc.File.RotateBytes = 1 << 30
+	lc.Sink = logship.SinkCloudWatch
+	lc.CloudWatch.LogGroup = "/gwlbproxy/test"
+	lc.CloudWatch.LogStream = "i-kill"
+	lc.CloudWatch.Region = "eu-west-1"
+	lc.CloudWatch.Endpoint = os.Getenv("EVETAIL_KILL_CWL")
+	lc.CloudWatch.CreateGroup = true
+	lc.Retry = logship.RetryConfig{MinBackoff: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}
 	lc.Spool.Dir = filepath.Join(dir, "spool")
 	lc.DeadLetterPath = filepath.Join(dir, "dead.jsonl")
 	lc.FlushInterval = 10 * time.Millisecond
@@ -66,9 +71,19 @@ func TestSIGKILL(t *testing.T) {
 	dir := t.TempDir()
 	eve := filepath.Join(dir, "eve.json")
 	os.WriteFile(eve, nil, 0o644)
+	fake := cwlfake.New(cwlfake.Options{})
+	srv := httptest.NewServer(fake)
+	defer srv.Close()
+	records := func() []string {
+		var out []string
+		for _, ev := range fake.Events("/gwlbproxy/test", "i-kill") {
+			out = append(out, ev.Message)
+		}
+		return out
+	}
 	start := func() *exec.Cmd {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestKillChild$")
-		cmd.Env = append(os.Environ(), "EVETAIL_KILL_DIR="+dir)
+		cmd.Env = append(os.Environ(), "EVETAIL_KILL_DIR="+dir, "EVETAIL_KILL_CWL="+srv.URL)
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -103,14 +118,14 @@ func TestSIGKILL(t *testing.T) {
 	}
 	// Let the last process catch up, then stop it in order.
 	deadline := time.Now().Add(60 * time.Second)
-	for distinctFlows(t, dir) < total && time.Now().Before(deadline) {
+	for distinctFlows(t, records()) < total && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("orderly stop: %v", err)
 	}
-	flows, ids, lines := readRecords(t, dir)
+	flows, ids, lines := readRecords(t, records())
 	if len(flows) != total {
 		var missing []int
 		for i := 0; i < total; i++ {
@@ -130,18 +145,12 @@ func TestSIGKILL(t *testing.T) {
 	t.Logf("%d alerts, %d records delivered (%d repeats, each with its alert's record_id), %d rotations", total, lines, lines-total, rot)
 }
 
-func readRecords(t *testing.T, dir string) (flows map[string]int, ids map[string]map[string]bool, lines int) {
+func readRecords(t *testing.T, msgs []string) (flows map[string]int, ids map[string]map[string]bool, lines int) {
 	flows, ids = map[string]int{}, map[string]map[string]bool{}
-	f, err := os.Open(filepath.Join(dir, "records.jsonl"))
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
+	for _, m := range msgs {
 		var r map[string]any
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-			t.Fatalf("bad record %q", sc.Text())
+		if err := json.Unmarshal([]byte(m), &r); err != nil {
+			t.Fatalf("bad record %q", m)
 		}
 		if r["record_type"] != "ids_alert" {
 			continue
@@ -157,7 +166,7 @@ func readRecords(t *testing.T, dir string) (flows map[string]int, ids map[string
 	return
 }
 
-func distinctFlows(t *testing.T, dir string) int {
-	f, _, _ := readRecords(t, dir)
+func distinctFlows(t *testing.T, msgs []string) int {
+	f, _, _ := readRecords(t, msgs)
 	return len(f)
 }
