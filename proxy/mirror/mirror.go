@@ -61,7 +61,9 @@ type Config struct {
 	// gwlbproxy_mirror_capped_total counts it. 0 means no cap.
 	MaxBytesPerConn int64 `yaml:"max_bytes_per_conn"`
 	// QueuePackets bounds the packets waiting for the writer; when full,
-	// packets are dropped and counted rather than slowing the proxy.
+	// packets are dropped and counted rather than slowing the proxy. Frame
+	// buffers are recycled, so the mirror holds up to QueuePackets x
+	// (MTU+14) bytes after a burst.
 	QueuePackets int `yaml:"queue_packets"`
 }
 
@@ -109,14 +111,17 @@ type sink interface {
 
 // Mirror owns the device, the queue and the writer.
 type Mirror struct {
-	cfg    Config
-	out    sink
-	dev    *os.File
-	nl     *netlink.Handle // in the namespace the device was created in
-	link   netlink.Link
-	queue  chan *frame
-	done   chan struct{}
-	frames sync.Pool
+	cfg   Config
+	out   sink
+	dev   *os.File
+	nl    *netlink.Handle // in the namespace the device was created in
+	link  netlink.Link
+	queue chan *frame
+	done  chan struct{}
+	// free recycles frames between the builders and the writer (a
+	// sync.Pool empties at every GC and churns across Ps).
+	free      chan *frame
+	frameSize int
 
 	closeOnce sync.Once
 	closed    atomic.Bool
@@ -214,11 +219,30 @@ func (s fdSink) write(b []byte) error {
 func newMirror(cfg Config, out sink) *Mirror {
 	m := &Mirror{cfg: cfg, out: out, queue: make(chan *frame, cfg.QueuePackets), done: make(chan struct{})}
 	size := 14 + cfg.MTU
-	m.frames.New = func() any { return &frame{b: make([]byte, size)} }
+	// Frames are allocated on demand and kept for reuse: memory follows
+	// the peak queue depth, at most QueuePackets frames (12 MiB at the
+	// defaults).
+	m.free, m.frameSize = make(chan *frame, cfg.QueuePackets+64), size
 	return m
 }
 
 func (m *Mirror) start() { go m.writer() }
+
+func (m *Mirror) getFrame() *frame {
+	select {
+	case f := <-m.free:
+		return f
+	default:
+		return &frame{b: make([]byte, m.frameSize)}
+	}
+}
+
+func (m *Mirror) putFrame(f *frame) {
+	select {
+	case m.free <- f:
+	default:
+	}
+}
 
 // writer writes queued frames in order, one write per frame (a tap device
 // takes one frame per write).
@@ -230,7 +254,7 @@ func (m *Mirror) writer() {
 		} else {
 			m.packets.Add(1)
 		}
-		m.frames.Put(f)
+		m.putFrame(f)
 	}
 }
 
@@ -280,14 +304,14 @@ func (m *Mirror) enqueue(f *frame) {
 	m.mu.RLock()
 	if m.closed.Load() {
 		m.mu.RUnlock()
-		m.frames.Put(f)
+		m.putFrame(f)
 		return
 	}
 	select {
 	case m.queue <- f:
 	default:
 		m.dropped.Add(1)
-		m.frames.Put(f)
+		m.putFrame(f)
 	}
 	m.mu.RUnlock()
 }
@@ -465,7 +489,7 @@ func (s *Stream) reset() {
 
 // emit builds one frame and queues it (s.mu held).
 func (s *Stream) emit(fromClient bool, flags byte, seq, ack uint32, payload []byte) {
-	f := s.m.frames.Get().(*frame)
+	f := s.m.getFrame()
 	src, dst := s.client, s.server
 	smac, dmac := clientMAC, serverMAC
 	if !fromClient {
