@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -121,4 +122,72 @@ func TestFieldRefsParser(t *testing.T) {
 	if strings.Join(got, ",") != "a,b,e,f,h" {
 		t.Fatalf("refs %v", got)
 	}
+}
+
+// TestInsightsQueriesCountExactlyAndSkipEMF: the saved queries share the
+// log group with logship's EMF records, and their numbers must be exact.
+// count_distinct is approximate in Logs Insights, so counting is count(*);
+// and every query's first filter must require a field the EMF records lack
+// (an EMF record carries action = "deny" too, and would be counted).
+func TestInsightsQueriesCountExactlyAndSkipEMF(t *testing.T) {
+	e := newEMF(EMFConfig{Namespace: "gwlbproxy"}, "i-1")
+	e.observe(sampleRecord(1, time.Now()))
+	emfFields := map[string]bool{}
+	for _, rec := range e.flush(time.Now(), time.Second) {
+		var m map[string]any
+		if err := json.Unmarshal(rec, &m); err != nil {
+			t.Fatal(err)
+		}
+		for k := range m {
+			emfFields[k] = true
+		}
+	}
+	files, _ := filepath.Glob("../configs/insights/*.cwli")
+	if len(files) == 0 {
+		t.Fatal("no saved queries")
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body []string
+		for _, l := range strings.Split(string(data), "\n") {
+			if t := strings.TrimSpace(l); t != "" && !strings.HasPrefix(t, "#") {
+				body = append(body, t)
+			}
+		}
+		q := strings.Join(body, "\n")
+		if strings.Contains(q, "count_distinct(") {
+			t.Errorf("%s: count_distinct is approximate in Logs Insights; count with count(*)", filepath.Base(f))
+		}
+		if !strings.HasPrefix(q, "filter ") {
+			t.Errorf("%s: does not start with a filter that excludes the EMF records", filepath.Base(f))
+			continue
+		}
+		first := strings.SplitN(strings.TrimPrefix(body[0], "filter "), "|", 2)[0]
+		excludes := false
+		for _, conj := range strings.Split(first, " and ") {
+			if strings.Contains(conj, "!=") || strings.Contains(conj, " or ") || strings.HasPrefix(strings.TrimSpace(conj), "not ") {
+				continue // a negation or alternative also matches records lacking the field
+			}
+			for _, ref := range fieldRefs(conj) {
+				if !emfFields[ref] {
+					excludes = true
+				}
+			}
+		}
+		if !excludes {
+			t.Errorf("%s: first filter %q also matches the EMF records (fields %v)", filepath.Base(f), first, sortedFieldNames(emfFields))
+		}
+	}
+}
+
+func sortedFieldNames(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
