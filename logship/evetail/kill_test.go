@@ -93,6 +93,12 @@ func TestSIGKILL(t *testing.T) {
 	const total = 2000
 	n, rot := 0, 0
 	cmd := start()
+	t.Cleanup(func() { // a failing test leaves no child behind
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
 	// The first start finds no saved position and begins at the current
 	// file (history before the first start is not read): wait for it.
 	for _, err := os.Stat(filepath.Join(dir, "eve.pos")); err != nil; _, err = os.Stat(filepath.Join(dir, "eve.pos")) {
