@@ -7,7 +7,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"net/http/httptest"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +22,9 @@ import (
 
 	"github.com/vishvananda/netns"
 
+	"github.com/gwlbproxy/gwlbproxy/logship"
+	"github.com/gwlbproxy/gwlbproxy/logship/cwlfake"
+	"github.com/gwlbproxy/gwlbproxy/logship/evetail"
 	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/inns"
 )
@@ -69,7 +75,10 @@ const suricataRule = `alert http any any -> any any (msg:"gwlbproxy test: marker
 // TestSuricataSeesBumpedTraffic: real Suricata 7 captures the decryption
 // mirror. A rule on the response body of a bumped HTTPS request fires, with
 // the real client's address and port and the original destination; a
-// spliced connection with the same body raises nothing (never decrypted).
+// spliced connection with the same body raises nothing (never decrypted);
+// an IPv6 conversation through the same mirror fires too. logship's tailer
+// then ships both alerts to the CloudWatch Logs fake as ids_alert records,
+// the IPv4 one on exactly the bumped request record's 5-tuple.
 func TestSuricataSeesBumpedTraffic(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: network namespace, tap device, packet capture")
@@ -148,16 +157,39 @@ func TestSuricataSeesBumpedTraffic(t *testing.T) {
 	sp.Close()
 	h.rec.wait(t, "splice record", field("action", "splice"))
 
+	// IPv6: the mirror's own conversation (the harness's clients are
+	// IPv4), same marker in the response body.
+	c6, s6 := netip.MustParseAddrPort("[2001:db8::10]:40600"), netip.MustParseAddrPort("[2001:db8:1::5]:443")
+	ms := m.Start(c6, s6)
+	ms.Client([]byte("GET /ids-v6 HTTP/1.1\r\nHost: good.test\r\n\r\n"))
+	body6 := upstreamMarker + " over IPv6"
+	ms.Server([]byte(fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s", len(body6), body6)))
+	ms.Close()
+
 	var alert map[string]any
 	waitUntil(t, "the alert in eve.json", 30*time.Second, func() bool {
 		for _, ev := range readEve(t, filepath.Join(dir, "eve.json")) {
-			if ev["event_type"] == "alert" {
+			if ev["event_type"] == "alert" && ev["dest_ip"] == "127.0.0.1" {
 				alert = ev
 				return true
 			}
 		}
 		return false
 	})
+	var alert6 map[string]any
+	waitUntil(t, "the IPv6 alert in eve.json", 30*time.Second, func() bool {
+		for _, ev := range readEve(t, filepath.Join(dir, "eve.json")) {
+			// Suricata writes IPv6 addresses fully expanded.
+			if ev["event_type"] == "alert" && sameIP(ev["dest_ip"], "2001:db8::10") {
+				alert6 = ev
+				return true
+			}
+		}
+		return false
+	})
+	if !sameIP(alert6["src_ip"], "2001:db8:1::5") || alert6["src_port"] != float64(443) || alert6["dest_port"] != float64(40600) {
+		t.Errorf("IPv6 alert %v", alert6)
+	}
 	// Give Suricata time to see everything else, then stop it (flushes).
 	time.Sleep(2 * time.Second)
 	cancel()
@@ -178,12 +210,83 @@ func TestSuricataSeesBumpedTraffic(t *testing.T) {
 			t.Errorf("alert on the spliced connection: %v", ev)
 		}
 	}
-	if alerts != 1 {
-		t.Errorf("%d alerts, want 1", alerts)
+	if alerts != 2 {
+		t.Errorf("%d alerts, want 2 (bumped IPv4, IPv6)", alerts)
 	}
-	if st := m.Stats(); st.Streams != 1 || st.Dropped != 0 || st.WriteErrors != 0 {
+	// The alerts go through logship (tailer, spool, real AWS SDK) to the
+	// CloudWatch Logs fake, and join the bumped request's record on the
+	// 5-tuple.
+	req := h.rec.wait(t, "bump record", field("path", "/ids-bump"))
+	shipped := shipAlerts(t, filepath.Join(dir, "eve.json"), 2)
+	var joined, v6 bool
+	for _, r := range shipped {
+		if r["record_type"] != "ids_alert" || r["signature_id"] != float64(1900001) {
+			t.Errorf("shipped %v", r)
+		}
+		if r["client_ip"] == req["client_ip"] && r["client_port"] == req["client_port"] && r["dst_ip"] == req["dst_ip"] && r["dst_port"] == req["dst_port"] {
+			joined = true
+		}
+		if r["client_ip"] == "2001:db8::10" && r["client_port"] == float64(40600) && r["dst_ip"] == "2001:db8:1::5" {
+			v6 = true
+		}
+	}
+	if !joined || !v6 {
+		t.Errorf("ids_alert records %v: want one on the request's 5-tuple %v:%v -> %v:%v and one IPv6", shipped, req["client_ip"], req["client_port"], req["dst_ip"], req["dst_port"])
+	}
+	if st := m.Stats(); st.Streams != 2 || st.Dropped != 0 || st.WriteErrors != 0 {
 		t.Errorf("mirror stats %+v", st)
 	}
+}
+
+// shipAlerts runs logship's eve.json tailer with a real shipper pointed at
+// the CloudWatch Logs fake and returns the records that arrived.
+func shipAlerts(t *testing.T, eve string, want int) []map[string]any {
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDSURICATATEST")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "suricata-test-secret")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	t.Setenv("AWS_CONFIG_FILE", os.DevNull)
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", os.DevNull)
+	fake := cwlfake.New(cwlfake.Options{})
+	srv := httptest.NewServer(fake)
+	defer srv.Close()
+	dir := t.TempDir()
+	lc := logship.DefaultConfig()
+	lc.Sink = logship.SinkCloudWatch
+	lc.CloudWatch.LogGroup, lc.CloudWatch.LogStream, lc.CloudWatch.Region = "/gwlbproxy/records", "i-test", "eu-west-1"
+	lc.CloudWatch.Endpoint, lc.CloudWatch.CreateGroup = srv.URL, true
+	lc.Spool.Dir = filepath.Join(dir, "spool")
+	lc.DeadLetterPath = filepath.Join(dir, "dead.jsonl")
+	lc.FlushInterval = 20 * time.Millisecond
+	sh, err := logship.New(context.Background(), lc, slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sh.Close(context.Background())
+	tl, err := evetail.New(evetail.Config{Path: eve, StateFile: filepath.Join(dir, "eve.pos"), Poll: 10 * time.Millisecond, InstanceID: "i-test"}, sh, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go tl.Run(ctx)
+	var out []map[string]any
+	waitUntil(t, "ids_alert records at the CloudWatch Logs fake", 30*time.Second, func() bool {
+		out = out[:0]
+		for _, ev := range fake.Events("/gwlbproxy/records", "i-test") {
+			var r map[string]any
+			if json.Unmarshal([]byte(ev.Message), &r) == nil {
+				out = append(out, r)
+			}
+		}
+		return len(out) >= want
+	})
+	return out
+}
+
+func sameIP(v any, want string) bool {
+	s, _ := v.(string)
+	a, err := netip.ParseAddr(s)
+	return err == nil && a == netip.MustParseAddr(want)
 }
 
 func readEve(t *testing.T, path string) []map[string]any {

@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -418,6 +419,9 @@ func (t *Tailer) appendRecord(b []byte, ev *eveEvent, ts time.Time, off int64) [
 	} else if ev.Direction == "to_client" {
 		cip, cport, dip, dport = dip, dport, cip, cport
 	}
+	// Suricata writes IPv6 addresses fully expanded (2001:0db8:0000:...);
+	// records use Go's canonical form, as the proxy's do.
+	cip, dip = canonIP(cip), canonIP(dip)
 	// record_id: stable for this line of this file.
 	id := sha256.Sum256([]byte(fmt.Sprintf("%d/%d/%d", t.pos.Dev, t.pos.Ino, off)))
 	r := map[string]any{
@@ -445,6 +449,15 @@ func (t *Tailer) appendRecord(b []byte, ev *eveEvent, ts time.Time, off int64) [
 	}
 	out, _ := json.Marshal(r)
 	return append(b, out...)
+}
+
+// canonIP returns s in canonical form, or s unchanged when it is not an
+// address.
+func canonIP(s string) string {
+	if a, err := netip.ParseAddr(s); err == nil {
+		return a.Unmap().String()
+	}
+	return s
 }
 
 // save writes the position atomically and durably.

@@ -195,3 +195,18 @@ func TestHostileLines(t *testing.T) {
 		t.Errorf("bad lines counted %d", tl.Bad)
 	}
 }
+
+// TestIPv6Canonical: Suricata's expanded IPv6 addresses become the
+// canonical form the proxy's records use, so alerts join requests.
+func TestIPv6Canonical(t *testing.T) {
+	line := `{"timestamp":"2026-12-07T20:25:25.000001+0000","flow_id":1,"event_type":"alert","src_ip":"2001:0db8:0001:0000:0000:0000:0000:0005","src_port":443,"dest_ip":"2001:0db8:0000:0000:0000:0000:0000:0010","dest_port":40600,"proto":"TCP","direction":"to_client","alert":{"signature_id":1},"flow":{"src_ip":"2001:0db8:0000:0000:0000:0000:0000:0010","dest_ip":"2001:0db8:0001:0000:0000:0000:0000:0005","src_port":40600,"dest_port":443}}`
+	b, err := AlertRecord([]byte(line), "i-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r map[string]any
+	json.Unmarshal(b, &r)
+	if r["client_ip"] != "2001:db8::10" || r["dst_ip"] != "2001:db8:1::5" || r["client_port"] != float64(40600) || r["dst_port"] != float64(443) {
+		t.Fatalf("%v", r)
+	}
+}
