@@ -366,3 +366,27 @@ func BenchmarkCompute(b *testing.B) {
 		}
 	}
 }
+
+// TestALPNSpecExamples: the JA4 specification's examples for the ALPN
+// characters ("ALPN Extension Value"), in hellos from Go's client.
+func TestALPNSpecExamples(t *testing.T) {
+	for _, tc := range []struct{ alpn, want string }{
+		{"h2", "h2"}, {"http/1.1", "h1"}, {"a", "aa"},
+		{"\xab", "ab"}, {"\x20", "20"}, {"\xab\xcd", "ad"}, {"\x20\x61", "21"},
+		{"\x30\xab", "3b"}, {"\x61\x20", "60"}, {"\x30\x31\xab\xcd", "3d"}, {"\x30\xab\xcd\x31", "01"},
+	} {
+		wire, _ := captureHello(t, func(addr string) {
+			c, err := tls.Dial("tcp", addr, &tls.Config{ServerName: "a.test", NextProtos: []string{tc.alpn}})
+			if err == nil {
+				c.Close()
+			}
+		})
+		var f Fingerprint
+		if err := f.Compute(wire); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.JA4()[8:10]; got != tc.want {
+			t.Errorf("ALPN %q: %q, want %q", tc.alpn, got, tc.want)
+		}
+	}
+}
