@@ -248,3 +248,17 @@ func TestTwoRotationsWhileStopped(t *testing.T) {
 		t.Fatalf("shipped %v, want 0..5 once each", c)
 	}
 }
+
+// FuzzAlertRecord: any eve line gives a valid JSON record or an error,
+// never a panic.
+func FuzzAlertRecord(f *testing.F) {
+	f.Add([]byte(alertLine(1)))
+	f.Add([]byte(`{"event_type":"alert","timestamp":"2026-12-07T20:25:25.000001+0000","src_ip":"2001:0db8:0000:0000:0000:0000:0000:0010"}`))
+	f.Add([]byte(`{"event_type":"http"}`))
+	f.Fuzz(func(t *testing.T, line []byte) {
+		b, err := AlertRecord(line, "i-1")
+		if err == nil && !json.Valid(b) {
+			t.Fatalf("invalid record %q", b)
+		}
+	})
+}
