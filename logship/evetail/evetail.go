@@ -62,16 +62,13 @@ func DefaultConfig() Config {
 	return Config{Path: "/var/log/suricata/eve.json", StateFile: "/var/lib/gwlbproxy/eve.pos", Poll: 250 * time.Millisecond}
 }
 
-// Validate checks c; messages start with the yaml key.
+// Validate checks c, also when disabled; messages start with the yaml key.
 func (c Config) Validate() error {
-	if !c.Enabled {
-		return nil
-	}
 	if c.Path == "" {
-		return errors.New("path: required when enabled")
+		return errors.New("path: required")
 	}
 	if c.StateFile == "" {
-		return errors.New("state_file: required when enabled")
+		return errors.New("state_file: required")
 	}
 	if c.Poll < 10*time.Millisecond || c.Poll > time.Minute {
 		return fmt.Errorf("poll: %s out of range 10ms..1m", c.Poll)

@@ -72,11 +72,9 @@ func DefaultConfig() Config {
 	return Config{Interface: "gwlbmirror0", MTU: 1500, MaxBytesPerConn: 64 << 20, QueuePackets: 8192}
 }
 
-// Validate checks c; messages start with the offending yaml key.
+// Validate checks c, also when disabled (a wrong value is reported before
+// someone turns the mirror on); messages start with the offending yaml key.
 func (c *Config) Validate() error {
-	if !c.Enabled {
-		return nil
-	}
 	if c.Interface == "" || len(c.Interface) >= unix.IFNAMSIZ {
 		return fmt.Errorf("interface: %q is not a valid interface name (1..%d bytes)", c.Interface, unix.IFNAMSIZ-1)
 	}
