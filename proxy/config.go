@@ -15,6 +15,9 @@ import (
 type Config struct {
 	Policy policy.Config `yaml:"policy"`
 	SSRF   ssrf.Config   `yaml:"ssrf"`
+	// Binding ties name-based decisions to the destination address (see
+	// binding.go).
+	Binding BindingConfig `yaml:"binding"`
 
 	// UpstreamCABundle is a PEM file of extra roots trusted for upstream
 	// servers, in addition to the system roots. Empty: system roots only.
@@ -84,6 +87,7 @@ func DefaultConfig() Config {
 	return Config{
 		Policy:                policy.DefaultConfig(),
 		SSRF:                  ssrf.DefaultConfig(),
+		Binding:               DefaultBindingConfig(),
 		DenyTLS:               "page",
 		RedactQuery:           true,
 		HTTP2:                 true,
@@ -114,6 +118,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.SSRF.Validate(); err != nil {
 		return fmt.Errorf("ssrf.%w", err)
+	}
+	if err := c.Binding.Validate(); err != nil {
+		return fmt.Errorf("binding.%w", err)
 	}
 	if c.DenyTLS != "page" && c.DenyTLS != "close" {
 		return fmt.Errorf("deny_tls: %q is not page or close", c.DenyTLS)

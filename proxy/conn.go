@@ -32,6 +32,9 @@ type connState struct {
 	hasEP       bool
 	isTLS       bool
 	sni         string // normalized SNI ("" when absent)
+	// bind is the last destination-binding outcome on this connection
+	// (the destination is fixed, so it holds for its name).
+	bind atomic.Pointer[bindResult]
 	// fixed, when set, answers every request on this connection (deny or
 	// upstream error page) and nothing is forwarded.
 	fixed *fixedReply

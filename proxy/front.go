@@ -71,6 +71,21 @@ func (p *Proxy) handleTLS(st *connState) {
 	rc := &replayConn{Conn: c, prefix: buf}
 
 	d := p.decideTLS(st, hello)
+	denyDetail := ""
+	if d.Action != policy.Deny {
+		// Destination binding on the SNI, before any upstream byte: a
+		// mismatch is denied like a policy deny (a page over a minted
+		// leaf, or a close), never spliced or dialed.
+		if b := p.checkBinding(st, st.sni, d); b != nil {
+			b.apply(&st.rec)
+			if b.deny {
+				d = policy.Decision{Action: policy.Deny, Rule: b.rule}
+				denyDetail = b.detail + " (rule " + b.rule + ")"
+			} else if b.rule != "" {
+				d.Rule = b.rule // report only: "report_only:bind:..."
+			}
+		}
+	}
 	switch d.Action {
 	case policy.Splice:
 		st.rec.Rule = d.Rule
@@ -79,8 +94,11 @@ func (p *Proxy) handleTLS(st *connState) {
 	case policy.Deny:
 		p.stats.denied.Add(1)
 		p.m.decisions.WithLabelValues("deny").Inc()
+		if denyDetail == "" {
+			denyDetail = "Access to " + displayName(hello.ServerName, st) + " is denied by rule " + d.Rule + "."
+		}
 		fr := &fixedReply{status: http.StatusForbidden, action: "deny", rule: d.Rule,
-			title: "Forbidden", detail: "Access to " + displayName(hello.ServerName, st) + " is denied by rule " + d.Rule + "."}
+			title: "Forbidden", detail: denyDetail}
 		if p.cfg.DenyTLS == "close" || p.deps.Certs == nil {
 			p.closeWith(st, "deny", d.Rule, "")
 			return
@@ -177,7 +195,11 @@ func (p *Proxy) bump(st *connState, rc *replayConn, h *Hello) {
 		NextProtos:   protos,
 	})
 	if err := tc.HandshakeContext(ctx); err != nil {
-		p.closeWith(st, "error", st.rec.Rule, "client handshake: "+err.Error())
+		action := "error"
+		if st.fixed != nil && st.fixed.action == "deny" {
+			action = "deny" // a deny page the client would not accept is still a deny
+		}
+		p.closeWith(st, action, st.rec.Rule, "client handshake: "+err.Error())
 		return
 	}
 	cs := tc.ConnectionState()
@@ -218,8 +240,14 @@ func (p *Proxy) splice(st *connState, rc *replayConn) {
 		p.closeWith(st, "error", st.rec.Rule, msg)
 		return
 	}
-	in, out := relay(rc, up, p.cfg.SpliceIdleTimeout)
+	in, out, notTLS := relay(rc, up, p.cfg.SpliceIdleTimeout)
 	st.rec.BytesIn, st.rec.BytesOut = in, out
+	if notTLS != nil {
+		p.m.decisions.WithLabelValues("not-tls").Inc()
+		st.rec.UpstreamError = "not-tls after splice by rule " + st.rec.Rule + ": " + notTLS.Error()
+		st.rec.Action, st.rec.Rule = "deny", "not-tls"
+		p.log.Debug("proxy: splice closed: not TLS", "client", st.rec.ClientIP, "dst", st.rec.DstIP, "sni", st.rec.SNI, "err", notTLS)
+	}
 	st.client.Close()
 	up.Close()
 	st.finish()
@@ -228,54 +256,85 @@ func (p *Proxy) splice(st *connState, rc *replayConn) {
 // relay copies both ways; it returns bytes client->upstream and
 // upstream->client. Each direction half-closes its destination at EOF. The
 // splice ends when both directions are done or when neither moved a byte for
-// idle (a one-way stream keeps the other direction alive).
-func relay(client, up net.Conn, idle time.Duration) (in, out int64) {
+// idle (a one-way stream keeps the other direction alive). Both directions
+// must be TLS records from the first byte (the replayed ClientHello) on:
+// the first malformed record header ends the splice, and notTLS says which
+// side sent it.
+func relay(client, up net.Conn, idle time.Duration) (in, out int64, notTLS error) {
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
 	var wg sync.WaitGroup
+	var errIn, errOut error
 	wg.Add(2)
-	go func() { in = copyIdle(up, client, idle, &last); wg.Done() }()
-	go func() { out = copyIdle(client, up, idle, &last); wg.Done() }()
+	go func() { in, errIn = copyIdle(up, client, idle, &last); wg.Done() }()
+	go func() { out, errOut = copyIdle(client, up, idle, &last); wg.Done() }()
 	wg.Wait()
-	return in, out
+	switch {
+	case errIn != nil:
+		notTLS = fmt.Errorf("client sent %w", errIn)
+	case errOut != nil:
+		notTLS = fmt.Errorf("upstream sent %w", errOut)
+	}
+	return in, out, notTLS
 }
 
-func copyIdle(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
+// copyIdle copies src to dst until EOF, an error or idle; it passes only
+// well-framed TLS records and returns the framing error that stopped it.
+// An incomplete record header at the end of a read is held at the front of
+// the buffer until the next read completes it, so no byte of a malformed
+// header reaches dst.
+func copyIdle(dst, src net.Conn, idle time.Duration, last *atomic.Int64) (int64, error) {
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
 	var n int64
 	var failed bool
+	var fr tlsFramer
+	var frameErr error
+	hold := 0
 	for {
 		src.SetReadDeadline(time.Now().Add(idle))
-		nr, rerr := src.Read(buf)
+		nr, rerr := src.Read(buf[hold:])
 		if nr > 0 {
 			last.Store(time.Now().UnixNano())
-			dst.SetWriteDeadline(time.Now().Add(idle))
-			nw, werr := dst.Write(buf[:nr])
-			n += int64(nw)
-			if werr != nil {
-				failed = true
+			data := buf[:hold+nr]
+			pass, ferr := fr.scan(data)
+			if pass > 0 {
+				dst.SetWriteDeadline(time.Now().Add(idle))
+				nw, werr := dst.Write(data[:pass])
+				n += int64(nw)
+				if werr != nil {
+					failed = true
+					break
+				}
+			}
+			if ferr != nil {
+				frameErr, failed = ferr, true
 				break
 			}
+			hold = copy(buf, data[pass:])
 		}
 		if rerr != nil {
 			var ne net.Error
 			if errors.As(rerr, &ne) && ne.Timeout() && time.Since(time.Unix(0, last.Load())) < idle {
 				continue // the other direction is active
 			}
-			failed = rerr != io.EOF
+			if rerr == io.EOF && hold > 0 {
+				frameErr = fmt.Errorf("%w: stream ended inside a TLS record header (% x)", errNotTLS, buf[:hold])
+			}
+			failed = rerr != io.EOF || frameErr != nil
 			break
 		}
 	}
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok && !failed {
 		cw.CloseWrite()
 	} else {
-		// Error or idle: tear both sides down so the other direction ends.
+		// Error, idle or not TLS: tear both sides down so the other
+		// direction ends.
 		dst.Close()
 		src.Close()
 	}
-	return n
+	return n, frameErr
 }
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}

@@ -13,6 +13,18 @@ type metrics struct {
 	shipFail  prometheus.Counter
 	refused   prometheus.Counter
 	mirrorH2  prometheus.Counter
+	binding   *prometheus.CounterVec
+	bindBy    map[string]prometheus.Counter // binding's labels, bound once
+}
+
+// bindCount counts a binding outcome without a label lookup per
+// connection.
+func (m *metrics) bindCount(status string) {
+	if c, ok := m.bindBy[status]; ok {
+		c.Inc()
+		return
+	}
+	m.binding.WithLabelValues(status).Inc()
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -20,7 +32,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gwlbproxy_proxy_connections_total",
 			Help: "Client connections accepted, by scheme."}, []string{"scheme"}),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gwlbproxy_proxy_tls_decisions_total",
-			Help: "TLS connection outcomes: bump, splice, deny."}, []string{"action"}),
+			Help: "TLS connection outcomes: bump, splice, deny, and not-tls (a splice closed at a malformed record header)."}, []string{"action"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gwlbproxy_proxy_requests_total",
 			Help: "HTTP requests by policy action."}, []string{"action"}),
 		active: prometheus.NewGauge(prometheus.GaugeOpts{Name: "gwlbproxy_proxy_active_connections",
@@ -35,11 +47,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Records the Recorder did not accept."}),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "gwlbproxy_proxy_connections_refused_total",
 			Help: "Connections reset at once because Admit refused them (log spool full under fail_closed)."}),
+		binding: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gwlbproxy_proxy_binding_total",
+			Help: "Destination binding checks (new name on a connection), by outcome: match, mismatch, resolve-failed, none (rule opt-out), off."}, []string{"result"}),
 		mirrorH2: prometheus.NewCounter(prometheus.CounterOpts{Name: "gwlbproxy_mirror_h2_not_mirrored_total",
 			Help: "Bumped HTTP/2 connections not mirrored while the decryption mirror is on (HTTP/2 is not mirrored)."}),
 	}
+	m.bindBy = map[string]prometheus.Counter{}
+	for _, s := range []string{bindMatch, bindMismatch, bindFailed, bindOptOut, bindOff} {
+		m.bindBy[s] = m.binding.WithLabelValues(s)
+	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.accepted, m.decisions, m.requests, m.active, m.limited, m.helloFail, m.upErrs, m.shipFail, m.refused, m.mirrorH2} {
+		for _, c := range []prometheus.Collector{m.binding, m.accepted, m.decisions, m.requests, m.active, m.limited, m.helloFail, m.upErrs, m.shipFail, m.refused, m.mirrorH2} {
 			reg.MustRegister(c)
 		}
 	}

@@ -34,9 +34,15 @@
 //     silent: close and record;
 //  2. SSRF guard on the original destination (always on; never
 //     report-only);
-//  3. ECH present: policy.ech_action; no SNI: policy.no_sni_action;
-//     unparseable SNI: deny;
-//  4. the ordered rules on (endpoint, client, destination, SNI).
+//  3. ECH present: policy.ech_action (default ignore: the outer SNI is
+//     decided like any other, and a bump completes the handshake on the
+//     ClientHelloOuter as a server without ECH keys); no SNI:
+//     policy.no_sni_action; unparseable SNI: deny;
+//  4. the ordered rules on (endpoint, client, destination, SNI);
+//  5. destination binding (binding.go): an allow or splice decided on a
+//     name needs the destination among the name's addresses, else deny
+//     (bind:dst-mismatch, bind:resolve-failed). Every request's Host is
+//     checked the same way (rules, then binding) inside the connection.
 //
 // Allow (bump) dials and verifies the upstream first (unless the same
 // destination+SNI verified within verified_ttl), then mints the client leaf.
@@ -120,6 +126,9 @@ type Deps struct {
 	SelfAddrs func() ([]netip.Addr, error)
 	// InstanceID goes into every record. Empty: the host name.
 	InstanceID string
+	// Binder checks destination binding. Nil: a resolve.Resolver built
+	// from Config.Binding (none when binding.mode is off).
+	Binder Binder
 	// Mirror, when set, receives the cleartext of plain HTTP and bumped
 	// HTTP/1.x connections (the decryption mirror). Nil: nothing mirrored,
 	// at no cost.
@@ -142,6 +151,9 @@ type Proxy struct {
 	sem   chan struct{}
 	m     *metrics
 	stats counters
+	// binder is nil when binding is off.
+	binder         Binder
+	bindReportOnly bool
 
 	mu        sync.Mutex
 	listeners map[net.Listener]string
@@ -181,6 +193,7 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 	if err != nil {
 		return nil, fmt.Errorf("proxy config: policy.%w", err)
 	}
+	warnECH(log, cfg.Policy.ECHAction)
 	guard, err := ssrf.New(cfg.SSRF, deps.SelfAddrs)
 	if err != nil {
 		return nil, fmt.Errorf("proxy ssrf guard: %w", err)
@@ -202,6 +215,10 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 		ctx:       ctx, stop: cancel,
 	}
 	p.m = newMetrics(reg)
+	if err := p.setupBinding(reg); err != nil {
+		cancel()
+		return nil, err
+	}
 	p.up = newUpstream(p)
 	p.gp = p.newGoproxy()
 	p.srv = &http.Server{
@@ -235,6 +252,20 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 	go p.refreshSelf(ctx)
 	go p.up.sweepIdle(ctx)
 	return p, nil
+}
+
+// warnECH says at start what a strict ech_action does to browsers:
+// Chromium, Edge and Firefox put a (GREASE) encrypted_client_hello in
+// every ClientHello, which no one can tell from real ECH.
+func warnECH(log *slog.Logger, action string) {
+	switch action {
+	case "deny":
+		log.Warn("proxy: policy.ech_action is deny: every HTTPS connection of Chromium, Edge and Firefox carries an encrypted_client_hello extension (GREASE when the site has no ECH) and will be denied; use ech_action: ignore to decide on the outer SNI")
+	case "splice":
+		log.Warn("proxy: policy.ech_action is splice: every HTTPS connection of Chromium, Edge and Firefox carries an encrypted_client_hello extension and will pass uninspected, whatever the rules say")
+	case "allow":
+		log.Warn("proxy: policy.ech_action is allow: every HTTPS connection of Chromium, Edge and Firefox carries an encrypted_client_hello extension and will be bumped whatever the rules say about its SNI (requests inside are still checked)")
+	}
 }
 
 func localAddrDst(c net.Conn) (netip.AddrPort, error) {

@@ -52,6 +52,13 @@ type Record struct {
 	ALPN          string
 	UpstreamError string
 	UserAgent     string
+	// Bind is the destination-binding outcome for the name the decision
+	// was taken on: match, mismatch, resolve-failed, none (rule opt-out),
+	// off, or "" when no name was decided on. BindName is that name and
+	// BindAnswers (on a mismatch) the addresses it resolves to.
+	Bind        string
+	BindName    string
+	BindAnswers string
 	// Fingerprint is the JA4 and JA3 of the client's ClientHello (TLS
 	// connections only; written as "ja4" and "ja3", "" when none).
 	Fingerprint tlsfp.Fingerprint
@@ -101,6 +108,9 @@ func (r *Record) appendJSON(b []byte, maxField int, id []byte) []byte {
 	b = appendStr(b, "alpn", r.ALPN, maxField)
 	b = appendStr(b, "upstream_error", r.UpstreamError, maxField)
 	b = appendStr(b, "user_agent", r.UserAgent, maxField)
+	b = appendStr(b, "bind", r.Bind, maxField)
+	b = appendStr(b, "bind_name", r.BindName, maxField)
+	b = appendStr(b, "bind_answers", r.BindAnswers, maxField)
 	// Fingerprints are hex, digits and '_' only: no escaping needed.
 	b = append(b, `,"ja4":"`...)
 	b = r.Fingerprint.AppendJA4(b)

@@ -10,7 +10,7 @@ import (
 func cmdCheck(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("check", "check [--config FILE] [--explain]", stderr)
 	path := fs.String("config", config.DefaultPath, "config file to validate")
-	explain := fs.Bool("explain", false, "also print the nftables rules, routes and sysctls the config installs")
+	explain := fs.Bool("explain", false, "also print the nftables rules, routes and sysctls the config installs, and what destination binding does")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

@@ -107,10 +107,12 @@ func ApplianceConfig(mode string, f Files) config.Config {
 	}
 	c.Proxy.UpstreamCABundle = f.InternetCA
 	c.Proxy.DialTimeout = 5 * time.Second
+	// Destination binding (on by default) asks the topology's resolver.
+	c.Proxy.Binding.Resolver.Servers = []string{ResolverAddr.String()}
 	c.Proxy.Policy = policy.Config{
 		DefaultAction: policy.Deny,
 		NoSNIAction:   "deny",
-		ECHAction:     "deny",
+		ECHAction:     policy.ECHIgnore,
 		Rules: []policy.Rule{
 			{Name: RuleSplice, Action: policy.Splice, Domains: []string{HostBank}},
 			{Name: RuleDeny, Action: policy.Deny, Domains: []string{HostBlocked}},
@@ -324,6 +326,9 @@ type Record struct {
 	ALPN          string    `json:"alpn"`
 	UpstreamError string    `json:"upstream_error"`
 	UserAgent     string    `json:"user_agent"`
+	Bind          string    `json:"bind"`
+	BindName      string    `json:"bind_name"`
+	BindAnswers   string    `json:"bind_answers"`
 
 	Raw  string   `json:"-"`
 	Keys []string `json:"-"`
@@ -358,7 +363,8 @@ func (r *Record) Field(k string) string {
 // RecordFields are the fields every record carries (the team contract).
 var RecordFields = []string{"time", "record_id", "instance_id", "endpoint_id", "client_ip", "client_port",
 	"dst_ip", "dst_port", "sni", "host", "method", "scheme", "path", "status", "action", "rule",
-	"bytes_in", "bytes_out", "duration_ms", "tls_version", "alpn", "upstream_error", "user_agent"}
+	"bytes_in", "bytes_out", "duration_ms", "tls_version", "alpn", "upstream_error", "user_agent",
+	"bind", "bind_name", "bind_answers"}
 
 // Records collects the appliance's records (across restarts).
 type Records struct {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/ca"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/nsexec"
+	"github.com/gwlbproxy/gwlbproxy/proxy/resolve/dnstest"
 )
 
 // Config configures Run. DefaultConfig fills every field.
@@ -52,6 +53,10 @@ type Config struct {
 	Dir string
 	// Scenario limits the run to NewConn or KeepAlive; "" runs both.
 	Scenario string
+	// CompareBinding also runs gwlbproxy with destination binding off
+	// (row BindOffRow) beside the default (binding on, row "gwlbproxy"),
+	// to show what binding costs on the cache-hit path.
+	CompareBinding bool
 	// Rounds repeats the whole sequence (no proxy, gwlbproxy, Squid) so
 	// the proxies take turns and slow drifts of a shared machine hit both;
 	// each row aggregates its rounds (sums, merged latencies).
@@ -60,7 +65,7 @@ type Config struct {
 	// named "<scenario>/<size>") instead of with BodySize only.
 	BodySizes []int
 	// Mirror adds a second gwlbproxy run per round with the decryption
-	// mirror on (proxy row "gwlbproxy+m"): the mirror's tap device in the
+	// mirror on (proxy row MirrorRow): the mirror's tap device in the
 	// router namespace, nothing capturing it (the kernel's receive path
 	// drops the frames), so the figures are the proxy's own cost.
 	Mirror bool
@@ -74,9 +79,19 @@ func DefaultConfig() Config {
 	return Config{
 		Conns: 16, Duration: 10 * time.Second, Warmup: 2 * time.Second, BodySize: 1024,
 		Host: "bench.test", Squid: DefaultSquid, Certgen: DefaultCertgen, Baseline: true,
-		ProxyCPU: 1, ClientCPU: 0, Rounds: 1,
+		ProxyCPU: 1, ClientCPU: 0, Rounds: 1, CompareBinding: true,
 	}
 }
+
+// BindOffRow is the row of gwlbproxy with proxy.binding.mode off.
+const BindOffRow = "gw-bindoff"
+
+// MirrorRow is the row of gwlbproxy with the decryption mirror on.
+const MirrorRow = "gwlbproxy+m"
+
+// dnsTTL is the TTL the bench's DNS server gives Host: longer than any
+// run, so binding is measured on its cache-hit path.
+const dnsTTL = 3600
 
 // Scenario names.
 const (
@@ -219,6 +234,19 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		return res, err
 	}
 	defer up.close()
+	// The DNS server destination binding asks (in the upstream namespace,
+	// reached over the router's link like a VPC resolver): Host resolves
+	// to the upstream.
+	var dnsSrv *dnstest.Server
+	if err := t.upstream.Do(func() error {
+		var err error
+		dnsSrv, err = dnstest.Listen(netip.AddrPortFrom(upstreamAddr, 53).String())
+		return err
+	}); err != nil {
+		return res, fmt.Errorf("dns server: %w", err)
+	}
+	defer dnsSrv.Close()
+	dnsSrv.Set(cfg.Host, dnsTTL, upstreamAddr)
 
 	dst := netip.AddrPortFrom(upstreamAddr, 443)
 	var agg aggregator
@@ -277,7 +305,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	os.Remove(records)
 	for round := 1; round <= cfg.Rounds; round++ {
 		cfg.Log.Info("round", "n", round, "of", cfg.Rounds)
-		if err := runRound(ctx, cfg, &res, t, dir, records, bumpCert, bumpKey, upCA, upRoots, bumpRoots, scenarios); err != nil {
+		if err := runRound(ctx, cfg, round, &res, t, dir, records, bumpCert, bumpKey, upCA, upRoots, bumpRoots, scenarios); err != nil {
 			return res, err
 		}
 	}
@@ -285,7 +313,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 }
 
 // runRound runs no proxy, gwlbproxy and Squid once each.
-func runRound(ctx context.Context, cfg Config, res *Result, t *topology, dir, records, bumpCert, bumpKey, upCA string,
+func runRound(ctx context.Context, cfg Config, round int, res *Result, t *topology, dir, records, bumpCert, bumpKey, upCA string,
 	upRoots, bumpRoots *x509.CertPool, scenarios func(string, *x509.CertPool, *proc) error) error {
 	const gwPort, squidPort = 3443, 3130
 	if cfg.Baseline {
@@ -298,29 +326,46 @@ func runRound(ctx context.Context, cfg Config, res *Result, t *topology, dir, re
 	}
 
 	// gwlbproxy: records append to one file over all rounds.
-	args := append(append([]string{}, cfg.ServerCommand[1:]...),
-		"--listen", netip.AddrPortFrom(loopback, gwPort).String(),
-		"--ca-cert", bumpCert, "--ca-key", bumpKey, "--upstream-ca", upCA, "--records", records)
-	if cfg.Profile != "" {
-		args = append(args, "--cpuprofile", cfg.Profile)
-	}
-	cmd := nsexec.Command(t.router.Name, cfg.ServerCommand[0], args...)
-	cmd.Env = append(cmd.Env, "GOMAXPROCS=1")
-	if err := runProxy(ctx, cfg, t, "gwlbproxy", cmd, gwPort, bumpRoots, scenarios); err != nil {
-		return err
-	}
-	res.LogLines["gwlbproxy"] = countLines(records)
-
-	if cfg.Mirror { // issue 19: the same proxy with the decryption mirror on
-		margs := append(append([]string{}, args...), "--mirror", "pbmirror0")
-		for i, a := range margs {
-			if a == records {
-				margs[i] = records + ".mirror"
-			}
+	gw := func(name, records, binding, profile string, extra ...string) error {
+		args := append(append([]string{}, cfg.ServerCommand[1:]...),
+			"--listen", netip.AddrPortFrom(loopback, gwPort).String(),
+			"--ca-cert", bumpCert, "--ca-key", bumpKey, "--upstream-ca", upCA, "--records", records,
+			"--binding", binding, "--dns", netip.AddrPortFrom(upstreamAddr, 53).String())
+		args = append(args, extra...)
+		if profile != "" {
+			args = append(args, "--cpuprofile", profile)
 		}
-		cmd := nsexec.Command(t.router.Name, cfg.ServerCommand[0], margs...)
+		cmd := nsexec.Command(t.router.Name, cfg.ServerCommand[0], args...)
 		cmd.Env = append(cmd.Env, "GOMAXPROCS=1")
-		if err := runProxy(ctx, cfg, t, "gwlbproxy+m", cmd, gwPort, bumpRoots, scenarios); err != nil {
+		if err := runProxy(ctx, cfg, t, name, cmd, gwPort, bumpRoots, scenarios); err != nil {
+			return err
+		}
+		res.LogLines[name] = countLines(records)
+		return nil
+	}
+	// Binding on and off take turns going first, round by round, so
+	// neither always runs on a warmer (or busier) machine.
+	runs := []func() error{func() error { return gw("gwlbproxy", records, "enforce", cfg.Profile) }}
+	if cfg.CompareBinding {
+		off := func() error { return gw(BindOffRow, records+".bindoff", "off", "") }
+		if round%2 == 0 {
+			runs = append([]func() error{off}, runs...)
+		} else {
+			runs = append(runs, off)
+		}
+	}
+	if cfg.Mirror { // issue 19: the same proxy with the decryption mirror on
+		mir := func() error {
+			return gw(MirrorRow, records+".mirror", "enforce", "", "--mirror", "pbmirror0")
+		}
+		if round%2 == 0 {
+			runs = append([]func() error{mir}, runs...)
+		} else {
+			runs = append(runs, mir)
+		}
+	}
+	for _, run := range runs {
+		if err := run(); err != nil {
 			return err
 		}
 	}
@@ -480,7 +525,7 @@ func (r *Result) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "TLS 1.3 X25519, ECDSA P-256 CA shared by both proxies, full handshakes (no resumption), HTTP/1.1\n")
 	fmt.Fprintf(w, "proxy pinned to CPU %d (gwlbproxy GOMAXPROCS=1, Squid one worker); client + upstream on CPU %d; load average %s at start, %s at end\n\n",
 		c.ProxyCPU, c.ClientCPU, r.LoadAvg[0], r.LoadAvg[1])
-	fmt.Fprintf(w, "%-10s %-14s %9s %9s %9s %9s %7s %12s %10s %11s\n",
+	fmt.Fprintf(w, "%-11s %-14s %9s %9s %9s %9s %7s %12s %10s %11s\n",
 		"proxy", "scenario", "requests", "req/s", "p50", "p99", "errors", "proxy CPU", "req/CPU-s", "client CPU")
 	for _, x := range r.Rows {
 		perCPU, pcpu := "-", "-"
@@ -488,7 +533,7 @@ func (r *Result) WriteTable(w io.Writer) {
 			perCPU = strconv.FormatFloat(x.PerCPUSecond(), 'f', 0, 64)
 			pcpu = fmt.Sprintf("%.2fs %3.0f%%", x.ProxyCPU.Seconds(), 100*x.ProxyCPU.Seconds()/x.Elapsed.Seconds())
 		}
-		fmt.Fprintf(w, "%-10s %-14s %9d %9.0f %9s %9s %7d %12s %10s %10.0f%%\n",
+		fmt.Fprintf(w, "%-11s %-14s %9d %9.0f %9s %9s %7d %12s %10s %10.0f%%\n",
 			x.Proxy, x.Scenario, x.Requests, x.RPS, ms(x.P50), ms(x.P99), x.Errors, pcpu, perCPU,
 			100*x.ClientCPU.Seconds()/x.Elapsed.Seconds())
 	}
@@ -499,7 +544,7 @@ func (r *Result) WriteTable(w io.Writer) {
 	}
 	if len(r.LogLines) > 0 {
 		fmt.Fprintf(w, "\nrequest log lines (warm-up included):")
-		for _, n := range []string{"gwlbproxy", "squid"} {
+		for _, n := range []string{"gwlbproxy", BindOffRow, "squid"} {
 			if l, ok := r.LogLines[n]; ok {
 				fmt.Fprintf(w, " %s %d for %d requests;", n, l, r.Sent[n])
 			}
@@ -508,6 +553,20 @@ func (r *Result) WriteTable(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 	r.writeMirrorCost(w)
+	for _, scen := range []string{NewConn, KeepAlive} {
+		on, ok1 := r.Find("gwlbproxy", scen)
+		off, ok2 := r.Find(BindOffRow, scen)
+		if !ok1 || !ok2 || on.PerCPUSecond() == 0 || off.PerCPUSecond() == 0 || off.RPS == 0 {
+			continue
+		}
+		cost := 100 * (1 - on.PerCPUSecond()/off.PerCPUSecond())
+		verdict := "met"
+		if cost >= 2 {
+			verdict = "NOT met"
+		}
+		fmt.Fprintf(w, "destination binding on vs off %-10s req per CPU-second %+.1f%% cost, req/s %+.1f%% (cache-hit path; target < 2%%: %s)\n",
+			scen, cost, 100*(1-on.RPS/off.RPS), verdict)
+	}
 	for _, s := range []struct {
 		scen   string
 		target float64
@@ -535,7 +594,7 @@ func ms(d time.Duration) string {
 // gwlbproxy's CPU time per request and per MiB of response body.
 func (r *Result) writeMirrorCost(w io.Writer) {
 	for _, m := range r.Rows {
-		if m.Proxy != "gwlbproxy+m" || m.Requests == 0 {
+		if m.Proxy != MirrorRow || m.Requests == 0 {
 			continue
 		}
 		g, ok := r.Find("gwlbproxy", m.Scenario)

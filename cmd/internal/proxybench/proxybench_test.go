@@ -59,7 +59,7 @@ func TestRunShort(t *testing.T) {
 	res.WriteTable(&out)
 	t.Logf("\n%s", out.String())
 
-	proxies := []string{"none", "gwlbproxy"}
+	proxies := []string{"none", "gwlbproxy", BindOffRow}
 	if cfg.Squid != "" {
 		proxies = append(proxies, "squid")
 	}
@@ -81,7 +81,7 @@ func TestRunShort(t *testing.T) {
 			t.Errorf("%s logged %d lines for %d requests", p, res.LogLines[p], res.Sent[p])
 		}
 	}
-	if !strings.Contains(out.String(), "gwlbproxy  new-conn") {
+	if !strings.Contains(out.String(), "gwlbproxy   new-conn") || !strings.Contains(out.String(), "destination binding on vs off new-conn") {
 		t.Errorf("table lacks the gwlbproxy row:\n%s", out.String())
 	}
 }
@@ -96,7 +96,7 @@ func TestRunShortMirror(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Conns, cfg.Duration, cfg.Warmup = 2, time.Second, 200*time.Millisecond
 	cfg.ServerCommand = []string{os.Args[0], "proxy-server"}
-	cfg.Squid, cfg.Baseline, cfg.Mirror = "", false, true
+	cfg.Squid, cfg.Baseline, cfg.Mirror, cfg.CompareBinding = "", false, true, false
 	cfg.Scenario = KeepAlive
 	cfg.BodySizes = []int{1024, 1 << 20}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -108,7 +108,7 @@ func TestRunShortMirror(t *testing.T) {
 	var out bytes.Buffer
 	res.WriteTable(&out)
 	t.Logf("\n%s", out.String())
-	for _, p := range []string{"gwlbproxy", "gwlbproxy+m"} {
+	for _, p := range []string{"gwlbproxy", MirrorRow} {
 		for _, s := range []string{KeepAlive + "/1KiB", KeepAlive + "/1MiB"} {
 			r, ok := res.Find(p, s)
 			if !ok || r.Requests == 0 || r.Errors != 0 || r.ProxyCPU <= 0 {

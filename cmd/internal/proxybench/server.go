@@ -42,6 +42,8 @@ func ServerMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	records := fs.String("records", "", "file the records are appended to (empty: discarded)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	mirrorDev := fs.String("mirror", "", "turn the decryption mirror on into this tap device (issue 19)")
+	bindMode := fs.String("binding", proxy.BindEnforce, "proxy.binding.mode: enforce, report_only or off")
+	dnsServer := fs.String("dns", "", "DNS server (ip:port) destination binding asks; empty: /etc/resolv.conf")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -62,6 +64,10 @@ func ServerMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	cfg.Policy.NoSNIAction = "allow"
 	cfg.UpstreamCABundle = *upCA
 	cfg.HTTP2 = false // the load client and Squid speak HTTP/1.1 only
+	cfg.Binding.Mode = *bindMode
+	if *dnsServer != "" {
+		cfg.Binding.Resolver.Servers = []string{*dnsServer}
+	}
 
 	var rec proxy.Recorder = discard{}
 	var fr *fileRecorder
