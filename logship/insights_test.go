@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/logship/evetail"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/flowlog"
 )
@@ -71,6 +72,14 @@ func TestInsightsQueriesReferenceRecordFields(t *testing.T) {
 	}
 	var fromProxy map[string]any
 	if err := json.Unmarshal(r.AppendJSON(nil, 1024), &fromProxy); err != nil {
+		t.Fatal(err)
+	}
+	// issue 19: the same log group holds Suricata's ids_alert records.
+	alert, err := evetail.AlertRecord([]byte(`{"timestamp":"2026-12-07T20:25:25.427045+0000","flow_id":1,"event_type":"alert","src_ip":"203.0.113.1","src_port":443,"dest_ip":"10.0.0.1","dest_port":40000,"proto":"TCP","direction":"to_client","alert":{"action":"allowed","signature_id":1,"rev":1,"signature":"s","category":"","severity":3},"http":{"hostname":"a.example","url":"/"},"app_proto":"http"}`), "i-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(alert, &fromProxy); err != nil { // adds its fields
 		t.Fatal(err)
 	}
 	// And the field list of the contract (the two must agree).

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/ssrf"
 )
@@ -91,6 +92,11 @@ type Config struct {
 	// 0: max_conns/8 (at least 1). Excess connections get a 503 page
 	// (plain HTTP) or a clean close (TLS), and a rate-limited record.
 	MaxConnsPerClient int `yaml:"max_conns_per_client"`
+	// Mirror is the decryption mirror (issue 19): the cleartext of bumped
+	// HTTP/1.x and plain HTTP connections as synthetic TCP/IP packets into
+	// a tap device for an IDS. Off by default. The app opens the device
+	// (Deps.Mirror); see package mirror.
+	Mirror mirror.Config `yaml:"mirror"`
 }
 
 // DefaultConfig returns every default.
@@ -120,6 +126,7 @@ func DefaultConfig() Config {
 		MaxRecordField:        2048,
 		ProgressTimeout:       30 * time.Second,
 		MaxConnsPerClient:     0,
+		Mirror:                mirror.DefaultConfig(),
 	}
 }
 
@@ -180,6 +187,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxRecordField < 64 || c.MaxRecordField > 65536 {
 		return fmt.Errorf("max_record_field: %d out of range 64..65536", c.MaxRecordField)
+	}
+	if err := c.Mirror.Validate(); err != nil {
+		return fmt.Errorf("mirror.%w", err)
 	}
 	return nil
 }

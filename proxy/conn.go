@@ -3,6 +3,7 @@ package proxy
 import (
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -10,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
@@ -258,20 +260,66 @@ func tlsVersionName(v uint16) string {
 type servedConn struct {
 	net.Conn
 	st *connState
+	// mir mirrors the cleartext both ways (nil: mirror off or HTTP/2).
+	mir *mirror.Stream
 }
 
-// Write notes a write that timed out: the client stopped reading (the
-// only write deadlines on a served conn are progress deadlines).
+// served wraps a client conn about to be served as HTTP/1.x, starting its
+// mirrored stream when the decryption mirror is on.
+func (p *Proxy) served(c net.Conn, st *connState) *servedConn {
+	sc := &servedConn{Conn: c, st: st}
+	if p.deps.Mirror != nil {
+		sc.mir = p.deps.Mirror.Start(st.clientAP, st.dst)
+	}
+	return sc
+}
+
+// countUnmirroredH2 counts a bumped HTTP/2 connection the mirror skips.
+func (p *Proxy) countUnmirroredH2() {
+	if p.deps.Mirror != nil {
+		p.m.mirrorH2.Inc()
+	}
+}
+
+// Read mirrors what the client sent.
+func (c *servedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if c.mir != nil {
+		c.mir.Client(b[:n])
+		if err != nil && abnormal(err) {
+			c.mir.Abort()
+		}
+	}
+	return n, err
+}
+
+// Write mirrors what the client was sent, and notes a write that timed
+// out: the client stopped reading (the only write deadlines on a served
+// conn are progress deadlines).
 func (c *servedConn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
 	if err != nil && isTimeoutErr(err) {
 		c.st.setStall(stallClientRead)
 	}
+	if c.mir != nil {
+		c.mir.Server(b[:n])
+		if err != nil {
+			c.mir.Abort()
+		}
+	}
 	return n, err
+}
+
+// abnormal: a read error that is not an orderly end (EOF, our own close,
+// an idle or shutdown deadline), so the mirrored stream ends with RST.
+func abnormal(err error) bool {
+	var ne net.Error
+	return !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !(errors.As(err, &ne) && ne.Timeout())
 }
 
 func (c *servedConn) Close() error {
 	err := c.Conn.Close()
+	c.mir.Close()
 	c.st.finish()
 	return err
 }

@@ -31,7 +31,7 @@ func (p *Proxy) handleConn(c net.Conn, isTLS bool) {
 		return
 	}
 	if !isTLS {
-		p.serveH1(&servedConn{Conn: c, st: st})
+		p.serveH1(p.served(c, st))
 		return
 	}
 	p.handleTLS(st)
@@ -65,6 +65,9 @@ func (p *Proxy) handleTLS(st *connState) {
 	}
 	c.SetReadDeadline(time.Time{})
 	st.rec.SNI = hello.ServerName
+	// crypto/tls accepted these bytes; a hello our fingerprint parser
+	// cannot read just leaves ja4/ja3 empty.
+	st.rec.Fingerprint.Compute(buf)
 	rc := &replayConn{Conn: c, prefix: buf}
 
 	d := p.decideTLS(st, hello)
@@ -209,6 +212,8 @@ func (p *Proxy) bump(st *connState, rc *replayConn, h *Hello) {
 		// net/http's own h2 path needs a *tls.Conn it accepted itself;
 		// x/net/http2 serves our prepared conn, with p.srv's timeouts
 		// and its graceful shutdown (registered by ConfigureServer).
+		// HTTP/2 is not mirrored (see package mirror).
+		p.countUnmirroredH2()
 		p.h2.ServeConn(sc, &http2.ServeConnOpts{
 			Context:    context.WithValue(p.ctx, stateKey{}, st),
 			BaseConfig: p.srv,
@@ -217,7 +222,7 @@ func (p *Proxy) bump(st *connState, rc *replayConn, h *Hello) {
 		sc.Close()
 		return
 	}
-	p.serveH1(sc)
+	p.serveH1(p.served(tc, st))
 }
 
 // splice connects the client to the original destination without

@@ -12,6 +12,7 @@ type metrics struct {
 	upErrs    prometheus.Counter
 	shipFail  prometheus.Counter
 	refused   prometheus.Counter
+	mirrorH2  prometheus.Counter
 	binding   *prometheus.CounterVec
 	bindBy    map[string]prometheus.Counter // binding's labels, bound once
 
@@ -66,6 +67,8 @@ func newMetrics(reg prometheus.Registerer, p *Proxy) *metrics {
 			p.mu.Unlock()
 			return float64(n) / float64(p.maxConns)
 		}),
+		mirrorH2: prometheus.NewCounter(prometheus.CounterOpts{Name: "gwlbproxy_mirror_h2_not_mirrored_total",
+			Help: "Bumped HTTP/2 connections not mirrored while the decryption mirror is on (HTTP/2 is not mirrored)."}),
 	}
 	m.bindBy = map[string]prometheus.Counter{}
 	for _, s := range []string{bindMatch, bindMismatch, bindFailed, bindOptOut, bindOff} {
@@ -73,7 +76,7 @@ func newMetrics(reg prometheus.Registerer, p *Proxy) *metrics {
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.binding, m.accepted, m.decisions, m.requests, m.active, m.limited, m.helloFail, m.upErrs, m.shipFail, m.refused,
-			m.clientLimited, m.stalled, m.maxConns, m.saturation} {
+			m.clientLimited, m.stalled, m.maxConns, m.saturation, m.mirrorH2} {
 			reg.MustRegister(c)
 		}
 	}

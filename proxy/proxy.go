@@ -83,6 +83,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http2"
 
+	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/ssrf"
 )
@@ -143,6 +144,10 @@ type Deps struct {
 	// Memory is the memory max_conns is sized from or checked against,
 	// in bytes (SizeMaxConns). 0: the cgroup limit or MemTotal.
 	Memory uint64
+	// Mirror, when set, receives the cleartext of plain HTTP and bumped
+	// HTTP/1.x connections (the decryption mirror). Nil: nothing mirrored,
+	// at no cost.
+	Mirror *mirror.Mirror
 }
 
 // Proxy is the inspecting proxy. Create with New.

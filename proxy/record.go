@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/tlsfp"
 )
 
 // Recorder receives one JSON object per request or connection. The callee
@@ -61,6 +63,9 @@ type Record struct {
 	// progress_timeout: client_send, client_read, upstream_read; "" when
 	// nothing stalled.
 	Stalled string
+	// Fingerprint is the JA4 and JA3 of the client's ClientHello (TLS
+	// connections only; written as "ja4" and "ja3", "" when none).
+	Fingerprint tlsfp.Fingerprint
 }
 
 // AppendJSON appends r as one JSON object (no newline) to b. Every string is
@@ -111,7 +116,12 @@ func (r *Record) appendJSON(b []byte, maxField int, id []byte) []byte {
 	b = appendStr(b, "bind_name", r.BindName, maxField)
 	b = appendStr(b, "bind_answers", r.BindAnswers, maxField)
 	b = appendStr(b, "stalled", r.Stalled, maxField)
-	return append(b, '}')
+	// Fingerprints are hex, digits and '_' only: no escaping needed.
+	b = append(b, `,"ja4":"`...)
+	b = r.Fingerprint.AppendJA4(b)
+	b = append(b, `","ja3":"`...)
+	b = r.Fingerprint.AppendJA3(b)
+	return append(b, '"', '}')
 }
 
 func appendInt(b []byte, key string, v int64) []byte {

@@ -6,6 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
+	"strings"
 
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/proxybench"
 )
@@ -58,6 +60,8 @@ func cmdBenchProxy(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.IntVar(&d.IdleConns, "idle-conns", d.IdleConns, "connections the idle scenario holds open")
 	fs.BoolVar(&d.IdleHTTP2, "idle-h2", false, "idle scenario: clients speak HTTP/2 to gwlbproxy, as browsers do (Squid skipped)")
 	fs.BoolVar(&d.UpstreamPerClient, "upstream-per-client", false, "gwlbproxy dials each upstream from its client's address, one per client connection (egress_mode tunnel)")
+	fs.BoolVar(&d.Mirror, "mirror", false, "also run gwlbproxy with the decryption mirror on (row gwlbproxy+m) and print its cost")
+	bodies := fs.String("bodies", "", "comma-separated body sizes, each scenario run once per size (e.g. 1024,1048576)")
 	verbose := fs.Bool("v", false, "log progress to stderr")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -67,6 +71,15 @@ func cmdBenchProxy(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return err
 	}
 	d.ServerCommand = []string{exe, "bench", "proxy-server"}
+	if *bodies != "" {
+		for _, f := range strings.Split(*bodies, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 0 {
+				return fmt.Errorf("bench proxy: --bodies: %q is not a byte count", f)
+			}
+			d.BodySizes = append(d.BodySizes, n)
+		}
+	}
 	if *verbose {
 		d.Log = slog.New(slog.NewTextHandler(stderr, nil))
 	}

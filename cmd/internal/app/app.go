@@ -30,7 +30,9 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/lifecycle"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/sdnotify"
 	"github.com/gwlbproxy/gwlbproxy/logship"
+	"github.com/gwlbproxy/gwlbproxy/logship/evetail"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
 	"github.com/gwlbproxy/gwlbproxy/proxy/resolve"
 	"github.com/gwlbproxy/gwlbproxy/tunnel"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/flowlog"
@@ -100,6 +102,19 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 		return fmt.Errorf("logship: %w", err)
 	}
 	shipperOpen := true
+	// issue 19: Suricata's alerts into the same log group.
+	if ic := c.Logship.IDSAlerts; ic.Enabled {
+		ic.InstanceID = instanceID
+		tl, err := evetail.New(ic, shipper, log.With("component", "evetail"))
+		if err != nil {
+			return fmt.Errorf("logship.ids_alerts: %w", err)
+		}
+		go func() {
+			if err := tl.Run(bg); err != nil {
+				log.Error("ids alert tailer stopped", "err", err)
+			}
+		}()
+	}
 	defer func() { // startup failed after the shipper opened: keep its spool
 		if shipperOpen {
 			_ = shipper.Close(context.Background())
@@ -163,6 +178,16 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 		return fmt.Errorf("proxy listeners: %w", err)
 	}
 	cleanup.add("proxy listeners", ls.Close)
+	// issue 19: the decryption mirror's tap device, when turned on.
+	var mir *mirror.Mirror
+	if c.Proxy.Mirror.Enabled {
+		if mir, err = mirror.Open(c.Proxy.Mirror); err != nil {
+			return fmt.Errorf("proxy.mirror: %w", err)
+		}
+		cleanup.add("mirror", mir.Close)
+		reg.MustRegister(mir.Collectors()...)
+		log.Info("decryption mirror on", "interface", c.Proxy.Mirror.Interface, "mtu", c.Proxy.Mirror.MTU)
+	}
 	px, err := proxy.New(c.Proxy, proxy.Deps{
 		Certs:             minter,
 		Recorder:          shipper,
@@ -174,6 +199,7 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 		Admit:      shipper.Admit,
 		InstanceID: instanceID,
 		Binder:     resolver,
+		Mirror:     mir,
 	}, log.With("component", "proxy"), reg)
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)

@@ -44,6 +44,12 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"log: 3\n", "log (line 1): expected a mapping"},
 		{"log:\n  level: info\n  level: debug\n", "log.level (line 3): duplicate key"},
 		{"log: [\n", "yaml:"},
+		// issue 19: decryption mirror keys.
+		{"proxy:\n  mirror:\n    enabled: true\n    mtu: 100\n", "proxy.mirror.mtu: 100 out of range"},
+		{"proxy:\n  mirror:\n    enabled: true\n    interface: \"\"\n", "proxy.mirror.interface:"},
+		{"proxy:\n  mirror:\n    enable: true\n", "proxy.mirror.enable (line 3): unknown key"},
+		{"proxy:\n  mirror:\n    queue_packets: 0\n", "proxy.mirror.queue_packets: 0 out of range"},
+		{"logship:\n  ids_alerts:\n    poll: 1ms\n", "logship.ids_alerts.poll: 1ms out of range"},
 	}
 	for _, tc := range cases {
 		_, err := Parse([]byte(tc.yaml))

@@ -71,6 +71,14 @@ type Config struct {
 	// the proxies take turns and slow drifts of a shared machine hit both;
 	// each row aggregates its rounds (sums, merged latencies).
 	Rounds int
+	// BodySizes, when set, runs every scenario once per body size (rows
+	// named "<scenario>/<size>") instead of with BodySize only.
+	BodySizes []int
+	// Mirror adds a second gwlbproxy run per round with the decryption
+	// mirror on (proxy row MirrorRow): the mirror's tap device in the
+	// router namespace, nothing capturing it (the kernel's receive path
+	// drops the frames), so the figures are the proxy's own cost.
+	Mirror bool
 	// Log receives progress; nil discards.
 	Log *slog.Logger
 }
@@ -87,6 +95,9 @@ func DefaultConfig() Config {
 
 // BindOffRow is the row of gwlbproxy with proxy.binding.mode off.
 const BindOffRow = "gw-bindoff"
+
+// MirrorRow is the row of gwlbproxy with the decryption mirror on.
+const MirrorRow = "gwlbproxy+m"
 
 // dnsTTL is the TTL the bench's DNS server gives Host: longer than any
 // run, so binding is measured on its cache-hit path.
@@ -238,7 +249,11 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		return res, err
 	}
 	defer func() { err = errors.Join(err, t.close()) }()
-	up, err := startUpstream(t, upDir, cfg.Host, cfg.BodySize)
+	sizes := cfg.BodySizes
+	if len(sizes) == 0 {
+		sizes = []int{cfg.BodySize}
+	}
+	up, err := startUpstream(t, upDir, cfg.Host, cfg.BodySize, slices.Max(sizes))
 	if err != nil {
 		return res, err
 	}
@@ -266,14 +281,18 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 			}
 			return idleScenario(ctx, cfg, &res, name, t.client, dst, roots, p, cfg.IdleHTTP2 && name == "gwlbproxy")
 		}
-		for _, keep := range []bool{false, true} {
-			l := &load{ns: t.client, dst: dst, host: cfg.Host, roots: roots, conns: cfg.Conns, keepAlive: keep, bodyLen: int64(cfg.BodySize)}
+		for _, sk := range sizeKeep(sizes) {
+			size, keep := sk.size, sk.keep
+			l := &load{ns: t.client, dst: dst, host: cfg.Host, roots: roots, conns: cfg.Conns, keepAlive: keep, bodyLen: int64(size)}
 			scen := NewConn
 			if keep {
 				scen = KeepAlive
 			}
 			if cfg.Scenario != "" && cfg.Scenario != scen {
 				continue
+			}
+			if len(sizes) > 1 {
+				scen += "/" + sizeLabel(size)
 			}
 			if cfg.Warmup > 0 {
 				w := l.run(ctx, cfg.Warmup)
@@ -337,11 +356,12 @@ func runRound(ctx context.Context, cfg Config, round int, res *Result, t *topolo
 	}
 
 	// gwlbproxy: records append to one file over all rounds.
-	gw := func(name, records, binding, profile string) error {
+	gw := func(name, records, binding, profile string, extra ...string) error {
 		args := append(append([]string{}, cfg.ServerCommand[1:]...),
 			"--listen", netip.AddrPortFrom(loopback, gwPort).String(),
 			"--ca-cert", bumpCert, "--ca-key", bumpKey, "--upstream-ca", upCA, "--records", records,
 			"--binding", binding, "--dns", netip.AddrPortFrom(upstreamAddr, 53).String())
+		args = append(args, extra...)
 		if profile != "" {
 			args = append(args, "--cpuprofile", profile)
 		}
@@ -370,6 +390,16 @@ func runRound(ctx context.Context, cfg Config, round int, res *Result, t *topolo
 			runs = append(runs, off)
 		}
 	}
+	if cfg.Mirror { // issue 19: the same proxy with the decryption mirror on
+		mir := func() error {
+			return gw(MirrorRow, records+".mirror", "enforce", "", "--mirror", "pbmirror0")
+		}
+		if round%2 == 0 {
+			runs = append([]func() error{mir}, runs...)
+		} else {
+			runs = append(runs, mir)
+		}
+	}
 	for _, run := range runs {
 		if err := run(); err != nil {
 			return err
@@ -389,6 +419,36 @@ func runRound(ctx context.Context, cfg Config, round int, res *Result, t *topolo
 		res.LogLines["squid"] += countLines(filepath.Join(sdir, "access.log"))
 	}
 	return nil
+}
+
+// sizeKeep lists the (body size, keep-alive) pairs in run order.
+func sizeKeep(sizes []int) []struct {
+	size int
+	keep bool
+} {
+	var out []struct {
+		size int
+		keep bool
+	}
+	for _, s := range sizes {
+		for _, k := range []bool{false, true} {
+			out = append(out, struct {
+				size int
+				keep bool
+			}{s, k})
+		}
+	}
+	return out
+}
+
+func sizeLabel(n int) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return strconv.Itoa(n>>20) + "MiB"
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return strconv.Itoa(n>>10) + "KiB"
+	}
+	return strconv.Itoa(n) + "B"
 }
 
 // aggregator merges the rounds of each (proxy, scenario) into one row.
@@ -511,7 +571,7 @@ func (r *Result) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "TLS 1.3 X25519, ECDSA P-256 CA shared by both proxies, full handshakes (no resumption), HTTP/1.1\n")
 	fmt.Fprintf(w, "proxy pinned to CPU %d (gwlbproxy GOMAXPROCS=1, Squid one worker); client + upstream on CPU %d; load average %s at start, %s at end\n\n",
 		c.ProxyCPU, c.ClientCPU, r.LoadAvg[0], r.LoadAvg[1])
-	fmt.Fprintf(w, "%-11s %-10s %9s %9s %9s %9s %7s %12s %10s %11s\n",
+	fmt.Fprintf(w, "%-11s %-14s %9s %9s %9s %9s %7s %12s %10s %11s\n",
 		"proxy", "scenario", "requests", "req/s", "p50", "p99", "errors", "proxy CPU", "req/CPU-s", "client CPU")
 	for _, x := range r.Rows {
 		perCPU, pcpu := "-", "-"
@@ -519,7 +579,7 @@ func (r *Result) WriteTable(w io.Writer) {
 			perCPU = strconv.FormatFloat(x.PerCPUSecond(), 'f', 0, 64)
 			pcpu = fmt.Sprintf("%.2fs %3.0f%%", x.ProxyCPU.Seconds(), 100*x.ProxyCPU.Seconds()/x.Elapsed.Seconds())
 		}
-		fmt.Fprintf(w, "%-11s %-10s %9d %9.0f %9s %9s %7d %12s %10s %10.0f%%\n",
+		fmt.Fprintf(w, "%-11s %-14s %9d %9.0f %9s %9s %7d %12s %10s %10.0f%%\n",
 			x.Proxy, x.Scenario, x.Requests, x.RPS, ms(x.P50), ms(x.P99), x.Errors, pcpu, perCPU,
 			100*x.ClientCPU.Seconds()/x.Elapsed.Seconds())
 	}
@@ -538,6 +598,7 @@ func (r *Result) WriteTable(w io.Writer) {
 		fmt.Fprintln(w)
 	}
 	fmt.Fprintln(w)
+	r.writeMirrorCost(w)
 	for _, scen := range []string{NewConn, KeepAlive} {
 		on, ok1 := r.Find("gwlbproxy", scen)
 		off, ok2 := r.Find(BindOffRow, scen)
@@ -573,4 +634,34 @@ func (r *Result) WriteTable(w io.Writer) {
 
 func ms(d time.Duration) string {
 	return strconv.FormatFloat(d.Seconds()*1000, 'f', 2, 64) + "ms"
+}
+
+// writeMirrorCost prints, per scenario, what the decryption mirror adds to
+// gwlbproxy's CPU time per request and per MiB of response body.
+func (r *Result) writeMirrorCost(w io.Writer) {
+	for _, m := range r.Rows {
+		if m.Proxy != MirrorRow || m.Requests == 0 {
+			continue
+		}
+		g, ok := r.Find("gwlbproxy", m.Scenario)
+		if !ok || g.Requests == 0 {
+			continue
+		}
+		size := r.Config.BodySize
+		if _, s, ok := strings.Cut(m.Scenario, "/"); ok {
+			for _, n := range r.Config.BodySizes {
+				if sizeLabel(n) == s {
+					size = n
+				}
+			}
+		}
+		per := func(x Row) float64 { return x.ProxyCPU.Seconds() / float64(x.Requests) }
+		d := per(m) - per(g)
+		perMB := "-"
+		if size > 0 {
+			perMB = fmt.Sprintf("%+.2f ms", 1000*d/(float64(size)/(1<<20)))
+		}
+		fmt.Fprintf(w, "mirror cost %-14s %+.1f µs CPU per request (%.1f -> %.1f µs, %+.0f%%), %s CPU per MiB of body; req/s %.0f -> %.0f\n",
+			m.Scenario, 1e6*d, 1e6*per(g), 1e6*per(m), 100*d/per(g), perMB, g.RPS, m.RPS)
+	}
 }

@@ -128,3 +128,41 @@ func TestIdleShort(t *testing.T) {
 		t.Logf("%+v\n%s", mode, b.String())
 	}
 }
+
+// TestRunShortMirror: the decryption mirror's rows (issue 19), keep-alive
+// with two body sizes in one run, gwlbproxy with and without the mirror;
+// the table prints the mirror's cost.
+func TestRunShortMirror(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: network namespaces, nftables, TPROXY, tap device")
+	}
+	cfg := DefaultConfig()
+	// A smoke test (the race-built test binary is the proxy here): 256 KiB
+	// bodies and a 1 s warm-up keep it meaningful on a loaded CI machine;
+	// the figures come from `gwlbproxy bench proxy --mirror`.
+	cfg.Conns, cfg.Duration, cfg.Warmup = 2, time.Second, time.Second
+	cfg.ServerCommand = []string{os.Args[0], "proxy-server"}
+	cfg.Squid, cfg.Baseline, cfg.Mirror, cfg.CompareBinding = "", false, true, false
+	cfg.Scenario = KeepAlive
+	cfg.BodySizes = []int{1024, 256 << 10}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	res.WriteTable(&out)
+	t.Logf("\n%s", out.String())
+	for _, p := range []string{"gwlbproxy", MirrorRow} {
+		for _, s := range []string{KeepAlive + "/1KiB", KeepAlive + "/256KiB"} {
+			r, ok := res.Find(p, s)
+			if !ok || r.Requests == 0 || r.Errors != 0 || r.ProxyCPU <= 0 {
+				t.Errorf("%s %s: %+v", p, s, r)
+			}
+		}
+	}
+	if !strings.Contains(out.String(), "mirror cost keep-alive/256KiB") {
+		t.Errorf("table lacks the mirror cost:\n%s", out.String())
+	}
+}

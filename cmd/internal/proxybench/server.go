@@ -19,6 +19,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/ca"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
@@ -41,6 +42,7 @@ func ServerMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	upCA := fs.String("upstream-ca", "", "PEM bundle trusted for upstream servers")
 	records := fs.String("records", "", "file the records are appended to (empty: discarded)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	mirrorDev := fs.String("mirror", "", "turn the decryption mirror on into this tap device (issue 19)")
 	bindMode := fs.String("binding", proxy.BindEnforce, "proxy.binding.mode: enforce, report_only or off")
 	dnsServer := fs.String("dns", "", "DNS server (ip:port) destination binding asks; empty: /etc/resolv.conf")
 	h2 := fs.Bool("http2", false, "offer h2 to clients (the appliance default; off so that gwlbproxy and Squid both speak HTTP/1.1)")
@@ -80,7 +82,16 @@ func ServerMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		rec = fr
 	}
-	deps := proxy.Deps{Certs: minter, Recorder: rec, InstanceID: "proxybench"}
+	var mir *mirror.Mirror
+	if *mirrorDev != "" {
+		mc := mirror.DefaultConfig()
+		mc.Enabled, mc.Interface = true, *mirrorDev
+		if mir, err = mirror.Open(mc); err != nil {
+			return err
+		}
+		defer mir.Close()
+	}
+	deps := proxy.Deps{Certs: minter, Recorder: rec, InstanceID: "proxybench", Mirror: mir}
 	if *perClient {
 		deps.UpstreamPerClient = true
 		deps.DialUpstream = dialAsClient
