@@ -6,10 +6,14 @@
 // appliance is `gwlbproxy run` started inside the appliance namespace
 // through nsexec, with one-arm steering (steer.egress_mode tunnel), so a
 // packet goes GENEVE in -> gwi- -> kernel routing -> gwo- -> GENEVE out,
-// the production path. The generator (tunnel/gwlbsim.Bench: pre-built
-// packets, sendmmsg/recvmmsg, a stepped search for the best rate at <= 1 %
-// loss) is pinned to one CPU and the appliance to another, so that the
-// appliance's figures are those of one core.
+// the production path. The generator (tunnel/gwlbsim.Bench: prebuilt
+// Ethernet frames written with sendmmsg on an AF_PACKET socket with
+// PACKET_QDISC_BYPASS, outer UDP checksum 0 as a NIC that verified it
+// would leave it, recvmmsg to count returns, a stepped search for the best
+// rate at <= 1 % loss) is pinned to one CPU and the appliance to another,
+// so that the appliance's figures are those of one core. The table prints
+// the generator's CPU: a baseline whose generator is near 100 % measures
+// the generator, not the kernel.
 //
 // Plain forwarding is the baseline the issue asks for: the same inner
 // packets sent from the GWLB namespace through the appliance namespace to
