@@ -32,6 +32,23 @@ const (
 	NumReasons          = 18
 )
 
+var passNames = [...]string{
+	PassNotGENEVE:       "not_geneve",
+	PassOuter:           "outer",
+	PassUnknownEndpoint: "unknown_endpoint",
+	PassInner:           "inner",
+	PassNoFlow:          "no_flow",
+	PassEgressOther:     "egress_other",
+}
+
+// ReasonName names a pass reason (FirstPass..ErrHelper-1) for stats.
+func ReasonName(r int) string {
+	if r >= FirstPass && r < len(passNames) {
+		return passNames[r]
+	}
+	return fmt.Sprintf("reason_%d", r)
+}
+
 // HeaderMax is the longest GENEVE header the programs carry.
 const HeaderMax = 72
 
