@@ -34,6 +34,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -71,6 +72,10 @@ type Config struct {
 	// Notrack sets steer.notrack_geneve (outer GENEVE exempt from
 	// conntrack).
 	Notrack bool
+	// Datapaths are the tunnel.datapath values measured, each with its
+	// own appliance run ("userspace", "ebpf"); plain forwarding is
+	// measured during the first.
+	Datapaths []string
 	// Rates, if set, holds exactly these offered rates (pps) instead of
 	// searching (gwlbsim.BenchConfig.Rates); compare builds by the
 	// appliance core's time per packet at a rate both sustain.
@@ -85,12 +90,13 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{Payloads: []int{64, 8472}, Flows: 64, Step: time.Second,
 		GeneratorCPU: 0, ApplianceCPU: 1, Offload: true, Workers: 1,
+		Datapaths: []string{"userspace", "ebpf"},
 		Notrack: steer.DefaultConfig().NotrackGeneve}
 }
 
 // Row is one measurement.
 type Row struct {
-	Path      string // "plain" or "tunnel"
+	Path      string // "plain", or the tunnel's datapath: "userspace", "ebpf"
 	InnerSize int
 	gwlbsim.BenchResult
 	// ApplianceCPU is the appliance process's CPU time over the run.
@@ -109,7 +115,7 @@ type Row struct {
 	CorePerPacket time.Duration
 }
 
-// Result is every row, in pairs (plain, tunnel) per payload size.
+// Result is every row: per payload size plain, then each datapath.
 type Result struct {
 	Config Config
 	Rows   []Row
@@ -143,16 +149,33 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err := steerRx(topo.Appliance, "u0", cfg.ApplianceCPU); err != nil {
 		return nil, err
 	}
-	cfgFile, err := writeConfig(dir, cfg)
-	if err != nil {
-		return nil, err
+	res := &Result{Config: cfg}
+	for i, dp := range cfg.Datapaths {
+		if err := runDatapath(ctx, cfg, topo, dir, dp, i == 0, res, log); err != nil {
+			res.sort()
+			return res, err
+		}
 	}
-	app, err := start(ctx, cfg, topo.Appliance.Name, cfgFile, filepath.Join(dir, "appliance.log"))
+	res.sort()
+	return res, nil
+}
+
+// runDatapath starts the appliance with tunnel.datapath dp and measures
+// the tunnel at every payload size (and plain forwarding, with plain set,
+// while that appliance idles: the same namespaces, the same programs
+// attached).
+func runDatapath(ctx context.Context, cfg Config, topo *gwlbsim.Topology, dir, dp string, plain bool, res *Result, log *slog.Logger) error {
+	cfgFile, err := writeConfig(dir, cfg, dp)
 	if err != nil {
-		return nil, err
+		return err
+	}
+	logFile := filepath.Join(dir, "appliance-"+dp+".log")
+	app, err := start(ctx, cfg, topo.Appliance.Name, cfgFile, logFile)
+	if err != nil {
+		return err
 	}
 	defer app.stop()
-	log.Info("appliance ready", "pid", app.cmdPid(), "config", cfgFile)
+	log.Info("appliance ready", "pid", app.cmdPid(), "config", cfgFile, "datapath", dp)
 
 	// Warm up: the first GENEVE packet creates the tunnel pair (and its
 	// steering); measure only once it carries traffic.
@@ -161,20 +184,26 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	var wr gwlbsim.BenchResult
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		if wr, err = gwlbsim.Bench(ctx, warm); err != nil {
-			return nil, err
+			return err
 		}
 		if wr.FlatOut.ReceivedPPS > 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("no GENEVE came back from the appliance; its log:\n%s", tail(filepath.Join(dir, "appliance.log"), 20))
+			return fmt.Errorf("no GENEVE came back from the appliance (datapath %s); its log:\n%s", dp, tail(logFile, 20))
 		}
 	}
 	_ = pinAll(app.pid, cfg.ApplianceCPU) // threads started since
+	if dp == "ebpf" && !strings.Contains(tail(logFile, 400), `"datapath":"ebpf"`) {
+		return fmt.Errorf("appliance did not start the eBPF datapath; its log:\n%s", tail(logFile, 20))
+	}
 
-	res := &Result{Config: cfg}
 	for _, size := range cfg.Payloads {
-		for _, mode := range []gwlbsim.Mode{gwlbsim.ModePlain, gwlbsim.ModeTunnel} {
+		modes := []gwlbsim.Mode{gwlbsim.ModeTunnel}
+		if plain {
+			modes = []gwlbsim.Mode{gwlbsim.ModePlain, gwlbsim.ModeTunnel}
+		}
+		for _, mode := range modes {
 			bc := gwlbsim.DefaultBenchConfig(topo)
 			bc.Mode, bc.PayloadSize, bc.Flows, bc.Step, bc.CPU = mode, size, cfg.Flows, cfg.Step, cfg.GeneratorCPU
 			bc.Rates = cfg.Rates
@@ -184,9 +213,13 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			s1 := cpuTimes(cfg.ApplianceCPU)
 			busy := s1.busy - s0.busy
 			if err != nil {
-				return nil, fmt.Errorf("%s %d B: %w", mode, size, err)
+				return fmt.Errorf("%s %d B: %w", mode, size, err)
 			}
-			row := Row{Path: string(mode), InnerSize: r.InnerSize, BenchResult: r, ApplianceCPU: procCPU(app.pid) - c0}
+			path := string(mode)
+			if mode == gwlbsim.ModeTunnel {
+				path = dp
+			}
+			row := Row{Path: path, InnerSize: r.InnerSize, BenchResult: r, ApplianceCPU: procCPU(app.pid) - c0}
 			if total := s1.total - s0.total; total > 0 {
 				row.ApplianceCore = float64(busy) / float64(total)
 			}
@@ -204,18 +237,38 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			if got > 0 {
 				row.CorePerPacket = time.Duration(float64(busy) / 100 * 1e9 / got) // USER_HZ jiffies
 			}
-			log.Info("measured", "path", mode, "inner", r.InnerSize, "best_pps", int(r.BestPPS), "flat_out_recv", int(r.FlatOut.ReceivedPPS))
+			log.Info("measured", "path", path, "inner", r.InnerSize, "best_pps", int(r.BestPPS), "flat_out_recv", int(r.FlatOut.ReceivedPPS))
 			res.Rows = append(res.Rows, row)
 			if r.BadLength > 0 {
-				return res, fmt.Errorf("%s %d B: %d datagrams of the wrong length came back", mode, size, r.BadLength)
+				return fmt.Errorf("%s %d B: %d datagrams of the wrong length came back", path, size, r.BadLength)
 			}
 		}
 	}
-	return res, nil
+	return nil
 }
 
-func writeConfig(dir string, cfg Config) (string, error) {
-	caDir := filepath.Join(dir, "ca")
+// sort orders rows by size, then plain, userspace, ebpf.
+func (r *Result) sort() {
+	rank := func(p string) int {
+		switch p {
+		case "plain":
+			return 0
+		case "userspace":
+			return 1
+		}
+		return 2
+	}
+	sort.SliceStable(r.Rows, func(i, j int) bool {
+		a, b := r.Rows[i], r.Rows[j]
+		if a.InnerSize != b.InnerSize {
+			return a.InnerSize < b.InnerSize
+		}
+		return rank(a.Path) < rank(b.Path)
+	})
+}
+
+func writeConfig(dir string, cfg Config, datapath string) (string, error) {
+	caDir := filepath.Join(dir, "ca-"+datapath)
 	if err := ca.Init(caDir, ca.InitOptions{CommonName: "gwlbproxy tunnel bench CA", Validity: 24 * time.Hour}); err != nil {
 		return "", fmt.Errorf("bench CA: %w", err)
 	}
@@ -231,6 +284,7 @@ func writeConfig(dir string, cfg Config) (string, error) {
 	c.Tunnel.AllowedSources = []netip.Prefix{netip.PrefixFrom(gwlbsim.GWLBAddr, 32)}
 	c.Tunnel.Offload = cfg.Offload
 	c.Tunnel.Workers = cfg.Workers
+	c.Tunnel.Datapath = datapath
 	c.Steer.EgressMode = steer.EgressTunnel
 	c.Steer.IPv6 = false
 	c.Steer.NotrackGeneve = cfg.Notrack
@@ -246,7 +300,7 @@ func writeConfig(dir string, cfg Config) (string, error) {
 	if _, err := config.Parse(b); err != nil {
 		return "", fmt.Errorf("generated config: %w", err)
 	}
-	f := filepath.Join(dir, "gwlbproxy.yaml")
+	f := filepath.Join(dir, "gwlbproxy-"+datapath+".yaml")
 	return f, os.WriteFile(f, b, 0o644)
 }
 
@@ -421,24 +475,28 @@ func tail(path string, n int) string {
 // WriteTable prints the result.
 func (r *Result) WriteTable(w io.Writer) {
 	c := r.Config
-	fmt.Fprintf(w, "gwlbproxy bench tunnel: %d flows, %s steps, best rate at <= 1%% loss; generator on CPU %d, appliance on CPU %d; tunnel.offload=%v steer.notrack_geneve=%v\n\n",
+	fmt.Fprintf(w, "gwlbproxy bench tunnel: %d flows, %s steps, best rate at <= 1%% loss; generator (AF_PACKET, PACKET_QDISC_BYPASS, prebuilt frames, sendmmsg) on CPU %d, appliance on CPU %d; tunnel.offload=%v steer.notrack_geneve=%v\n",
 		c.Flows, c.Step, c.GeneratorCPU, c.ApplianceCPU, c.Offload, c.Notrack)
+	fmt.Fprintf(w, "path: plain = kernel forwarding without a tunnel; userspace, ebpf = the tunnel with that tunnel.datapath\n\n")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "inner size\tpath\tbest pps\tbest Gbps\tflat-out sent pps\tflat-out recv pps\tflat-out loss\tgenerator CPU\tappliance CPU\tappliance core busy\tof it softirq\tcore per packet\ttunnel/plain\t")
+	fmt.Fprintln(tw, "inner size\tpath\tbest pps\tbest Gbps\tflat-out sent pps\tflat-out recv pps\tflat-out loss\tflat-out/best\tgenerator CPU\tappliance CPU\tappliance core busy\tof it softirq\tcore per packet\tof plain\t")
 	var plain float64
 	for _, row := range r.Rows {
-		ratio := ""
+		ratio, flat := "", ""
 		if row.Path == "plain" {
 			plain = row.BestPPS
 		} else if plain > 0 {
 			ratio = fmt.Sprintf("%.2f", row.BestPPS/plain)
 		}
+		if row.BestPPS > 0 {
+			flat = fmt.Sprintf("%.2f", row.FlatOut.ReceivedPPS/row.BestPPS)
+		}
 		d := row.Duration.Seconds()
 		gen := (row.SenderCPU + row.ReceiverCPU).Seconds() / d * 100
 		app := row.ApplianceCPU.Seconds() / d * 100
-		fmt.Fprintf(tw, "%d B\t%s\t%.0f\t%.2f\t%.0f\t%.0f\t%.1f %%\t%.0f %%\t%.0f %%\t%.0f %%\t%.0f %%\t%.2f µs\t%s\t\n",
+		fmt.Fprintf(tw, "%d B\t%s\t%.0f\t%.2f\t%.0f\t%.0f\t%.1f %%\t%s\t%.0f %%\t%.0f %%\t%.0f %%\t%.0f %%\t%.2f µs\t%s\t\n",
 			row.InnerSize, row.Path, row.BestPPS, row.BestGbps, row.FlatOut.SentPPS, row.FlatOut.ReceivedPPS,
-			row.FlatOut.Loss*100, gen, app, row.ApplianceCore*100, row.CoreSoftirq*100, row.CorePerPacket.Seconds()*1e6, ratio)
+			row.FlatOut.Loss*100, flat, gen, app, row.ApplianceCore*100, row.CoreSoftirq*100, row.CorePerPacket.Seconds()*1e6, ratio)
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\ngenerator CPU: sender+receiver thread time / wall time (one core = 100 %%); appliance CPU: the gwlbproxy process.\n")
