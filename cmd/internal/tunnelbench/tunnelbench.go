@@ -91,7 +91,7 @@ func DefaultConfig() Config {
 	return Config{Payloads: []int{64, 8472}, Flows: 64, Step: time.Second,
 		GeneratorCPU: 0, ApplianceCPU: 1, Offload: true, Workers: 1,
 		Datapaths: []string{"userspace", "ebpf"},
-		Notrack: steer.DefaultConfig().NotrackGeneve}
+		Notrack:   steer.DefaultConfig().NotrackGeneve}
 }
 
 // Row is one measurement.
