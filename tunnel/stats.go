@@ -114,8 +114,8 @@ func (d *Daemon) Stats() Stats {
 		s.Datapath = DatapathEBPF
 		s.FastpathPassed = map[string]uint64{}
 		c := d.fp.Counters()
-		for i := fastpath.FirstPass; i < fastpath.ErrHelper; i++ {
-			if c[i] != 0 {
+		for i := range c {
+			if fastpath.IsPass(i) && c[i] != 0 {
 				s.FastpathPassed[fastpath.ReasonName(i)] = c[i]
 			}
 		}

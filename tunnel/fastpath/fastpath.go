@@ -27,9 +27,12 @@ const (
 	PassUnknownEndpoint = 13
 	PassInner           = 14 // inner packet not keyed in the kernel
 	PassNoFlow          = 15
-	PassEgressOther     = 16 // local socket, GSO, IPv6 inner, not a tunnel device
+	PassEgressOther     = 16 // not a tunnel device, too long, pull failed
 	ErrHelper           = 17 // a helper failed: dropped
-	NumReasons          = 18
+	PassEgressLocal     = 18 // from a local socket: checksum state unknown
+	PassEgressGSO       = 19 // GSO super-packet (segmented by userspace)
+	PassEgressIPv6      = 20 // IPv6 inner packet
+	NumReasons          = 21
 )
 
 var passNames = [...]string{
@@ -39,15 +42,23 @@ var passNames = [...]string{
 	PassInner:           "inner",
 	PassNoFlow:          "no_flow",
 	PassEgressOther:     "egress_other",
+	ErrHelper:           "",
+	PassEgressLocal:     "egress_local_socket",
+	PassEgressGSO:       "egress_gso",
+	PassEgressIPv6:      "egress_ipv6",
 }
 
-// ReasonName names a pass reason (FirstPass..ErrHelper-1) for stats.
+// ReasonName names a pass reason for stats (IsPass).
 func ReasonName(r int) string {
-	if r >= FirstPass && r < len(passNames) {
+	if IsPass(r) {
 		return passNames[r]
 	}
 	return fmt.Sprintf("reason_%d", r)
 }
+
+// IsPass reports whether counter r counts packets passed to userspace
+// (not dropped).
+func IsPass(r int) bool { return r >= FirstPass && r < NumReasons && r != ErrHelper }
 
 // HeaderMax is the longest GENEVE header the programs carry.
 const HeaderMax = 72

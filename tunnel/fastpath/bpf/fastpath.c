@@ -60,9 +60,12 @@ enum reason {
 	P_UNKNOWN_EP = 13,   // endpoint has no tunnel in the kernel yet
 	P_INNER = 14,        // inner packet the fast path does not key
 	P_NO_FLOW = 15,      // egress: no flow in the fast path's table
-	P_EGRESS_OTHER = 16, // egress: local socket, GSO, IPv6 inner, unknown device
+	P_EGRESS_OTHER = 16, // egress: not a tunnel device, too long, pull failed
 	E_ADJUST = 17,       // a helper failed: packet dropped
-	NUM_REASONS = 18,
+	P_EGRESS_LOCAL = 18, // egress: from a local socket (checksum offload state unknown)
+	P_EGRESS_GSO = 19,   // egress: GSO super-packet
+	P_EGRESS_IPV6 = 20,  // egress: IPv6 inner packet
+	NUM_REASONS = 21,
 };
 
 volatile const __u16 geneve_port = 6081; // host order, set at load
@@ -340,7 +343,16 @@ int geneve_ingress(struct __sk_buff *skb)
 {
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK; // IPv6 underlay: userspace (uncounted, not ours)
+	__u32 len = skb->len;
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	if (end - data < PULL_IN && end - data < len) {
+		// Headers outside the linear area (an AF_PACKET sender, some
+		// drivers' jumbo frames): bring them in before looking.
+		if (bpf_skb_pull_data(skb, len < PULL_IN ? len : PULL_IN))
+			return TC_ACT_OK;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+	}
 	if (data + OUTER_LEN > end)
 		return TC_ACT_OK;
 	__u8 *ip = data + ETH_LEN;
@@ -363,22 +375,10 @@ int geneve_ingress(struct __sk_buff *skb)
 	if (skb->gso_size)
 		return pass(P_OUTER);
 
-	__u32 len = skb->len;
 	if (len < OUTER_LEN + GENEVE_BASE)
 		return drop(R_TRUNCATED);
 	if (load16(ip + 2) != len - ETH_LEN || load16(udp + 4) != len - ETH_LEN - IP4_LEN)
 		return pass(P_OUTER); // padding or a length the kernel will judge
-	if (end - data < PULL_IN && end - data < len) {
-		if (bpf_skb_pull_data(skb, len < PULL_IN ? len : PULL_IN))
-			return pass(P_OUTER);
-		data = (void *)(long)skb->data;
-		end = (void *)(long)skb->data_end;
-	}
-	// The pull invalidated every packet pointer.
-	if (data + OUTER_LEN > end)
-		return drop(R_TRUNCATED);
-	ip = data + ETH_LEN;
-	udp = ip + IP4_LEN;
 	__u8 *g = data + OUTER_LEN;
 	if ((void *)(g + GENEVE_BASE) > end)
 		return drop(R_TRUNCATED);
@@ -506,8 +506,12 @@ struct outer {
 SEC("tc")
 int geneve_egress(struct __sk_buff *skb)
 {
-	if (skb->protocol != bpf_htons(ETH_P_IP) || skb->sk || skb->gso_size)
-		return pass(P_EGRESS_OTHER); // local socket (checksum offload) or GSO: userspace
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return pass(P_EGRESS_IPV6);
+	if (skb->sk)
+		return pass(P_EGRESS_LOCAL);
+	if (skb->gso_size)
+		return pass(P_EGRESS_GSO);
 	__u32 ifindex = skb->ifindex;
 	struct dev *d = bpf_map_lookup_elem(&devs, &ifindex);
 	if (!d)
