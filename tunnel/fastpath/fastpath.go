@@ -32,7 +32,8 @@ const (
 	PassEgressLocal     = 18 // from a local socket: checksum state unknown
 	PassEgressGSO       = 19 // GSO super-packet (segmented by userspace)
 	PassEgressIPv6      = 20 // IPv6 inner packet
-	NumReasons          = 21
+	PassEgressIngress   = 21 // entered from a device that is not a tunnel's: checksum state unknown
+	NumReasons          = 22
 )
 
 var passNames = [...]string{
@@ -46,6 +47,7 @@ var passNames = [...]string{
 	PassEgressLocal:     "egress_local_socket",
 	PassEgressGSO:       "egress_gso",
 	PassEgressIPv6:      "egress_ipv6",
+	PassEgressIngress:   "egress_not_from_tunnel",
 }
 
 // ReasonName names a pass reason for stats (IsPass).

@@ -65,7 +65,8 @@ enum reason {
 	P_EGRESS_LOCAL = 18, // egress: from a local socket (checksum offload state unknown)
 	P_EGRESS_GSO = 19,   // egress: GSO super-packet
 	P_EGRESS_IPV6 = 20,  // egress: IPv6 inner packet
-	NUM_REASONS = 21,
+	P_EGRESS_IIF = 21,   // egress: entered from a device that is not a tunnel's
+	NUM_REASONS = 22,
 };
 
 volatile const __u16 geneve_port = 6081; // host order, set at load
@@ -516,6 +517,14 @@ int geneve_egress(struct __sk_buff *skb)
 	struct dev *d = bpf_map_lookup_elem(&devs, &ifindex);
 	if (!d)
 		return pass(P_EGRESS_OTHER);
+	// Only packets that entered through a tunnel have a checksum state we
+	// know: GWLB's (complete). A packet forwarded from another device (a
+	// NAT reply from a veth peer) may be CHECKSUM_PARTIAL, its inner
+	// checksum left to be filled at an offset the encapsulation would
+	// hide; the userspace path completes it.
+	__u32 iif = skb->ingress_ifindex;
+	if (!bpf_map_lookup_elem(&devs, &iif))
+		return pass(P_EGRESS_IIF);
 	__u32 len = skb->len;
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 	if (end - data < PULL_OUT && end - data < len) {
