@@ -113,6 +113,10 @@ type Row struct {
 	// CorePerPacket is the appliance CPU's busy time per packet received
 	// back, over the run.
 	CorePerPacket time.Duration
+	// BPFIngress and BPFEgress are the fast-path programs' mean run time
+	// per packet (kernel.bpf_stats_enabled; ebpf rows only). The rest of
+	// CorePerPacket is the kernel's own work around them.
+	BPFIngress, BPFEgress time.Duration
 }
 
 // Result is every row: per payload size plain, then each datapath.
@@ -194,8 +198,18 @@ func runDatapath(ctx context.Context, cfg Config, topo *gwlbsim.Topology, dir, d
 		}
 	}
 	_ = pinAll(app.pid, cfg.ApplianceCPU) // threads started since
-	if dp == "ebpf" && !strings.Contains(tail(logFile, 400), `"datapath":"ebpf"`) {
-		return fmt.Errorf("appliance did not start the eBPF datapath; its log:\n%s", tail(logFile, 20))
+	var progs *bpfProgs
+	if dp == "ebpf" {
+		if !strings.Contains(tail(logFile, 400), `"datapath":"ebpf"`) {
+			return fmt.Errorf("appliance did not start the eBPF datapath; its log:\n%s", tail(logFile, 20))
+		}
+		// Run-time statistics cost a little per program run; they are
+		// on only for this datapath's measurements.
+		if progs, err = openBPFProgs(); err != nil {
+			log.Warn("no BPF run-time statistics", "err", err)
+		} else {
+			defer progs.Close()
+		}
 	}
 
 	for _, size := range cfg.Payloads {
@@ -207,6 +221,10 @@ func runDatapath(ctx context.Context, cfg Config, topo *gwlbsim.Topology, dir, d
 			bc := gwlbsim.DefaultBenchConfig(topo)
 			bc.Mode, bc.PayloadSize, bc.Flows, bc.Step, bc.CPU = mode, size, cfg.Flows, cfg.Step, cfg.GeneratorCPU
 			bc.Rates = cfg.Rates
+			var in0, out0 bpfStage
+			if progs != nil {
+				in0, out0 = progs.read()
+			}
 			c0 := procCPU(app.pid)
 			s0 := cpuTimes(cfg.ApplianceCPU)
 			r, err := gwlbsim.Bench(ctx, bc)
@@ -220,6 +238,10 @@ func runDatapath(ctx context.Context, cfg Config, topo *gwlbsim.Topology, dir, d
 				path = dp
 			}
 			row := Row{Path: path, InnerSize: r.InnerSize, BenchResult: r, ApplianceCPU: procCPU(app.pid) - c0}
+			if progs != nil {
+				in1, out1 := progs.read()
+				row.BPFIngress, row.BPFEgress = perRun(in0, in1), perRun(out0, out1)
+			}
 			if total := s1.total - s0.total; total > 0 {
 				row.ApplianceCore = float64(busy) / float64(total)
 			}
@@ -479,7 +501,7 @@ func (r *Result) WriteTable(w io.Writer) {
 		c.Flows, c.Step, c.GeneratorCPU, c.ApplianceCPU, c.Offload, c.Notrack)
 	fmt.Fprintf(w, "path: plain = kernel forwarding without a tunnel; userspace, ebpf = the tunnel with that tunnel.datapath\n\n")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "inner size\tpath\tbest pps\tbest Gbps\tflat-out sent pps\tflat-out recv pps\tflat-out loss\tflat-out/best\tgenerator CPU\tappliance CPU\tappliance core busy\tof it softirq\tcore per packet\tof plain\t")
+	fmt.Fprintln(tw, "inner size\tpath\tbest pps\tbest Gbps\tflat-out sent pps\tflat-out recv pps\tflat-out loss\tflat-out/best\tgenerator CPU\tappliance CPU\tappliance core busy\tof it softirq\tcore per packet\tBPF in/out per packet\tof plain\t")
 	var plain float64
 	for _, row := range r.Rows {
 		ratio, flat := "", ""
@@ -494,13 +516,18 @@ func (r *Result) WriteTable(w io.Writer) {
 		d := row.Duration.Seconds()
 		gen := (row.SenderCPU + row.ReceiverCPU).Seconds() / d * 100
 		app := row.ApplianceCPU.Seconds() / d * 100
-		fmt.Fprintf(tw, "%d B\t%s\t%.0f\t%.2f\t%.0f\t%.0f\t%.1f %%\t%s\t%.0f %%\t%.0f %%\t%.0f %%\t%.0f %%\t%.2f µs\t%s\t\n",
+		bpf := ""
+		if row.BPFIngress > 0 || row.BPFEgress > 0 {
+			bpf = fmt.Sprintf("%.2f/%.2f µs", row.BPFIngress.Seconds()*1e6, row.BPFEgress.Seconds()*1e6)
+		}
+		fmt.Fprintf(tw, "%d B\t%s\t%.0f\t%.2f\t%.0f\t%.0f\t%.1f %%\t%s\t%.0f %%\t%.0f %%\t%.0f %%\t%.0f %%\t%.2f µs\t%s\t%s\t\n",
 			row.InnerSize, row.Path, row.BestPPS, row.BestGbps, row.FlatOut.SentPPS, row.FlatOut.ReceivedPPS,
-			row.FlatOut.Loss*100, flat, gen, app, row.ApplianceCore*100, row.CoreSoftirq*100, row.CorePerPacket.Seconds()*1e6, ratio)
+			row.FlatOut.Loss*100, flat, gen, app, row.ApplianceCore*100, row.CoreSoftirq*100, row.CorePerPacket.Seconds()*1e6, bpf, ratio)
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\ngenerator CPU: sender+receiver thread time / wall time (one core = 100 %%); appliance CPU: the gwlbproxy process.\n")
 	fmt.Fprintf(w, "the appliance namespace's receive work (plain forwarding included) runs on the appliance's CPU (RPS on its underlay link);\n")
 	fmt.Fprintf(w, "appliance CPU: the process's own time; appliance core busy: the whole CPU (softirq work included) from /proc/stat;\n")
+	fmt.Fprintf(w, "BPF in/out per packet: mean run time of the eBPF datapath's ingress and egress programs (kernel.bpf_stats_enabled during the ebpf rows); the rest of core per packet is the kernel around them.\n")
 	fmt.Fprintf(w, "of it softirq: the share of that busy time in interrupt and softirq context (the kernel's packet work; without IRQ time accounting the process's time may include some of it).\n")
 }
