@@ -283,11 +283,14 @@ func (d *Daemon) tunnelFor(ep uint64) *tunnel {
 	if !d.running.Load() || len(m) >= d.cfg.MaxTunnels {
 		return nil
 	}
-	slot := 0
-	for i := 1; i < len(d.slots); i++ {
-		if !d.slots[i] {
-			slot = i
-			break
+	slot := preferredSlot(ep, len(d.slots)-1)
+	if d.slots[slot] {
+		slot = 0
+		for i := 1; i < len(d.slots); i++ {
+			if !d.slots[i] {
+				slot = i
+				break
+			}
 		}
 	}
 	if slot == 0 {
@@ -304,6 +307,17 @@ func (d *Daemon) tunnelFor(ep uint64) *tunnel {
 	default:
 	}
 	return t
+}
+
+// preferredSlot is the slot an endpoint gets when it is free: derived
+// from the endpoint id, not from arrival order, so that after a restart an
+// endpoint gets its old slot back and state keyed by slot that outlives
+// the process (steering's conntrack marks on live connections) still
+// points at the right tunnel. Collisions fall back to the first free slot.
+func preferredSlot(ep uint64, n int) int {
+	h := ep * 0x9e3779b97f4a7c15
+	h ^= h >> 29
+	return 1 + int(h%uint64(n))
 }
 
 // drainCreates brings up the tunnels the workers registered.
