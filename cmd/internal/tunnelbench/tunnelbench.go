@@ -238,7 +238,7 @@ func runDatapath(ctx context.Context, cfg Config, topo *gwlbsim.Topology, dir, d
 				path = dp
 			}
 			row := Row{Path: path, InnerSize: r.InnerSize, BenchResult: r, ApplianceCPU: procCPU(app.pid) - c0}
-			if progs != nil {
+			if progs != nil && mode == gwlbsim.ModeTunnel {
 				in1, out1 := progs.read()
 				row.BPFIngress, row.BPFEgress = perRun(in0, in1), perRun(out0, out1)
 			}
