@@ -238,7 +238,10 @@ func newHarnessObs(t *testing.T, dp string, eps []uint64, mod func(*tunnel.Confi
 	}
 	sctx, scancel := context.WithCancel(context.Background())
 	t.Cleanup(scancel)
-	h.sim, err = gwlbsim.Start(sctx, topo, gwlbsim.Config{Logger: log})
+	// An extra non-critical option beside GWLB's three: it must come back
+	// byte for byte on both datapaths (the simulator checks every byte).
+	h.sim, err = gwlbsim.Start(sctx, topo, gwlbsim.Config{Logger: log,
+		ExtraOption: &geneve.Option{Class: 0x0200, Type: 0x05, Data: []byte("gwlbsim!")}})
 	if err != nil {
 		t.Fatalf("sim: %v", err)
 	}
