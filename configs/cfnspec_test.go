@@ -356,6 +356,43 @@ func referenceErrors(spec *cfnSpec, tpl template) []string {
 	conds := tpl.section("Conditions")
 	usedParam := map[string]bool{}
 	usedCond := map[string]bool{}
+	// A reference to a resource that has a Condition is legal only from a
+	// resource or output with the same condition, or inside the then-branch
+	// of an Fn::If on it (else CloudFormation rejects the template when the
+	// condition is false). owner is the referrer's condition, guards the
+	// enclosing Fn::If conditions.
+	var owner string
+	var guards []string
+	condOf := func(name string) string {
+		r, _ := res[name].(map[string]any)
+		c, _ := r["Condition"].(string)
+		return c
+	}
+	// implies reports whether condition a being true makes b true: a is b,
+	// or an Fn::And with a conjunct implying b.
+	var implies func(a, b string, depth int) bool
+	implies = func(a, b string, depth int) bool {
+		if a == b {
+			return true
+		}
+		if fn, arg, ok := intrinsic(conds[a]); ok && fn == "Fn::And" && depth < 10 {
+			l, _ := arg.([]any)
+			for _, e := range l {
+				if f, n, ok := intrinsic(e); ok && f == "Condition" && implies(n.(string), b, depth+1) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	guarded := func(path, name string) {
+		c := condOf(name)
+		if c == "" || (owner != "" && implies(owner, c, 0)) ||
+			slices.ContainsFunc(guards, func(g string) bool { return implies(g, c, 0) }) {
+			return
+		}
+		errorf("%s: refers to %s, which exists only if %s, outside an Fn::If on it", path, name, c)
+	}
 
 	var walk func(path string, v any, inConditions bool)
 	ref := func(path, name string, inConditions bool) {
@@ -364,6 +401,7 @@ func referenceErrors(spec *cfnSpec, tpl template) []string {
 		case params[name] != nil:
 			usedParam[name] = true
 		case res[name] != nil && !inConditions:
+			guarded(path, name)
 		default:
 			errorf("%s: Ref to unknown %q", path, name)
 		}
@@ -374,6 +412,7 @@ func referenceErrors(spec *cfnSpec, tpl template) []string {
 			errorf("%s: GetAtt of unknown resource %q", path, resName)
 			return
 		}
+		guarded(path, resName)
 		typ, _ := r["Type"].(string)
 		if _, ok := spec.ResourceTypes[typ].Attributes[attr]; !ok {
 			errorf("%s: %s (%s) has no attribute %q", path, resName, typ, attr)
@@ -414,7 +453,9 @@ func referenceErrors(spec *cfnSpec, tpl template) []string {
 				}
 				s, _ := l[0].(string)
 				cond(path, s)
+				guards = append(guards, s)
 				walk(path+"(then)", l[1], inConditions)
+				guards = guards[:len(guards)-1]
 				walk(path+"(else)", l[2], inConditions)
 				return
 			case "Fn::Sub":
@@ -475,20 +516,30 @@ func referenceErrors(spec *cfnSpec, tpl template) []string {
 	}
 	for _, id := range sortedKeys(res) {
 		r, _ := res[id].(map[string]any)
+		owner = ""
 		if cn, ok := r["Condition"].(string); ok {
 			cond("Resources."+id+".Condition", cn)
+			owner = cn
 		}
+		var deps []any
 		switch d := r["DependsOn"].(type) {
 		case string:
-			if res[d] == nil {
-				errorf("Resources.%s.DependsOn: unknown resource %q", id, d)
-			}
+			deps = []any{d}
 		case []any:
-			for _, e := range d {
-				if s, _ := e.(string); res[s] == nil {
-					errorf("Resources.%s.DependsOn: unknown resource %v", id, e)
-				}
+			deps = d
+		}
+		for _, e := range deps {
+			s, _ := e.(string)
+			if res[s] == nil {
+				errorf("Resources.%s.DependsOn: unknown resource %v", id, e)
+			} else if c := condOf(s); c != "" && (owner == "" || !implies(owner, c, 0)) {
+				errorf("Resources.%s.DependsOn: %s exists only if %s (use a reference inside Fn::If instead)", id, s, c)
 			}
+		}
+		// Fn::If is documented for Metadata, UpdatePolicy and property
+		// values, not CreationPolicy.
+		if cp, ok := r["CreationPolicy"]; ok && strings.Contains(fmt.Sprint(cp), "Fn::If") {
+			errorf("Resources.%s.CreationPolicy: Fn::If is not supported there", id)
 		}
 		for _, k := range []string{"Properties", "UpdatePolicy", "CreationPolicy", "Metadata"} {
 			if p, ok := r[k]; ok {
@@ -502,8 +553,10 @@ func referenceErrors(spec *cfnSpec, tpl template) []string {
 		if _, ok := o["Value"]; !ok {
 			errorf("Outputs.%s: no Value", name)
 		}
+		owner = ""
 		if cn, ok := o["Condition"].(string); ok {
 			cond("Outputs."+name+".Condition", cn)
+			owner = cn
 		}
 		walk("Outputs."+name, o, false)
 	}
@@ -609,6 +662,18 @@ func TestSpecCheckerCatches(t *testing.T) {
 		"unused parameter":      "Parameters: {P: {Type: String}}\nResources: {A: {Type: AWS::KMS::Alias, Properties: {AliasName: a, TargetKeyId: k}}}",
 		"resource in condition": "Conditions: {C: !Equals [!Ref A, x]}\nResources: {A: {Type: AWS::KMS::Alias, Condition: C, Properties: {AliasName: a, TargetKeyId: k}}}",
 		"bad DependsOn":         "Resources: {A: {Type: AWS::KMS::Alias, DependsOn: Nope, Properties: {AliasName: a, TargetKeyId: k}}}",
+		"unguarded cond Ref":    "Conditions: {C: !Equals [a, b]}\nResources: {K: {Type: AWS::KMS::Key, Condition: C, Properties: {KeyPolicy: {}}}, A: {Type: AWS::KMS::Alias, Properties: {AliasName: a, TargetKeyId: !Ref K}}}",
+		"unguarded cond GetAtt": "Conditions: {C: !Equals [a, b]}\nResources: {K: {Type: AWS::KMS::Key, Condition: C, Properties: {KeyPolicy: {}}}, A: {Type: AWS::KMS::Alias, Properties: {AliasName: a, TargetKeyId: !If [C, k, !GetAtt K.Arn]}}}",
+		"unguarded cond output": "Conditions: {C: !Equals [a, b]}\nResources: {K: {Type: AWS::KMS::Key, Condition: C, Properties: {KeyPolicy: {}}}}\nOutputs: {O: {Value: !Ref K}}",
+		"DependsOn conditional": "Conditions: {C: !Equals [a, b]}\nResources: {K: {Type: AWS::KMS::Key, Condition: C, Properties: {KeyPolicy: {}}}, A: {Type: AWS::KMS::Alias, DependsOn: K, Properties: {AliasName: a, TargetKeyId: k}}}",
+		"implication reversed":  "Conditions: {C: !Equals [a, b], D: !Equals [c, d], CD: !And [!Condition C, !Condition D]}\nResources: {K: {Type: AWS::KMS::Key, Condition: CD, Properties: {KeyPolicy: {}}}, A: {Type: AWS::KMS::Alias, Condition: C, Properties: {AliasName: a, TargetKeyId: !Ref K}}}",
+		"If in CreationPolicy":  "Conditions: {C: !Equals [a, b]}\nResources: {A: {Type: AWS::KMS::Alias, CreationPolicy: {ResourceSignal: {Count: !If [C, 1, 0]}}, Properties: {AliasName: a, TargetKeyId: k}}}",
+	}
+	guardedOK := "Conditions: {C: !Equals [a, b]}\nResources: {K: {Type: AWS::KMS::Key, Condition: C, Properties: {KeyPolicy: {}}}, A: {Type: AWS::KMS::Alias, Properties: {AliasName: a, TargetKeyId: !If [C, !GetAtt K.Arn, k]}}, B: {Type: AWS::KMS::Alias, Condition: C, Properties: {AliasName: b, TargetKeyId: !Ref K}}}\nOutputs: {O: {Condition: C, Value: !Ref K}}"
+	if tpl, err := loadTemplate(writeTemp(t, guardedOK)); err != nil {
+		t.Fatal(err)
+	} else if errs := referenceErrors(spec, tpl); len(errs) != 0 {
+		t.Errorf("guarded references to a conditional resource reported: %q", errs)
 	}
 	for name, src := range refCases {
 		tpl, err := loadTemplate(writeTemp(t, src))

@@ -34,29 +34,36 @@ const (
 	emfNamespace = "gwlbproxy"
 )
 
-// dashboardMetrics are the EMF metric names the dashboard plots (with the
-// dimension set emfDimensions); logship must emit each of them.
-var dashboardMetrics = []string{"latency_ms_avg", "latency_ms_max", "requests", "status_4xx", "status_5xx"}
+// dashboardMetrics are the EMF metric names the dashboard plots, per
+// action (SEARCH over the dimension set emfDimensions) or fleet-wide (no
+// dimension); logship must emit each of them.
+var dashboardMetrics = []string{"latency_count", "latency_ms_max", "latency_ms_sum", "oldest_unshipped_seconds", "requests", "status_4xx", "status_5xx"}
 
 const emfDimensions = "action"
 
+// signalResource is the logical id the user data signals and that carries
+// the CreationPolicy and the rolling update's WaitOnResourceSignals.
+const signalResource = "AutoScalingGroup"
+
 // sampleParams are parameter values used to render Fn::Sub strings.
 var sampleParams = map[string]string{
-	"AWS::Region":            "eu-west-1",
-	"AWS::StackName":         "egress",
-	"AWS::AccountId":         "123456789012",
-	"AWS::Partition":         "aws",
-	"AWS::URLSuffix":         "amazonaws.com",
-	"LogGroup":               "/gwlbproxy/records",
-	"CAKey.Arn":              "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
-	"SecretArn":              "",
-	"HealthCheckPort":        "80",
-	"DrainDeadlineSeconds":   "60",
-	"DisableSourceDestCheck": "false",
-	"EgressMode":             "nat",
-	"local:GwlbSources":      "10.0.1.0/24, 10.0.2.0/24",
-	"local:CASource":         "kms",
-	"CACertificate":          "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==",
+	"AWS::Region":                       "eu-west-1",
+	"AWS::StackName":                    "egress",
+	"AWS::AccountId":                    "123456789012",
+	"AWS::Partition":                    "aws",
+	"AWS::URLSuffix":                    "amazonaws.com",
+	"LogGroup":                          "/gwlbproxy/records",
+	"CAKey.Arn":                         "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+	"SecretArn":                         "",
+	"HealthCheckPort":                   "80",
+	"DrainDeadlineSeconds":              "60",
+	"DisableSourceDestCheck":            "false",
+	"EgressMode":                        "nat",
+	"local:GwlbSources":                 "10.0.1.0/24, 10.0.2.0/24",
+	"local:CASource":                    "kms",
+	"CACertificate":                     "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==",
+	"LoadBalancer.LoadBalancerFullName": "gwy/egress-gwlb/0123456789abcdef",
+	"TargetGroup.TargetGroupFullName":   "targetgroup/egress-geneve/0123456789abcdef",
 }
 
 func sampleValue(t *testing.T) func(string) string {
@@ -139,11 +146,7 @@ func TestUserDataConfig(t *testing.T) {
 	if content == "" {
 		t.Fatalf("user data writes no %s", configPath)
 	}
-	if !slices.ContainsFunc(cc.Runcmd, func(c []string) bool {
-		return slices.Equal(c, []string{"systemctl", "start", "gwlbproxy.service"})
-	}) {
-		t.Errorf("runcmd does not start gwlbproxy.service: %v", cc.Runcmd)
-	}
+	signalArgs := checkRuncmd(t, cc.Runcmd)
 
 	var cfg struct {
 		Health struct{ Listen string }
@@ -218,10 +221,8 @@ func TestUserDataConfig(t *testing.T) {
 		t.Errorf("lifecycle.group_name = %q, the group is named %q", cfg.Lifecycle.GroupName, name)
 	}
 
-	for _, k := range []string{"MinSize", "DesiredCapacity"} {
-		if fn, arg, _ := intrinsic(asg[k]); fn != "Fn::If" || arg.([]any)[0] != "FleetReady" {
-			t.Errorf("AutoScalingGroup.%s = %v: instances must wait for the CA (FleetReady)", k, asg[k])
-		}
+	if r, _ := tpl.section("Resources")["AutoScalingGroup"].(map[string]any); r["Condition"] != "FleetReady" {
+		t.Errorf("AutoScalingGroup.Condition = %v: instances must wait for the CA (FleetReady)", r["Condition"])
 	}
 
 	bin := os.Getenv("GWLBPROXY_BIN")
@@ -237,6 +238,98 @@ func TestUserDataConfig(t *testing.T) {
 	if err != nil {
 		t.Errorf("%s check --config <user data config>: %v\n%s\nconfig:\n%s", bin, err, out, content)
 	}
+	// The signal command line must parse too (--dry-run sends nothing).
+	out, err = exec.Command(bin, append(signalArgs, "--dry-run")...).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "would signal SUCCESS to egress/"+signalResource) {
+		t.Errorf("%s %s --dry-run: %v\n%s", bin, strings.Join(signalArgs, " "), err, out)
+	}
+}
+
+// TestUserDataSignalScript runs the user data's shell script with a fake
+// systemctl (succeeding, then failing) and a fake gwlbproxy that records its
+// arguments: a unit that reached READY is reported as success, one that
+// failed as failure, and the signal names the stack and the group.
+func TestUserDataSignalScript(t *testing.T) {
+	tpl := mustTemplate(t)
+	_, sub := userDataSub(t, tpl)
+	rendered, err := subString(sub, sampleValue(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cc struct {
+		Runcmd [][]string `yaml:"runcmd"`
+	}
+	if err := yaml.Unmarshal([]byte(rendered), &cc); err != nil {
+		t.Fatal(err)
+	}
+	checkRuncmd(t, cc.Runcmd)
+	dir := t.TempDir()
+	record := filepath.Join(dir, "args")
+	fake := filepath.Join(dir, "gwlbproxy")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\nprintf '%s\\n' \"$@\" > "+record+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script := strings.ReplaceAll(cc.Runcmd[0][2], "/usr/bin/gwlbproxy ", fake+" ")
+	for _, c := range []struct {
+		systemctlExit int
+		want          string
+	}{{0, "success"}, {1, "failure"}} {
+		if err := os.WriteFile(filepath.Join(dir, "systemctl"), fmt.Appendf(nil, "#!/bin/sh\n[ \"$1 $2\" = 'start gwlbproxy.service' ] || exit 99\nexit %d\n", c.systemctlExit), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		os.Remove(record)
+		cmd := exec.Command("sh", "-c", script)
+		cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("script: %v\n%s", err, out)
+		}
+		data, err := os.ReadFile(record)
+		if err != nil {
+			t.Fatalf("systemctl exit %d: cfn-signal not run: %v", c.systemctlExit, err)
+		}
+		args := strings.Fields(string(data))
+		i := slices.Index(args, "--status")
+		if args[0] != "cfn-signal" || i < 0 || args[i+1] != c.want {
+			t.Errorf("systemctl exit %d: cfn-signal %q, want --status %s", c.systemctlExit, args, c.want)
+		}
+		if j := slices.Index(args, "--stack"); j < 0 || args[j+1] != sampleParams["AWS::StackName"] {
+			t.Errorf("cfn-signal %q does not name the stack %s", args, sampleParams["AWS::StackName"])
+		}
+	}
+}
+
+// checkRuncmd checks the user data's commands: one shell script that
+// starts the unit (for Type=notify, `systemctl start` returns when the
+// daemon is READY, non-zero if it failed) and then execs cfn-signal with
+// success or failure accordingly. It returns cfn-signal's arguments with
+// the status resolved to success.
+func checkRuncmd(t *testing.T, runcmd [][]string) []string {
+	t.Helper()
+	if len(runcmd) != 1 || len(runcmd[0]) != 3 || runcmd[0][0] != "sh" || runcmd[0][1] != "-c" {
+		t.Fatalf("runcmd = %q, want one [sh, -c, script]", runcmd)
+	}
+	script := runcmd[0][2]
+	if out, err := exec.Command("sh", "-n", "-c", script).CombinedOutput(); err != nil {
+		t.Errorf("runcmd script does not parse: %v\n%s\n%s", err, out, script)
+	}
+	start := strings.Index(script, "if systemctl start gwlbproxy.service; then status=success; else status=failure; fi;")
+	_, signal, ok := strings.Cut(script, "exec /usr/bin/gwlbproxy ")
+	if start < 0 || !ok {
+		t.Fatalf("runcmd script does not start the unit and then exec /usr/bin/gwlbproxy cfn-signal:\n%s", script)
+	}
+	args := strings.Fields(strings.ReplaceAll(signal, `"$status"`, "success"))
+	if args[0] != "cfn-signal" || !slices.Contains(args, `--status`) {
+		t.Fatalf("runcmd execs %q, want cfn-signal --status \"$status\"", args)
+	}
+	i := slices.Index(args, "--resource")
+	if i < 0 || i+1 >= len(args) || args[i+1] != signalResource {
+		t.Errorf("cfn-signal --resource is not %s: %q", signalResource, args)
+	}
+	i = slices.Index(args, "--wait-healthy")
+	if i < 0 || i+1 >= len(args) || !strings.HasSuffix(args[i+1], ":"+sampleParams["HealthCheckPort"]+healthPath) {
+		t.Errorf("cfn-signal does not wait for the health check the target group uses: %q", args)
+	}
+	return args
 }
 
 func lifecycleHook(t *testing.T, tpl template) map[string]any {
@@ -426,8 +519,10 @@ func TestQueryDefinitions(t *testing.T) {
 }
 
 // TestDashboardMetrics renders the dashboard body and checks it plots
-// exactly dashboardMetrics from the EMF namespace, and that logship (once
-// it emits EMF) names each of them.
+// exactly dashboardMetrics from the EMF namespace, that sums and counts are
+// read with the Sum statistic (maxima with Maximum; never Average, which
+// would average per-instance values), that derived figures are math on the
+// widget's own series, and that logship names each metric it plots.
 func TestDashboardMetrics(t *testing.T) {
 	tpl := mustTemplate(t)
 	_, db := tpl.resource("Dashboard")
@@ -443,6 +538,7 @@ func TestDashboardMetrics(t *testing.T) {
 		Widgets []struct {
 			Type       string
 			Properties struct {
+				Title   string
 				Metrics [][]any
 				Query   string
 			}
@@ -451,29 +547,99 @@ func TestDashboardMetrics(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &dash); err != nil {
 		t.Fatalf("dashboard body is not JSON: %v\n%s", err, body)
 	}
-	searchRE := regexp.MustCompile(`SEARCH\('\{([^,}]+),([^}]*)\} MetricName="([^"]+)"`)
+	searchRE := regexp.MustCompile(`SEARCH\('\{([^,}]+),([^}]*)\} MetricName="([^"]+)"', '([A-Za-z]+)', 60\)`)
+	identRE := regexp.MustCompile(`\b[a-z][A-Za-z0-9_]*\b`)
+	wantStat := func(name string) string {
+		if strings.HasSuffix(name, "_max") || name == "oldest_unshipped_seconds" {
+			return "Maximum"
+		}
+		return "Sum"
+	}
 	var plotted []string
+	plot := func(name string) {
+		if !slices.Contains(plotted, name) {
+			plotted = append(plotted, name)
+		}
+	}
+	meanFromSums := false
 	for _, w := range dash.Widgets {
-		for _, m := range w.Properties.Metrics {
-			for _, e := range m {
-				em, _ := e.(map[string]any)
+		if w.Type == "log" {
+			if !strings.Contains(w.Properties.Query, "SOURCE '"+sampleParams["LogGroup"]+"'") {
+				t.Errorf("log widget does not query the stack's group: %s", w.Properties.Query)
+			}
+			continue
+		}
+		ids := map[string]string{} // id -> metric name or "expr"
+		var exprs []string
+		for _, row := range w.Properties.Metrics {
+			if len(row) == 0 {
+				t.Errorf("%s: empty metrics row", w.Properties.Title)
+				continue
+			}
+			if em, ok := row[0].(map[string]any); ok {
 				expr, _ := em["expression"].(string)
-				if expr != "" && !searchRE.MatchString(expr) {
-					t.Errorf("dashboard expression %q is not a SEARCH('{namespace,dims} MetricName=...')", expr)
-				}
-				for _, sm := range searchRE.FindAllStringSubmatch(expr, -1) {
+				id, _ := em["id"].(string)
+				ids[id] = "expr"
+				if strings.Contains(expr, "SEARCH(") {
+					sm := searchRE.FindStringSubmatch(expr)
+					if sm == nil {
+						t.Errorf("%s: SEARCH %q is not SEARCH('{namespace,dims} MetricName=\"...\"', 'Stat', 60)", w.Properties.Title, expr)
+						continue
+					}
 					if sm[1] != emfNamespace || sm[2] != emfDimensions {
 						t.Errorf("dashboard searches {%s,%s}, want {%s,%s}", sm[1], sm[2], emfNamespace, emfDimensions)
 					}
-					if !slices.Contains(plotted, sm[3]) {
-						plotted = append(plotted, sm[3])
+					if sm[4] != wantStat(sm[3]) {
+						t.Errorf("%s: %s read with %s, want %s", w.Properties.Title, sm[3], sm[4], wantStat(sm[3]))
 					}
+					plot(sm[3])
+					continue
 				}
+				exprs = append(exprs, expr)
+				continue
+			}
+			ns, _ := row[0].(string)
+			name, _ := row[1].(string)
+			opts, _ := row[len(row)-1].(map[string]any)
+			stat, _ := opts["stat"].(string)
+			id, _ := opts["id"].(string)
+			ids[id] = name
+			switch ns {
+			case emfNamespace:
+				if len(row) != 3 {
+					t.Errorf("%s: %v: fleet metrics have no dimension", w.Properties.Title, row)
+				}
+				if stat != wantStat(name) {
+					t.Errorf("%s: %s read with %q, want %s", w.Properties.Title, name, stat, wantStat(name))
+				}
+				plot(name)
+			case "AWS/GatewayELB":
+				if len(row) != 7 || fmt.Sprintln(row[2], row[4]) != "LoadBalancer TargetGroup\n" ||
+					row[3] != sampleParams["LoadBalancer.LoadBalancerFullName"] || row[5] != sampleParams["TargetGroup.TargetGroupFullName"] {
+					t.Errorf("%s: GWLB metric %v lacks the stack's LoadBalancer and TargetGroup dimensions", w.Properties.Title, row)
+				}
+			default:
+				t.Errorf("%s: unexpected namespace %q", w.Properties.Title, ns)
 			}
 		}
-		if w.Type == "log" && !strings.Contains(w.Properties.Query, "SOURCE '"+sampleParams["LogGroup"]+"'") {
-			t.Errorf("log widget does not query the stack's group: %s", w.Properties.Query)
+		for _, e := range exprs {
+			var used []string
+			for _, id := range identRE.FindAllString(e, -1) {
+				if _, ok := ids[id]; !ok {
+					t.Errorf("%s: expression %q uses %q, not a series of the widget", w.Properties.Title, e, id)
+				}
+				used = append(used, ids[id])
+			}
+			if slices.Contains(used, "latency_ms_sum") && slices.Contains(used, "latency_count") && strings.Contains(e, "/") {
+				meanFromSums = true
+			}
 		}
+	}
+	if !meanFromSums {
+		t.Error("no widget computes the mean latency as latency_ms_sum / latency_count")
+	}
+	if strings.Contains(body, "Average") {
+		t.Error("the dashboard reads some metric with the Average statistic")
 	}
 	slices.Sort(plotted)
 	want := slices.Clone(dashboardMetrics)
@@ -484,19 +650,179 @@ func TestDashboardMetrics(t *testing.T) {
 
 	lits, emf := logshipLiterals(t)
 	if !emf {
-		t.Log("logship emits no EMF yet (no \"CloudWatchMetrics\" in its sources); metric names not cross-checked")
-		return
-	}
-	has := func(sub string) bool {
-		return slices.ContainsFunc(sortedKeys(lits), func(l string) bool { return strings.Contains(l, sub) })
+		t.Fatal("logship emits no EMF (no \"CloudWatchMetrics\" in its sources)")
 	}
 	for _, m := range dashboardMetrics {
-		if !has(`{"Name":"` + m + `"`) {
+		if !logshipHas(lits, `{"Name":"`+m+`"`) {
 			t.Errorf("dashboard plots %q but logship's EMF declares no such metric", m)
 		}
 	}
-	if !has(`"Dimensions":[["` + emfDimensions + `"]]`) {
-		t.Errorf("logship's EMF does not use the dimension set [%s] the dashboard searches", emfDimensions)
+	if !logshipHas(lits, `"Dimensions":[["`+emfDimensions+`"],[]]`) {
+		t.Errorf("logship's EMF does not publish per %s and fleet-wide (dimension sets [%[1]s] and [])", emfDimensions)
+	}
+}
+
+func logshipHas(lits map[string]bool, sub string) bool {
+	return slices.ContainsFunc(sortedKeys(lits), func(l string) bool { return strings.Contains(l, sub) })
+}
+
+// TestSignals ties the user data's cfn-signal to the group that waits for
+// it: a CreationPolicy counting every first instance, and a rolling update
+// that waits for each new instance's signal, replaces one at a time and
+// keeps MinSize in service, so a bad image or config rolls back.
+func TestSignals(t *testing.T) {
+	tpl := mustTemplate(t)
+	r, _ := tpl.section("Resources")[signalResource].(map[string]any)
+	if r == nil || r["Type"] != "AWS::AutoScaling::AutoScalingGroup" {
+		t.Fatalf("%s is not the Auto Scaling group", signalResource)
+	}
+	cp, _ := r["CreationPolicy"].(map[string]any)
+	rs, _ := cp["ResourceSignal"].(map[string]any)
+	if fmt.Sprint(rs["Count"]) != "map[Ref:DesiredCapacity]" {
+		t.Errorf("CreationPolicy.ResourceSignal.Count = %v, want the desired capacity", rs["Count"])
+	}
+	timeout, ok := isoMinutes(rs["Timeout"])
+	if !ok || timeout < 10 || timeout > 60 {
+		t.Errorf("CreationPolicy timeout %v: want 10-60 minutes (boot, READY, health wait, signal retries)", rs["Timeout"])
+	}
+	up, _ := r["UpdatePolicy"].(map[string]any)
+	ru, _ := up["AutoScalingRollingUpdate"].(map[string]any)
+	if ru["WaitOnResourceSignals"] != true {
+		t.Errorf("rolling update does not wait for signals: %v", ru)
+	}
+	if pause, ok := isoMinutes(ru["PauseTime"]); !ok || pause < timeout {
+		t.Errorf("rolling update PauseTime %v: with WaitOnResourceSignals it is the signal timeout; want >= the creation timeout", ru["PauseTime"])
+	}
+	if fmt.Sprint(ru["MinInstancesInService"]) != "map[Ref:MinSize]" || ru["MaxBatchSize"] != 1 {
+		t.Errorf("rolling update replaces %v at a time keeping %v: want 1 and MinSize", ru["MaxBatchSize"], ru["MinInstancesInService"])
+	}
+	susp := fmt.Sprint(ru["SuspendProcesses"])
+	for _, p := range []string{"HealthCheck", "ReplaceUnhealthy", "AZRebalance"} {
+		if !strings.Contains(susp, p) {
+			t.Errorf("rolling update does not suspend %s (the group would replace instances mid-update)", p)
+		}
+	}
+}
+
+// isoMinutes parses the PTnM / PTnH durations used for signal timeouts.
+func isoMinutes(v any) (int, bool) {
+	s, _ := v.(string)
+	m := regexp.MustCompile(`^PT(?:(\d+)H)?(?:(\d+)M)?$`).FindStringSubmatch(s)
+	if m == nil || s == "PT" {
+		return 0, false
+	}
+	h, _ := strconv.Atoi(m[1])
+	mins, _ := strconv.Atoi(m[2])
+	return 60*h + mins, true
+}
+
+// TestAlarms checks the three alarms read metrics that exist: GWLB's
+// unhealthy host count for the stack's target group, and the EMF fleet
+// metrics logship emits.
+func TestAlarms(t *testing.T) {
+	tpl := mustTemplate(t)
+	lits, _ := logshipLiterals(t)
+	alarms := map[string]map[string]any{}
+	for _, id := range tpl.resourcesOfType("AWS::CloudWatch::Alarm") {
+		_, p := tpl.resource(id)
+		alarms[id] = p
+		for _, k := range []string{"AlarmActions", "OKActions"} {
+			if fn, arg, _ := intrinsic(p[k]); fn != "Fn::If" || arg.([]any)[0] != "HasAlarmTopic" {
+				t.Errorf("%s.%s = %v, want the optional topic", id, k, p[k])
+			}
+		}
+	}
+	u := alarms["UnhealthyTargetsAlarm"]
+	if u["Namespace"] != "AWS/GatewayELB" || u["MetricName"] != "UnHealthyHostCount" {
+		t.Errorf("UnhealthyTargetsAlarm reads %v/%v", u["Namespace"], u["MetricName"])
+	}
+	dims := fmt.Sprint(u["Dimensions"])
+	if !strings.Contains(dims, "Name:LoadBalancer Value:map[Fn::GetAtt:[LoadBalancer LoadBalancerFullName]]") ||
+		!strings.Contains(dims, "Name:TargetGroup Value:map[Fn::GetAtt:[TargetGroup TargetGroupFullName]]") {
+		t.Errorf("UnhealthyTargetsAlarm dimensions %s, want the stack's LoadBalancer and TargetGroup full names", dims)
+	}
+
+	b := alarms["UnshippedRecordsAlarm"]
+	if b["Namespace"] != emfNamespace || b["MetricName"] != "oldest_unshipped_seconds" || b["Statistic"] != "Maximum" {
+		t.Errorf("UnshippedRecordsAlarm reads %v/%v %v", b["Namespace"], b["MetricName"], b["Statistic"])
+	}
+	if b["TreatMissingData"] != "breaching" {
+		t.Error("UnshippedRecordsAlarm: the backlog record rides in the spool it measures; missing data must breach")
+	}
+	if r, _ := tpl.section("Resources")["UnshippedRecordsAlarm"].(map[string]any); r["Condition"] != "FleetReady" {
+		t.Error("UnshippedRecordsAlarm must exist only with a fleet (it breaches on missing data)")
+	}
+	if !logshipHas(lits, `{"Name":"oldest_unshipped_seconds"`) || !logshipHas(lits, `"Dimensions":[[]]`) {
+		t.Error("logship does not publish oldest_unshipped_seconds without dimension")
+	}
+
+	h := alarms["Http5xxRateAlarm"]
+	metrics, _ := h["Metrics"].([]any)
+	var expr string
+	names := map[string]string{}
+	for _, m := range metrics {
+		mm, _ := m.(map[string]any)
+		if e, ok := mm["Expression"].(string); ok {
+			expr = e
+			continue
+		}
+		ms, _ := mm["MetricStat"].(map[string]any)
+		met, _ := ms["Metric"].(map[string]any)
+		if met["Namespace"] != emfNamespace || ms["Stat"] != "Sum" || met["Dimensions"] != nil {
+			t.Errorf("Http5xxRateAlarm series %v: want the fleet Sum in %s", mm, emfNamespace)
+		}
+		name, _ := met["MetricName"].(string)
+		names[mm["Id"].(string)] = name
+		if !logshipHas(lits, `{"Name":"`+name+`"`) {
+			t.Errorf("Http5xxRateAlarm reads %s, which logship does not publish", name)
+		}
+	}
+	if names["s5xx"] != "status_5xx" || names["requests"] != "requests" || !strings.Contains(expr, "s5xx / requests") {
+		t.Errorf("Http5xxRateAlarm computes %q over %v, want status_5xx / requests", expr, names)
+	}
+}
+
+// TestVpcEndpoints: every AWS service the instance role grants calls to has
+// an interface endpoint (private DNS), created under a condition that
+// implies CreateVpcEndpoints, reachable from the appliances on 443.
+func TestVpcEndpoints(t *testing.T) {
+	tpl := mustTemplate(t)
+	granted, _ := grantedActions(tpl, instanceRole(t, tpl))
+	services := map[string]bool{}
+	for a := range granted {
+		services[strings.Split(a, ":")[0]] = true
+	}
+	res := tpl.section("Resources")
+	conds := tpl.section("Conditions")
+	endpoints := map[string]string{} // service -> condition
+	for _, id := range tpl.resourcesOfType("AWS::EC2::VPCEndpoint") {
+		_, p := tpl.resource(id)
+		sub, _ := p["ServiceName"].(map[string]any)["Fn::Sub"].(string)
+		svc, ok := strings.CutPrefix(sub, "com.amazonaws.${AWS::Region}.")
+		if !ok {
+			t.Errorf("%s: ServiceName %v", id, p["ServiceName"])
+			continue
+		}
+		c, _ := res[id].(map[string]any)["Condition"].(string)
+		if c != "CreateVpcEndpoints" && !strings.Contains(fmt.Sprint(conds[c]), "map[Condition:CreateVpcEndpoints]") {
+			t.Errorf("%s: condition %q does not imply CreateVpcEndpoints", id, c)
+		}
+		if p["VpcEndpointType"] != "Interface" || fmt.Sprint(p["SecurityGroupIds"]) != "[map[Ref:EndpointSecurityGroup]]" {
+			t.Errorf("%s: want an interface endpoint in EndpointSecurityGroup", id)
+		}
+		if svc != "s3" && p["PrivateDnsEnabled"] != true {
+			t.Errorf("%s: private DNS off: the SDK's regional name would still leave the VPC", id)
+		}
+		endpoints[svc] = c
+	}
+	for svc := range services {
+		if _, ok := endpoints[svc]; !ok {
+			t.Errorf("the role grants %s calls but there is no %s VPC endpoint", svc, svc)
+		}
+	}
+	_, sg := tpl.resource("EndpointSecurityGroup")
+	if in := fmt.Sprint(sg["SecurityGroupIngress"]); !strings.Contains(in, "FromPort:443") || !strings.Contains(in, "SourceSecurityGroupId:map[Fn::GetAtt:[SecurityGroup GroupId]]") {
+		t.Errorf("EndpointSecurityGroup ingress %s, want 443 from the appliances' group", in)
 	}
 }
 

@@ -33,6 +33,7 @@ var iamPrefix = map[string]string{
 	"secretsmanager": "secretsmanager",
 	"autoscaling":    "autoscaling",
 	"ec2":            "ec2",
+	"cloudformation": "cloudformation",
 }
 
 // configGated are actions the code can call but the deployed configuration

@@ -8,6 +8,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 
 	"github.com/gwlbproxy/gwlbproxy/logship/batch"
+	"github.com/gwlbproxy/gwlbproxy/logship/evetail"
 )
 
 // Sink names.
@@ -51,6 +52,10 @@ type Config struct {
 	EMF          EMFConfig     `yaml:"emf"`
 	// InstanceID names the stream; empty asks IMDSv2 (then the hostname).
 	InstanceID string `yaml:"instance_id"`
+
+	// IDSAlerts follows Suricata's eve.json and ships its alerts into the
+	// same log group as records of type ids_alert (issue 19).
+	IDSAlerts evetail.Config `yaml:"ids_alerts"`
 
 	// Stdout is where the stdout sink writes (nil = os.Stdout). Not YAML.
 	Stdout io.Writer `yaml:"-"`
@@ -142,6 +147,7 @@ func DefaultConfig() Config {
 		Retry:          RetryConfig{MinBackoff: 200 * time.Millisecond, MaxBackoff: 30 * time.Second},
 		UnhealthyAge:   30 * time.Minute,
 		EMF:            EMFConfig{Namespace: "gwlbproxy", Interval: time.Minute},
+		IDSAlerts:      evetail.DefaultConfig(),
 	}
 }
 
@@ -228,6 +234,9 @@ func (c Config) Validate() error {
 		if c.EMF.Interval < time.Second {
 			return fmt.Errorf("emf.interval: %s below 1s", c.EMF.Interval)
 		}
+	}
+	if err := c.IDSAlerts.Validate(); err != nil {
+		return fmt.Errorf("ids_alerts.%w", err)
 	}
 	return nil
 }

@@ -5,11 +5,14 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/logship/evetail"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/flowlog"
 )
 
 // insightsWords are Logs Insights command names, operators and keywords:
@@ -71,6 +74,14 @@ func TestInsightsQueriesReferenceRecordFields(t *testing.T) {
 	if err := json.Unmarshal(r.AppendJSON(nil, 1024), &fromProxy); err != nil {
 		t.Fatal(err)
 	}
+	// issue 19: the same log group holds Suricata's ids_alert records.
+	alert, err := evetail.AlertRecord([]byte(`{"timestamp":"2026-12-07T20:25:25.427045+0000","flow_id":1,"event_type":"alert","src_ip":"203.0.113.1","src_port":443,"dest_ip":"10.0.0.1","dest_port":40000,"proto":"TCP","direction":"to_client","alert":{"action":"allowed","signature_id":1,"rev":1,"signature":"s","category":"","severity":3},"http":{"hostname":"a.example","url":"/"},"app_proto":"http"}`), "i-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(alert, &fromProxy); err != nil { // adds its fields
+		t.Fatal(err)
+	}
 	// And the field list of the contract (the two must agree).
 	var fromContract map[string]any
 	if err := json.Unmarshal(sampleRecord(1, time.Now()), &fromContract); err != nil {
@@ -80,6 +91,11 @@ func TestInsightsQueriesReferenceRecordFields(t *testing.T) {
 		if _, ok := fromProxy[k]; !ok {
 			t.Errorf("contract field %q missing from proxy.Record JSON", k)
 		}
+	}
+
+	// Flow records (tunnel/flowlog, issue 15) go to the same log group.
+	for _, k := range append(append([]string(nil), flowlog.RecordFields...), flowlog.SummaryFields...) {
+		fromProxy[k] = true
 	}
 
 	files, err := filepath.Glob("../configs/insights/*.cwli")
@@ -112,4 +128,72 @@ func TestFieldRefsParser(t *testing.T) {
 	if strings.Join(got, ",") != "a,b,e,f,h" {
 		t.Fatalf("refs %v", got)
 	}
+}
+
+// TestInsightsQueriesCountExactlyAndSkipEMF: the saved queries share the
+// log group with logship's EMF records, and their numbers must be exact.
+// count_distinct is approximate in Logs Insights, so counting is count(*);
+// and every query's first filter must require a field the EMF records lack
+// (an EMF record carries action = "deny" too, and would be counted).
+func TestInsightsQueriesCountExactlyAndSkipEMF(t *testing.T) {
+	e := newEMF(EMFConfig{Namespace: "gwlbproxy"}, "i-1")
+	e.observe(sampleRecord(1, time.Now()))
+	emfFields := map[string]bool{}
+	for _, rec := range e.flush(time.Now(), time.Second) {
+		var m map[string]any
+		if err := json.Unmarshal(rec, &m); err != nil {
+			t.Fatal(err)
+		}
+		for k := range m {
+			emfFields[k] = true
+		}
+	}
+	files, _ := filepath.Glob("../configs/insights/*.cwli")
+	if len(files) == 0 {
+		t.Fatal("no saved queries")
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body []string
+		for _, l := range strings.Split(string(data), "\n") {
+			if t := strings.TrimSpace(l); t != "" && !strings.HasPrefix(t, "#") {
+				body = append(body, t)
+			}
+		}
+		q := strings.Join(body, "\n")
+		if strings.Contains(q, "count_distinct(") {
+			t.Errorf("%s: count_distinct is approximate in Logs Insights; count with count(*)", filepath.Base(f))
+		}
+		if !strings.HasPrefix(q, "filter ") {
+			t.Errorf("%s: does not start with a filter that excludes the EMF records", filepath.Base(f))
+			continue
+		}
+		first := strings.SplitN(strings.TrimPrefix(body[0], "filter "), "|", 2)[0]
+		excludes := false
+		for _, conj := range strings.Split(first, " and ") {
+			if strings.Contains(conj, "!=") || strings.Contains(conj, " or ") || strings.HasPrefix(strings.TrimSpace(conj), "not ") {
+				continue // a negation or alternative also matches records lacking the field
+			}
+			for _, ref := range fieldRefs(conj) {
+				if !emfFields[ref] {
+					excludes = true
+				}
+			}
+		}
+		if !excludes {
+			t.Errorf("%s: first filter %q also matches the EMF records (fields %v)", filepath.Base(f), first, sortedFieldNames(emfFields))
+		}
+	}
+}
+
+func sortedFieldNames(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }

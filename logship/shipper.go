@@ -146,6 +146,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Regis
 // the shipper is closed, or the spool is full under the fail_closed policy.
 func (s *Shipper) Ship(ts time.Time, record []byte) error { return s.ship(ts, record, true) }
 
+// ShipUnmetered is Ship for records that are not requests (flow records,
+// issue 15): same spool and losslessness, but not counted in the
+// per-request EMF metrics.
+func (s *Shipper) ShipUnmetered(ts time.Time, record []byte) error { return s.ship(ts, record, false) }
+
 func (s *Shipper) ship(ts time.Time, record []byte, observe bool) error {
 	if s.closed.Load() {
 		return ErrClosed

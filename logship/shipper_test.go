@@ -395,12 +395,132 @@ func TestEMF(t *testing.T) {
 			emfs = append(emfs, m)
 		}
 	}
-	if len(emfs) != 4 {
-		t.Fatalf("%d EMF records, want one per action (4)", len(emfs))
+	if len(emfs) != 5 {
+		t.Fatalf("%d EMF records, want one per action (4) and the instance record", len(emfs))
 	}
+	var actions int
 	for _, m := range emfs {
-		if m["requests"] != float64(10) || m["status_2xx"] != float64(10) || m["latency_ms_avg"] != 12.5 {
+		checkEMFDirective(t, m)
+		if _, ok := m["action"]; !ok {
+			if age, ok := m["oldest_unshipped_seconds"].(float64); !ok || age < 0 {
+				t.Errorf("instance EMF record without a valid oldest_unshipped_seconds: %v", m)
+			}
+			continue
+		}
+		actions++
+		if m["requests"] != float64(10) || m["status_2xx"] != float64(10) ||
+			m["latency_ms_sum"] != 125.0 || m["latency_count"] != float64(10) || m["latency_ms_max"] != 12.5 {
 			t.Fatalf("EMF record %v", m)
 		}
+		if _, ok := m["latency_ms_avg"]; ok {
+			t.Errorf("EMF record publishes a mean, which CloudWatch would average across instances: %v", m)
+		}
+	}
+	if actions != 4 {
+		t.Errorf("%d per-action EMF records, want 4", actions)
+	}
+}
+
+// checkEMFDirective checks an EMF record against the specification: every
+// metric a directive names is a number at the top level, every dimension a
+// string, at most 30 dimensions per set, and a millisecond timestamp.
+func checkEMFDirective(t *testing.T, m map[string]any) {
+	t.Helper()
+	aws, _ := m["_aws"].(map[string]any)
+	if _, ok := aws["Timestamp"].(float64); !ok {
+		t.Errorf("EMF record without a numeric _aws.Timestamp: %v", m)
+	}
+	dirs, _ := aws["CloudWatchMetrics"].([]any)
+	if len(dirs) == 0 {
+		t.Fatalf("EMF record without directives: %v", m)
+	}
+	for _, d := range dirs {
+		dm, _ := d.(map[string]any)
+		if ns, _ := dm["Namespace"].(string); ns == "" {
+			t.Errorf("directive without a namespace: %v", dm)
+		}
+		sets, ok := dm["Dimensions"].([]any)
+		if !ok {
+			t.Errorf("directive without Dimensions: %v", dm)
+		}
+		for _, set := range sets {
+			names, _ := set.([]any)
+			if len(names) > 30 {
+				t.Errorf("dimension set of %d names", len(names))
+			}
+			for _, n := range names {
+				if _, ok := m[n.(string)].(string); !ok {
+					t.Errorf("dimension %v is not a string member of the record", n)
+				}
+			}
+		}
+		metrics, _ := dm["Metrics"].([]any)
+		if len(metrics) == 0 {
+			t.Errorf("directive without metrics: %v", dm)
+		}
+		for _, mt := range metrics {
+			name, _ := mt.(map[string]any)["Name"].(string)
+			if _, ok := m[name].(float64); !ok {
+				t.Errorf("metric %q is not a number member of the record %v", name, m)
+			}
+		}
+	}
+}
+
+// TestEMFFleetMeanFromSums is why the EMF records carry sums and counts:
+// two instances, one idle-ish and one busy. CloudWatch adds their
+// datapoints, so Sum(latency_ms_sum)/Sum(latency_count) is the true mean
+// over all requests; the mean of the instances' means would be 25 times it.
+func TestEMFFleetMeanFromSums(t *testing.T) {
+	now := time.Now()
+	quiet := newEMF(EMFConfig{Namespace: "gwlbproxy"}, "i-quiet")
+	busy := newEMF(EMFConfig{Namespace: "gwlbproxy"}, "i-busy")
+	quiet.observe([]byte(`{"action":"allow","status":200,"duration_ms":100}`))
+	for range 99 {
+		busy.observe([]byte(`{"action":"allow","status":502,"duration_ms":1}`))
+	}
+	var sum, count, requests, s5xx float64
+	for _, e := range []*emf{quiet, busy} {
+		recs := e.flush(now, 0)
+		if len(recs) != 2 {
+			t.Fatalf("%d records, want the action and the instance record", len(recs))
+		}
+		var m map[string]any
+		if err := json.Unmarshal(recs[0], &m); err != nil {
+			t.Fatal(err)
+		}
+		checkEMFDirective(t, m)
+		sum += m["latency_ms_sum"].(float64)
+		count += m["latency_count"].(float64)
+		requests += m["requests"].(float64)
+		s5xx += m["status_5xx"].(float64)
+	}
+	if mean := sum / count; mean != 1.99 {
+		t.Errorf("fleet mean latency %v ms, want 1.99 (199 ms over 100 requests)", mean)
+	}
+	if rate := s5xx / requests; rate != 0.99 {
+		t.Errorf("fleet 5xx rate %v, want 0.99", rate)
+	}
+}
+
+// TestEMFInstanceRecordAlways: the backlog age goes out every interval,
+// with or without traffic, since the alarm reads a missing datapoint as a
+// stuck shipper.
+func TestEMFInstanceRecordAlways(t *testing.T) {
+	e := newEMF(EMFConfig{Namespace: "gwlbproxy"}, "i-1")
+	recs := e.flush(time.UnixMilli(1700000000000), 90*time.Second+500*time.Millisecond)
+	if len(recs) != 1 {
+		t.Fatalf("%d records with no traffic, want the instance record only", len(recs))
+	}
+	var m map[string]any
+	if err := json.Unmarshal(recs[0], &m); err != nil {
+		t.Fatal(err)
+	}
+	checkEMFDirective(t, m)
+	if m["oldest_unshipped_seconds"] != 90.5 || m["record_type"] != "emf" {
+		t.Errorf("instance record %v", m)
+	}
+	if _, ok := m["client_ip"]; ok {
+		t.Error("EMF record looks like a request record (client_ip); the saved queries filter on it")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/ssrf"
 )
@@ -14,6 +15,9 @@ import (
 type Config struct {
 	Policy policy.Config `yaml:"policy"`
 	SSRF   ssrf.Config   `yaml:"ssrf"`
+	// Binding ties name-based decisions to the destination address (see
+	// binding.go).
+	Binding BindingConfig `yaml:"binding"`
 
 	// UpstreamCABundle is a PEM file of extra roots trusted for upstream
 	// servers, in addition to the system roots. Empty: system roots only.
@@ -70,6 +74,29 @@ type Config struct {
 	MaxConns int `yaml:"max_conns"`
 	// MaxRecordField caps every string field of a record, in bytes.
 	MaxRecordField int `yaml:"max_record_field"`
+
+	// Fair share (issue 14). MaxConns 0 sizes the limit from the
+	// instance's memory (SizeMaxConns); an explicit limit that cannot fit
+	// is refused.
+	//
+	// ProgressTimeout ends a connection whose client makes no progress:
+	// a request body that sends no byte, or a response the client does
+	// not read (one write of at most 32 KiB not taken), for this long.
+	// It applies to HTTP/1 (whole connection), HTTP/2 (per stream, and
+	// per connection for writes) and to the write side of splices (which
+	// also stay bounded by splice_idle_timeout). The record names the
+	// side that stalled (stalled: client_send, client_read, upstream_read).
+	ProgressTimeout time.Duration `yaml:"progress_timeout"`
+	// MaxConnsPerClient caps concurrent connections from one client
+	// address (all listeners), so one source cannot take every slot.
+	// 0: max_conns/8 (at least 1). Excess connections get a 503 page
+	// (plain HTTP) or a clean close (TLS), and a rate-limited record.
+	MaxConnsPerClient int `yaml:"max_conns_per_client"`
+	// Mirror is the decryption mirror (issue 19): the cleartext of bumped
+	// HTTP/1.x and plain HTTP connections as synthetic TCP/IP packets into
+	// a tap device for an IDS. Off by default. The app opens the device
+	// (Deps.Mirror); see package mirror.
+	Mirror mirror.Config `yaml:"mirror"`
 }
 
 // DefaultConfig returns every default.
@@ -77,6 +104,7 @@ func DefaultConfig() Config {
 	return Config{
 		Policy:                policy.DefaultConfig(),
 		SSRF:                  ssrf.DefaultConfig(),
+		Binding:               DefaultBindingConfig(),
 		DenyTLS:               "page",
 		RedactQuery:           true,
 		HTTP2:                 true,
@@ -94,8 +122,11 @@ func DefaultConfig() Config {
 		UpstreamPools:         4096,
 		VerifiedTTL:           60 * time.Second,
 		SpliceIdleTimeout:     350 * time.Second,
-		MaxConns:              20000,
+		MaxConns:              0,
 		MaxRecordField:        2048,
+		ProgressTimeout:       30 * time.Second,
+		MaxConnsPerClient:     0,
+		Mirror:                mirror.DefaultConfig(),
 	}
 }
 
@@ -106,6 +137,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.SSRF.Validate(); err != nil {
 		return fmt.Errorf("ssrf.%w", err)
+	}
+	if err := c.Binding.Validate(); err != nil {
+		return fmt.Errorf("binding.%w", err)
 	}
 	if c.DenyTLS != "page" && c.DenyTLS != "close" {
 		return fmt.Errorf("deny_tls: %q is not page or close", c.DenyTLS)
@@ -126,6 +160,7 @@ func (c *Config) Validate() error {
 		{"response_header_timeout", c.ResponseHeaderTimeout},
 		{"upstream_idle_timeout", c.UpstreamIdleTimeout},
 		{"splice_idle_timeout", c.SpliceIdleTimeout},
+		{"progress_timeout", c.ProgressTimeout},
 	}
 	for _, d := range durs {
 		if d.v < 10*time.Millisecond || d.v > 24*time.Hour {
@@ -144,11 +179,61 @@ func (c *Config) Validate() error {
 	if c.UpstreamPools < 1 || c.UpstreamPools > 1<<20 {
 		return fmt.Errorf("upstream_pools: %d out of range 1..1048576", c.UpstreamPools)
 	}
-	if c.MaxConns < 1 || c.MaxConns > 1<<22 {
-		return fmt.Errorf("max_conns: %d out of range 1..4194304", c.MaxConns)
+	if c.MaxConns < 0 || c.MaxConns > 1<<22 {
+		return fmt.Errorf("max_conns: %d out of range 0 (auto)..4194304", c.MaxConns)
+	}
+	if c.MaxConnsPerClient < 0 || c.MaxConns > 0 && c.MaxConnsPerClient > c.MaxConns {
+		return fmt.Errorf("max_conns_per_client: %d out of range 0 (auto)..max_conns (%d)", c.MaxConnsPerClient, c.MaxConns)
 	}
 	if c.MaxRecordField < 64 || c.MaxRecordField > 65536 {
 		return fmt.Errorf("max_record_field: %d out of range 64..65536", c.MaxRecordField)
 	}
+	if err := c.Mirror.Validate(); err != nil {
+		return fmt.Errorf("mirror.%w", err)
+	}
 	return nil
+}
+
+// ConnBudget is the memory set aside per client connection when max_conns
+// is sized or checked: an idle bumped HTTP/1 connection measured about
+// 40 KB of RSS (bench proxy --scenario idle); a busy one holds buffers,
+// an upstream connection and TLS records in flight, and per-client
+// upstream mode has a second TLS connection per client.
+const ConnBudget = 128 << 10
+
+// Automatic max_conns bounds.
+const (
+	minAutoConns = 256
+	maxAutoConns = 100000
+)
+
+// SizeMaxConns returns the connection limit for an instance with mem bytes
+// of memory: maxConns itself when it fits in three quarters of mem at
+// ConnBudget per connection, an error naming max_conns when it does not,
+// and for maxConns 0 what half of mem holds (256..100000). mem 0
+// (unknown) accepts any explicit limit and gives 20000 for 0.
+func SizeMaxConns(maxConns int, mem uint64) (int, error) {
+	if mem == 0 {
+		if maxConns == 0 {
+			return 20000, nil
+		}
+		return maxConns, nil
+	}
+	if maxConns == 0 {
+		return int(min(max(mem/2/ConnBudget, minAutoConns), maxAutoConns)), nil
+	}
+	if need := uint64(maxConns) * ConnBudget; need > mem/4*3 {
+		return 0, fmt.Errorf("max_conns: %d connections need about %d MiB (%d KiB each), more than 3/4 of this instance's %d MiB; lower it or set 0 to size it from memory (%d here)",
+			maxConns, need>>20, ConnBudget>>10, mem>>20, min(max(mem/2/ConnBudget, minAutoConns), maxAutoConns))
+	}
+	return maxConns, nil
+}
+
+// perClientCap is max_conns_per_client resolved against the effective
+// max_conns.
+func perClientCap(perClient, maxConns int) int {
+	if perClient > 0 {
+		return min(perClient, maxConns)
+	}
+	return max(maxConns/8, 1)
 }

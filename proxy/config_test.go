@@ -38,7 +38,9 @@ func TestValidateMessages(t *testing.T) {
 		mod  func(*Config)
 		want string
 	}{
-		{func(c *Config) { c.MaxConns = 0 }, "max_conns:"},
+		{func(c *Config) { c.MaxConns = -1 }, "max_conns:"},
+		{func(c *Config) { c.MaxConns = 10; c.MaxConnsPerClient = 11 }, "max_conns_per_client:"},
+		{func(c *Config) { c.ProgressTimeout = 0 }, "progress_timeout:"},
 		{func(c *Config) { c.DenyTLS = "x" }, "deny_tls:"},
 		{func(c *Config) { c.HTTP2MaxStreams = 0 }, "http2_max_streams:"},
 		{func(c *Config) { c.IdleTimeout = 0 }, "idle_timeout:"},

@@ -3,6 +3,7 @@ package proxy
 import (
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -10,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
@@ -30,6 +32,9 @@ type connState struct {
 	hasEP       bool
 	isTLS       bool
 	sni         string // normalized SNI ("" when absent)
+	// bind is the last destination-binding outcome on this connection
+	// (the destination is fixed, so it holds for its name).
+	bind atomic.Pointer[bindResult]
 	// fixed, when set, answers every request on this connection (deny or
 	// upstream error page) and nothing is forwarded.
 	fixed *fixedReply
@@ -53,11 +58,14 @@ type connState struct {
 	// closed by finish.
 	upMu   sync.Mutex
 	upTr   *http.Transport
+	upH1   *h1Pool // the fast path over the same one connection
 	up     net.Conn
 	upDone bool
 
 	finishOnce sync.Once
 	released   atomic.Bool
+	// stall is what made no progress for progress_timeout (stall*).
+	stall atomic.Uint32
 }
 
 // fixedReply is a canned answer for every request on a connection.
@@ -131,6 +139,23 @@ func (st *connState) ownTransport(u *upstream, key poolKey) *http.Transport {
 	return st.upTr
 }
 
+// ownH1 returns (creating on first use) the connection's own fast-path
+// pool in per-client mode: at most one idle connection, never timed out
+// by the pool (see perClientTransport), closed by finish.
+func (st *connState) ownH1(u *upstream, key poolKey) *h1Pool {
+	st.upMu.Lock()
+	defer st.upMu.Unlock()
+	if st.upH1 == nil {
+		lim := u.h1Limits()
+		lim.idleTimeout = 0
+		st.upH1 = &h1Pool{max: 1, lim: lim}
+		if st.upDone {
+			st.upH1.close()
+		}
+	}
+	return st.upH1
+}
+
 var errClientGone = errors.New("client connection closed")
 
 // adopt makes c the connection's live upstream (per-client mode). The
@@ -154,11 +179,14 @@ func (st *connState) adopt(c net.Conn) (net.Conn, error) {
 func (st *connState) closeUpstream() {
 	st.upMu.Lock()
 	st.upDone = true
-	up, tr := st.up, st.upTr
+	up, tr, hp := st.up, st.upTr, st.upH1
 	st.up = nil
 	st.upMu.Unlock()
 	if up != nil {
 		up.Close()
+	}
+	if hp != nil {
+		hp.close()
 	}
 	if tr != nil {
 		tr.CloseIdleConnections()
@@ -179,6 +207,7 @@ func (st *connState) finish() {
 		st.preMu.Unlock()
 		st.closeUpstream()
 		if st.requests.Load() == 0 {
+			st.markStalled(&st.rec, st.p.cfg.ProgressTimeout)
 			if st.rec.Action == "" {
 				st.rec.Action = "error"
 				st.rec.UpstreamError = "client sent no complete request"
@@ -196,6 +225,11 @@ func (st *connState) release() {
 		delete(p.active, st)
 		p.mu.Unlock()
 		p.m.active.Dec()
+		p.clients.release(st.clientAP.Addr())
+		if s := st.stall.Load(); s != stallNone {
+			p.stats.stalled.Add(1)
+			p.m.stalled.WithLabelValues(stallName(s)).Inc()
+		}
 		<-p.sem
 		p.conns.Done()
 	}
@@ -226,10 +260,66 @@ func tlsVersionName(v uint16) string {
 type servedConn struct {
 	net.Conn
 	st *connState
+	// mir mirrors the cleartext both ways (nil: mirror off or HTTP/2).
+	mir *mirror.Stream
+}
+
+// served wraps a client conn about to be served as HTTP/1.x, starting its
+// mirrored stream when the decryption mirror is on.
+func (p *Proxy) served(c net.Conn, st *connState) *servedConn {
+	sc := &servedConn{Conn: c, st: st}
+	if p.deps.Mirror != nil {
+		sc.mir = p.deps.Mirror.Start(st.clientAP, st.dst)
+	}
+	return sc
+}
+
+// countUnmirroredH2 counts a bumped HTTP/2 connection the mirror skips.
+func (p *Proxy) countUnmirroredH2() {
+	if p.deps.Mirror != nil {
+		p.m.mirrorH2.Inc()
+	}
+}
+
+// Read mirrors what the client sent.
+func (c *servedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if c.mir != nil {
+		c.mir.Client(b[:n])
+		if err != nil && abnormal(err) {
+			c.mir.Abort()
+		}
+	}
+	return n, err
+}
+
+// Write mirrors what the client was sent, and notes a write that timed
+// out: the client stopped reading (the only write deadlines on a served
+// conn are progress deadlines).
+func (c *servedConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if err != nil && isTimeoutErr(err) {
+		c.st.setStall(stallClientRead)
+	}
+	if c.mir != nil {
+		c.mir.Server(b[:n])
+		if err != nil {
+			c.mir.Abort()
+		}
+	}
+	return n, err
+}
+
+// abnormal: a read error that is not an orderly end (EOF, our own close,
+// an idle or shutdown deadline), so the mirrored stream ends with RST.
+func abnormal(err error) bool {
+	var ne net.Error
+	return !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !(errors.As(err, &ne) && ne.Timeout())
 }
 
 func (c *servedConn) Close() error {
 	err := c.Conn.Close()
+	c.mir.Close()
 	c.st.finish()
 	return err
 }

@@ -31,7 +31,7 @@ func (p *Proxy) handleConn(c net.Conn, isTLS bool) {
 		return
 	}
 	if !isTLS {
-		p.serveH1(&servedConn{Conn: c, st: st})
+		p.serveH1(p.served(c, st))
 		return
 	}
 	p.handleTLS(st)
@@ -65,9 +65,27 @@ func (p *Proxy) handleTLS(st *connState) {
 	}
 	c.SetReadDeadline(time.Time{})
 	st.rec.SNI = hello.ServerName
+	// crypto/tls accepted these bytes; a hello our fingerprint parser
+	// cannot read just leaves ja4/ja3 empty.
+	st.rec.Fingerprint.Compute(buf)
 	rc := &replayConn{Conn: c, prefix: buf}
 
 	d := p.decideTLS(st, hello)
+	denyDetail := ""
+	if d.Action != policy.Deny {
+		// Destination binding on the SNI, before any upstream byte: a
+		// mismatch is denied like a policy deny (a page over a minted
+		// leaf, or a close), never spliced or dialed.
+		if b := p.checkBinding(st, st.sni, d); b != nil {
+			b.apply(&st.rec)
+			if b.deny {
+				d = policy.Decision{Action: policy.Deny, Rule: b.rule}
+				denyDetail = b.detail + " (rule " + b.rule + ")"
+			} else if b.rule != "" {
+				d.Rule = b.rule // report only: "report_only:bind:..."
+			}
+		}
+	}
 	switch d.Action {
 	case policy.Splice:
 		st.rec.Rule = d.Rule
@@ -76,8 +94,11 @@ func (p *Proxy) handleTLS(st *connState) {
 	case policy.Deny:
 		p.stats.denied.Add(1)
 		p.m.decisions.WithLabelValues("deny").Inc()
+		if denyDetail == "" {
+			denyDetail = "Access to " + displayName(hello.ServerName, st) + " is denied by rule " + d.Rule + "."
+		}
 		fr := &fixedReply{status: http.StatusForbidden, action: "deny", rule: d.Rule,
-			title: "Forbidden", detail: "Access to " + displayName(hello.ServerName, st) + " is denied by rule " + d.Rule + "."}
+			title: "Forbidden", detail: denyDetail}
 		if p.cfg.DenyTLS == "close" || p.deps.Certs == nil {
 			p.closeWith(st, "deny", d.Rule, "")
 			return
@@ -174,7 +195,11 @@ func (p *Proxy) bump(st *connState, rc *replayConn, h *Hello) {
 		NextProtos:   protos,
 	})
 	if err := tc.HandshakeContext(ctx); err != nil {
-		p.closeWith(st, "error", st.rec.Rule, "client handshake: "+err.Error())
+		action := "error"
+		if st.fixed != nil && st.fixed.action == "deny" {
+			action = "deny" // a deny page the client would not accept is still a deny
+		}
+		p.closeWith(st, action, st.rec.Rule, "client handshake: "+err.Error())
 		return
 	}
 	cs := tc.ConnectionState()
@@ -187,6 +212,8 @@ func (p *Proxy) bump(st *connState, rc *replayConn, h *Hello) {
 		// net/http's own h2 path needs a *tls.Conn it accepted itself;
 		// x/net/http2 serves our prepared conn, with p.srv's timeouts
 		// and its graceful shutdown (registered by ConfigureServer).
+		// HTTP/2 is not mirrored (see package mirror).
+		p.countUnmirroredH2()
 		p.h2.ServeConn(sc, &http2.ServeConnOpts{
 			Context:    context.WithValue(p.ctx, stateKey{}, st),
 			BaseConfig: p.srv,
@@ -195,7 +222,7 @@ func (p *Proxy) bump(st *connState, rc *replayConn, h *Hello) {
 		sc.Close()
 		return
 	}
-	p.serveH1(sc)
+	p.serveH1(p.served(tc, st))
 }
 
 // splice connects the client to the original destination without
@@ -213,8 +240,18 @@ func (p *Proxy) splice(st *connState, rc *replayConn) {
 		p.closeWith(st, "error", st.rec.Rule, msg)
 		return
 	}
-	in, out := relay(rc, up, p.cfg.SpliceIdleTimeout)
+	in, out, stall, notTLS := relay(rc, up, p.cfg.SpliceIdleTimeout, p.cfg.ProgressTimeout)
 	st.rec.BytesIn, st.rec.BytesOut = in, out
+	switch {
+	case notTLS != nil:
+		p.m.decisions.WithLabelValues("not-tls").Inc()
+		st.rec.UpstreamError = "not-tls after splice by rule " + st.rec.Rule + ": " + notTLS.Error()
+		st.rec.Action, st.rec.Rule = "deny", "not-tls"
+		p.log.Debug("proxy: splice closed: not TLS", "client", st.rec.ClientIP, "dst", st.rec.DstIP, "sni", st.rec.SNI, "err", notTLS)
+	case stall != stallNone:
+		st.setStall(stall)
+		st.markStalled(&st.rec, p.cfg.ProgressTimeout)
+	}
 	st.client.Close()
 	up.Close()
 	st.finish()
@@ -223,54 +260,94 @@ func (p *Proxy) splice(st *connState, rc *replayConn) {
 // relay copies both ways; it returns bytes client->upstream and
 // upstream->client. Each direction half-closes its destination at EOF. The
 // splice ends when both directions are done or when neither moved a byte for
-// idle (a one-way stream keeps the other direction alive).
-func relay(client, up net.Conn, idle time.Duration) (in, out int64) {
+// idle (a one-way stream keeps the other direction alive), or when a write
+// is not taken within progress (stall says which side stopped reading).
+// Both directions must be TLS records from the first byte (the replayed
+// ClientHello) on: the first malformed record header ends the splice, and
+// notTLS says which side sent it.
+func relay(client, up net.Conn, idle, progress time.Duration) (in, out int64, stall uint32, notTLS error) {
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
 	var wg sync.WaitGroup
+	var upStalled, clientStalled bool
+	var errIn, errOut error
 	wg.Add(2)
-	go func() { in = copyIdle(up, client, idle, &last); wg.Done() }()
-	go func() { out = copyIdle(client, up, idle, &last); wg.Done() }()
+	go func() { in, upStalled, errIn = copyIdle(up, client, idle, progress, &last); wg.Done() }()
+	go func() { out, clientStalled, errOut = copyIdle(client, up, idle, progress, &last); wg.Done() }()
 	wg.Wait()
-	return in, out
+	switch {
+	case errIn != nil:
+		notTLS = fmt.Errorf("client sent %w", errIn)
+	case errOut != nil:
+		notTLS = fmt.Errorf("upstream sent %w", errOut)
+	}
+	switch {
+	case clientStalled:
+		stall = stallClientRead
+	case upStalled:
+		stall = stallUpRead
+	}
+	return in, out, stall, notTLS
 }
 
-func copyIdle(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
+// copyIdle copies src to dst until EOF, an error or idle; it passes only
+// well-framed TLS records and returns the framing error that stopped it.
+// An incomplete record header at the end of a read is held at the front of
+// the buffer until the next read completes it, so no byte of a malformed
+// header reaches dst. stalled reports a write to dst that was not taken
+// within the write timeout (min(idle, progress)).
+func copyIdle(dst, src net.Conn, idle, progress time.Duration, last *atomic.Int64) (n int64, stalled bool, frameErr error) {
+	wt := min(idle, progress)
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
-	var n int64
 	var failed bool
+	var fr tlsFramer
+	hold := 0
 	for {
 		src.SetReadDeadline(time.Now().Add(idle))
-		nr, rerr := src.Read(buf)
+		nr, rerr := src.Read(buf[hold:])
 		if nr > 0 {
 			last.Store(time.Now().UnixNano())
-			dst.SetWriteDeadline(time.Now().Add(idle))
-			nw, werr := dst.Write(buf[:nr])
-			n += int64(nw)
-			if werr != nil {
-				failed = true
+			data := buf[:hold+nr]
+			pass, ferr := fr.scan(data)
+			if pass > 0 {
+				dst.SetWriteDeadline(time.Now().Add(wt))
+				nw, werr := dst.Write(data[:pass])
+				n += int64(nw)
+				if werr != nil {
+					failed = true
+					stalled = isTimeoutErr(werr)
+					break
+				}
+			}
+			if ferr != nil {
+				frameErr, failed = ferr, true
 				break
 			}
+			hold = copy(buf, data[pass:])
 		}
 		if rerr != nil {
 			var ne net.Error
 			if errors.As(rerr, &ne) && ne.Timeout() && time.Since(time.Unix(0, last.Load())) < idle {
 				continue // the other direction is active
 			}
-			failed = rerr != io.EOF
+			if rerr == io.EOF && hold > 0 {
+				frameErr = fmt.Errorf("%w: stream ended inside a TLS record header (% x)", errNotTLS, buf[:hold])
+			}
+			failed = rerr != io.EOF || frameErr != nil
 			break
 		}
 	}
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok && !failed {
 		cw.CloseWrite()
 	} else {
-		// Error or idle: tear both sides down so the other direction ends.
+		// Error, idle, stall or not TLS: tear both sides down so the other
+		// direction ends.
 		dst.Close()
 		src.Close()
 	}
-	return n
+	return n, stalled, frameErr
 }
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}

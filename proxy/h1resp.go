@@ -350,9 +350,12 @@ func (b *reqBody) Read(p []byte) (int, error) {
 	if b.s.w.expectContinue {
 		b.s.w.writeContinue() // once; not after the final response began
 	}
+	b.s.extendRead()
 	n, err := b.rc.Read(p)
 	if err == io.EOF {
 		b.eof = true
+	} else if err != nil && isTimeoutErr(err) && !b.closed.Load() && !time.Now().Before(b.s.rd) {
+		b.s.conn.st.setStall(stallClientSend)
 	}
 	return n, err
 }
@@ -378,6 +381,9 @@ func (b *reqBody) finish() bool {
 	defer b.mu.Unlock()
 	if b.eof {
 		return true
+	}
+	if b.s.conn.st.stall.Load() != stallNone {
+		return false // the client stopped sending: no drain wait
 	}
 	if w := &b.s.w; w.expectContinue && !w.wroteContinue {
 		return false // the client was never asked for the body

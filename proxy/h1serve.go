@@ -45,6 +45,8 @@ type h1Server struct {
 	wire wireReader
 	br   *bufio.Reader
 	bw   *bufio.Writer
+	out  h1Out // bw's destination: the conn with progress deadlines
+	one  [1]byte
 
 	ctx      context.Context
 	cancel   context.CancelCauseFunc
@@ -99,8 +101,9 @@ func (p *Proxy) serveH1(c *servedConn) {
 	s.wire.c = c
 	s.br = brPool.Get().(*bufio.Reader)
 	s.br.Reset(&s.wire)
+	s.out.s = s
 	s.bw = bwPool.Get().(*bufio.Writer)
-	s.bw.Reset(c)
+	s.bw.Reset(&s.out)
 	s.ctx, s.cancel = context.WithCancelCause(context.WithValue(p.ctx, stateKey{}, c.st))
 	s.remote = c.RemoteAddr().String()
 	if tc, ok := c.Conn.(*tls.Conn); ok {
@@ -195,7 +198,12 @@ func (s *h1Server) readRequest(first bool) (*http.Request, error) {
 				return nil, errShutdown
 			}
 		}
-		_, err := s.br.Peek(1)
+		var err error
+		if s.tlsState != nil && !first {
+			err = s.waitLean()
+		} else {
+			_, err = s.br.Peek(1)
+		}
 		s.wire.wait.Store(waitNone)
 		if err != nil {
 			if s.p.closing.Load() {
@@ -266,6 +274,40 @@ func (s *h1Server) readRequest(first bool) (*http.Request, error) {
 		}
 	}
 	return req, nil
+}
+
+// waitLean waits for the first byte of the next request on a bumped
+// keep-alive connection without holding the connection's bufio buffers:
+// they go back to their pools while the client is idle (an idle
+// connection is the common state of a keep-alive connection, and 8 KiB of
+// buffers per connection were a large part of its cost). The byte is read
+// through the TLS connection (which decrypts a whole record into its own
+// buffer, so this costs no extra system call) and handed to the
+// bufio.Reader through wireReader.
+func (s *h1Server) waitLean() error {
+	if s.bw.Buffered() > 0 {
+		_, err := s.br.Peek(1) // cannot happen: every response ends flushed
+		return err
+	}
+	s.br.Reset(nil)
+	brPool.Put(s.br)
+	s.bw.Reset(nil)
+	bwPool.Put(s.bw)
+	s.br, s.bw = nil, nil
+	n, err := s.conn.Read(s.one[:])
+	s.br = brPool.Get().(*bufio.Reader)
+	s.br.Reset(&s.wire)
+	s.bw = bwPool.Get().(*bufio.Writer)
+	s.bw.Reset(&s.out)
+	if n == 1 {
+		s.wire.unread(s.one[0])
+		_, err = s.br.Peek(1) // fill: the rest of the record, for the header check
+		return err
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
 }
 
 // fields counts the request header fields that http.ReadRequest folds
@@ -371,7 +413,9 @@ func (s *h1Server) serve(req *http.Request) (keep bool) {
 	if !bodyless {
 		body = &reqBody{s: s, rc: req.Body}
 		req.Body = body
-		s.setReadDeadline(time.Time{}) // bodies are read at the client's pace
+		// Bodies are read at the client's pace, as long as it keeps
+		// sending (reqBody.Read moves the deadline).
+		s.extendRead()
 	}
 	clear(s.hdr)
 	w := &s.w
@@ -495,7 +539,12 @@ type wireReader struct {
 	raw       []byte
 	recording bool
 	wait      atomic.Int32 // waitFirst or waitNext while the loop waits (Shutdown wakes it)
+	pending   byte         // a byte read by waitLean, returned first
+	hasPend   bool
 }
+
+// unread makes b the next byte Read returns.
+func (r *wireReader) unread(b byte) { r.pending, r.hasPend = b, true }
 
 func (r *wireReader) startHeader(limit int64, buffered []byte) {
 	r.limited, r.remain = true, limit
@@ -525,7 +574,20 @@ func (r *wireReader) Read(p []byte) (int, error) {
 			p = p[:r.remain]
 		}
 	}
-	n, err := r.c.Read(p)
+	var n int
+	var err error
+	if r.hasPend && len(p) > 0 {
+		// The pending byte and what else the TLS connection holds of
+		// its record (it blocks only if that record had one byte).
+		p[0], n, r.hasPend = r.pending, 1, false
+		if len(p) > 1 {
+			var m int
+			m, err = r.c.Read(p[1:])
+			n += m
+		}
+	} else {
+		n, err = r.c.Read(p)
+	}
 	if r.limited {
 		r.remain -= int64(n)
 	}

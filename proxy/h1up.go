@@ -73,9 +73,33 @@ var errRespHeaderTooLong = errors.New("upstream response headers too long")
 
 func newH1Conn(c net.Conn) *h1Conn {
 	pc := &h1Conn{c: c, limit: math.MaxInt64}
-	pc.br = bufio.NewReader(pc)
-	pc.bw = bufio.NewWriter(c)
+	pc.takeBufs()
 	return pc
+}
+
+// Idle connections hand their bufio buffers back (put) and take them
+// again when reused (get): a pool of idle connections, and in per-client
+// mode every idle client's own upstream, then holds no buffers.
+var (
+	upBrPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	upBwPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+)
+
+func (pc *h1Conn) takeBufs() {
+	pc.br = upBrPool.Get().(*bufio.Reader)
+	pc.br.Reset(pc)
+	pc.bw = upBwPool.Get().(*bufio.Writer)
+	pc.bw.Reset(pc.c)
+}
+
+// dropBufs returns the buffers; both are empty (put checks br, every
+// request ends with a flush).
+func (pc *h1Conn) dropBufs() {
+	pc.br.Reset(nil)
+	upBrPool.Put(pc.br)
+	pc.bw.Reset(nil)
+	upBwPool.Put(pc.bw)
+	pc.br, pc.bw = nil, nil
 }
 
 // Read is what br reads: c, but no more than limit bytes.
@@ -379,6 +403,7 @@ func (hp *h1Pool) get(maxIdle time.Duration, check bool) *h1Conn {
 			pc.c.Close()
 			continue
 		}
+		pc.takeBufs()
 		return pc
 	}
 	return nil
@@ -387,10 +412,11 @@ func (hp *h1Pool) get(maxIdle time.Duration, check bool) *h1Conn {
 // put keeps pc for reuse, unless the pool is closed or full, or the server
 // sent bytes nobody asked for.
 func (hp *h1Pool) put(pc *h1Conn) {
-	if pc.br.Buffered() > 0 {
+	if pc.br.Buffered() > 0 || pc.bw.Buffered() > 0 {
 		pc.c.Close()
 		return
 	}
+	pc.dropBufs()
 	pc.idleAt = time.Now()
 	hp.mu.Lock()
 	if hp.closed || len(hp.idle) >= hp.max {

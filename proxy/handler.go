@@ -5,12 +5,15 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/textproto"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/elazarl/goproxy"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
@@ -20,6 +23,8 @@ type reqKey struct{}
 // reqInfo follows one request from our handler through goproxy into our
 // RoundTripper and back, and becomes its record.
 type reqInfo struct {
+	st       *connState
+	stall    atomic.Uint32 // HTTP/2: what stalled on this stream (stall*)
 	rec      Record
 	start    time.Time
 	bytesIn  atomic.Int64
@@ -65,14 +70,26 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	st.requests.Add(1)
 	p.stats.requests.Add(1)
-	ri := &reqInfo{start: time.Now(), rec: st.rec}
+	ri := &reqInfo{st: st, start: time.Now(), rec: st.rec}
 	ri.rec.Action, ri.rec.Rule, ri.rec.UpstreamError = "allow", st.rec.Rule, ""
 	ri.rec.Host = r.Host
 	ri.rec.Method = r.Method
-	ri.rec.Path = p.recordPath(r)
+	ri.rec.Path = p.recordPath(r, st.rec.Scheme)
 	ri.rec.UserAgent = r.Header.Get("User-Agent")
 	ri.rw = respWriter{w: w, ri: ri}
 	rw := &ri.rw
+	if r.ProtoMajor == 2 {
+		// HTTP/2 streams get progress deadlines of their own (an h1
+		// connection's are kept by h1Server).
+		if dl, ok := w.(streamDeadlines); ok {
+			sw := &streamWatch{dl: dl, ri: ri, d: p.cfg.ProgressTimeout}
+			rw.sw = sw
+			defer sw.stop()
+			if r.Body != nil && r.Body != http.NoBody {
+				r.Body = &progressBody{rc: r.Body, sw: sw}
+			}
+		}
+	}
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = &countingBody{rc: r.Body, n: &ri.bytesIn}
 	}
@@ -109,7 +126,20 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 		p.deny(rw, r, ri, http.StatusForbidden, d.Rule, "Access to "+name+" is denied by rule "+d.Rule+".")
 		return
 	}
+	if b := p.checkBinding(st, name, d); b != nil {
+		b.apply(&ri.rec)
+		if b.deny {
+			p.deny(rw, r, ri, http.StatusForbidden, b.rule, b.detail)
+			return
+		} else if b.rule != "" {
+			ri.rec.Rule = b.rule // report only: "report_only:bind:..."
+		}
+	}
 	p.m.requests.WithLabelValues("allow").Inc()
+	removeConnectionFields(r.Header)
+	if r.Trailer != nil {
+		filterTrailers(r)
+	}
 	r.URL.Scheme = st.rec.Scheme
 	r.URL.Host = r.Host
 	if r.ProtoMajor == 1 {
@@ -137,9 +167,19 @@ func (p *Proxy) deny(rw *respWriter, r *http.Request, ri *reqInfo, status int, r
 	p.writePage(rw, r, status, http.StatusText(status), detail+" (rule "+rule+")", ri)
 }
 
-func (p *Proxy) recordPath(r *http.Request) string {
+// recordPath is the request target the upstream receives (what
+// url.URL.RequestURI makes of the outgoing URL, whose scheme is the
+// connection's), with the query redacted when redact_query is on. An
+// opaque target such as "x:admin/secret" goes upstream as "admin/secret",
+// and so it is recorded.
+func (p *Proxy) recordPath(r *http.Request, scheme string) string {
 	u := r.URL
 	path := u.EscapedPath()
+	if u.Opaque != "" || path == "" {
+		v := *u
+		v.Scheme, v.RawQuery, v.ForceQuery = scheme, "", false
+		path = v.RequestURI()
+	}
 	if u.RawQuery == "" && !u.ForceQuery {
 		return path
 	}
@@ -150,6 +190,14 @@ func (p *Proxy) recordPath(r *http.Request) string {
 }
 
 func (p *Proxy) finishRequest(ri *reqInfo, rw *respWriter) {
+	if s := ri.stall.Load(); s != stallNone {
+		// An HTTP/2 stream: the connection goes on.
+		p.stats.stalled.Add(1)
+		p.m.stalled.WithLabelValues(stallName(s)).Inc()
+		markStalled(&ri.rec, s, p.cfg.ProgressTimeout)
+	} else {
+		ri.st.markStalled(&ri.rec, p.cfg.ProgressTimeout)
+	}
 	ri.rec.Status = rw.status
 	if ri.rec.Status == 0 {
 		ri.rec.Status = http.StatusOK
@@ -182,6 +230,12 @@ func (p *Proxy) ship(rec *Record, start time.Time) {
 	bufPool.Put(bp)
 }
 
+// streamDeadlines is what x/net/http2's ResponseWriter offers per stream.
+type streamDeadlines interface {
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
+}
+
 // respWriter counts, captures the status, flushes streaming responses (no
 // Content-Length: chunked, SSE) after every write, and tracks hijacks.
 type respWriter struct {
@@ -190,6 +244,7 @@ type respWriter struct {
 	status    int
 	bytesOut  int64
 	flushEach bool
+	sw        *streamWatch // HTTP/2: the stream's progress watch; nil for HTTP/1
 }
 
 func (w *respWriter) Header() http.Header { return w.w.Header() }
@@ -210,6 +265,10 @@ func (w *respWriter) WriteHeader(code int) {
 func (w *respWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
+	}
+	if w.sw != nil {
+		w.sw.begin(&w.sw.writing)
+		defer w.sw.writing.Store(0)
 	}
 	n, err := w.w.Write(b)
 	w.bytesOut += int64(n)
@@ -291,3 +350,72 @@ func (c *countingConn) Write(p []byte) (int, error) {
 	c.out.Add(int64(n))
 	return n, err
 }
+
+// removeConnectionFields deletes the header fields the client named in
+// Connection, which apply to its connection only and must not be forwarded
+// (RFC 9110 section 7.6.1), and Keep-Alive. goproxy then deletes Connection
+// itself (keeping it, and Upgrade, for a WebSocket handshake only): an
+// Upgrade named in Connection is removed here unless it asks for a
+// WebSocket, so no other protocol switch (h2c) reaches the upstream.
+func removeConnectionFields(h http.Header) {
+	conn := h["Connection"]
+	if len(conn) == 0 {
+		return
+	}
+	ws := httpguts.HeaderValuesContainsToken(h["Upgrade"], "websocket")
+	for _, v := range conn {
+		for name := range strings.SplitSeq(v, ",") {
+			name = textproto.TrimString(name)
+			if name == "" || ws && strings.EqualFold(name, "upgrade") || strings.EqualFold(name, "connection") {
+				continue
+			}
+			h.Del(name)
+		}
+	}
+	h.Del("Keep-Alive")
+}
+
+// filterTrailers limits a request's trailers to the fields it declared in
+// its Trailer header that may appear in a trailer at all
+// (httpguts.ValidTrailerHeader: not framing, routing, hop-by-hop or
+// authentication fields such as Content-Length, Transfer-Encoding, Host,
+// Connection, Authorization). Declared fields that may not are dropped now,
+// so the upstream is not told of them; fields the body's end brings that
+// were not declared (net/http and x/net/http2 keep those too) are dropped
+// when the body reaches EOF, before the outgoing request writes its
+// trailers.
+func filterTrailers(r *http.Request) {
+	for k := range r.Trailer {
+		if !httpguts.ValidTrailerHeader(k) {
+			delete(r.Trailer, k)
+		}
+	}
+	declared := make([]string, 0, len(r.Trailer))
+	for k := range r.Trailer {
+		declared = append(declared, k)
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &trailerBody{rc: r.Body, tr: r.Trailer, declared: declared}
+	}
+}
+
+// trailerBody removes undeclared trailer fields when its body ends.
+type trailerBody struct {
+	rc       io.ReadCloser
+	tr       http.Header
+	declared []string
+}
+
+func (b *trailerBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		for k := range b.tr {
+			if !slices.Contains(b.declared, k) {
+				delete(b.tr, k)
+			}
+		}
+	}
+	return n, err
+}
+
+func (b *trailerBody) Close() error { return b.rc.Close() }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -299,6 +300,7 @@ func newHarnessOpts(t testing.TB, o harnessOpts) *harness {
 			return testDstHTTP, nil
 		},
 		EndpointOf: func(net.Conn) (uint64, bool) { return 0x0123456789abcdef, true },
+		Binder:     testBinder{},
 		DialUpstream: func(ctx context.Context, client net.Conn, dst netip.AddrPort) (net.Conn, error) {
 			h.dials.Add(1)
 			v, _ := h.dialedTo.LoadOrStore(dst.String(), new(atomic.Int64))
@@ -484,3 +486,21 @@ func readDirNames(dir string) ([]string, error) {
 }
 
 func byteReader(b []byte) io.Reader { return strings.NewReader(string(b)) }
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

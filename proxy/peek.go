@@ -114,6 +114,9 @@ func (c *replayConn) Read(p []byte) (int, error) {
 	if len(c.prefix) > 0 {
 		n := copy(p, c.prefix)
 		c.prefix = c.prefix[n:]
+		if len(c.prefix) == 0 {
+			c.prefix = nil // do not keep the hello's buffer for the connection's life
+		}
 		return n, nil
 	}
 	return c.Conn.Read(p)

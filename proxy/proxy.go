@@ -29,14 +29,31 @@
 // Deps.Admit gates every new connection (fail closed when the log spool is
 // full): refused connections are reset before anything else happens.
 //
+// Fair share (fairshare.go): every client address may hold at most
+// max_conns_per_client of the max_conns slots (max_conns itself sized from
+// memory by default); a connection over either limit gets a 503 page or a
+// clean close and a rate-limited record. A client that stops sending a
+// request body or reading a response for progress_timeout loses its
+// connection (HTTP/2: its stream), recorded with the side that stalled.
+// An idle bumped HTTP/1 connection holds its goroutine, socket and TLS
+// state but no bufio buffers, and in per-client mode no upstream
+// goroutines; after a burst the proxy returns the garbage to the kernel
+// once quiet.
+//
 // Decisions, in order, for a TLS connection:
 //  1. read the ClientHello (deadline client_hello_timeout); not TLS or
 //     silent: close and record;
 //  2. SSRF guard on the original destination (always on; never
 //     report-only);
-//  3. ECH present: policy.ech_action; no SNI: policy.no_sni_action;
-//     unparseable SNI: deny;
-//  4. the ordered rules on (endpoint, client, destination, SNI).
+//  3. ECH present: policy.ech_action (default ignore: the outer SNI is
+//     decided like any other, and a bump completes the handshake on the
+//     ClientHelloOuter as a server without ECH keys); no SNI:
+//     policy.no_sni_action; unparseable SNI: deny;
+//  4. the ordered rules on (endpoint, client, destination, SNI);
+//  5. destination binding (binding.go): an allow or splice decided on a
+//     name needs the destination among the name's addresses, else deny
+//     (bind:dst-mismatch, bind:resolve-failed). Every request's Host is
+//     checked the same way (rules, then binding) inside the connection.
 //
 // Allow (bump) dials and verifies the upstream first (unless the same
 // destination+SNI verified within verified_ttl), then mints the client leaf.
@@ -57,6 +74,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +83,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http2"
 
+	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/ssrf"
 )
@@ -119,6 +138,16 @@ type Deps struct {
 	SelfAddrs func() ([]netip.Addr, error)
 	// InstanceID goes into every record. Empty: the host name.
 	InstanceID string
+	// Binder checks destination binding. Nil: a resolve.Resolver built
+	// from Config.Binding (none when binding.mode is off).
+	Binder Binder
+	// Memory is the memory max_conns is sized from or checked against,
+	// in bytes (SizeMaxConns). 0: the cgroup limit or MemTotal.
+	Memory uint64
+	// Mirror, when set, receives the cleartext of plain HTTP and bumped
+	// HTTP/1.x connections (the decryption mirror). Nil: nothing mirrored,
+	// at no cost.
+	Mirror *mirror.Mirror
 }
 
 // Proxy is the inspecting proxy. Create with New.
@@ -137,6 +166,14 @@ type Proxy struct {
 	sem   chan struct{}
 	m     *metrics
 	stats counters
+	// binder is nil when binding is off.
+	binder         Binder
+	bindReportOnly bool
+
+	maxConns int           // max_conns resolved (SizeMaxConns)
+	clients  *clientCounts // connections per client address
+	refusals refusalLog    // rate limit of refused-connection records
+	refusers chan struct{} // bounds the goroutines answering refused connections
 
 	mu        sync.Mutex
 	listeners map[net.Listener]string
@@ -152,6 +189,14 @@ type Proxy struct {
 // New validates cfg and builds a proxy. reg may be nil.
 func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*Proxy, error) {
 	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("proxy config: %w", err)
+	}
+	mem := deps.Memory
+	if mem == 0 {
+		mem = InstanceMemory()
+	}
+	maxConns, err := SizeMaxConns(cfg.MaxConns, mem)
+	if err != nil {
 		return nil, fmt.Errorf("proxy config: %w", err)
 	}
 	if deps.Recorder == nil {
@@ -176,6 +221,7 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 	if err != nil {
 		return nil, fmt.Errorf("proxy config: policy.%w", err)
 	}
+	warnECH(log, cfg.Policy.ECHAction)
 	guard, err := ssrf.New(cfg.SSRF, deps.SelfAddrs)
 	if err != nil {
 		return nil, fmt.Errorf("proxy ssrf guard: %w", err)
@@ -191,12 +237,19 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Proxy{
 		cfg: cfg, deps: deps, log: log, pol: pol, guard: guard, roots: roots, ids: ids,
-		sem:       make(chan struct{}, cfg.MaxConns),
+		sem:       make(chan struct{}, maxConns),
+		maxConns:  maxConns,
+		clients:   newClientCounts(perClientCap(cfg.MaxConnsPerClient, maxConns)),
+		refusers:  make(chan struct{}, maxRefusers),
 		listeners: map[net.Listener]string{},
 		active:    map[*connState]struct{}{},
 		ctx:       ctx, stop: cancel,
 	}
-	p.m = newMetrics(reg)
+	p.m = newMetrics(reg, p)
+	if err := p.setupBinding(reg); err != nil {
+		cancel()
+		return nil, err
+	}
 	p.up = newUpstream(p)
 	p.gp = p.newGoproxy()
 	p.srv = &http.Server{
@@ -218,7 +271,10 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 		IdleTimeout:                  cfg.IdleTimeout,
 		MaxUploadBufferPerConnection: 1 << 20,
 		MaxUploadBufferPerStream:     1 << 20,
-		CountError:                   func(errType string) { p.log.Debug("proxy: http2 error", "type", errType) },
+		// A client that stops reading (no byte written for this long)
+		// loses its connection; streams have their own deadlines.
+		WriteByteTimeout: cfg.ProgressTimeout,
+		CountError:       func(errType string) { p.log.Debug("proxy: http2 error", "type", errType) },
 	}
 	if err := http2.ConfigureServer(p.srv, p.h2); err != nil {
 		cancel()
@@ -229,7 +285,22 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 	// sends those h2 connections GOAWAY.
 	go p.refreshSelf(ctx)
 	go p.up.sweepIdle(ctx)
+	go p.trimWhenQuiet(ctx, defaultTrim, debug.FreeOSMemory)
 	return p, nil
+}
+
+// warnECH says at start what a strict ech_action does to browsers:
+// Chromium, Edge and Firefox put a (GREASE) encrypted_client_hello in
+// every ClientHello, which no one can tell from real ECH.
+func warnECH(log *slog.Logger, action string) {
+	switch action {
+	case "deny":
+		log.Warn("proxy: policy.ech_action is deny: every HTTPS connection of Chromium, Edge and Firefox carries an encrypted_client_hello extension (GREASE when the site has no ECH) and will be denied; use ech_action: ignore to decide on the outer SNI")
+	case "splice":
+		log.Warn("proxy: policy.ech_action is splice: every HTTPS connection of Chromium, Edge and Firefox carries an encrypted_client_hello extension and will pass uninspected, whatever the rules say")
+	case "allow":
+		log.Warn("proxy: policy.ech_action is allow: every HTTPS connection of Chromium, Edge and Firefox carries an encrypted_client_hello extension and will be bumped whatever the rules say about its SNI (requests inside are still checked)")
+	}
 }
 
 func localAddrDst(c net.Conn) (netip.AddrPort, error) {
@@ -322,15 +393,16 @@ func (p *Proxy) serve(l net.Listener, isTLS bool) error {
 		if !p.admit(c) {
 			continue
 		}
+		client := remoteAddr(c)
+		if !p.clients.acquire(client) {
+			p.refuse(c, isTLS, refusedPerClient)
+			continue
+		}
 		select {
 		case p.sem <- struct{}{}:
 		default:
-			p.m.limited.Inc()
-			p.stats.limited.Add(1)
-			st := p.newState(c, isTLS)
-			st.rec.Action, st.rec.UpstreamError = "error", "connection limit reached"
-			p.ship(&st.rec, st.start)
-			c.Close()
+			p.clients.release(client)
+			p.refuse(c, isTLS, refusedTotal)
 			continue
 		}
 		p.conns.Add(1)
@@ -454,10 +526,27 @@ type Stats struct {
 	// UpstreamPerClient is Deps.UpstreamPerClient (upstream_pools is then
 	// 0: every client connection has its own upstream).
 	UpstreamPerClient bool `json:"upstream_per_client"`
+
+	// Saturation (fair share). Saturation is active_conns/max_conns;
+	// ClientLimited counts connections refused at max_conns_per_client
+	// (Limited those refused at max_conns); Clients is how many client
+	// addresses have connections and TopClientConns the most any one
+	// holds; RefusalRecordsDropped counts refusals left unrecorded by the
+	// record rate limit. None of these affects the health verdict: a
+	// saturated proxy still serves, and GWLB must not fail it over.
+	MaxConns              int     `json:"max_conns"`
+	MaxConnsPerClient     int     `json:"max_conns_per_client"`
+	Saturation            float64 `json:"saturation"`
+	ClientLimited         uint64  `json:"client_limited"`
+	Clients               int     `json:"clients"`
+	TopClientConns        int     `json:"top_client_conns"`
+	RefusalRecordsDropped uint64  `json:"refusal_records_dropped"`
+	Stalled               uint64  `json:"stalled"`
 }
 
 type counters struct {
 	accepted, limited, bumped, spliced, denied, helloFail, requests, upErrs, shipFail, refused atomic.Uint64
+	clientLimited, stalled                                                                     atomic.Uint64
 }
 
 // Stats returns current counters.
@@ -465,7 +554,12 @@ func (p *Proxy) Stats() Stats {
 	p.mu.Lock()
 	nl, na := len(p.listeners), len(p.active)
 	p.mu.Unlock()
+	clients, top := p.clients.top()
 	return Stats{
+		MaxConns: p.maxConns, MaxConnsPerClient: p.clients.limit,
+		Saturation: float64(na) / float64(p.maxConns), ClientLimited: p.stats.clientLimited.Load(),
+		Clients: clients, TopClientConns: top, RefusalRecordsDropped: p.refusals.total.Load(),
+		Stalled:   p.stats.stalled.Load(),
 		Listeners: nl, ActiveConns: na,
 		Accepted: p.stats.accepted.Load(), Limited: p.stats.limited.Load(),
 		Bumped: p.stats.bumped.Load(), Spliced: p.stats.spliced.Load(), Denied: p.stats.denied.Load(),

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/tlsfp"
 )
 
 // Recorder receives one JSON object per request or connection. The callee
@@ -50,6 +52,20 @@ type Record struct {
 	ALPN          string
 	UpstreamError string
 	UserAgent     string
+	// Bind is the destination-binding outcome for the name the decision
+	// was taken on: match, mismatch, resolve-failed, none (rule opt-out),
+	// off, or "" when no name was decided on. BindName is that name and
+	// BindAnswers (on a mismatch) the addresses it resolves to.
+	Bind        string
+	BindName    string
+	BindAnswers string
+	// Stalled names the side that made no progress for
+	// progress_timeout: client_send, client_read, upstream_read; "" when
+	// nothing stalled.
+	Stalled string
+	// Fingerprint is the JA4 and JA3 of the client's ClientHello (TLS
+	// connections only; written as "ja4" and "ja3", "" when none).
+	Fingerprint tlsfp.Fingerprint
 }
 
 // AppendJSON appends r as one JSON object (no newline) to b. Every string is
@@ -96,7 +112,16 @@ func (r *Record) appendJSON(b []byte, maxField int, id []byte) []byte {
 	b = appendStr(b, "alpn", r.ALPN, maxField)
 	b = appendStr(b, "upstream_error", r.UpstreamError, maxField)
 	b = appendStr(b, "user_agent", r.UserAgent, maxField)
-	return append(b, '}')
+	b = appendStr(b, "bind", r.Bind, maxField)
+	b = appendStr(b, "bind_name", r.BindName, maxField)
+	b = appendStr(b, "bind_answers", r.BindAnswers, maxField)
+	b = appendStr(b, "stalled", r.Stalled, maxField)
+	// Fingerprints are hex, digits and '_' only: no escaping needed.
+	b = append(b, `,"ja4":"`...)
+	b = r.Fingerprint.AppendJA4(b)
+	b = append(b, `","ja3":"`...)
+	b = r.Fingerprint.AppendJA3(b)
+	return append(b, '"', '}')
 }
 
 func appendInt(b []byte, key string, v int64) []byte {

@@ -136,11 +136,7 @@ func (u *upstream) entry(key poolKey) *poolEntry {
 	if u.h2() && key.tls {
 		pe.tr1 = mk(false)
 	} else {
-		pe.h1 = &h1Pool{max: cfg.UpstreamIdlePerDest, lim: h1Limits{
-			idleTimeout:   cfg.UpstreamIdleTimeout,
-			headerTimeout: cfg.ResponseHeaderTimeout,
-			maxHeader:     int64(cfg.MaxHeaderBytes) * 4,
-		}}
+		pe.h1 = &h1Pool{max: cfg.UpstreamIdlePerDest, lim: u.h1Limits()}
 	}
 	u.m[key] = u.lru.PushFront(pe)
 	for len(u.m) > cfg.UpstreamPools {
@@ -151,6 +147,16 @@ func (u *upstream) entry(key poolKey) *poolEntry {
 		oe.closeIdle()
 	}
 	return pe
+}
+
+// h1Limits are the fast path's limits from the configuration.
+func (u *upstream) h1Limits() h1Limits {
+	cfg := &u.p.cfg
+	return h1Limits{
+		idleTimeout:   cfg.UpstreamIdleTimeout,
+		headerTimeout: cfg.ResponseHeaderTimeout,
+		maxHeader:     int64(cfg.MaxHeaderBytes) * 4,
+	}
 }
 
 // newTransport builds a transport whose every dial goes to one destination
@@ -361,8 +367,27 @@ func (u *upstream) roundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Resp
 // send sends out over the fast path when it can take it, else over the
 // key's http.Transport.
 func (u *upstream) send(ctx context.Context, st *connState, key poolKey, out *http.Request) (*http.Response, error) {
-	if u.p.deps.UpstreamPerClient || !h1Eligible(out) {
+	if !h1Eligible(out) {
 		return u.transport(st, key, out).RoundTrip(out)
+	}
+	if u.p.deps.UpstreamPerClient {
+		// The client's one upstream connection over the fast path: no
+		// reader and writer goroutines while the client is idle.
+		return st.ownH1(u, key).roundTrip(ctx, out, func(ctx context.Context) (net.Conn, error) {
+			var c net.Conn
+			if !key.tls {
+				var err error
+				if c, err = u.dial(ctx, st.client, key); err != nil {
+					return nil, err
+				}
+			} else if c = st.takePre(key, false); c == nil {
+				var err error
+				if c, err = u.dialTLS(ctx, st, key, false); err != nil {
+					return nil, err
+				}
+			}
+			return st.adopt(c)
+		})
 	}
 	pe := u.entry(key)
 	if pe.h1 == nil {

@@ -69,7 +69,22 @@ type Config struct {
 	HookTimeout time.Duration `yaml:"hook_timeout"`
 	// ObserverTimeout bounds Observer.PairUp/PairDown.
 	ObserverTimeout time.Duration `yaml:"observer_timeout"`
+
+	// Datapath selects where packets are decapsulated and encapsulated:
+	// "ebpf" (tc BPF programs on the underlay and the tun devices, see
+	// tunnel/fastpath; start fails if the kernel refuses them), "userspace"
+	// (the workers), or "auto" (ebpf where the kernel allows, else
+	// userspace; one log line says which and why). With ebpf, whatever the
+	// programs do not handle still takes the userspace path.
+	Datapath string `yaml:"datapath"`
 }
+
+// Datapath values.
+const (
+	DatapathAuto      = "auto"
+	DatapathEBPF      = "ebpf"
+	DatapathUserspace = "userspace"
+)
 
 // DefaultConfig returns every default. AllowedSources has none and must be
 // set: Validate fails until it is.
@@ -89,6 +104,7 @@ func DefaultConfig() Config {
 		IdleTimeout:     0,
 		HookTimeout:     30 * time.Second,
 		ObserverTimeout: 15 * time.Second,
+		Datapath:        DatapathAuto,
 	}
 }
 
@@ -121,6 +137,11 @@ func (c Config) Validate() error {
 		return fmt.Errorf("hook_timeout: %s below 1s", c.HookTimeout)
 	case c.ObserverTimeout < time.Second:
 		return fmt.Errorf("observer_timeout: %s below 1s", c.ObserverTimeout)
+	}
+	switch c.Datapath {
+	case DatapathAuto, DatapathEBPF, DatapathUserspace:
+	default:
+		return fmt.Errorf("datapath: %q must be auto, ebpf or userspace", c.Datapath)
 	}
 	for i, p := range c.AllowedSources {
 		if !p.IsValid() {

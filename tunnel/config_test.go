@@ -44,6 +44,8 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{func(c *Config) { c.CreateHook = "relative.sh" }, "create_hook:"},
 		{func(c *Config) { c.DestroyHook = notExec }, "destroy_hook:"},
 		{func(c *Config) { c.CreateHook = filepath.Join(dir, "missing") }, "create_hook:"},
+		{func(c *Config) { c.Datapath = "xdp" }, "datapath:"},
+		{func(c *Config) { c.Datapath = "" }, "datapath:"},
 	} {
 		c := DefaultConfig()
 		c.AllowedSources = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}

@@ -29,6 +29,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/tunnel/fastpath"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/geneve"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/udp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
@@ -60,6 +62,10 @@ type Daemon struct {
 	running atomic.Bool
 	// offloadWarned: the kernel's refusal of tun offloads was logged.
 	offloadWarned atomic.Bool
+	// fp is the in-kernel datapath, nil when packets take the userspace
+	// path only. Set by Run before the workers start.
+	fp        *fastpath.Fastpath
+	lastSweep time.Time // control thread
 
 	created, destroyed, failures, hookFailures, pendingQueued atomic.Uint64
 }
@@ -145,6 +151,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		w.conn, w.raw = conn, raw
 		opened = append(opened, w)
 	}
+	if err := d.startFastpath(); err != nil {
+		closeAll()
+		return err
+	}
 	for _, w := range d.workers {
 		w.lastLoop.Store(time.Now().UnixNano())
 		go w.run()
@@ -193,6 +203,11 @@ loop:
 	for _, w := range d.workers {
 		w.raw.Close()
 	}
+	if d.fp != nil {
+		if err := d.fp.Close(); err != nil {
+			d.log.Error("tunnel fast path detach failed", "err", err)
+		}
+	}
 	d.log.Info("tunnel stopped")
 	return nil
 }
@@ -219,8 +234,21 @@ func (d *Daemon) snapshot() []*tunnel {
 // housekeep runs every second on the control thread: incremental flow
 // expiry and the idle-tunnel timeout.
 func (d *Daemon) housekeep(now time.Time) {
+	if d.fp != nil && now.Sub(d.lastSweep) >= fastSweepEvery {
+		// The LRU evicts only under pressure; GWLB forgets idle flows
+		// after its timeouts, so must we (a reused 5-tuple must not be
+		// answered with a dead flow's header).
+		d.lastSweep = now
+		d.fp.Sweep(d.cfg.Flows.TCPTimeout, d.cfg.Flows.OtherTimeout)
+	}
 	for _, t := range d.snapshot() {
 		for i := 0; i < 16 && t.flows.Expire(now, 4096) == 4096; i++ {
+		}
+		if t.fast.Load() {
+			// Fast-path traffic keeps the tunnel alive too.
+			if last := d.fp.Tunnel(t.pair.Slot).Last; !last.IsZero() {
+				t.touch(last.UnixNano())
+			}
 		}
 		if d.cfg.IdleTimeout > 0 && t.state.Load() == stateUp &&
 			now.Sub(time.Unix(0, t.lastActive.Load())) > d.cfg.IdleTimeout {
@@ -255,11 +283,14 @@ func (d *Daemon) tunnelFor(ep uint64) *tunnel {
 	if !d.running.Load() || len(m) >= d.cfg.MaxTunnels {
 		return nil
 	}
-	slot := 0
-	for i := 1; i < len(d.slots); i++ {
-		if !d.slots[i] {
-			slot = i
-			break
+	slot := preferredSlot(ep, len(d.slots)-1)
+	if d.slots[slot] {
+		slot = 0
+		for i := 1; i < len(d.slots); i++ {
+			if !d.slots[i] {
+				slot = i
+				break
+			}
 		}
 	}
 	if slot == 0 {
@@ -276,6 +307,17 @@ func (d *Daemon) tunnelFor(ep uint64) *tunnel {
 	default:
 	}
 	return t
+}
+
+// preferredSlot is the slot an endpoint gets when it is free: derived
+// from the endpoint id, not from arrival order, so that after a restart an
+// endpoint gets its old slot back and state keyed by slot that outlives
+// the process (steering's conntrack marks on live connections) still
+// points at the right tunnel. Collisions fall back to the first free slot.
+func preferredSlot(ep uint64, n int) int {
+	h := ep * 0x9e3779b97f4a7c15
+	h ^= h >> 29
+	return 1 + int(h%uint64(n))
 }
 
 // drainCreates brings up the tunnels the workers registered.
@@ -336,6 +378,14 @@ func (d *Daemon) dropTotals() [numDrops]uint64 {
 		for i := range s {
 			s[i] += w.drops[i].Load()
 		}
+	}
+	if d.fp != nil {
+		c := d.fp.Counters()
+		for r := geneve.Truncated; r < geneve.NumReasons; r++ {
+			s[dropGeneveBase+int(r)] += c[r]
+		}
+		s[dropForeignSource] += c[fastpath.ReasonForeignSource]
+		s[dropSend] += c[fastpath.ErrHelper]
 	}
 	return s
 }

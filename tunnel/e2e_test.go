@@ -29,6 +29,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/gwlbproxy/gwlbproxy/tunnel"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/fastpath"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/flow"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/geneve"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
@@ -131,11 +132,59 @@ type harness struct {
 	done   chan error
 }
 
-func newHarness(t *testing.T, eps []uint64, mod func(*tunnel.Config)) *harness {
-	return newHarnessObs(t, eps, mod, nil)
+func newHarness(t *testing.T, dp string, eps []uint64, mod func(*tunnel.Config)) *harness {
+	return newHarnessObs(t, dp, eps, mod, nil)
 }
 
-func newHarnessObs(t *testing.T, eps []uint64, mod func(*tunnel.Config), gates map[string]chan struct{}) *harness {
+// eachDatapath runs f once per datapath (tunnel.datapath userspace and
+// ebpf), as subtests: the simulator's byte-for-byte checks judge both.
+func eachDatapath(t *testing.T, f func(t *testing.T, dp string)) {
+	for _, dp := range []string{tunnel.DatapathUserspace, tunnel.DatapathEBPF} {
+		t.Run(dp, func(t *testing.T) {
+			needRoot(t)
+			if dp == tunnel.DatapathEBPF {
+				if err := fastpath.Supported(); err != nil {
+					t.Skipf("kernel refuses the eBPF datapath: %v", err)
+				}
+			}
+			f(t, dp)
+		})
+	}
+}
+
+// waitOnDatapath waits until n tunnels run on datapath dp.
+func waitOnDatapath(t *testing.T, d *tunnel.Daemon, dp string, n int) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d tunnels on the %s datapath", n, dp), func() bool {
+		on := 0
+		for _, ts := range d.Stats().Tunnels {
+			if ts.Datapath == dp {
+				on++
+			}
+		}
+		return on == n
+	})
+}
+
+// checkFastpath checks that the eBPF datapath carried traffic both ways
+// for every tunnel (dp ebpf only).
+func checkFastpath(t *testing.T, d *tunnel.Daemon, dp string) {
+	t.Helper()
+	s := d.Stats()
+	if s.Datapath != dp {
+		t.Fatalf("datapath %q, configured %q", s.Datapath, dp)
+	}
+	if dp != tunnel.DatapathEBPF {
+		return
+	}
+	for _, ts := range s.Tunnels {
+		if ts.FastpathPacketsIn == 0 || ts.FastpathPacketsOut == 0 {
+			t.Errorf("tunnel %s: fast path carried %d in, %d out (passed up: %v)", ts.In, ts.FastpathPacketsIn, ts.FastpathPacketsOut, s.FastpathPassed)
+		}
+	}
+}
+
+func newHarnessObs(t *testing.T, dp string, eps []uint64, mod func(*tunnel.Config), gates map[string]chan struct{}) *harness {
 	t.Helper()
 	needRoot(t)
 	var ecs []gwlbsim.EndpointConfig
@@ -165,6 +214,7 @@ func newHarnessObs(t *testing.T, eps []uint64, mod func(*tunnel.Config), gates m
 	cfg.Batch = 16
 	cfg.Flows.MaxEntries = 4096
 	cfg.CreateHook, cfg.DestroyHook = hook, hook
+	cfg.Datapath = dp
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -188,7 +238,10 @@ func newHarnessObs(t *testing.T, eps []uint64, mod func(*tunnel.Config), gates m
 	}
 	sctx, scancel := context.WithCancel(context.Background())
 	t.Cleanup(scancel)
-	h.sim, err = gwlbsim.Start(sctx, topo, gwlbsim.Config{Logger: log})
+	// An extra non-critical option beside GWLB's three: it must come back
+	// byte for byte on both datapaths (the simulator checks every byte).
+	h.sim, err = gwlbsim.Start(sctx, topo, gwlbsim.Config{Logger: log,
+		ExtraOption: &geneve.Option{Class: 0x0200, Type: 0x05, Data: []byte("gwlbsim!")}})
 	if err != nil {
 		t.Fatalf("sim: %v", err)
 	}
@@ -304,8 +357,10 @@ func simClean(t *testing.T, s gwlbsim.Stats) {
 	}
 }
 
-func TestEndToEnd(t *testing.T) {
-	h := newHarness(t, []uint64{ep0, ep1}, nil)
+func TestEndToEnd(t *testing.T) { eachDatapath(t, testEndToEnd) }
+
+func testEndToEnd(t *testing.T, dp string) {
+	h := newHarness(t, dp, []uint64{ep0, ep1}, nil)
 	e0, e1 := h.topo.Endpoints[0], h.topo.Endpoints[1]
 	in0, out0 := geneve.InterfaceNames(ep0)
 	in1, out1 := geneve.InterfaceNames(ep1)
@@ -437,6 +492,17 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	simClean(t, h.sim.Stats())
+	t.Run("datapath carried traffic", func(t *testing.T) {
+		// A tunnel moves to the kernel just after it comes up.
+		waitOnDatapath(t, h.d, dp, 2)
+		for i, e := range []*gwlbsim.Endpoint{e0, e1} {
+			if err := ping(t, e, 100+i, 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+		}
+		checkFastpath(t, h.d, dp)
+		simClean(t, h.sim.Stats())
+	})
 	t.Run("metrics", func(t *testing.T) {
 		mfs, err := h.reg.Gather()
 		if err != nil {
@@ -516,7 +582,11 @@ func icmpEchoPacket() []byte {
 }
 
 func TestIdleTimeoutCountsBothDirections(t *testing.T) {
-	h := newHarness(t, []uint64{ep0}, func(c *tunnel.Config) { c.IdleTimeout = 3 * time.Second })
+	eachDatapath(t, testIdleTimeoutCountsBothDirections)
+}
+
+func testIdleTimeoutCountsBothDirections(t *testing.T, dp string) {
+	h := newHarness(t, dp, []uint64{ep0}, func(c *tunnel.Config) { c.IdleTimeout = 3 * time.Second })
 	e0 := h.topo.Endpoints[0]
 	if err := ping(t, e0, 1, 20*time.Second); err != nil {
 		t.Fatal(err)
@@ -530,6 +600,9 @@ func TestIdleTimeoutCountsBothDirections(t *testing.T) {
 	if err := ping(t, e0, 2, 20*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	// The reply to the queued packet can overtake the control thread's
+	// bookkeeping after the flush: wait for it.
+	waitFor(t, "second pair counted", func() bool { return h.d.Stats().TunnelsCreated == 2 })
 	if st := h.d.Stats(); st.TunnelsCreated != 2 || len(st.Tunnels) != 1 {
 		t.Fatalf("stats: %+v", st)
 	}
@@ -548,10 +621,12 @@ func TestIdleTimeoutCountsBothDirections(t *testing.T) {
 // TestSlowBringUpStallsNoOne holds the second endpoint's PairUp and shows
 // the first endpoint's traffic keeps flowing meanwhile, and that the second
 // endpoint's first packet, queued during bring-up, is delivered after.
-func TestSlowBringUpStallsNoOne(t *testing.T) {
+func TestSlowBringUpStallsNoOne(t *testing.T) { eachDatapath(t, testSlowBringUpStallsNoOne) }
+
+func testSlowBringUpStallsNoOne(t *testing.T, dp string) {
 	in1, _ := geneve.InterfaceNames(ep1)
 	gate := make(chan struct{})
-	h := newHarnessObs(t, []uint64{ep0, ep1}, func(c *tunnel.Config) { c.ObserverTimeout = 2 * time.Minute },
+	h := newHarnessObs(t, dp, []uint64{ep0, ep1}, func(c *tunnel.Config) { c.ObserverTimeout = 2 * time.Minute },
 		map[string]chan struct{}{in1: gate})
 	blocked := h.obs.blocked
 	e0, e1 := h.topo.Endpoints[0], h.topo.Endpoints[1]

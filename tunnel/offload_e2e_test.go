@@ -17,8 +17,10 @@ import (
 // malformed or oversized super-packet, and clean returns at the simulated
 // GWLB. Whether packets were actually merged depends on timing, so the
 // merge factor is logged, not asserted.
-func TestOffloadBulkIntegrity(t *testing.T) {
-	h := newHarness(t, []uint64{ep0}, func(c *tunnel.Config) {
+func TestOffloadBulkIntegrity(t *testing.T) { eachDatapath(t, testOffloadBulkIntegrity) }
+
+func testOffloadBulkIntegrity(t *testing.T, dp string) {
+	h := newHarness(t, dp, []uint64{ep0}, func(c *tunnel.Config) {
 		c.Workers, c.Batch, c.Offload = 1, 64, true
 	})
 	e0 := h.topo.Endpoints[0]

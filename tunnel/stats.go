@@ -4,12 +4,17 @@ import (
 	"sort"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/tunnel/fastpath"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/flow"
 )
 
 // Stats is a JSON-able snapshot for the health endpoint.
 type Stats struct {
-	Running          bool              `json:"running"`
+	Running  bool   `json:"running"`
+	Datapath string `json:"datapath"` // ebpf or userspace
+	// FastpathPassed counts packets the in-kernel datapath left to the
+	// userspace path, by reason (ebpf only).
+	FastpathPassed   map[string]uint64 `json:"fastpath_passed,omitempty"`
 	Listen           string            `json:"listen"`
 	TunnelsCreated   uint64            `json:"tunnels_created"`
 	TunnelsDestroyed uint64            `json:"tunnels_destroyed"`
@@ -40,6 +45,14 @@ type TunnelStats struct {
 	TunWrites uint64     `json:"tun_writes"`
 	TunReads  uint64     `json:"tun_reads"`
 	Flows     flow.Stats `json:"flows"`
+	// Datapath is "ebpf" once the in-kernel datapath carries the tunnel
+	// (just after it comes up), else "userspace".
+	Datapath string `json:"datapath"`
+	// FastpathPacketsIn and FastpathPacketsOut are the part of PacketsIn
+	// and PacketsOut the in-kernel datapath carried (since the tunnel
+	// came up on it).
+	FastpathPacketsIn  uint64 `json:"fastpath_packets_in"`
+	FastpathPacketsOut uint64 `json:"fastpath_packets_out"`
 }
 
 // WorkerStats describes one worker.
@@ -71,6 +84,16 @@ func (t *tunnel) counters() TunnelStats {
 		s.TunWrites += c.tunWrites.Load()
 		s.TunReads += c.tunReads.Load()
 	}
+	s.Datapath = DatapathUserspace
+	if t.fast.Load() {
+		s.Datapath = DatapathEBPF
+		f := t.d.fp.Tunnel(t.pair.Slot)
+		s.PacketsIn += f.InPackets
+		s.BytesIn += f.InBytes
+		s.PacketsOut += f.OutPackets
+		s.BytesOut += f.OutBytes
+		s.FastpathPacketsIn, s.FastpathPacketsOut = f.InPackets, f.OutPackets
+	}
 	return s
 }
 
@@ -85,6 +108,17 @@ func (d *Daemon) Stats() Stats {
 		HookFailures:     d.hookFailures.Load(),
 		PendingQueued:    d.pendingQueued.Load(),
 		Drops:            map[string]uint64{},
+		Datapath:         DatapathUserspace,
+	}
+	if d.fp != nil {
+		s.Datapath = DatapathEBPF
+		s.FastpathPassed = map[string]uint64{}
+		c := d.fp.Counters()
+		for i := range c {
+			if fastpath.IsPass(i) && c[i] != 0 {
+				s.FastpathPassed[fastpath.ReasonName(i)] = c[i]
+			}
+		}
 	}
 	for i, v := range d.dropTotals() {
 		if v != 0 {

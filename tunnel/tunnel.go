@@ -50,6 +50,9 @@ type tunnel struct {
 	createdAt  time.Time
 	readers    sync.WaitGroup
 
+	// fast: the in-kernel datapath carries this tunnel's packets.
+	fast atomic.Bool
+
 	// Control-thread only.
 	createHookDone bool // CREATE hook finished (or none)
 	destroying     bool
@@ -161,7 +164,10 @@ func (d *Daemon) bringUp(t *tunnel) {
 	t.pending = nil
 	t.state.Store(stateUp)
 	t.mu.Unlock()
+	// After the queued packets: the kernel takes over only once steering
+	// is in place and what waited has been delivered.
 	d.created.Add(1)
+	d.enableFastpath(t)
 	off := in.Offloads()
 	d.log.Info("tunnel up", "endpoint", "vpce-"+t.hex, "in", t.pair.In, "out", t.pair.Out,
 		"slot", t.pair.Slot, "queued", flushed, "took", time.Since(start).Round(time.Microsecond),
@@ -201,6 +207,7 @@ func (d *Daemon) destroy(t *tunnel, why string) {
 	switch t.state.Swap(stateClosing) {
 	case stateUp:
 		d.log.Info("tunnel closing", "endpoint", "vpce-"+t.hex, "in", t.pair.In, "reason", why)
+		d.disableFastpath(t)
 		if t.createHookDone {
 			d.runHook(t, "DESTROY", d.cfg.DestroyHook, func() { d.teardown(t) })
 		} // else the CREATE hook's completion continues the sequence

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/tunnel/fastpath"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/flow"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/geneve"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/offload"
@@ -274,6 +275,7 @@ type txState struct {
 	batch *udp.Batch
 	k     flow.Key
 	e     flow.Entry
+	fe    fastpath.Entry
 }
 
 func newTxState(cfg Config, raw *udp.RawSender) *txState {
@@ -304,7 +306,7 @@ func (d *Daemon) encap(t *tunnel, w *worker, tx *txState, n int, now time.Time) 
 			w.drops[dropReturnBase+int(r)].Add(1)
 			continue
 		}
-		if !t.flows.Lookup(tx.k, info, &tx.e, now) {
+		if !d.lookupFlow(t, tx.k, info, &tx.e, &tx.fe, now) {
 			w.drops[dropNoFlow].Add(1)
 			continue
 		}
@@ -365,6 +367,7 @@ type txOffload struct {
 	sp      offload.Splitter
 	k       flow.Key
 	e       flow.Entry
+	fe      fastpath.Entry
 }
 
 func newTxOffload(cfg Config, raw *udp.RawSender) *txOffload {
@@ -484,7 +487,7 @@ func (d *Daemon) returnPacket(t *tunnel, w *worker, tx *txOffload, raw []byte, n
 		w.drops[dropReturnBase+int(r)].Add(segs)
 		return
 	}
-	if !t.flows.Lookup(tx.k, info, &tx.e, now) {
+	if !d.lookupFlow(t, tx.k, info, &tx.e, &tx.fe, now) {
 		w.drops[dropNoFlow].Add(segs)
 		return
 	}

@@ -6,6 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
+	"strings"
 
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/proxybench"
 )
@@ -53,7 +55,13 @@ func cmdBenchProxy(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.StringVar(&d.Profile, "cpuprofile", "", "write gwlbproxy's CPU profile (pprof) to this file")
 	fs.StringVar(&d.Dir, "dir", "", "keep CA, configs and logs in this directory (default: temporary)")
 	fs.IntVar(&d.Rounds, "rounds", d.Rounds, "repeat no proxy, gwlbproxy, Squid this many times, taking turns; rows aggregate the rounds")
-	fs.StringVar(&d.Scenario, "scenario", "", "run only new-conn or keep-alive (default both)")
+	fs.BoolVar(&d.CompareBinding, "compare-binding", d.CompareBinding, "also run gwlbproxy with destination binding off (row "+proxybench.BindOffRow+") to show binding's cost")
+	fs.StringVar(&d.Scenario, "scenario", "", "run only new-conn or keep-alive (default both), or idle: hold --idle-conns bumped connections and report RSS per connection")
+	fs.IntVar(&d.IdleConns, "idle-conns", d.IdleConns, "connections the idle scenario holds open")
+	fs.BoolVar(&d.IdleHTTP2, "idle-h2", false, "idle scenario: clients speak HTTP/2 to gwlbproxy, as browsers do (Squid skipped)")
+	fs.BoolVar(&d.UpstreamPerClient, "upstream-per-client", false, "gwlbproxy dials each upstream from its client's address, one per client connection (egress_mode tunnel)")
+	fs.BoolVar(&d.Mirror, "mirror", false, "also run gwlbproxy with the decryption mirror on (row gwlbproxy+m) and print its cost")
+	bodies := fs.String("bodies", "", "comma-separated body sizes, each scenario run once per size (e.g. 1024,1048576)")
 	verbose := fs.Bool("v", false, "log progress to stderr")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -63,11 +71,23 @@ func cmdBenchProxy(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return err
 	}
 	d.ServerCommand = []string{exe, "bench", "proxy-server"}
+	if *bodies != "" {
+		for _, f := range strings.Split(*bodies, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 0 {
+				return fmt.Errorf("bench proxy: --bodies: %q is not a byte count", f)
+			}
+			d.BodySizes = append(d.BodySizes, n)
+		}
+	}
 	if *verbose {
 		d.Log = slog.New(slog.NewTextHandler(stderr, nil))
 	}
 	res, err := proxybench.Run(ctx, d)
 	if err != nil {
+		if len(res.Rows) > 0 || len(res.Idle) > 0 {
+			res.WriteTable(stdout) // what was measured before the failure
+		}
 		return err
 	}
 	res.WriteTable(stdout)

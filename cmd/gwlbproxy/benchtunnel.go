@@ -26,9 +26,20 @@ func cmdBenchTunnel(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.IntVar(&c.Workers, "workers", c.Workers, "tunnel.workers (0: one per CPU)")
 	fs.StringVar(&c.Dir, "dir", "", "keep config and appliance log in this directory (default: temporary)")
 	rates := fs.String("rates", "", "hold exactly these offered rates (pps, comma-separated) instead of searching; compare builds by core per packet")
+	dps := fs.String("datapaths", strings.Join(c.Datapaths, ","), "tunnel.datapath values to measure, comma-separated (userspace, ebpf)")
 	verbose := fs.Bool("v", false, "log progress to stderr")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	c.Datapaths = nil
+	for _, s := range strings.Split(*dps, ",") {
+		switch s = strings.TrimSpace(s); s {
+		case "userspace", "ebpf":
+			c.Datapaths = append(c.Datapaths, s)
+		default:
+			fs.Usage()
+			return errUsage
+		}
 	}
 	c.Payloads = nil
 	for _, s := range strings.Split(*sizes, ",") {

@@ -26,12 +26,13 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"run":     {"run the appliance", cmdRun},
-		"check":   {"validate a config file and print the effective config", cmdCheck},
-		"version": {"print the version", cmdVersion},
-		"ca":      {"create or export the appliance CA", cmdCA},
-		"bench":   {"run benchmarks that print figures (root)", cmdBench},
-		"demo":    {"run the appliance in namespaces with a simulated GWLB and tour it (root)", cmdDemo},
+		"run":        {"run the appliance", cmdRun},
+		"check":      {"validate a config file and print the effective config", cmdCheck},
+		"version":    {"print the version", cmdVersion},
+		"ca":         {"create or export the appliance CA", cmdCA},
+		"bench":      {"run benchmarks that print figures (root)", cmdBench},
+		"demo":       {"run the appliance in namespaces with a simulated GWLB and tour it (root)", cmdDemo},
+		"cfn-signal": {"tell CloudFormation the instance came up (or not): SignalResource via the instance role", cmdCFNSignal},
 	}
 }
 
@@ -44,7 +45,7 @@ func usage(w io.Writer) {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(w, "  %-8s %s\n", n, cmds[n].summary)
+		fmt.Fprintf(w, "  %-10s %s\n", n, cmds[n].summary)
 	}
 	fmt.Fprintf(w, "\nRun 'gwlbproxy <command> --help' for a command's flags.\n")
 }

@@ -55,7 +55,7 @@ func TestCheck(t *testing.T) {
 		t.Fatalf("missing: %d %q", code, errs)
 	}
 	code, out, _ = run(t, "check", "--config", good, "--explain")
-	if code != 0 || !strings.Contains(out, "table inet") || !strings.Contains(out, "tproxy") {
+	if code != 0 || !strings.Contains(out, "table inet") || !strings.Contains(out, "tproxy") || !strings.Contains(out, "# Destination binding") || !strings.Contains(out, "bind:dst-mismatch") {
 		t.Fatalf("explain: %d %q", code, out)
 	}
 }

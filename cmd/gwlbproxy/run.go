@@ -126,6 +126,9 @@ func writeExplain(w io.Writer, c *config.Config) error {
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(w, "\n# Rules, routes and sysctls for egress_mode %q\n%s", c.Steer.EgressMode, st.Explain())
+	if _, err = fmt.Fprintf(w, "\n# Rules, routes and sysctls for egress_mode %q\n%s", c.Steer.EgressMode, st.Explain()); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "\n# Destination binding (proxy.binding)\n%s", c.Proxy.ExplainBinding())
 	return err
 }

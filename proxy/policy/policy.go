@@ -62,6 +62,18 @@ func (p *PortRange) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
+// UnmarshalText accepts a port or range too: the config loader's strict
+// decoder reads scalars through encoding.TextUnmarshaler only, so without
+// it no "ports:" list could be written in a config file.
+func (p *PortRange) UnmarshalText(b []byte) error {
+	r, err := ParsePortRange(string(b))
+	if err != nil {
+		return err
+	}
+	*p = r
+	return nil
+}
+
 // MarshalYAML writes the range back in its text form.
 func (p PortRange) MarshalYAML() (any, error) { return p.String(), nil }
 
@@ -90,6 +102,12 @@ type Rule struct {
 	// IDNs compared as punycode. A rule with Domains never matches traffic
 	// without a name (no SNI).
 	Domains []string `yaml:"domains,omitempty"`
+	// Bind is the destination binding of an allow or splice by this rule:
+	// "" or "dns" (the default) requires the destination to be an address
+	// the name resolves to; "none" skips the check, for names that
+	// legitimately live where public DNS does not say (the proxy warns at
+	// start).
+	Bind string `yaml:"bind,omitempty"`
 
 	endpoints []uint64
 	exact     map[string]struct{}
@@ -105,10 +123,16 @@ type Config struct {
 	// evaluate the rules with an empty name (only rules without domains can
 	// match). Default deny: fail closed.
 	NoSNIAction string `yaml:"no_sni_action"`
-	// ECHAction applies to ClientHellos carrying encrypted_client_hello: the
-	// visible SNI is then only a public front name. Default deny. "policy"
-	// evaluates the rules against the outer name; bumping an ECH hello makes
-	// the client fall back or fail, so "splice" is the only useful allow.
+	// ECHAction applies to ClientHellos carrying encrypted_client_hello
+	// (0xfe0d). Default "ignore" (alias "policy"): decide on the outer SNI
+	// with the rules, like any hello, and bump as a TLS server without ECH
+	// keys (ECH specification, section 6.1.6): a GREASE-ECH client, which
+	// every Chromium and Firefox is, just proceeds; a real-ECH client sees
+	// a valid certificate for the public name, treats ECH as rejected and
+	// retries without it, with the real SNI, which the rules then judge.
+	// GREASE ECH cannot be told from real ECH on the wire, so "deny" denies
+	// every connection of Chromium, Edge and Firefox; "splice" passes them
+	// all through uninspected, whatever the rules say.
 	ECHAction string `yaml:"ech_action"`
 	// ReportOnly logs what would be denied and lets it pass (action "allow"
 	// with rule "report_only:<rule>" in records). SSRF denials are never
@@ -118,8 +142,12 @@ type Config struct {
 
 // DefaultConfig denies everything: an appliance with no rules fails closed.
 func DefaultConfig() Config {
-	return Config{DefaultAction: Deny, NoSNIAction: "deny", ECHAction: "deny"}
+	return Config{DefaultAction: Deny, NoSNIAction: "deny", ECHAction: ECHIgnore}
 }
+
+// ECHIgnore is the default ech_action: the encrypted_client_hello
+// extension is ignored and the hello is decided on its outer SNI.
+const ECHIgnore = "ignore"
 
 func validSpecial(s string) bool {
 	switch s {
@@ -137,8 +165,8 @@ func (c *Config) Validate() error {
 	if !validSpecial(c.NoSNIAction) {
 		return fmt.Errorf("no_sni_action: %q is not allow, splice, deny or policy", c.NoSNIAction)
 	}
-	if !validSpecial(c.ECHAction) {
-		return fmt.Errorf("ech_action: %q is not allow, splice, deny or policy", c.ECHAction)
+	if !validSpecial(c.ECHAction) && c.ECHAction != ECHIgnore {
+		return fmt.Errorf("ech_action: %q is not ignore, deny, splice, allow or policy", c.ECHAction)
 	}
 	seen := map[string]bool{}
 	for i := range c.Rules {
@@ -152,6 +180,9 @@ func (c *Config) Validate() error {
 		seen[r.Name] = true
 		if !r.Action.Valid() {
 			return fmt.Errorf("rules[%d].action: %q is not allow, splice or deny", i, r.Action)
+		}
+		if r.Bind != "" && r.Bind != BindDNS && r.Bind != BindNone {
+			return fmt.Errorf("rules[%d].bind: %q is not dns or none", i, r.Bind)
 		}
 		if err := r.compile(); err != nil {
 			return fmt.Errorf("rules[%d].%w", i, err)
@@ -220,6 +251,12 @@ type Input struct {
 	Name        string
 }
 
+// Rule.Bind values.
+const (
+	BindDNS  = "dns"
+	BindNone = "none"
+)
+
 // Decision is the outcome: the action and the rule that produced it
 // ("default" when no rule matched).
 type Decision struct {
@@ -228,6 +265,9 @@ type Decision struct {
 	// WouldDeny is set in report-only mode when Action was turned from Deny
 	// into Allow.
 	WouldDeny bool
+	// NoBind: the matching rule opted out of destination binding
+	// (bind: none).
+	NoBind bool
 }
 
 // Policy is a compiled, immutable Config, safe for concurrent use.
@@ -252,7 +292,7 @@ func (p *Policy) Decide(in Input) Decision {
 	for i := range p.cfg.Rules {
 		r := &p.cfg.Rules[i]
 		if r.match(&in) {
-			d = Decision{Action: r.Action, Rule: r.Name}
+			d = Decision{Action: r.Action, Rule: r.Name, NoBind: r.Bind == BindNone}
 			break
 		}
 	}
@@ -260,7 +300,8 @@ func (p *Policy) Decide(in Input) Decision {
 }
 
 // Special returns the decision for a no-SNI or ECH ClientHello given the
-// configured special action; ok is false for "policy" (use Decide).
+// configured special action; ok is false for "policy" and "ignore" (use
+// Decide).
 func (p *Policy) Special(kind string) (Decision, bool) {
 	var a string
 	switch kind {
@@ -269,7 +310,7 @@ func (p *Policy) Special(kind string) (Decision, bool) {
 	case "ech":
 		a = p.cfg.ECHAction
 	}
-	if a == "policy" || a == "" {
+	if a == "policy" || a == ECHIgnore || a == "" {
 		return Decision{}, false
 	}
 	return p.reportOnly(Decision{Action: Action(a), Rule: kind}), true

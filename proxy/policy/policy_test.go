@@ -135,6 +135,8 @@ func TestValidate(t *testing.T) {
 		{"default_action: deny\nno_sni_action: deny\nech_action: deny\nrules: [{name: a, action: allow, domains: ['a b']}]", "rules[0].domains[0]"},
 		{"default_action: deny\nno_sni_action: deny\nech_action: deny\nrules: [{name: a, action: allow}, {name: a, action: deny}]", "rules[1].name: duplicate"},
 		{"default_action: deny\nno_sni_action: deny\nech_action: deny\nrules: [{name: a, action: allow, endpoints: [vpce-zz]}]", "rules[0].endpoints[0]"},
+		{"default_action: deny\nno_sni_action: deny\nech_action: block", "ech_action:"},
+		{"default_action: deny\nno_sni_action: ignore\nech_action: deny", "no_sni_action:"},
 	} {
 		var c Config
 		if err := yaml.Unmarshal([]byte(tc.y), &c); err != nil {
@@ -150,5 +152,58 @@ func TestValidate(t *testing.T) {
 	}
 	if FormatEndpointID(0x0123456789abcdef) != "vpce-00123456789abcdef" {
 		t.Error(FormatEndpointID(0x0123456789abcdef))
+	}
+}
+
+func TestRuleBind(t *testing.T) {
+	c := DefaultConfig()
+	c.Rules = []Rule{
+		{Name: "internal", Action: Allow, Domains: []string{"svc.internal"}, Bind: BindNone},
+		{Name: "public", Action: Allow, Domains: []string{"example.com"}, Bind: BindDNS},
+	}
+	p, err := New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := p.Decide(Input{Name: "svc.internal"}); d.Action != Allow || !d.NoBind {
+		t.Fatalf("bind none: %+v", d)
+	}
+	if d := p.Decide(Input{Name: "example.com"}); d.NoBind {
+		t.Fatalf("bind dns: %+v", d)
+	}
+	if d := p.Decide(Input{Name: "other.com"}); d.NoBind {
+		t.Fatalf("default: %+v", d)
+	}
+	c.Rules[0].Bind = "off"
+	if _, err := New(c); err == nil || !strings.HasPrefix(err.Error(), "rules[0].bind") {
+		t.Fatalf("bad bind: %v", err)
+	}
+}
+
+// TestECHIgnoredByDefault: browsers send GREASE ECH on every connection, so
+// by default the extension must not decide anything (the rules judge the
+// outer SNI); deny and policy remain available.
+func TestECHIgnoredByDefault(t *testing.T) {
+	c := DefaultConfig()
+	if c.ECHAction != ECHIgnore {
+		t.Fatalf("default ech_action %q, want %q", c.ECHAction, ECHIgnore)
+	}
+	for _, a := range []string{ECHIgnore, "policy"} {
+		c.ECHAction = a
+		p, err := New(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d, ok := p.Special("ech"); ok {
+			t.Errorf("ech_action %s: special decision %+v, want the rules", a, d)
+		}
+	}
+	c.ECHAction = "deny"
+	p, err := New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, ok := p.Special("ech"); !ok || d.Action != Deny || d.Rule != "ech" {
+		t.Errorf("ech_action deny: %+v %v", d, ok)
 	}
 }

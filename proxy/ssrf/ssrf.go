@@ -1,7 +1,7 @@
 // Package ssrf classifies destination addresses the proxy must never dial on
 // a client's behalf: the instance metadata service, link-local and loopback
 // ranges, the appliance's own addresses, and every IPv6 wrapping of those
-// (IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo).
+// (IPv4-mapped, IPv4-compatible, IPv4-translated, NAT64, 6to4, Teredo).
 //
 // The guard is always on; configuration can only add prefixes. The check is
 // made on the exact address that is then dialed (the original destination),
@@ -45,6 +45,10 @@ var (
 	sixToFour = netip.MustParsePrefix("2002::/16")
 	teredo    = netip.MustParsePrefix("2001::/32")
 	v4compat  = netip.MustParsePrefix("::/96")
+	// RFC 2765 (SIIT) IPv4-translated addresses, ::ffff:0:a.b.c.d: not
+	// IPv4-mapped (::ffff:a.b.c.d), but a translator delivers them to
+	// a.b.c.d all the same.
+	v4translated = netip.MustParsePrefix("::ffff:0:0:0/96")
 )
 
 // Config is the ssrf section of the proxy configuration.
@@ -168,6 +172,8 @@ func embeddedV4(a netip.Addr) []embedded {
 		return []embedded{{"teredo-server", v4(4)}, {"teredo-client", client}}
 	case v4compat.Contains(a):
 		return []embedded{{"ipv4-compatible", v4(12)}}
+	case v4translated.Contains(a):
+		return []embedded{{"ipv4-translated", v4(12)}}
 	}
 	return nil
 }

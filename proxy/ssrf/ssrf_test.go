@@ -15,28 +15,34 @@ func TestCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	denied := map[string]string{
-		"169.254.169.254":          "link-local",
-		"169.254.170.2":            "link-local",
-		"169.254.0.1":              "link-local",
-		"fd00:ec2::254":            "aws-instance-services",
-		"fd00:ec2::23":             "aws-instance-services",
-		"fe80::1":                  "link-local",
-		"fe80::1%eth0":             "link-local",
-		"127.0.0.1":                "loopback",
-		"127.1.2.3":                "loopback",
-		"::1":                      "loopback",
-		"0.0.0.0":                  "unspecified",
-		"0.1.2.3":                  "unspecified",
-		"::":                       "unspecified",
-		"10.0.5.9":                 "appliance-address",
-		"2600:1f18::9":             "appliance-address",
-		"100.64.0.1":               "cgnat",
-		"100.127.255.254":          "cgnat",
-		"::ffff:169.254.169.254":   "ipv4-mapped:link-local",
-		"::ffff:a9fe:a9fe":         "ipv4-mapped:link-local",
-		"::ffff:127.0.0.1":         "ipv4-mapped:loopback",
-		"::ffff:10.0.5.9":          "ipv4-mapped:appliance-address",
-		"::169.254.169.254":        "ipv4-compatible:link-local",
+		"169.254.169.254":        "link-local",
+		"169.254.170.2":          "link-local",
+		"169.254.0.1":            "link-local",
+		"fd00:ec2::254":          "aws-instance-services",
+		"fd00:ec2::23":           "aws-instance-services",
+		"fe80::1":                "link-local",
+		"fe80::1%eth0":           "link-local",
+		"127.0.0.1":              "loopback",
+		"127.1.2.3":              "loopback",
+		"::1":                    "loopback",
+		"0.0.0.0":                "unspecified",
+		"0.1.2.3":                "unspecified",
+		"::":                     "unspecified",
+		"10.0.5.9":               "appliance-address",
+		"2600:1f18::9":           "appliance-address",
+		"100.64.0.1":             "cgnat",
+		"100.127.255.254":        "cgnat",
+		"::ffff:169.254.169.254": "ipv4-mapped:link-local",
+		"::ffff:a9fe:a9fe":       "ipv4-mapped:link-local",
+		"::ffff:127.0.0.1":       "ipv4-mapped:loopback",
+		"::ffff:10.0.5.9":        "ipv4-mapped:appliance-address",
+		"::169.254.169.254":      "ipv4-compatible:link-local",
+		// RFC 2765 IPv4-translated form ::ffff:0:a.b.c.d.
+		"::ffff:0:169.254.169.254": "ipv4-translated:link-local",
+		"::ffff:0:a9fe:a9fe":       "ipv4-translated:link-local",
+		"::ffff:0:127.0.0.1":       "ipv4-translated:loopback",
+		"::ffff:0:10.0.5.9":        "ipv4-translated:appliance-address",
+		"::ffff:0:100.64.0.1":      "ipv4-translated:cgnat",
 		"64:ff9b::a9fe:a9fe":       "nat64:link-local",
 		"64:ff9b::169.254.169.254": "nat64:link-local",
 		"64:ff9b::7f00:1":          "nat64:loopback",
@@ -66,7 +72,7 @@ func TestCheck(t *testing.T) {
 		}
 	}
 	for _, s := range []string{"203.0.113.10", "198.18.0.1", "10.0.5.10", "8.8.8.8", "2600:1f18::10", "64:ff9b::808:808",
-		"2002:808:808::1", "2001:0:4136:e378:8000:63bf:f7f7:f7f7", "100.128.0.1"} {
+		"2002:808:808::1", "2001:0:4136:e378:8000:63bf:f7f7:f7f7", "100.128.0.1", "::ffff:0:808:808"} {
 		if got := g.Check(netip.MustParseAddr(s)); got != "" {
 			t.Errorf("Check(%s) = %q, want allowed", s, got)
 		}

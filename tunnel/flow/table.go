@@ -87,6 +87,13 @@ type Entry struct {
 	hdrLen uint16
 }
 
+// SetHeader stores h (at most geneve.MaxHeaderLen bytes are kept) as the
+// entry's GENEVE header: for entries built outside a Table, such as a flow
+// the in-kernel fast path learned.
+func (e *Entry) SetHeader(h []byte) {
+	e.hdrLen = uint16(copy(e.hdr[:], h))
+}
+
 // Header returns the GENEVE header (with options) to put on return traffic:
 // that of the newest packet GWLB sent for the flow. It aliases e.
 func (e *Entry) Header() []byte { return e.hdr[:e.hdrLen] }

@@ -92,6 +92,10 @@ type Config struct {
 	// in by the application like GenevePort): the notrack rules match
 	// only GENEVE from and to them.
 	GeneveSources []netip.Prefix `yaml:"-"`
+
+	// NetworkPolicy filters forwarded (non-intercepted) traffic from the
+	// tunnels; see netpolicy.go.
+	NetworkPolicy NetworkPolicy `yaml:"network_policy"`
 }
 
 // DefaultConfig returns every default.
@@ -113,6 +117,7 @@ func DefaultConfig() Config {
 		SysctlInterval: 30 * time.Second,
 		NotrackGeneve:  true,
 		GenevePort:     geneve.Port,
+		NetworkPolicy:  NetworkPolicy{LogGroup: 4757},
 	}
 }
 
@@ -191,6 +196,7 @@ func (c *Config) Validate() error {
 			add("imds_endpoint: %v", err)
 		}
 	}
+	errs = append(errs, c.NetworkPolicy.validate()...)
 	return errors.Join(errs...)
 }
 

@@ -5,6 +5,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/tunnel"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -47,10 +48,10 @@ func (s *Steerer) Explain() string {
 		c.MarkBase, c.MarkBase, c.RouteTableBase, c.RouteTableBase)
 
 	fmt.Fprintf(&b, "## nftables (one table, replaced atomically)\ntable inet %s {\n", c.TableName)
-	for _, n := range counterNames {
+	for _, n := range append(append([]string(nil), counterNames...), rs.npCounters...) {
 		fmt.Fprintf(&b, "  counter %s\n", n)
 	}
-	for _, name := range []string{setTunnels, mapTunnelMark, setHTTPPorts, setTLSPorts, setQUICPorts} {
+	for _, name := range rs.setNames() {
 		st := rs.sets[name]
 		kind := "set"
 		typ := st.KeyType.Name
@@ -68,6 +69,21 @@ func (s *Steerer) Explain() string {
 		if name == setTunnels || name == mapTunnelMark {
 			dyn = " # elements added by PairUp, removed by PairDown"
 		}
+		for _, ds := range rs.npDomainSets {
+			if ds.name == name {
+				kind, typ = "set", st.KeyType.Name+"; flags timeout"
+				dyn = " # addresses of " + strings.Join(ds.domains, ", ") + " from the resolver, each timing out after its DNS TTL"
+			}
+		}
+		for _, es := range rs.npEndpointSets {
+			if es.name == name {
+				var ids []string
+				for _, e := range es.endpoints {
+					ids = append(ids, policy.FormatEndpointID(e))
+				}
+				dyn = " # gwi-* of endpoints " + strings.Join(ids, ", ") + ", added by PairUp"
+			}
+		}
 		fmt.Fprintf(&b, "  %s %s { type %s; elements = { %s } }%s\n", kind, name, typ, strings.Join(elems, ", "), dyn)
 	}
 	for _, cn := range rs.order {
@@ -80,7 +96,9 @@ func (s *Steerer) Explain() string {
 		}
 		b.WriteString("  }\n")
 	}
-	b.WriteString("}\n\n## policy routing\n")
+	b.WriteString("}\n")
+	b.WriteString(s.explainNetworkPolicy())
+	b.WriteString("\n## policy routing\n")
 	rules, routes := s.baseRoutesWithLo(lo)
 	writeRouting(&b, rules, routes, "")
 	example := len(pairs) == 0
@@ -108,7 +126,11 @@ func (s *Steerer) Explain() string {
 	return b.String()
 }
 
+// baseRoutesWithLo is baseRoutes for lo index lo. It takes mu: the
+// re-assert loop reads loIndex concurrently.
 func (s *Steerer) baseRoutesWithLo(lo int) ([]*netlink.Rule, []*netlink.Route) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	save := s.loIndex
 	s.loIndex = lo
 	r, rt := s.baseRoutes()

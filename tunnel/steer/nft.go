@@ -67,6 +67,14 @@ type ruleset struct {
 	setVals map[string][]nftables.SetElement
 	rules   []ruleSpec
 	egress  string
+
+	// Network policy (netpolicy.go): its counters, the anonymous sets of
+	// its rules by placeholder name, and the endpoint sets PairUp fills.
+	npCounters     []string
+	anon           map[string]*anonSet
+	anonOrder      []string
+	npEndpointSets []npEndpointSetOf
+	npDomainSets   []npDomainSetOf
 }
 
 func (s *Steerer) buildRuleset(egress string) *ruleset {
@@ -77,6 +85,7 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 		sets:    map[string]*nftables.Set{},
 		setVals: map[string][]nftables.SetElement{},
 		egress:  egress,
+		anon:    map[string]*anonSet{},
 	}
 	t := rs.table
 	chain := func(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio int32) {
@@ -261,8 +270,12 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 		add(chainFilterFwd, fmt.Sprintf("iif @%s %s daddr %s counter name %s drop", setTunnels, ipName(p), p, ctrGuardDropped),
 			cat(fromTunnel, addrIn(p, true), objref(ctrGuardDropped), drop())...)
 	}
-	add(chainFilterFwd, fmt.Sprintf("iif @%s counter name %s accept", setTunnels, ctrForwarded),
-		cat(fromTunnel, objref(ctrForwarded), accept())...)
+	if c.NetworkPolicy.active() {
+		s.addNetworkPolicy(rs, add)
+	} else {
+		add(chainFilterFwd, fmt.Sprintf("iif @%s counter name %s accept", setTunnels, ctrForwarded),
+			cat(fromTunnel, objref(ctrForwarded), accept())...)
+	}
 
 	if !c.tunnelMode() {
 		add(chainNATPost, fmt.Sprintf("oifname %q ct mark & %#x == %s ct mark != %s masquerade", egress, markMask, mark, mark),
@@ -281,14 +294,21 @@ func (rs *ruleset) install(conn *nftables.Conn) error {
 	conn.AddTable(rs.table) // no-op if it exists; makes the delete below valid
 	conn.DelTable(rs.table)
 	conn.AddTable(rs.table)
-	for _, n := range counterNames {
+	for _, n := range append(append([]string(nil), counterNames...), rs.npCounters...) {
 		conn.AddObj(&nftables.NamedObj{Table: rs.table, Name: n, Type: nftables.ObjTypeCounter, Obj: &expr.Counter{}})
 	}
-	for _, name := range []string{setTunnels, mapTunnelMark, setHTTPPorts, setTLSPorts, setQUICPorts} {
+	for _, name := range rs.setNames() {
 		if err := conn.AddSet(rs.sets[name], rs.setVals[name]); err != nil {
 			return fmt.Errorf("set %s: %w", name, err)
 		}
 	}
+	for _, ph := range rs.anonOrder {
+		a := rs.anon[ph]
+		if err := conn.AddSet(a.set, a.elems); err != nil {
+			return fmt.Errorf("network policy set { %s }: %w", a.text, err)
+		}
+	}
+	rs.resolveAnon()
 	for _, n := range rs.order {
 		conn.AddChain(rs.chains[n])
 	}
@@ -296,6 +316,19 @@ func (rs *ruleset) install(conn *nftables.Conn) error {
 		conn.AddRule(&nftables.Rule{Table: rs.table, Chain: rs.chains[r.chain], Exprs: r.exprs})
 	}
 	return nil
+}
+
+// setNames lists the named sets in creation order: the base ones, then
+// the network policy's endpoint sets.
+func (rs *ruleset) setNames() []string {
+	names := []string{setTunnels, mapTunnelMark, setHTTPPorts, setTLSPorts, setQUICPorts}
+	for _, es := range rs.npEndpointSets {
+		names = append(names, es.name)
+	}
+	for _, ds := range rs.npDomainSets {
+		names = append(names, ds.name)
+	}
+	return names
 }
 
 func cat(parts ...[]expr.Any) []expr.Any {

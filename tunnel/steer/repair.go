@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
@@ -82,6 +83,13 @@ func (s *Steerer) wantElements() map[string]map[string]string {
 		marks[k] = string(native32(s.cfg.tunnelMark(p.Slot)))
 	}
 	out[setTunnels], out[mapTunnelMark] = tun, marks
+	for name, elems := range s.npEndpointElems() {
+		m := map[string]string{}
+		for _, e := range elems {
+			m[string(e.Key)] = ""
+		}
+		out[name] = m
+	}
 	return out
 }
 
@@ -160,7 +168,7 @@ func (s *Steerer) nftDrift() ([]string, error) {
 			named[no.Name] = true
 		}
 	}
-	for _, n := range counterNames {
+	for _, n := range append(append([]string(nil), counterNames...), s.rs.npCounters...) {
 		if !named[n] {
 			out = append(out, "counter "+n+" missing")
 		}
@@ -283,6 +291,17 @@ func (s *Steerer) reinstallLocked() error {
 		if err := s.nft.SetAddElements(s.rs.sets[mapTunnelMark], marks); err != nil {
 			return err
 		}
+	}
+	for name, elems := range s.npEndpointElems() {
+		if len(elems) == 0 {
+			continue
+		}
+		if err := s.nft.SetAddElements(s.rs.sets[name], elems); err != nil {
+			return err
+		}
+	}
+	if err := s.domainElemsLocked(time.Now()); err != nil {
+		return err
 	}
 	if err := s.nft.Flush(); err != nil {
 		return fmt.Errorf("table %s: %w", s.cfg.TableName, err)

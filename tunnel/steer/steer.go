@@ -55,6 +55,16 @@ type Steerer struct {
 	sysctlFails atomic.Uint64
 
 	nftRepairs, routingRepairs, repairFailures atomic.Uint64
+
+	// Endpoint of each tunnel slot and gwi-* index, for flow records
+	// (flows.go). Kept after PairDown: the destroy events of the flows
+	// PairDown flushes arrive after it.
+	epBySlot, epByIf sync.Map
+
+	// Domain names in network rules (domain.go).
+	resolver Resolver
+	dom      domains
+	domWG    sync.WaitGroup
 }
 
 // New validates cfg and prepares a Steerer; nothing is changed in the
@@ -64,6 +74,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Steerer, err
 }
 
 func newSteerer(cfg Config, log *slog.Logger, reg prometheus.Registerer, nsFd int) (*Steerer, error) {
+	cfg.NetworkPolicy.Rules = append([]NetRule(nil), cfg.NetworkPolicy.Rules...) // validate fills in parsed fields
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -97,6 +108,9 @@ func (s *Steerer) Start(ctx context.Context) error {
 	defer s.mu.Unlock()
 	if s.started {
 		return errors.New("steer: already started")
+	}
+	if s.hasDomains() && s.resolver == nil {
+		return errors.New("steer: network_policy has domains but no resolver is configured")
 	}
 	if err := s.open(); err != nil {
 		return err
@@ -143,6 +157,16 @@ func (s *Steerer) Start(ctx context.Context) error {
 	s.cancel = cancel
 	s.done = make(chan struct{})
 	go s.reassert(rctx, ctx.Done())
+	if s.hasDomains() {
+		s.dom.names = map[string]*domainState{}
+		for _, r := range s.cfg.NetworkPolicy.Rules {
+			for _, n := range r.Domains {
+				s.dom.names[n] = &domainState{addrs: map[netip.Addr]time.Time{}}
+			}
+		}
+		s.domWG.Add(1)
+		go s.domainLoop(rctx)
+	}
 	s.started = true
 	s.log.Info("steering installed", "table", s.cfg.TableName, "mode", s.cfg.EgressMode, "egress", s.egress)
 	return nil
@@ -270,11 +294,18 @@ func (s *Steerer) pairUp(p tunnel.Pair) error {
 	if err := s.nft.SetAddElements(s.rs.sets[mapTunnelMark], []nftables.SetElement{{Key: elemIfIndex(p.InIndex), Val: native32(s.cfg.tunnelMark(p.Slot))}}); err != nil {
 		return err
 	}
+	for _, name := range s.npEndpointSetsOf(p.EndpointID) {
+		if err := s.nft.SetAddElements(s.rs.sets[name], []nftables.SetElement{{Key: elemIfIndex(p.InIndex)}}); err != nil {
+			return err
+		}
+	}
 	if err := s.nft.Flush(); err != nil {
 		_ = s.delRouting(rules, routes)
 		return fmt.Errorf("nftables elements: %w", err)
 	}
 	s.pairs[p.Slot] = p
+	s.epBySlot.Store(p.Slot, p.EndpointID)
+	s.epByIf.Store(p.InIndex, p.EndpointID)
 	return nil
 }
 
@@ -293,6 +324,11 @@ func (s *Steerer) PairDown(ctx context.Context, p tunnel.Pair) error {
 		}
 		if err := s.nft.SetDeleteElements(m, []nftables.SetElement{{Key: elemIfIndex(p.InIndex)}}); err != nil {
 			errs = append(errs, err)
+		}
+		for _, name := range s.npEndpointSetsOf(p.EndpointID) {
+			if err := s.nft.SetDeleteElements(s.rs.sets[name], []nftables.SetElement{{Key: elemIfIndex(p.InIndex)}}); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		if err := s.nft.Flush(); err != nil {
 			errs = append(errs, fmt.Errorf("nftables elements: %w", err))
@@ -332,6 +368,7 @@ func (s *Steerer) Close() error {
 	if cancel != nil {
 		cancel()
 		<-done
+		s.domWG.Wait()
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -411,6 +448,9 @@ type Stats struct {
 	NFTRepairs     uint64 `json:"nft_repairs"`
 	RoutingRepairs uint64 `json:"routing_repairs"`
 	RepairFailures uint64 `json:"repair_failures"`
+	// Domains is the state of domain names in network rules (absent
+	// without any).
+	Domains *DomainStats `json:"domains,omitempty"`
 }
 
 // Stats reads the counter objects from the kernel.
@@ -424,6 +464,7 @@ func (s *Steerer) Stats() Stats {
 	st.NFTRepairs = s.nftRepairs.Load()
 	st.RoutingRepairs = s.routingRepairs.Load()
 	st.RepairFailures = s.repairFailures.Load()
+	st.Domains = s.domainStats()
 	// Under mu: a netlink query must not interleave with a batch being
 	// flushed (PairUp, repair) on the same socket.
 	if s.started && !s.closed {

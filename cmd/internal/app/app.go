@@ -31,8 +31,12 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/lifecycle"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/sdnotify"
 	"github.com/gwlbproxy/gwlbproxy/logship"
+	"github.com/gwlbproxy/gwlbproxy/logship/evetail"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
+	"github.com/gwlbproxy/gwlbproxy/proxy/resolve"
 	"github.com/gwlbproxy/gwlbproxy/tunnel"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/flowlog"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
 )
 
@@ -100,6 +104,19 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 		return fmt.Errorf("logship: %w", err)
 	}
 	shipperOpen := true
+	// issue 19: Suricata's alerts into the same log group.
+	if ic := c.Logship.IDSAlerts; ic.Enabled {
+		ic.InstanceID = instanceID
+		tl, err := evetail.New(ic, shipper, log.With("component", "evetail"))
+		if err != nil {
+			return fmt.Errorf("logship.ids_alerts: %w", err)
+		}
+		go func() {
+			if err := tl.Run(bg); err != nil {
+				log.Error("ids alert tailer stopped", "err", err)
+			}
+		}()
+	}
 	defer func() { // startup failed after the shipper opened: keep its spool
 		if shipperOpen {
 			_ = shipper.Close(context.Background())
@@ -107,15 +124,47 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	}()
 	hs.Add(health.Check{Name: "logship", Health: shipper.Health, Stats: func() any { return shipper.Stats() }})
 
+	// One resolver and cache for the appliance: destination binding and the
+	// network policy's domain rules see the same answers.
+	rcfg := c.Proxy.Binding.Resolver
+	rcfg.Registerer = reg
+	resolver, err := resolve.New(rcfg)
+	if err != nil {
+		return fmt.Errorf("proxy config: binding.%w", err)
+	}
+	if servers, err := resolver.ServerList(); err != nil {
+		log.Error("resolver has no DNS server: name-based allows (binding) and domain rules fail closed until this is fixed", "err", err)
+	} else {
+		log.Info("resolver", "servers", servers, "binding", c.Proxy.Binding.Mode)
+	}
+
 	st, err := steer.New(c.SteerConfig(), log.With("component", "steer"), reg)
 	if err != nil {
 		return fmt.Errorf("steer: %w", err)
 	}
+	st.SetResolver(resolver)
 	if err := st.Start(bg); err != nil {
 		return fmt.Errorf("steer: %w", err)
 	}
 	cleanup.add("steer", st.Close)
 	hs.Add(health.Check{Name: "steer", Health: st.Health, Stats: func() any { return st.Stats() }})
+
+	// issue 15: a record per forwarded flow (and per denied attempt),
+	// through the same shipper and spool as the request records.
+	var flows *flowlog.Logger
+	if c.FlowRecords.Enabled {
+		fcfg, fs := c.FlowRecords, st.FlowSource()
+		fcfg.MarkBase, fcfg.MarkMask, fcfg.LogGroup, fcfg.InterceptPorts = fs.MarkBase, fs.MarkMask, fs.LogGroup, fs.InterceptPorts
+		flows, err = flowlog.New(fcfg, st, unmetered{shipper}, instanceID, log.With("component", "flowlog"), reg)
+		if err != nil {
+			return fmt.Errorf("flow_records: %w", err)
+		}
+		if err := flows.Start(bg); err != nil {
+			return fmt.Errorf("flow_records: %w", err)
+		}
+		cleanup.add("flow records", flows.Close)
+		hs.Add(health.Check{Name: "flowlog", Health: flows.Health, Stats: func() any { return flows.Stats() }})
+	}
 
 	sls, err := st.ListenAll(ctx)
 	if err != nil {
@@ -131,6 +180,16 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 		return fmt.Errorf("proxy listeners: %w", err)
 	}
 	cleanup.add("proxy listeners", ls.Close)
+	// issue 19: the decryption mirror's tap device, when turned on.
+	var mir *mirror.Mirror
+	if c.Proxy.Mirror.Enabled {
+		if mir, err = mirror.Open(c.Proxy.Mirror); err != nil {
+			return fmt.Errorf("proxy.mirror: %w", err)
+		}
+		cleanup.add("mirror", mir.Close)
+		reg.MustRegister(mir.Collectors()...)
+		log.Info("decryption mirror on", "interface", c.Proxy.Mirror.Interface, "mtu", c.Proxy.Mirror.MTU)
+	}
 	px, err := proxy.New(c.Proxy, proxy.Deps{
 		Certs:             minter,
 		Recorder:          shipper,
@@ -141,6 +200,8 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 		// unacked records, which the spool absorbs).
 		Admit:      shipper.Admit,
 		InstanceID: instanceID,
+		Binder:     resolver,
+		Mirror:     mir,
 	}, log.With("component", "proxy"), reg)
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)
@@ -230,6 +291,11 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	stopTunnel()
 	if err := <-tunnelDone; err != nil {
 		log.Warn("tunnel shutdown", "err", err)
+	}
+	if flows != nil { // its last records and summary go into the spool
+		if err := flows.Close(); err != nil {
+			log.Warn("flow records shutdown", "err", err)
+		}
 	}
 	// Last: every record the proxy wrote is in the spool; ship what the
 	// remaining deadline allows, the rest waits in the spool for next start.
@@ -367,3 +433,9 @@ func (c *cleanups) run(log *slog.Logger) error {
 	}
 	return errors.Join(errs...)
 }
+
+// unmetered ships flow records without counting them as requests in the
+// EMF metrics.
+type unmetered struct{ *logship.Shipper }
+
+func (u unmetered) Ship(ts time.Time, b []byte) error { return u.ShipUnmetered(ts, b) }

@@ -6,7 +6,9 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/ca"
 	"github.com/gwlbproxy/gwlbproxy/logship"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/tunnel"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/flowlog"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
 )
 
@@ -18,6 +20,8 @@ type Components struct {
 	Proxy   proxy.Config   `yaml:"proxy"`
 	CA      ca.Config      `yaml:"ca"`
 	Logship logship.Config `yaml:"logship"`
+	// FlowRecords: a record per forwarded flow (issue 15).
+	FlowRecords flowlog.Config `yaml:"flow_records"`
 }
 
 // vpcPrivateRanges is the default for tunnel.allowed_sources: GWLB always
@@ -39,6 +43,8 @@ func defaultComponents() Components {
 		Proxy:   proxy.DefaultConfig(),
 		CA:      ca.DefaultConfig(),
 		Logship: logship.DefaultConfig(),
+
+		FlowRecords: flowlog.DefaultConfig(),
 	}
 }
 
@@ -49,6 +55,15 @@ func (c *Components) SteerConfig() steer.Config {
 	s := c.Steer
 	s.GenevePort = c.Tunnel.Port
 	s.GeneveSources = c.Tunnel.AllowedSources
+	// issue 15: an unset network_policy.default_action follows the proxy
+	// policy's default, so a deny-by-default proxy is deny-by-default on
+	// every port and protocol, not only on the intercepted ones.
+	if s.NetworkPolicy.DefaultAction == "" {
+		s.NetworkPolicy.DefaultAction = steer.NetDeny
+		if c.Proxy.Policy.DefaultAction != policy.Deny {
+			s.NetworkPolicy.DefaultAction = steer.NetAllow
+		}
+	}
 	return s
 }
 
@@ -64,6 +79,9 @@ func (c *Components) validate() error {
 		return err
 	}
 	if err := prefix("ca", c.CA.Validate()); err != nil {
+		return err
+	}
+	if err := prefix("flow_records", c.FlowRecords.Validate()); err != nil {
 		return err
 	}
 	return prefix("logship", c.Logship.Validate())

@@ -44,6 +44,12 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"log: 3\n", "log (line 1): expected a mapping"},
 		{"log:\n  level: info\n  level: debug\n", "log.level (line 3): duplicate key"},
 		{"log: [\n", "yaml:"},
+		// issue 19: decryption mirror keys.
+		{"proxy:\n  mirror:\n    enabled: true\n    mtu: 100\n", "proxy.mirror.mtu: 100 out of range"},
+		{"proxy:\n  mirror:\n    enabled: true\n    interface: \"\"\n", "proxy.mirror.interface:"},
+		{"proxy:\n  mirror:\n    enable: true\n", "proxy.mirror.enable (line 3): unknown key"},
+		{"proxy:\n  mirror:\n    queue_packets: 0\n", "proxy.mirror.queue_packets: 0 out of range"},
+		{"logship:\n  ids_alerts:\n    poll: 1ms\n", "logship.ids_alerts.poll: 1ms out of range"},
 	}
 	for _, tc := range cases {
 		_, err := Parse([]byte(tc.yaml))
@@ -105,5 +111,37 @@ func TestMarshalRoundTrip(t *testing.T) {
 	out2, _ := c2.Marshal()
 	if string(out) != string(out2) {
 		t.Fatalf("not stable:\n%s\n---\n%s", out, out2)
+	}
+}
+
+// issue 14: proxy.binding keys (the resolver's keys inline).
+func TestBindingKeys(t *testing.T) {
+	c, err := Parse([]byte("proxy:\n  binding:\n    mode: report_only\n    servers: [198.18.0.53, \"[2001:db8::53]:5353\"]\n    retain: 1m\n    min_ttl: 1s\n  policy:\n    rules:\n      - name: corp\n        action: allow\n        domains: [svc.corp.internal]\n        bind: none\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := c.Proxy.Binding
+	if b.Mode != "report_only" || len(b.Resolver.Servers) != 2 || b.Resolver.Retain != time.Minute || b.Resolver.MinTTL != time.Second || b.Resolver.Timeout != 2*time.Second {
+		t.Fatalf("binding %+v", b)
+	}
+	if c.Proxy.Policy.Rules[0].Bind != "none" {
+		t.Fatalf("rule bind %q", c.Proxy.Policy.Rules[0].Bind)
+	}
+	d := Default()
+	if d.Proxy.Binding.Mode != "enforce" {
+		t.Fatalf("binding default %q", d.Proxy.Binding.Mode)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"proxy:\n  binding:\n    mode: maybe\n", `proxy.binding.mode: "maybe" is not enforce`},
+		{"proxy:\n  binding:\n    servers: [dns.example]\n", "proxy.binding.servers[0]"},
+		{"proxy:\n  binding:\n    timeout: 0s\n", "proxy.binding.timeout"},
+		{"proxy:\n  binding:\n    min_ttl: 2h\n", "proxy.binding.min_ttl"},
+		{"proxy:\n  binding:\n    retian: 1m\n", "proxy.binding.retian (line 3): unknown key"},
+		{"proxy:\n  policy:\n    rules:\n      - name: x\n        action: allow\n        bind: off\n", "proxy.policy.rules[0].bind"},
+	} {
+		_, err := Parse([]byte(tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: got %v, want %q", tc.yaml, err, tc.want)
+		}
 	}
 }

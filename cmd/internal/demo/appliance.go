@@ -23,6 +23,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/nsexec"
 	"github.com/gwlbproxy/gwlbproxy/logship"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/flowlog"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
 )
@@ -41,6 +42,12 @@ const (
 	RuleSplice = "bank-untouched"
 	RuleDeny   = "blocked-sites"
 	RuleAllow  = "demo-sites"
+)
+
+// Rule names of the demo's network policy (forwarded traffic).
+const (
+	NetRulePing = "ping-echo-host"
+	NetRuleEcho = "udp-echo"
 )
 
 // Files are the generated files of one demo run.
@@ -105,12 +112,21 @@ func ApplianceConfig(mode string, f Files) config.Config {
 	if mode == steer.EgressNAT {
 		c.Steer.EgressInterface = EgressInterface
 	}
+	// Deny by default on every port (it follows the proxy policy's
+	// default): the tour's ping and UDP echo are allowed by name.
+	c.Steer.NetworkPolicy.Rules = []steer.NetRule{
+		{Name: NetRulePing, Action: steer.NetAllow, Protocol: steer.ProtoICMP, Destinations: []netip.Prefix{netip.PrefixFrom(AddrEcho, 32)}},
+		{Name: NetRuleEcho, Action: steer.NetAllow, Protocol: steer.ProtoUDP, Destinations: []netip.Prefix{netip.PrefixFrom(AddrEcho, 32)},
+			Ports: []policy.PortRange{{Lo: EchoPort, Hi: EchoPort}}},
+	}
 	c.Proxy.UpstreamCABundle = f.InternetCA
 	c.Proxy.DialTimeout = 5 * time.Second
+	// Destination binding (on by default) asks the topology's resolver.
+	c.Proxy.Binding.Resolver.Servers = []string{ResolverAddr.String()}
 	c.Proxy.Policy = policy.Config{
 		DefaultAction: policy.Deny,
 		NoSNIAction:   "deny",
-		ECHAction:     "deny",
+		ECHAction:     policy.ECHIgnore,
 		Rules: []policy.Rule{
 			{Name: RuleSplice, Action: policy.Splice, Domains: []string{HostBank}},
 			{Name: RuleDeny, Action: policy.Deny, Domains: []string{HostBlocked}},
@@ -324,6 +340,17 @@ type Record struct {
 	ALPN          string    `json:"alpn"`
 	UpstreamError string    `json:"upstream_error"`
 	UserAgent     string    `json:"user_agent"`
+	Bind          string    `json:"bind"`
+	BindName      string    `json:"bind_name"`
+	BindAnswers   string    `json:"bind_answers"`
+
+	// Flow records (tunnel/flowlog): record_type flow, flow_interim,
+	// flow_denied, flow_summary; request records have none.
+	RecordType string `json:"record_type"`
+	Protocol   string `json:"protocol"`
+	PacketsIn  int64  `json:"packets_in"`
+	PacketsOut int64  `json:"packets_out"`
+	TCPState   string `json:"tcp_state"`
 
 	Raw  string   `json:"-"`
 	Keys []string `json:"-"`
@@ -358,7 +385,15 @@ func (r *Record) Field(k string) string {
 // RecordFields are the fields every record carries (the team contract).
 var RecordFields = []string{"time", "record_id", "instance_id", "endpoint_id", "client_ip", "client_port",
 	"dst_ip", "dst_port", "sni", "host", "method", "scheme", "path", "status", "action", "rule",
-	"bytes_in", "bytes_out", "duration_ms", "tls_version", "alpn", "upstream_error", "user_agent"}
+	"bytes_in", "bytes_out", "duration_ms", "tls_version", "alpn", "upstream_error", "user_agent",
+	"bind", "bind_name", "bind_answers"}
+
+// FlowRecordFields and FlowSummaryFields are the fields of flow records
+// (tunnel/flowlog).
+var (
+	FlowRecordFields  = flowlog.RecordFields
+	FlowSummaryFields = flowlog.SummaryFields
+)
 
 // Records collects the appliance's records (across restarts).
 type Records struct {

@@ -83,10 +83,16 @@ type Result struct {
 
 // Get fetches url with a fresh connection.
 func (c *Client) Get(ctx context.Context, url string) Result {
-	return c.get(ctx, c.HTTPClient(false), url)
+	return c.get(ctx, c.HTTPClient(false), url, "")
 }
 
-func (c *Client) get(ctx context.Context, hc *http.Client, url string) Result {
+// GetHost is Get with the Host header set to host (a client naming one
+// server while connecting to the URL's address).
+func (c *Client) GetHost(ctx context.Context, url, host string) Result {
+	return c.get(ctx, c.HTTPClient(false), url, host)
+}
+
+func (c *Client) get(ctx context.Context, hc *http.Client, url, host string) Result {
 	res := Result{URL: url}
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
 		if ap, err := netip.ParseAddrPort(info.Conn.LocalAddr().String()); err == nil {
@@ -102,6 +108,9 @@ func (c *Client) get(ctx context.Context, hc *http.Client, url string) Result {
 		return res
 	}
 	req.Header.Set("User-Agent", "gwlbproxy-demo/1")
+	if host != "" {
+		req.Host = host
+	}
 	resp, err := hc.Do(req)
 	if err != nil {
 		res.Err = err

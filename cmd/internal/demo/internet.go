@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -76,6 +77,46 @@ type Internet struct {
 
 	mu      sync.Mutex
 	closers []io.Closer
+	// accepted counts TCP connections accepted per local address.
+	accepted sync.Map // netip.Addr -> *atomic.Int64
+	observe  atomic.Pointer[func(*http.Request)]
+}
+
+// Accepted is how many TCP connections (ports 80 and 443) the servers
+// accepted on address a: a test's proof that nothing reached a server.
+func (in *Internet) Accepted(a netip.Addr) int64 {
+	if v, ok := in.accepted.Load(a); ok {
+		return v.(*atomic.Int64).Load()
+	}
+	return 0
+}
+
+// countingListener counts accepted connections by local address.
+type countingListener struct {
+	net.Listener
+	in *Internet
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		if a, ok := addrOf(c.LocalAddr()); ok {
+			v, _ := l.in.accepted.LoadOrStore(a, new(atomic.Int64))
+			v.(*atomic.Int64).Add(1)
+		}
+	}
+	return c, err
+}
+
+// Observe has f told of every HTTP request the internet's servers receive,
+// before it is answered (nil: stop). Tests use it to prove a request
+// arrived, with what it carried. f must not block.
+func (in *Internet) Observe(f func(*http.Request)) {
+	if f == nil {
+		in.observe.Store(nil)
+		return
+	}
+	in.observe.Store(&f)
 }
 
 // NewInternet makes the internet's CA and certificates.
@@ -183,6 +224,7 @@ func (in *Internet) Serve(ns Namespace, name string) error {
 	}
 	h := http.HandlerFunc(in.handle)
 	for i, l := range tcp {
+		l = countingListener{Listener: l, in: in}
 		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: discardLog()}
 		if i == 1 {
 			srv.TLSConfig = tcfg
@@ -226,6 +268,9 @@ func (in *Internet) Close() error {
 //	             &rate=R at most R bytes per second (a slow download)
 //	/slow?s=S    one line every 100ms for S seconds
 func (in *Internet) handle(w http.ResponseWriter, r *http.Request) {
+	if f := in.observe.Load(); f != nil {
+		(*f)(r)
+	}
 	local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
 	if lip, ok := addrOf(local); ok && lip == AddrIMDS {
 		fmt.Fprintln(w, LeakBody)

@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/gwlbproxy/gwlbproxy/proxy/resolve/dnstest"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
 )
@@ -41,6 +42,10 @@ type Network struct {
 	// Inet is the internet namespace in nat mode; nil in tunnel mode, where
 	// each endpoint's server namespace is its internet.
 	Inet *gwlbsim.NS
+	// DNS is the appliance's resolver (the VPC resolver's stand-in) on
+	// ResolverAddr:53 in the GWLB namespace, answering Names; destination
+	// binding asks it. Tests change its answers or silence it.
+	DNS *dnstest.Server
 
 	inetName string
 	cancel   context.CancelFunc
@@ -73,6 +78,9 @@ func NewNetworkSim(ctx context.Context, mode, prefix string, sim gwlbsim.Config,
 	}})
 	if err != nil {
 		return nil, fmt.Errorf("topology: %w", err)
+	}
+	if err = n.startDNS(); err != nil {
+		return nil, err
 	}
 	if mode == steer.EgressNAT {
 		if err = n.addInternet(); err != nil {
@@ -254,6 +262,10 @@ func (n *Network) Close() error {
 	if n.Internet != nil {
 		errs = append(errs, n.Internet.Close())
 	}
+	if n.DNS != nil {
+		errs = append(errs, n.DNS.Close())
+		n.DNS = nil
+	}
 	if n.Inet != nil {
 		errs = append(errs, n.Inet.Close())
 		n.Inet = nil
@@ -263,6 +275,29 @@ func (n *Network) Close() error {
 		n.Topo = nil
 	}
 	return errors.Join(errs...)
+}
+
+// ResolverAddr is where the appliance's DNS resolver listens (port 53):
+// the GWLB namespace, which every appliance reaches over its underlay
+// link in both egress modes, as an instance reaches its VPC resolver.
+var ResolverAddr = gwlbsim.GWLBAddr
+
+// DNSTTL is the TTL of the demo names' records.
+const DNSTTL = 60
+
+// startDNS serves Names on ResolverAddr:53 in the GWLB namespace.
+func (n *Network) startDNS() error {
+	return n.Topo.GWLB.Do(func() error {
+		s, err := dnstest.Listen(netip.AddrPortFrom(ResolverAddr, 53).String())
+		if err != nil {
+			return fmt.Errorf("dns server in %s: %w", n.Topo.GWLB.Name, err)
+		}
+		for name, a := range Names {
+			s.Set(name, DNSTTL, a)
+		}
+		n.DNS = s
+		return nil
+	})
 }
 
 func discardLog() *log.Logger { return log.New(io.Discard, "", 0) }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/flowlog"
 	"io"
 	"net/netip"
 	"strings"
@@ -36,7 +37,7 @@ func (s *Step) fail(format string, a ...any) {
 }
 
 // TourSteps lists the tour's steps in order (names usable with RunStep).
-var TourSteps = []string{"http", "https-bump", "overlap", "splice", "deny", "bad-cert", "imds", "ping", "udp", "quic"}
+var TourSteps = []string{"http", "https-bump", "overlap", "splice", "deny", "bad-cert", "imds", "ping", "udp", "quic", "spoof"}
 
 // Tour runs every step, printing each to w (nil: silent) as it finishes.
 func (e *Env) Tour(ctx context.Context, w io.Writer) []Step {
@@ -71,6 +72,7 @@ func (e *Env) RunStep(ctx context.Context, name string, w io.Writer) Step {
 		"ping":       e.stepPing,
 		"udp":        e.stepUDP,
 		"quic":       e.stepQUIC,
+		"spoof":      e.stepSpoof,
 	}
 	fn, ok := fns[name]
 	if !ok {
@@ -147,7 +149,14 @@ func MissingFields(r *Record) []string {
 		have[k] = true
 	}
 	var missing []string
-	for _, k := range RecordFields {
+	fields := RecordFields
+	if strings.HasPrefix(r.RecordType, "flow") {
+		fields = FlowRecordFields
+		if r.RecordType == flowlog.TypeSummary {
+			fields = FlowSummaryFields
+		}
+	}
+	for _, k := range fields {
 		if !have[k] {
 			missing = append(missing, k)
 		}
@@ -252,6 +261,25 @@ func (e *Env) stepDeny(ctx context.Context, s *Step, w io.Writer) {
 	}
 	e.recordFor(ctx, s, EndpointA, r, map[string]string{
 		"action": "deny", "sni": HostBlocked, "rule": RuleDeny, "status": "403",
+	})
+}
+
+// stepSpoof: an allowed name sent to an address it does not have.
+func (e *Env) stepSpoof(ctx context.Context, s *Step, w io.Writer) {
+	title(s, w, "Spoofed Host: http://"+AddrBlocked.String()+"/ with Host "+HostApp+" (an allowed name, another server's address)")
+	r := e.Clients[0].GetHost(ctx, "http://"+AddrBlocked.String()+"/", HostApp)
+	if r.Err != nil {
+		s.fail("GET: %v", r.Err)
+		return
+	}
+	s.say("HTTP %d, a page from the appliance: %q", r.Status, pageText(r.Body))
+	s.say("destination binding: %s resolves to %s, not %s, so nothing was forwarded", HostApp, AddrApp, AddrBlocked)
+	if r.Status != 403 || !strings.Contains(r.Body, "bind:dst-mismatch") {
+		s.fail("want a 403 page naming rule bind:dst-mismatch")
+	}
+	e.recordFor(ctx, s, EndpointA, r, map[string]string{
+		"action": "deny", "host": HostApp, "rule": "bind:dst-mismatch", "status": "403",
+		"dst_ip": AddrBlocked.String(), "bind": "mismatch", "bind_answers": AddrApp.String(),
 	})
 }
 

@@ -21,6 +21,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/ca"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/nsexec"
+	"github.com/gwlbproxy/gwlbproxy/proxy/resolve/dnstest"
 )
 
 // Config configures Run. DefaultConfig fills every field.
@@ -50,12 +51,34 @@ type Config struct {
 	// Dir keeps the run's files (CA, configs, logs) there; "" uses a
 	// temporary directory removed at the end.
 	Dir string
-	// Scenario limits the run to NewConn or KeepAlive; "" runs both.
+	// Scenario limits the run to NewConn, KeepAlive or Idle; "" runs
+	// NewConn and KeepAlive.
 	Scenario string
+	// CompareBinding also runs gwlbproxy with destination binding off
+	// (row BindOffRow) beside the default (binding on, row "gwlbproxy"),
+	// to show what binding costs on the cache-hit path.
+	CompareBinding bool
+	// IdleConns is how many connections the Idle scenario holds open.
+	IdleConns int
+	// UpstreamPerClient runs gwlbproxy with one upstream connection per
+	// client connection, dialed from the client's address and port (steer
+	// egress_mode tunnel); Squid is unchanged (it dials from its own).
+	UpstreamPerClient bool
+	// IdleHTTP2 makes the idle scenario's clients speak HTTP/2 to
+	// gwlbproxy (as browsers do); Squid is then skipped (no HTTP/2).
+	IdleHTTP2 bool
 	// Rounds repeats the whole sequence (no proxy, gwlbproxy, Squid) so
 	// the proxies take turns and slow drifts of a shared machine hit both;
 	// each row aggregates its rounds (sums, merged latencies).
 	Rounds int
+	// BodySizes, when set, runs every scenario once per body size (rows
+	// named "<scenario>/<size>") instead of with BodySize only.
+	BodySizes []int
+	// Mirror adds a second gwlbproxy run per round with the decryption
+	// mirror on (proxy row MirrorRow): the mirror's tap device in the
+	// router namespace, nothing capturing it (the kernel's receive path
+	// drops the frames), so the figures are the proxy's own cost.
+	Mirror bool
 	// Log receives progress; nil discards.
 	Log *slog.Logger
 }
@@ -66,9 +89,19 @@ func DefaultConfig() Config {
 	return Config{
 		Conns: 16, Duration: 10 * time.Second, Warmup: 2 * time.Second, BodySize: 1024,
 		Host: "bench.test", Squid: DefaultSquid, Certgen: DefaultCertgen, Baseline: true,
-		ProxyCPU: 1, ClientCPU: 0, Rounds: 1,
+		ProxyCPU: 1, ClientCPU: 0, Rounds: 1, CompareBinding: true, IdleConns: 5000,
 	}
 }
+
+// BindOffRow is the row of gwlbproxy with proxy.binding.mode off.
+const BindOffRow = "gw-bindoff"
+
+// MirrorRow is the row of gwlbproxy with the decryption mirror on.
+const MirrorRow = "gwlbproxy+m"
+
+// dnsTTL is the TTL the bench's DNS server gives Host: longer than any
+// run, so binding is measured on its cache-hit path.
+const dnsTTL = 3600
 
 // Scenario names.
 const (
@@ -108,6 +141,8 @@ type Result struct {
 	// (gwlbproxy records, Squid access.log) over the run, warm-up included;
 	// Sent counts the requests the client completed through it.
 	LogLines, Sent map[string]int
+	// Idle has the idle scenario's rows (one per proxy and round).
+	Idle []IdleRow
 	// LoadAvg is /proc/loadavg's 1-minute figure at the start and the end:
 	// on a shared machine other work skews the figures.
 	LoadAvg [2]string
@@ -151,8 +186,20 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 			}
 		}
 	}
-	if cfg.Scenario != "" && cfg.Scenario != NewConn && cfg.Scenario != KeepAlive {
-		return res, fmt.Errorf("scenario %q is not %s or %s", cfg.Scenario, NewConn, KeepAlive)
+	if cfg.Scenario != "" && cfg.Scenario != NewConn && cfg.Scenario != KeepAlive && cfg.Scenario != Idle {
+		return res, fmt.Errorf("scenario %q is not %s, %s or %s", cfg.Scenario, NewConn, KeepAlive, Idle)
+	}
+	if cfg.Scenario == Idle && cfg.IdleConns < 1 {
+		return res, fmt.Errorf("idle connections %d out of range", cfg.IdleConns)
+	}
+	if cfg.IdleHTTP2 {
+		if cfg.Scenario != Idle {
+			return res, errors.New("HTTP/2 clients only in the idle scenario")
+		}
+		cfg.Squid = "" // Squid does not speak HTTP/2 to clients
+	}
+	if cfg.Scenario == Idle {
+		cfg.CompareBinding = false // binding costs nothing per idle connection
 	}
 	if n := runtime.NumCPU(); cfg.ProxyCPU < 0 || cfg.ClientCPU < 0 || cfg.ProxyCPU >= n || cfg.ClientCPU >= n {
 		return res, fmt.Errorf("proxy CPU %d or client CPU %d not in 0..%d", cfg.ProxyCPU, cfg.ClientCPU, n-1)
@@ -202,23 +249,50 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		return res, err
 	}
 	defer func() { err = errors.Join(err, t.close()) }()
-	up, err := startUpstream(t, upDir, cfg.Host, cfg.BodySize)
+	sizes := cfg.BodySizes
+	if len(sizes) == 0 {
+		sizes = []int{cfg.BodySize}
+	}
+	up, err := startUpstream(t, upDir, cfg.Host, cfg.BodySize, slices.Max(sizes))
 	if err != nil {
 		return res, err
 	}
 	defer up.close()
+	// The DNS server destination binding asks (in the upstream namespace,
+	// reached over the router's link like a VPC resolver): Host resolves
+	// to the upstream.
+	var dnsSrv *dnstest.Server
+	if err := t.upstream.Do(func() error {
+		var err error
+		dnsSrv, err = dnstest.Listen(netip.AddrPortFrom(upstreamAddr, 53).String())
+		return err
+	}); err != nil {
+		return res, fmt.Errorf("dns server: %w", err)
+	}
+	defer dnsSrv.Close()
+	dnsSrv.Set(cfg.Host, dnsTTL, upstreamAddr)
 
 	dst := netip.AddrPortFrom(upstreamAddr, 443)
 	var agg aggregator
 	scenarios := func(name string, roots *x509.CertPool, p *proc) error {
-		for _, keep := range []bool{false, true} {
-			l := &load{ns: t.client, dst: dst, host: cfg.Host, roots: roots, conns: cfg.Conns, keepAlive: keep, bodyLen: int64(cfg.BodySize)}
+		if cfg.Scenario == Idle {
+			if p == nil {
+				return nil // no proxy, no proxy memory
+			}
+			return idleScenario(ctx, cfg, &res, name, t.client, dst, roots, p, cfg.IdleHTTP2 && name == "gwlbproxy")
+		}
+		for _, sk := range sizeKeep(sizes) {
+			size, keep := sk.size, sk.keep
+			l := &load{ns: t.client, dst: dst, host: cfg.Host, roots: roots, conns: cfg.Conns, keepAlive: keep, bodyLen: int64(size)}
 			scen := NewConn
 			if keep {
 				scen = KeepAlive
 			}
 			if cfg.Scenario != "" && cfg.Scenario != scen {
 				continue
+			}
+			if len(sizes) > 1 {
+				scen += "/" + sizeLabel(size)
 			}
 			if cfg.Warmup > 0 {
 				w := l.run(ctx, cfg.Warmup)
@@ -261,7 +335,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	os.Remove(records)
 	for round := 1; round <= cfg.Rounds; round++ {
 		cfg.Log.Info("round", "n", round, "of", cfg.Rounds)
-		if err := runRound(ctx, cfg, &res, t, dir, records, bumpCert, bumpKey, upCA, upRoots, bumpRoots, scenarios); err != nil {
+		if err := runRound(ctx, cfg, round, &res, t, dir, records, bumpCert, bumpKey, upCA, upRoots, bumpRoots, scenarios); err != nil {
 			return res, err
 		}
 	}
@@ -269,7 +343,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 }
 
 // runRound runs no proxy, gwlbproxy and Squid once each.
-func runRound(ctx context.Context, cfg Config, res *Result, t *topology, dir, records, bumpCert, bumpKey, upCA string,
+func runRound(ctx context.Context, cfg Config, round int, res *Result, t *topology, dir, records, bumpCert, bumpKey, upCA string,
 	upRoots, bumpRoots *x509.CertPool, scenarios func(string, *x509.CertPool, *proc) error) error {
 	const gwPort, squidPort = 3443, 3130
 	if cfg.Baseline {
@@ -282,18 +356,55 @@ func runRound(ctx context.Context, cfg Config, res *Result, t *topology, dir, re
 	}
 
 	// gwlbproxy: records append to one file over all rounds.
-	args := append(append([]string{}, cfg.ServerCommand[1:]...),
-		"--listen", netip.AddrPortFrom(loopback, gwPort).String(),
-		"--ca-cert", bumpCert, "--ca-key", bumpKey, "--upstream-ca", upCA, "--records", records)
-	if cfg.Profile != "" {
-		args = append(args, "--cpuprofile", cfg.Profile)
+	gw := func(name, records, binding, profile string, extra ...string) error {
+		args := append(append([]string{}, cfg.ServerCommand[1:]...),
+			"--listen", netip.AddrPortFrom(loopback, gwPort).String(),
+			"--ca-cert", bumpCert, "--ca-key", bumpKey, "--upstream-ca", upCA, "--records", records,
+			"--binding", binding, "--dns", netip.AddrPortFrom(upstreamAddr, 53).String())
+		args = append(args, extra...)
+		if profile != "" {
+			args = append(args, "--cpuprofile", profile)
+		}
+		if cfg.UpstreamPerClient {
+			args = append(args, "--upstream-per-client")
+		}
+		if cfg.IdleHTTP2 {
+			args = append(args, "--http2")
+		}
+		cmd := nsexec.Command(t.router.Name, cfg.ServerCommand[0], args...)
+		cmd.Env = append(cmd.Env, "GOMAXPROCS=1")
+		if err := runProxy(ctx, cfg, t, name, cmd, gwPort, bumpRoots, scenarios); err != nil {
+			return err
+		}
+		res.LogLines[name] = countLines(records)
+		return nil
 	}
-	cmd := nsexec.Command(t.router.Name, cfg.ServerCommand[0], args...)
-	cmd.Env = append(cmd.Env, "GOMAXPROCS=1")
-	if err := runProxy(ctx, cfg, t, "gwlbproxy", cmd, gwPort, bumpRoots, scenarios); err != nil {
-		return err
+	// Binding on and off take turns going first, round by round, so
+	// neither always runs on a warmer (or busier) machine.
+	runs := []func() error{func() error { return gw("gwlbproxy", records, "enforce", cfg.Profile) }}
+	if cfg.CompareBinding {
+		off := func() error { return gw(BindOffRow, records+".bindoff", "off", "") }
+		if round%2 == 0 {
+			runs = append([]func() error{off}, runs...)
+		} else {
+			runs = append(runs, off)
+		}
 	}
-	res.LogLines["gwlbproxy"] = countLines(records)
+	if cfg.Mirror { // issue 19: the same proxy with the decryption mirror on
+		mir := func() error {
+			return gw(MirrorRow, records+".mirror", "enforce", "", "--mirror", "pbmirror0")
+		}
+		if round%2 == 0 {
+			runs = append([]func() error{mir}, runs...)
+		} else {
+			runs = append(runs, mir)
+		}
+	}
+	for _, run := range runs {
+		if err := run(); err != nil {
+			return err
+		}
+	}
 
 	if cfg.Squid != "" {
 		sdir := filepath.Join(dir, "squid")
@@ -308,6 +419,36 @@ func runRound(ctx context.Context, cfg Config, res *Result, t *topology, dir, re
 		res.LogLines["squid"] += countLines(filepath.Join(sdir, "access.log"))
 	}
 	return nil
+}
+
+// sizeKeep lists the (body size, keep-alive) pairs in run order.
+func sizeKeep(sizes []int) []struct {
+	size int
+	keep bool
+} {
+	var out []struct {
+		size int
+		keep bool
+	}
+	for _, s := range sizes {
+		for _, k := range []bool{false, true} {
+			out = append(out, struct {
+				size int
+				keep bool
+			}{s, k})
+		}
+	}
+	return out
+}
+
+func sizeLabel(n int) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return strconv.Itoa(n>>20) + "MiB"
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return strconv.Itoa(n>>10) + "KiB"
+	}
+	return strconv.Itoa(n) + "B"
 }
 
 // aggregator merges the rounds of each (proxy, scenario) into one row.
@@ -351,7 +492,11 @@ func runProxy(ctx context.Context, cfg Config, t *topology, name string, cmd *ex
 		return err
 	}
 	defer func() {
-		if serr := p.stop(10 * time.Second); serr != nil && err == nil {
+		grace := 10 * time.Second
+		if cfg.Scenario == Idle {
+			grace = 60 * time.Second // Squid takes its time over thousands of closed connections
+		}
+		if serr := p.stop(grace); serr != nil && err == nil {
 			err = serr
 		}
 	}()
@@ -415,12 +560,18 @@ func readFile(path string) string {
 // WriteTable prints the rows, the gwlbproxy/Squid ratios and the targets.
 func (r *Result) WriteTable(w io.Writer) {
 	c := r.Config
+	if c.Scenario == Idle {
+		fmt.Fprintf(w, "proxy pinned to CPU %d (gwlbproxy GOMAXPROCS=1, Squid one worker); load average %s at start, %s at end\n",
+			c.ProxyCPU, r.LoadAvg[0], r.LoadAvg[1])
+		r.writeIdle(w)
+		return
+	}
 	fmt.Fprintf(w, "HTTPS through a bumping proxy: %d connections, %v per scenario after %v warm-up, %d-byte responses, %d round(s) taking turns\n",
 		c.Conns, c.Duration, c.Warmup, c.BodySize, max(c.Rounds, 1))
 	fmt.Fprintf(w, "TLS 1.3 X25519, ECDSA P-256 CA shared by both proxies, full handshakes (no resumption), HTTP/1.1\n")
 	fmt.Fprintf(w, "proxy pinned to CPU %d (gwlbproxy GOMAXPROCS=1, Squid one worker); client + upstream on CPU %d; load average %s at start, %s at end\n\n",
 		c.ProxyCPU, c.ClientCPU, r.LoadAvg[0], r.LoadAvg[1])
-	fmt.Fprintf(w, "%-10s %-10s %9s %9s %9s %9s %7s %12s %10s %11s\n",
+	fmt.Fprintf(w, "%-11s %-14s %9s %9s %9s %9s %7s %12s %10s %11s\n",
 		"proxy", "scenario", "requests", "req/s", "p50", "p99", "errors", "proxy CPU", "req/CPU-s", "client CPU")
 	for _, x := range r.Rows {
 		perCPU, pcpu := "-", "-"
@@ -428,7 +579,7 @@ func (r *Result) WriteTable(w io.Writer) {
 			perCPU = strconv.FormatFloat(x.PerCPUSecond(), 'f', 0, 64)
 			pcpu = fmt.Sprintf("%.2fs %3.0f%%", x.ProxyCPU.Seconds(), 100*x.ProxyCPU.Seconds()/x.Elapsed.Seconds())
 		}
-		fmt.Fprintf(w, "%-10s %-10s %9d %9.0f %9s %9s %7d %12s %10s %10.0f%%\n",
+		fmt.Fprintf(w, "%-11s %-14s %9d %9.0f %9s %9s %7d %12s %10s %10.0f%%\n",
 			x.Proxy, x.Scenario, x.Requests, x.RPS, ms(x.P50), ms(x.P99), x.Errors, pcpu, perCPU,
 			100*x.ClientCPU.Seconds()/x.Elapsed.Seconds())
 	}
@@ -439,7 +590,7 @@ func (r *Result) WriteTable(w io.Writer) {
 	}
 	if len(r.LogLines) > 0 {
 		fmt.Fprintf(w, "\nrequest log lines (warm-up included):")
-		for _, n := range []string{"gwlbproxy", "squid"} {
+		for _, n := range []string{"gwlbproxy", BindOffRow, "squid"} {
 			if l, ok := r.LogLines[n]; ok {
 				fmt.Fprintf(w, " %s %d for %d requests;", n, l, r.Sent[n])
 			}
@@ -447,6 +598,21 @@ func (r *Result) WriteTable(w io.Writer) {
 		fmt.Fprintln(w)
 	}
 	fmt.Fprintln(w)
+	r.writeMirrorCost(w)
+	for _, scen := range []string{NewConn, KeepAlive} {
+		on, ok1 := r.Find("gwlbproxy", scen)
+		off, ok2 := r.Find(BindOffRow, scen)
+		if !ok1 || !ok2 || on.PerCPUSecond() == 0 || off.PerCPUSecond() == 0 || off.RPS == 0 {
+			continue
+		}
+		cost := 100 * (1 - on.PerCPUSecond()/off.PerCPUSecond())
+		verdict := "met"
+		if cost >= 2 {
+			verdict = "NOT met"
+		}
+		fmt.Fprintf(w, "destination binding on vs off %-10s req per CPU-second %+.1f%% cost, req/s %+.1f%% (cache-hit path; target < 2%%: %s)\n",
+			scen, cost, 100*(1-on.RPS/off.RPS), verdict)
+	}
 	for _, s := range []struct {
 		scen   string
 		target float64
@@ -468,4 +634,34 @@ func (r *Result) WriteTable(w io.Writer) {
 
 func ms(d time.Duration) string {
 	return strconv.FormatFloat(d.Seconds()*1000, 'f', 2, 64) + "ms"
+}
+
+// writeMirrorCost prints, per scenario, what the decryption mirror adds to
+// gwlbproxy's CPU time per request and per MiB of response body.
+func (r *Result) writeMirrorCost(w io.Writer) {
+	for _, m := range r.Rows {
+		if m.Proxy != MirrorRow || m.Requests == 0 {
+			continue
+		}
+		g, ok := r.Find("gwlbproxy", m.Scenario)
+		if !ok || g.Requests == 0 {
+			continue
+		}
+		size := r.Config.BodySize
+		if _, s, ok := strings.Cut(m.Scenario, "/"); ok {
+			for _, n := range r.Config.BodySizes {
+				if sizeLabel(n) == s {
+					size = n
+				}
+			}
+		}
+		per := func(x Row) float64 { return x.ProxyCPU.Seconds() / float64(x.Requests) }
+		d := per(m) - per(g)
+		perMB := "-"
+		if size > 0 {
+			perMB = fmt.Sprintf("%+.2f ms", 1000*d/(float64(size)/(1<<20)))
+		}
+		fmt.Fprintf(w, "mirror cost %-14s %+.1f µs CPU per request (%.1f -> %.1f µs, %+.0f%%), %s CPU per MiB of body; req/s %.0f -> %.0f\n",
+			m.Scenario, 1e6*d, 1e6*per(g), 1e6*per(m), 100*d/per(g), perMB, g.RPS, m.RPS)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -66,7 +67,7 @@ func (l *load) run(ctx context.Context, d time.Duration) loadResult {
 		CurvePreferences: []tls.CurveID{tls.X25519},
 		// No session cache: every new connection is a full handshake.
 	}
-	req := []byte("GET /bench HTTP/1.1\r\nHost: " + l.host + "\r\nUser-Agent: proxybench\r\nAccept: */*\r\n")
+	req := []byte("GET /bench/" + strconv.FormatInt(l.bodyLen, 10) + " HTTP/1.1\r\nHost: " + l.host + "\r\nUser-Agent: proxybench\r\nAccept: */*\r\n")
 	if !l.keepAlive {
 		req = append(req, "Connection: close\r\n"...)
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"runtime/pprof"
 	"sync"
@@ -18,6 +19,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/ca"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
@@ -40,6 +42,11 @@ func ServerMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	upCA := fs.String("upstream-ca", "", "PEM bundle trusted for upstream servers")
 	records := fs.String("records", "", "file the records are appended to (empty: discarded)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	mirrorDev := fs.String("mirror", "", "turn the decryption mirror on into this tap device (issue 19)")
+	bindMode := fs.String("binding", proxy.BindEnforce, "proxy.binding.mode: enforce, report_only or off")
+	dnsServer := fs.String("dns", "", "DNS server (ip:port) destination binding asks; empty: /etc/resolv.conf")
+	h2 := fs.Bool("http2", false, "offer h2 to clients (the appliance default; off so that gwlbproxy and Squid both speak HTTP/1.1)")
+	perClient := fs.Bool("upstream-per-client", false, "dial every upstream connection from the client's own address and port (IP_TRANSPARENT), one per client connection, as steer's egress_mode tunnel does")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -59,7 +66,13 @@ func ServerMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	cfg.Policy.DefaultAction = policy.Allow
 	cfg.Policy.NoSNIAction = "allow"
 	cfg.UpstreamCABundle = *upCA
-	cfg.HTTP2 = false // the load client and Squid speak HTTP/1.1 only
+	cfg.HTTP2 = *h2 // off by default: the load client and Squid speak HTTP/1.1 only
+	// Every bench connection comes from the one client address.
+	cfg.MaxConnsPerClient = 1 << 22
+	cfg.Binding.Mode = *bindMode
+	if *dnsServer != "" {
+		cfg.Binding.Resolver.Servers = []string{*dnsServer}
+	}
 
 	var rec proxy.Recorder = discard{}
 	var fr *fileRecorder
@@ -69,7 +82,21 @@ func ServerMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		rec = fr
 	}
-	px, err := proxy.New(cfg, proxy.Deps{Certs: minter, Recorder: rec, InstanceID: "proxybench"}, log, nil)
+	var mir *mirror.Mirror
+	if *mirrorDev != "" {
+		mc := mirror.DefaultConfig()
+		mc.Enabled, mc.Interface = true, *mirrorDev
+		if mir, err = mirror.Open(mc); err != nil {
+			return err
+		}
+		defer mir.Close()
+	}
+	deps := proxy.Deps{Certs: minter, Recorder: rec, InstanceID: "proxybench", Mirror: mir}
+	if *perClient {
+		deps.UpstreamPerClient = true
+		deps.DialUpstream = dialAsClient
+	}
+	px, err := proxy.New(cfg, deps, log, nil)
 	if err != nil {
 		return err
 	}
@@ -126,6 +153,14 @@ func transparent(_, _ string, c syscall.RawConn) error {
 		return fmt.Errorf("IP_TRANSPARENT: %w", serr)
 	}
 	return nil
+}
+
+// dialAsClient connects to dst from the client's own address and port
+// (IP_TRANSPARENT; the router's "socket transparent" rule delivers the
+// answers to this socket), the way steer dials in egress_mode tunnel.
+func dialAsClient(ctx context.Context, client net.Conn, dst netip.AddrPort) (net.Conn, error) {
+	d := net.Dialer{LocalAddr: client.RemoteAddr(), Control: transparent}
+	return d.DialContext(ctx, "tcp4", dst.String())
 }
 
 type discard struct{}

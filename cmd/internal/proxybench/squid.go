@@ -43,6 +43,7 @@ func squidConf(dir string, port uint16, caCert, caKey, upCA, certgen string) str
 		"cache deny all",
 		"cache_mem 8 MB",
 		"workers 1",
+		"max_filedescriptors 65536", // the idle scenario holds thousands of connections
 		"hosts_file " + p("hosts"),
 		"dns_nameservers 127.0.0.1",
 		"pid_filename " + p("squid.pid"),

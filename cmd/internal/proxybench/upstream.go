@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/ca"
@@ -24,7 +25,9 @@ type upstream struct {
 	l   net.Listener
 }
 
-func startUpstream(t *topology, caDir, host string, bodyLen int) (*upstream, error) {
+// The body has bodyLen bytes, or n for a path /bench/<n> with n up to
+// maxLen (several body sizes in one run).
+func startUpstream(t *topology, caDir, host string, bodyLen, maxLen int) (*upstream, error) {
 	auth, err := ca.LoadFiles(filepath.Join(caDir, ca.CertFileName), filepath.Join(caDir, ca.KeyFileName))
 	if err != nil {
 		return nil, err
@@ -33,14 +36,20 @@ func startUpstream(t *topology, caDir, host string, bodyLen int) (*upstream, err
 	if err != nil {
 		return nil, fmt.Errorf("upstream certificate: %w", err)
 	}
-	body := bytes.Repeat([]byte("x"), bodyLen)
+	body := bytes.Repeat([]byte("x"), max(bodyLen, maxLen))
 	clen := strconv.Itoa(bodyLen)
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			h := w.Header()
 			h["Content-Type"] = []string{"application/octet-stream"}
-			h["Content-Length"] = []string{clen}
-			_, _ = w.Write(body)
+			n, cl := bodyLen, clen
+			if s, ok := strings.CutPrefix(r.URL.Path, "/bench/"); ok {
+				if v, err := strconv.Atoi(s); err == nil && v >= 0 && v <= len(body) {
+					n, cl = v, s
+				}
+			}
+			h["Content-Length"] = []string{cl}
+			_, _ = w.Write(body[:n])
 		}),
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{*leaf}, NextProtos: []string{"http/1.1"}},
 		TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){}, // no h2

@@ -6,10 +6,14 @@
 // appliance is `gwlbproxy run` started inside the appliance namespace
 // through nsexec, with one-arm steering (steer.egress_mode tunnel), so a
 // packet goes GENEVE in -> gwi- -> kernel routing -> gwo- -> GENEVE out,
-// the production path. The generator (tunnel/gwlbsim.Bench: pre-built
-// packets, sendmmsg/recvmmsg, a stepped search for the best rate at <= 1 %
-// loss) is pinned to one CPU and the appliance to another, so that the
-// appliance's figures are those of one core.
+// the production path. The generator (tunnel/gwlbsim.Bench: prebuilt
+// Ethernet frames written with sendmmsg on an AF_PACKET socket with
+// PACKET_QDISC_BYPASS, outer UDP checksum 0 as a NIC that verified it
+// would leave it, recvmmsg to count returns, a stepped search for the best
+// rate at <= 1 % loss) is pinned to one CPU and the appliance to another,
+// so that the appliance's figures are those of one core. The table prints
+// the generator's CPU: a baseline whose generator is near 100 % measures
+// the generator, not the kernel.
 //
 // Plain forwarding is the baseline the issue asks for: the same inner
 // packets sent from the GWLB namespace through the appliance namespace to
@@ -30,6 +34,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -67,6 +72,10 @@ type Config struct {
 	// Notrack sets steer.notrack_geneve (outer GENEVE exempt from
 	// conntrack).
 	Notrack bool
+	// Datapaths are the tunnel.datapath values measured, each with its
+	// own appliance run ("userspace", "ebpf"); plain forwarding is
+	// measured during the first.
+	Datapaths []string
 	// Rates, if set, holds exactly these offered rates (pps) instead of
 	// searching (gwlbsim.BenchConfig.Rates); compare builds by the
 	// appliance core's time per packet at a rate both sustain.
@@ -81,12 +90,13 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{Payloads: []int{64, 8472}, Flows: 64, Step: time.Second,
 		GeneratorCPU: 0, ApplianceCPU: 1, Offload: true, Workers: 1,
-		Notrack: steer.DefaultConfig().NotrackGeneve}
+		Datapaths: []string{"userspace", "ebpf"},
+		Notrack:   steer.DefaultConfig().NotrackGeneve}
 }
 
 // Row is one measurement.
 type Row struct {
-	Path      string // "plain" or "tunnel"
+	Path      string // "plain", or the tunnel's datapath: "userspace", "ebpf"
 	InnerSize int
 	gwlbsim.BenchResult
 	// ApplianceCPU is the appliance process's CPU time over the run.
@@ -103,9 +113,13 @@ type Row struct {
 	// CorePerPacket is the appliance CPU's busy time per packet received
 	// back, over the run.
 	CorePerPacket time.Duration
+	// BPFIngress and BPFEgress are the fast-path programs' mean run time
+	// per packet (kernel.bpf_stats_enabled; ebpf rows only). The rest of
+	// CorePerPacket is the kernel's own work around them.
+	BPFIngress, BPFEgress time.Duration
 }
 
-// Result is every row, in pairs (plain, tunnel) per payload size.
+// Result is every row: per payload size plain, then each datapath.
 type Result struct {
 	Config Config
 	Rows   []Row
@@ -139,16 +153,33 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err := steerRx(topo.Appliance, "u0", cfg.ApplianceCPU); err != nil {
 		return nil, err
 	}
-	cfgFile, err := writeConfig(dir, cfg)
-	if err != nil {
-		return nil, err
+	res := &Result{Config: cfg}
+	for i, dp := range cfg.Datapaths {
+		if err := runDatapath(ctx, cfg, topo, dir, dp, i == 0, res, log); err != nil {
+			res.sort()
+			return res, err
+		}
 	}
-	app, err := start(ctx, cfg, topo.Appliance.Name, cfgFile, filepath.Join(dir, "appliance.log"))
+	res.sort()
+	return res, nil
+}
+
+// runDatapath starts the appliance with tunnel.datapath dp and measures
+// the tunnel at every payload size (and plain forwarding, with plain set,
+// while that appliance idles: the same namespaces, the same programs
+// attached).
+func runDatapath(ctx context.Context, cfg Config, topo *gwlbsim.Topology, dir, dp string, plain bool, res *Result, log *slog.Logger) error {
+	cfgFile, err := writeConfig(dir, cfg, dp)
 	if err != nil {
-		return nil, err
+		return err
+	}
+	logFile := filepath.Join(dir, "appliance-"+dp+".log")
+	app, err := start(ctx, cfg, topo.Appliance.Name, cfgFile, logFile)
+	if err != nil {
+		return err
 	}
 	defer app.stop()
-	log.Info("appliance ready", "pid", app.cmdPid(), "config", cfgFile)
+	log.Info("appliance ready", "pid", app.cmdPid(), "config", cfgFile, "datapath", dp)
 
 	// Warm up: the first GENEVE packet creates the tunnel pair (and its
 	// steering); measure only once it carries traffic.
@@ -157,32 +188,60 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	var wr gwlbsim.BenchResult
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		if wr, err = gwlbsim.Bench(ctx, warm); err != nil {
-			return nil, err
+			return err
 		}
 		if wr.FlatOut.ReceivedPPS > 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("no GENEVE came back from the appliance; its log:\n%s", tail(filepath.Join(dir, "appliance.log"), 20))
+			return fmt.Errorf("no GENEVE came back from the appliance (datapath %s); its log:\n%s", dp, tail(logFile, 20))
 		}
 	}
 	_ = pinAll(app.pid, cfg.ApplianceCPU) // threads started since
+	var progs *bpfProgs
+	if dp == "ebpf" {
+		if !strings.Contains(tail(logFile, 400), `"datapath":"ebpf"`) {
+			return fmt.Errorf("appliance did not start the eBPF datapath; its log:\n%s", tail(logFile, 20))
+		}
+		// Run-time statistics cost a little per program run; they are
+		// on only for this datapath's measurements.
+		if progs, err = openBPFProgs(); err != nil {
+			log.Warn("no BPF run-time statistics", "err", err)
+		} else {
+			defer progs.Close()
+		}
+	}
 
-	res := &Result{Config: cfg}
 	for _, size := range cfg.Payloads {
-		for _, mode := range []gwlbsim.Mode{gwlbsim.ModePlain, gwlbsim.ModeTunnel} {
+		modes := []gwlbsim.Mode{gwlbsim.ModeTunnel}
+		if plain {
+			modes = []gwlbsim.Mode{gwlbsim.ModePlain, gwlbsim.ModeTunnel}
+		}
+		for _, mode := range modes {
 			bc := gwlbsim.DefaultBenchConfig(topo)
 			bc.Mode, bc.PayloadSize, bc.Flows, bc.Step, bc.CPU = mode, size, cfg.Flows, cfg.Step, cfg.GeneratorCPU
 			bc.Rates = cfg.Rates
+			var in0, out0 bpfStage
+			if progs != nil {
+				in0, out0 = progs.read()
+			}
 			c0 := procCPU(app.pid)
 			s0 := cpuTimes(cfg.ApplianceCPU)
 			r, err := gwlbsim.Bench(ctx, bc)
 			s1 := cpuTimes(cfg.ApplianceCPU)
 			busy := s1.busy - s0.busy
 			if err != nil {
-				return nil, fmt.Errorf("%s %d B: %w", mode, size, err)
+				return fmt.Errorf("%s %d B: %w", mode, size, err)
 			}
-			row := Row{Path: string(mode), InnerSize: r.InnerSize, BenchResult: r, ApplianceCPU: procCPU(app.pid) - c0}
+			path := string(mode)
+			if mode == gwlbsim.ModeTunnel {
+				path = dp
+			}
+			row := Row{Path: path, InnerSize: r.InnerSize, BenchResult: r, ApplianceCPU: procCPU(app.pid) - c0}
+			if progs != nil && mode == gwlbsim.ModeTunnel {
+				in1, out1 := progs.read()
+				row.BPFIngress, row.BPFEgress = perRun(in0, in1), perRun(out0, out1)
+			}
 			if total := s1.total - s0.total; total > 0 {
 				row.ApplianceCore = float64(busy) / float64(total)
 			}
@@ -200,18 +259,38 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			if got > 0 {
 				row.CorePerPacket = time.Duration(float64(busy) / 100 * 1e9 / got) // USER_HZ jiffies
 			}
-			log.Info("measured", "path", mode, "inner", r.InnerSize, "best_pps", int(r.BestPPS), "flat_out_recv", int(r.FlatOut.ReceivedPPS))
+			log.Info("measured", "path", path, "inner", r.InnerSize, "best_pps", int(r.BestPPS), "flat_out_recv", int(r.FlatOut.ReceivedPPS))
 			res.Rows = append(res.Rows, row)
 			if r.BadLength > 0 {
-				return res, fmt.Errorf("%s %d B: %d datagrams of the wrong length came back", mode, size, r.BadLength)
+				return fmt.Errorf("%s %d B: %d datagrams of the wrong length came back", path, size, r.BadLength)
 			}
 		}
 	}
-	return res, nil
+	return nil
 }
 
-func writeConfig(dir string, cfg Config) (string, error) {
-	caDir := filepath.Join(dir, "ca")
+// sort orders rows by size, then plain, userspace, ebpf.
+func (r *Result) sort() {
+	rank := func(p string) int {
+		switch p {
+		case "plain":
+			return 0
+		case "userspace":
+			return 1
+		}
+		return 2
+	}
+	sort.SliceStable(r.Rows, func(i, j int) bool {
+		a, b := r.Rows[i], r.Rows[j]
+		if a.InnerSize != b.InnerSize {
+			return a.InnerSize < b.InnerSize
+		}
+		return rank(a.Path) < rank(b.Path)
+	})
+}
+
+func writeConfig(dir string, cfg Config, datapath string) (string, error) {
+	caDir := filepath.Join(dir, "ca-"+datapath)
 	if err := ca.Init(caDir, ca.InitOptions{CommonName: "gwlbproxy tunnel bench CA", Validity: 24 * time.Hour}); err != nil {
 		return "", fmt.Errorf("bench CA: %w", err)
 	}
@@ -227,6 +306,7 @@ func writeConfig(dir string, cfg Config) (string, error) {
 	c.Tunnel.AllowedSources = []netip.Prefix{netip.PrefixFrom(gwlbsim.GWLBAddr, 32)}
 	c.Tunnel.Offload = cfg.Offload
 	c.Tunnel.Workers = cfg.Workers
+	c.Tunnel.Datapath = datapath
 	c.Steer.EgressMode = steer.EgressTunnel
 	c.Steer.IPv6 = false
 	c.Steer.NotrackGeneve = cfg.Notrack
@@ -242,7 +322,7 @@ func writeConfig(dir string, cfg Config) (string, error) {
 	if _, err := config.Parse(b); err != nil {
 		return "", fmt.Errorf("generated config: %w", err)
 	}
-	f := filepath.Join(dir, "gwlbproxy.yaml")
+	f := filepath.Join(dir, "gwlbproxy-"+datapath+".yaml")
 	return f, os.WriteFile(f, b, 0o644)
 }
 
@@ -417,28 +497,37 @@ func tail(path string, n int) string {
 // WriteTable prints the result.
 func (r *Result) WriteTable(w io.Writer) {
 	c := r.Config
-	fmt.Fprintf(w, "gwlbproxy bench tunnel: %d flows, %s steps, best rate at <= 1%% loss; generator on CPU %d, appliance on CPU %d; tunnel.offload=%v steer.notrack_geneve=%v\n\n",
+	fmt.Fprintf(w, "gwlbproxy bench tunnel: %d flows, %s steps, best rate at <= 1%% loss; generator (AF_PACKET, PACKET_QDISC_BYPASS, prebuilt frames, sendmmsg) on CPU %d, appliance on CPU %d; tunnel.offload=%v steer.notrack_geneve=%v\n",
 		c.Flows, c.Step, c.GeneratorCPU, c.ApplianceCPU, c.Offload, c.Notrack)
+	fmt.Fprintf(w, "path: plain = kernel forwarding without a tunnel; userspace, ebpf = the tunnel with that tunnel.datapath\n\n")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "inner size\tpath\tbest pps\tbest Gbps\tflat-out sent pps\tflat-out recv pps\tflat-out loss\tgenerator CPU\tappliance CPU\tappliance core busy\tof it softirq\tcore per packet\ttunnel/plain\t")
+	fmt.Fprintln(tw, "inner size\tpath\tbest pps\tbest Gbps\tflat-out sent pps\tflat-out recv pps\tflat-out loss\tflat-out/best\tgenerator CPU\tappliance CPU\tappliance core busy\tof it softirq\tcore per packet\tBPF in/out per packet\tof plain\t")
 	var plain float64
 	for _, row := range r.Rows {
-		ratio := ""
+		ratio, flat := "", ""
 		if row.Path == "plain" {
 			plain = row.BestPPS
 		} else if plain > 0 {
 			ratio = fmt.Sprintf("%.2f", row.BestPPS/plain)
 		}
+		if row.BestPPS > 0 {
+			flat = fmt.Sprintf("%.2f", row.FlatOut.ReceivedPPS/row.BestPPS)
+		}
 		d := row.Duration.Seconds()
 		gen := (row.SenderCPU + row.ReceiverCPU).Seconds() / d * 100
 		app := row.ApplianceCPU.Seconds() / d * 100
-		fmt.Fprintf(tw, "%d B\t%s\t%.0f\t%.2f\t%.0f\t%.0f\t%.1f %%\t%.0f %%\t%.0f %%\t%.0f %%\t%.0f %%\t%.2f µs\t%s\t\n",
+		bpf := ""
+		if row.BPFIngress > 0 || row.BPFEgress > 0 {
+			bpf = fmt.Sprintf("%.2f/%.2f µs", row.BPFIngress.Seconds()*1e6, row.BPFEgress.Seconds()*1e6)
+		}
+		fmt.Fprintf(tw, "%d B\t%s\t%.0f\t%.2f\t%.0f\t%.0f\t%.1f %%\t%s\t%.0f %%\t%.0f %%\t%.0f %%\t%.0f %%\t%.2f µs\t%s\t%s\t\n",
 			row.InnerSize, row.Path, row.BestPPS, row.BestGbps, row.FlatOut.SentPPS, row.FlatOut.ReceivedPPS,
-			row.FlatOut.Loss*100, gen, app, row.ApplianceCore*100, row.CoreSoftirq*100, row.CorePerPacket.Seconds()*1e6, ratio)
+			row.FlatOut.Loss*100, flat, gen, app, row.ApplianceCore*100, row.CoreSoftirq*100, row.CorePerPacket.Seconds()*1e6, bpf, ratio)
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\ngenerator CPU: sender+receiver thread time / wall time (one core = 100 %%); appliance CPU: the gwlbproxy process.\n")
 	fmt.Fprintf(w, "the appliance namespace's receive work (plain forwarding included) runs on the appliance's CPU (RPS on its underlay link);\n")
 	fmt.Fprintf(w, "appliance CPU: the process's own time; appliance core busy: the whole CPU (softirq work included) from /proc/stat;\n")
+	fmt.Fprintf(w, "BPF in/out per packet: mean run time of the eBPF datapath's ingress and egress programs (kernel.bpf_stats_enabled during the ebpf rows); the rest of core per packet is the kernel around them.\n")
 	fmt.Fprintf(w, "of it softirq: the share of that busy time in interrupt and softirq context (the kernel's packet work; without IRQ time accounting the process's time may include some of it).\n")
 }
