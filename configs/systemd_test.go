@@ -123,7 +123,7 @@ func TestUnit(t *testing.T) {
 			t.Errorf("[Service] %s=%s would break tunnels or net sysctls", k, v)
 		}
 	}
-	caps := []string{"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW"}
+	caps := []string{"CAP_BPF", "CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_PERFMON"}
 	for _, k := range []string{"CapabilityBoundingSet", "AmbientCapabilities"} {
 		got := strings.Fields(u.get("Service", k))
 		slices.Sort(got)

@@ -13,6 +13,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/app"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/caps"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
+	"github.com/gwlbproxy/gwlbproxy/tunnel"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
 )
 
@@ -72,6 +73,13 @@ func neededCaps(c *config.Config, unprivStart int) []caps.Need {
 	check("tunnel.port", int(c.Tunnel.Port))
 	check("steer.http_listen_port", int(c.Steer.HTTPListenPort))
 	check("steer.tls_listen_port", int(c.Steer.TLSListenPort))
+	if c.Tunnel.Datapath == tunnel.DatapathEBPF {
+		// Measured: without CAP_BPF map creation fails, without
+		// CAP_PERFMON the verifier rejects the programs. (auto falls back
+		// to userspace without them, with a log line.)
+		why := "tunnel.datapath ebpf: BPF maps and tc programs"
+		needs = append(needs, caps.Need{Cap: caps.BPF, Why: why}, caps.Need{Cap: caps.Perfmon, Why: why})
+	}
 	if len(low) > 0 {
 		needs = append(needs, caps.Need{Cap: caps.NetBindService, Why: strings.Join(low, ", ") + fmt.Sprintf(" below ip_unprivileged_port_start %d", unprivStart)})
 	}

@@ -148,6 +148,13 @@ WatchdogSec=%ds
 		}
 	}
 
+	j0 := m.MustExec(ctx, "journalctl", "-u", unit, "--no-pager", "-o", "cat")
+	for _, l := range strings.Split(j0, "\n") {
+		if strings.Contains(l, `"tunnel datapath"`) {
+			t.Logf("journal: %s", l)
+		}
+	}
+
 	// 2. health on :80 answers 200.
 	hc := nw.Topo.Appliance.HTTPClient(10*time.Second, &net.Dialer{})
 	code, body := get(t, hc, "http://"+netip.AddrPortFrom(gwlbsim.ApplianceAddr, 80).String()+"/")

@@ -20,12 +20,16 @@ const (
 	NetBindService Cap = unix.CAP_NET_BIND_SERVICE
 	NetAdmin       Cap = unix.CAP_NET_ADMIN
 	NetRaw         Cap = unix.CAP_NET_RAW
+	Perfmon        Cap = unix.CAP_PERFMON
+	BPF            Cap = unix.CAP_BPF
 )
 
 var names = map[Cap]string{
 	NetBindService: "CAP_NET_BIND_SERVICE",
 	NetAdmin:       "CAP_NET_ADMIN",
 	NetRaw:         "CAP_NET_RAW",
+	Perfmon:        "CAP_PERFMON",
+	BPF:            "CAP_BPF",
 }
 
 func (c Cap) String() string {

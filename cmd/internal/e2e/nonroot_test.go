@@ -184,6 +184,11 @@ func TestNonRootUnitCapabilities(t *testing.T) {
 			t.Fatalf("appliance runs as euid %s, want %d", f[2], nonRootUID)
 		}
 	}
+	for _, l := range strings.Split(e.App.LogTail(200), "\n") {
+		if strings.Contains(l, `"tunnel datapath"`) {
+			t.Logf("appliance: %s", l) // which datapath these capabilities allow
+		}
+	}
 	code, _, err := healthAt(ctx, e, 80)
 	if err != nil || code != http.StatusOK {
 		t.Fatalf("health on :80: %d %v", code, err)
