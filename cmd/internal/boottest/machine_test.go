@@ -141,10 +141,12 @@ func Boot(ctx context.Context, t *testing.T, root, netns string) *Machine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// CAP_NET_ADMIN is not in nspawn's default bounding set even with a
-	// network namespace of its own; an EC2 instance's init has it.
+	// CAP_NET_ADMIN (and CAP_BPF, CAP_PERFMON for the eBPF datapath) are
+	// not in nspawn's default bounding set, even with a network namespace
+	// of its own, and nspawn's seccomp filter refuses bpf(2); an EC2
+	// instance's init has all of them.
 	cmd := exec.Command("systemd-nspawn", "--register=no", "--keep-unit", "-q", "-D", root,
-		"--network-namespace-path=/run/netns/"+netns, "--capability=CAP_NET_ADMIN", "--console=pipe", "-b")
+		"--network-namespace-path=/run/netns/"+netns, "--capability=CAP_NET_ADMIN,CAP_BPF,CAP_PERFMON", "--system-call-filter=bpf", "--console=pipe", "-b")
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
