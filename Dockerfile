@@ -4,13 +4,14 @@
 #
 # Run (host networking: the appliance creates tun devices, nftables rules
 # and policy routes in the host's network namespace). It runs as uid 65532
-# (distroless "nonroot") with the three capabilities it needs set on its
-# binary; --cap-add puts them in the container's bounding set, without
+# (distroless "nonroot") with the five capabilities the unit grants set on
+# its binary (BPF and PERFMON for the eBPF tunnel datapath, tunnel.datapath); --cap-add puts them in the container's bounding set, without
 # which the kernel refuses to execute the binary (NET_ADMIN is not in
 # Docker's default set):
 #   install -d -o 65532 -g 65532 -m 0750 /var/lib/gwlbproxy
 #   docker run -d --name gwlbproxy --network host \
 #     --cap-drop ALL --cap-add NET_ADMIN --cap-add NET_RAW --cap-add NET_BIND_SERVICE \
+#     --cap-add BPF --cap-add PERFMON \
 #     --device /dev/net/tun \
 #     -v /etc/gwlbproxy:/etc/gwlbproxy:ro \
 #     -v /var/lib/gwlbproxy:/var/lib/gwlbproxy \
@@ -35,7 +36,7 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}"
 # capabilities: Docker does not raise ambient capabilities for a non-root
 # user, so exec must. COPY --from keeps them (security.capability xattr).
 RUN command -v setcap >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends libcap2-bin; }
-RUN setcap cap_net_admin,cap_net_raw,cap_net_bind_service=ep /out/gwlbproxy
+RUN setcap cap_net_admin,cap_net_raw,cap_net_bind_service,cap_bpf,cap_perfmon=ep /out/gwlbproxy
 RUN mkdir -p /out/state
 
 # gcr.io/distroless/static-debian12:nonroot, pinned (digest of 2026-08-26, as
