@@ -57,6 +57,10 @@ type Record struct {
 	Bind        string
 	BindName    string
 	BindAnswers string
+	// PolicyVersion identifies the policy that decided (reload.go's
+	// PolicyVersion: a hash of the effective policy, "@" and the policy
+	// source's version when it has one).
+	PolicyVersion string
 }
 
 // AppendJSON appends r as one JSON object (no newline) to b. Every string is
@@ -106,6 +110,7 @@ func (r *Record) appendJSON(b []byte, maxField int, id []byte) []byte {
 	b = appendStr(b, "bind", r.Bind, maxField)
 	b = appendStr(b, "bind_name", r.BindName, maxField)
 	b = appendStr(b, "bind_answers", r.BindAnswers, maxField)
+	b = appendStr(b, "policy_version", r.PolicyVersion, maxField)
 	return append(b, '}')
 }
 

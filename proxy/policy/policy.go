@@ -120,11 +120,13 @@ type Config struct {
 	// with rule "report_only:<rule>" in records). SSRF denials are never
 	// report-only.
 	ReportOnly bool `yaml:"report_only"`
+	// Where the policy comes from (source.go).
+	Source SourceConfig `yaml:",inline"`
 }
 
 // DefaultConfig denies everything: an appliance with no rules fails closed.
 func DefaultConfig() Config {
-	return Config{DefaultAction: Deny, NoSNIAction: "deny", ECHAction: "deny"}
+	return Config{DefaultAction: Deny, NoSNIAction: "deny", ECHAction: "deny", Source: SourceConfig{Source: SourceFile}}
 }
 
 func validSpecial(s string) bool {
@@ -145,6 +147,9 @@ func (c *Config) Validate() error {
 	}
 	if !validSpecial(c.ECHAction) {
 		return fmt.Errorf("ech_action: %q is not allow, splice, deny or policy", c.ECHAction)
+	}
+	if err := c.Source.Validate(); err != nil {
+		return err
 	}
 	seen := map[string]bool{}
 	for i := range c.Rules {

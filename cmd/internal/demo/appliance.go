@@ -329,6 +329,7 @@ type Record struct {
 	Bind          string    `json:"bind"`
 	BindName      string    `json:"bind_name"`
 	BindAnswers   string    `json:"bind_answers"`
+	PolicyVersion string    `json:"policy_version"`
 
 	Raw  string   `json:"-"`
 	Keys []string `json:"-"`
@@ -364,7 +365,7 @@ func (r *Record) Field(k string) string {
 var RecordFields = []string{"time", "record_id", "instance_id", "endpoint_id", "client_ip", "client_port",
 	"dst_ip", "dst_port", "sni", "host", "method", "scheme", "path", "status", "action", "rule",
 	"bytes_in", "bytes_out", "duration_ms", "tls_version", "alpn", "upstream_error", "user_agent",
-	"bind", "bind_name", "bind_answers"}
+	"bind", "bind_name", "bind_answers", "policy_version"}
 
 // Records collects the appliance's records (across restarts).
 type Records struct {
