@@ -35,10 +35,19 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
 )
 
+// Options are Run's optional inputs.
+type Options struct {
+	// ConfigPath is the file c was read from; a value on Reload makes Run
+	// read it again and apply its policy (reload.go). Empty: no reloads.
+	ConfigPath string
+	// Reload receives a value per reload request (SIGHUP).
+	Reload <-chan struct{}
+}
+
 // Run runs the appliance until ctx is cancelled, then drains and removes
 // everything it installed. Startup failures are returned with the component
 // named; whatever was already installed is removed first.
-func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
+func Run(ctx context.Context, c config.Config, log *slog.Logger, opts Options) (err error) {
 	var cleanup cleanups
 	defer func() {
 		if cerr := cleanup.run(log); err == nil {
@@ -158,6 +167,23 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	}
 	for _, l := range ls.TLS {
 		serve("tls", l, px.ServeTLS)
+	}
+	reloader := newPolicyReloader(opts.ConfigPath, c, px, log.With("component", "policy"), reg)
+	// Always healthy: a refused reload leaves the previous policy
+	// enforced; the body says so (last_error, reload_failures).
+	hs.Add(health.Check{Name: "policy", Health: func() error { return nil }, Stats: func() any { return reloader.Status() }})
+	if opts.ConfigPath != "" && opts.Reload != nil {
+		go func() {
+			for {
+				select {
+				case <-bg.Done():
+					return
+				case <-opts.Reload:
+					log.Info("reload requested", "config", opts.ConfigPath)
+					_ = reloader.Reload()
+				}
+			}
+		}()
 	}
 	hs.Add(health.Check{
 		Name:   "proxy",
