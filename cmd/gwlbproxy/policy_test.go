@@ -112,7 +112,7 @@ func TestPolicyTestReportOnlyAndJSON(t *testing.T) {
 	}
 	var res struct {
 		Action, Rule  string
-		WouldDeny     bool `json:"would_deny"`
+		WouldDeny     bool   `json:"would_deny"`
 		PolicyVersion string `json:"policy_version"`
 		Steps         []struct{ Step, Outcome string }
 	}
