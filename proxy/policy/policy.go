@@ -62,6 +62,20 @@ func (p *PortRange) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
+// UnmarshalText accepts "443" or "8000-8100" (what the configuration's
+// strict decoder calls for scalars).
+func (p *PortRange) UnmarshalText(b []byte) error {
+	r, err := ParsePortRange(string(b))
+	if err != nil {
+		return err
+	}
+	*p = r
+	return nil
+}
+
+// MarshalText writes the range in its text form.
+func (p PortRange) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
 // MarshalYAML writes the range back in its text form.
 func (p PortRange) MarshalYAML() (any, error) { return p.String(), nil }
 
