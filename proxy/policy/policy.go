@@ -140,7 +140,7 @@ type Config struct {
 
 // DefaultConfig denies everything: an appliance with no rules fails closed.
 func DefaultConfig() Config {
-	return Config{DefaultAction: Deny, NoSNIAction: "deny", ECHAction: "deny", Source: SourceConfig{Source: SourceFile}}
+	return Config{DefaultAction: Deny, NoSNIAction: "deny", ECHAction: "deny", Source: DefaultSourceConfig()}
 }
 
 func validSpecial(s string) bool {
