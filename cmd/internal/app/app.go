@@ -28,9 +28,11 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/health"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/lifecycle"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/policysource"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/sdnotify"
 	"github.com/gwlbproxy/gwlbproxy/logship"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/tunnel"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
 )
@@ -71,7 +73,8 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger, opts Options) (
 	defer stopBG()
 
 	var awsCfg aws.Config
-	if c.CA.Source != ca.SourceFiles || c.Lifecycle.Enabled {
+	remotePolicy := c.Proxy.Policy.Source.Source == policy.SourceS3 || c.Proxy.Policy.Source.Source == policy.SourceSSM
+	if c.CA.Source != ca.SourceFiles || c.Lifecycle.Enabled || remotePolicy {
 		opts := []func(*awsconfig.LoadOptions) error{awsconfig.WithEC2IMDSRegion()}
 		if c.Lifecycle.IMDSEndpoint != "" {
 			opts = append(opts, awsconfig.WithEC2IMDSEndpoint(c.Lifecycle.IMDSEndpoint))
@@ -138,6 +141,14 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger, opts Options) (
 		return fmt.Errorf("proxy listeners: %w", err)
 	}
 	cleanup.add("proxy listeners", ls.Close)
+	// A fleet policy (s3/ssm) replaces the file's rules: the source's
+	// current document, else its last good copy, else deny everything.
+	var src *policysource.Source
+	srcVersion := ""
+	if remotePolicy {
+		src = policysource.New(c.Proxy.Policy.Source, newFetcher(awsCfg, c.Proxy.Policy.Source), log.With("component", "policy"))
+		c.Proxy.Policy, srcVersion = src.Start(ctx, 15*time.Second)
+	}
 	px, err := proxy.New(c.Proxy, proxy.Deps{
 		Certs:             minter,
 		Recorder:          shipper,
@@ -169,9 +180,20 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger, opts Options) (
 		serve("tls", l, px.ServeTLS)
 	}
 	reloader := newPolicyReloader(opts.ConfigPath, c, px, log.With("component", "policy"), reg)
-	// Always healthy: a refused reload leaves the previous policy
-	// enforced; the body says so (last_error, reload_failures).
-	hs.Add(health.Check{Name: "policy", Health: func() error { return nil }, Stats: func() any { return reloader.Status() }})
+	// Healthy unless failing closed for want of any policy: a refused
+	// reload leaves the previous policy enforced; the body says so
+	// (last_error, reload_failures).
+	policyHealth := func() error { return nil }
+	if src != nil {
+		reloader.source = src
+		if err := reloader.applySource(c.Proxy.Policy, srcVersion); err != nil {
+			return fmt.Errorf("policy: %w", err)
+		}
+		src.Apply = reloader.applySource
+		policyHealth = src.Healthy
+		go src.Run(bg)
+	}
+	hs.Add(health.Check{Name: "policy", Health: policyHealth, Stats: func() any { return reloader.Status() }})
 	if opts.ConfigPath != "" && opts.Reload != nil {
 		go func() {
 			for {

@@ -2,13 +2,17 @@ package app
 
 import (
 	"fmt"
+
 	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/policysource"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/ssrf"
@@ -43,6 +47,18 @@ type PolicyStatus struct {
 	// RestartNeeded lists keys changed in the file that take effect only
 	// at the next start.
 	RestartNeeded []string `json:"restart_needed,omitempty"`
+	// Fetch is the s3/ssm source's state.
+	Fetch *policysource.Status `json:"fetch,omitempty"`
+}
+
+func sourceName(sc policy.SourceConfig) string {
+	switch sc.Source {
+	case policy.SourceS3:
+		return "s3://" + sc.S3.Bucket + "/" + sc.S3.Key
+	case policy.SourceSSM:
+		return "ssm:" + sc.SSM.Parameter
+	}
+	return "file"
 }
 
 // policyReloader re-reads the configuration file into the proxy.
@@ -53,9 +69,34 @@ type policyReloader struct {
 
 	reloads, failures prometheus.Counter
 
+	// source, when the policy comes from s3/ssm: its rules replace the
+	// file's on every reload.
+	source *policysource.Source
+
 	mu      sync.Mutex
 	running config.Config // as started; restart keys are compared with it
+	file    proxy.Config  // the proxy section last loaded from the file
 	status  PolicyStatus
+}
+
+// applySource puts a policy fetched from the source in force, with the
+// rest of the proxy section as last loaded from the file.
+func (r *policyReloader) applySource(pc policy.Config, version string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cfg := r.file
+	cfg.Policy = pc
+	prev := r.status.Version
+	v, err := r.px.Reload(cfg, version)
+	if err != nil {
+		return r.fail(fmt.Errorf("policy from %s: %w", r.status.Source, err))
+	}
+	if v != prev {
+		r.reloads.Inc()
+		r.status.Reloads++
+		r.status.Version, r.status.LoadedAt = v, time.Now().UTC()
+	}
+	return nil
 }
 
 func newPolicyReloader(path string, running config.Config, px *proxy.Proxy, log *slog.Logger, reg prometheus.Registerer) *policyReloader {
@@ -73,7 +114,8 @@ func newPolicyReloader(path string, running config.Config, px *proxy.Proxy, log 
 	if reg != nil {
 		reg.MustRegister(r.reloads, r.failures)
 	}
-	r.status = PolicyStatus{Version: px.PolicyVersion(), Source: running.Proxy.Policy.Source.Source, LoadedAt: time.Now().UTC()}
+	r.file = running.Proxy
+	r.status = PolicyStatus{Version: px.PolicyVersion(), Source: sourceName(running.Proxy.Policy.Source), LoadedAt: time.Now().UTC()}
 	return r
 }
 
@@ -83,6 +125,10 @@ func (r *policyReloader) Status() PolicyStatus {
 	defer r.mu.Unlock()
 	s := r.status
 	s.RestartNeeded = append([]string(nil), s.RestartNeeded...)
+	if r.source != nil {
+		st := r.source.Status()
+		s.Fetch = &st
+	}
 	return s
 }
 
@@ -96,7 +142,12 @@ func (r *policyReloader) Reload() error {
 		return r.fail(err)
 	}
 	prev := r.status.Version
-	v, err := r.px.Reload(c.Proxy, "")
+	srcVersion := ""
+	if r.source != nil {
+		// The fleet policy stays the source's; the file gives the rest.
+		c.Proxy.Policy, srcVersion = r.source.Current()
+	}
+	v, err := r.px.Reload(c.Proxy, srcVersion)
 	if err != nil {
 		return r.fail(fmt.Errorf("config %s: proxy.%w", r.path, err))
 	}
@@ -105,6 +156,7 @@ func (r *policyReloader) Reload() error {
 		r.log.Warn("reload: these keys changed but take effect only at the next restart", "keys", restart)
 	}
 	r.status.RestartNeeded = restart
+	r.file = c.Proxy
 	r.status.LastError, r.status.LastErrorAt = "", nil
 	if v != prev {
 		r.reloads.Inc()
@@ -137,4 +189,12 @@ func restartKeys(running, c config.Config) []string {
 		return c
 	}
 	return proxy.DiffKeys(strip(running), strip(c))
+}
+
+// newFetcher is the fetcher for a remote source.
+func newFetcher(awsCfg aws.Config, sc policy.SourceConfig) policysource.Fetcher {
+	if sc.Source == policy.SourceSSM {
+		return &policysource.SSM{Client: policysource.NewSSMClient(awsCfg, sc), Parameter: sc.SSM.Parameter}
+	}
+	return &policysource.S3{Client: policysource.NewS3Client(awsCfg, sc), Bucket: sc.S3.Bucket, Key: sc.S3.Key}
 }
