@@ -83,6 +83,10 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 		p.writePage(rw, r, fr.status, fr.title, fr.detail, ri)
 		return
 	}
+	// Every request is decided by the policy in force when it arrives:
+	// after a reload, the next request on a keep-alive connection too.
+	ps := p.ps()
+	ri.rec.PolicyVersion = ps.version
 	if r.Method == http.MethodConnect {
 		p.deny(rw, r, ri, http.StatusMethodNotAllowed, "connect-in-stream", "CONNECT is not allowed through a transparent proxy.")
 		return
@@ -99,10 +103,6 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 			"Host "+name+" does not match the TLS server name "+st.sni+".")
 		return
 	}
-	// Every request is decided by the policy in force when it arrives:
-	// after a reload, the next request on a keep-alive connection too.
-	ps := p.ps()
-	ri.rec.PolicyVersion = ps.version
 	if why := ps.guard.Check(st.dst.Addr()); why != "" {
 		p.deny(rw, r, ri, http.StatusForbidden, "ssrf:"+why, "Access to "+st.dst.Addr().String()+" is denied ("+why+").")
 		return
