@@ -189,3 +189,45 @@ func TestSSMSource(t *testing.T) {
 		t.Fatalf("missing parameter: %v", err)
 	}
 }
+
+// TestHostileDocuments: oversize, a YAML alias bomb, a non-policy key and
+// a rule that fails validation are all refused and keep the policy in
+// force; nothing of them reaches the last good copy.
+func TestHostileDocuments(t *testing.T) {
+	fake := policyfake.New()
+	srv := httptest.NewServer(fake)
+	defer srv.Close()
+	fake.PutObject("policies", "fleet/policy.yaml", []byte(docA))
+	sc := srcCfg(t, policy.SourceS3, srv.URL)
+	s := New(sc, &S3{Client: NewS3Client(awsCfg(), sc), Bucket: sc.S3.Bucket, Key: sc.S3.Key}, quiet())
+	_, v1 := s.Start(context.Background(), 5*time.Second)
+	good, err := os.ReadFile(sc.LastGood)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bomb := "a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n"
+	for name, doc := range map[string]string{
+		"oversize":      docA + "# " + strings.Repeat("x", MaxDocument) + "\n",
+		"alias bomb":    bomb,
+		"other key":     docA + "ssrf: {allow_cgnat: true}\n",
+		"bad rule":      "rules:\n  - {name: x, action: allow, domains: ['bad name!']}\n",
+		"not yaml":      "rules: [\n",
+		"control chars": "rules:\n  - {name: \"a\\nb\\u001b[31m\", action: allowed}\n",
+	} {
+		fake.PutObject("policies", "fleet/policy.yaml", []byte(doc))
+		err := s.poll(context.Background())
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+			continue
+		}
+		if strings.ContainsAny(err.Error(), "\n\x1b") {
+			t.Errorf("%s: error spans lines or carries escapes: %q", name, err)
+		}
+		if _, v := s.Current(); v != v1 {
+			t.Errorf("%s: version now %q", name, v)
+		}
+	}
+	if now, _ := os.ReadFile(sc.LastGood); string(now) != string(good) {
+		t.Fatal("last good copy overwritten by a refused document")
+	}
+}
