@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"strings"
 
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
@@ -46,7 +47,7 @@ func cmdPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) err
 }
 
 func cmdPolicyTest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("policy test", "policy test --config FILE [--sni NAME] [--host HOST] [--dst IP:PORT] [--client IP] [--endpoint vpce-...] [--json]", stderr)
+	fs := newFlags("policy test", "policy test --config FILE [--document FILE] [--sni NAME] [--host HOST] [--dst IP:PORT] [--client IP] [--endpoint vpce-...] [--json]", stderr)
 	path := fs.String("config", config.DefaultPath, "config file whose policy is tested")
 	sni := fs.String("sni", "", "TLS server name (implies TLS)")
 	host := fs.String("host", "", "HTTP Host of a request (with --sni: a request inside the bumped connection)")
@@ -54,6 +55,7 @@ func cmdPolicyTest(ctx context.Context, args []string, stdout, stderr io.Writer)
 	client := fs.String("client", "10.0.0.1", "client address")
 	endpoint := fs.String("endpoint", "", "GWLB endpoint id the traffic arrives through (vpce-...)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
+	docPath := fs.String("document", "", "a fleet policy document (what proxy.policy.source s3/ssm holds) to test instead of the config's rules")
 	tlsFlag := fs.Bool("tls", false, "TLS even without --sni (a ClientHello without SNI); implied by --sni and by --dst port 443")
 	if err := parseFlags(fs, args); err != nil {
 		if err == errUsage {
@@ -98,6 +100,18 @@ func cmdPolicyTest(ctx context.Context, args []string, stdout, stderr io.Writer)
 	c, err := config.Load(*path, false)
 	if err != nil {
 		return usageErr("%v", err)
+	}
+	src := c.Proxy.Policy.Source
+	if *docPath != "" {
+		b, err := os.ReadFile(*docPath)
+		if err != nil {
+			return usageErr("--document: %v", err)
+		}
+		if c.Proxy.Policy, err = config.DecodePolicy(b, src); err != nil {
+			return usageErr("--document %s: %v", *docPath, err)
+		}
+	} else if src.Source == policy.SourceS3 || src.Source == policy.SourceSSM {
+		fmt.Fprintf(stderr, "gwlbproxy policy test: note: %s takes its rules from proxy.policy.source %s; testing the file's rules (give the fleet document with --document)\n", *path, src.Source)
 	}
 	var res proxy.TestResolver
 	if c.Proxy.Binding.Mode != proxy.BindOff || !in.Dst.IsValid() {

@@ -133,3 +133,26 @@ func TestPolicyTestReportOnlyAndJSON(t *testing.T) {
 		t.Fatalf("bad config: %d %s", code, errs)
 	}
 }
+
+// TestPolicyTestDocument: --document tests a fleet document (what an S3
+// object or SSM parameter holds) under the config's other settings, so a
+// pipeline can gate the document before publishing it.
+func TestPolicyTestDocument(t *testing.T) {
+	cfg := policyTestConfig(t, "    source: s3\n    s3: {bucket: b, key: k}\n")
+	doc := filepath.Join(t.TempDir(), "fleet.yaml")
+	os.WriteFile(doc, []byte("rules:\n  - {name: fleet-allow, action: allow, domains: [www.example.com]}\n"), 0o600)
+	code, out, errs := run(t, "policy", "test", "--config", cfg, "--document", doc, "--sni", "www.example.com", "--dst", "203.0.113.5:443")
+	if code != 0 || !strings.Contains(out, "decision: ALLOW rule=fleet-allow") {
+		t.Fatalf("document: %d\n%s%s", code, out, errs)
+	}
+	// Without it, the file's rules are tested and the note says so.
+	code, _, errs = run(t, "policy", "test", "--config", cfg, "--sni", "www.example.com", "--dst", "203.0.113.5:443")
+	if code != 0 || !strings.Contains(errs, "takes its rules from proxy.policy.source s3") {
+		t.Fatalf("no document: %d %s", code, errs)
+	}
+	// A document with keys other than the policy's is refused.
+	os.WriteFile(doc, []byte("rules: []\nssrf: {allow_cgnat: true}\n"), 0o600)
+	if code, _, errs := run(t, "policy", "test", "--config", cfg, "--document", doc, "--sni", "a.example.com"); code != 2 || !strings.Contains(errs, "ssrf") {
+		t.Fatalf("bad document: %d %s", code, errs)
+	}
+}
