@@ -54,6 +54,7 @@ type reloadEnv struct {
 // reload to finish: the step waits for the health body's policy_version
 // and says how long that took.
 func reloadPolicy(ctx context.Context, t *testing.T, e reloadEnv) {
+	stepStart := time.Now()
 	m := e.m
 	cfgPath := filepath.Join(e.root, "etc/gwlbproxy/gwlbproxy.yaml")
 
@@ -76,10 +77,12 @@ func reloadPolicy(ctx context.Context, t *testing.T, e reloadEnv) {
 	before := m.Show(ctx, unit, "MainPID", "NRestarts")
 
 	// The new policy: the test site, allowed so far, is denied by a
-	// rule ahead of the one that allowed it.
+	// rule ahead of the one that allowed it. The operator also changed a
+	// key a reload cannot apply: it is named, not applied.
 	deny := e.cfg
 	deny.Proxy.Policy.Rules = append([]policy.Rule{{Name: reloadRule, Action: policy.Deny, Domains: []string{demo.HostApp}}},
 		e.cfg.Proxy.Policy.Rules...)
+	deny.Drain.Deadline = e.cfg.Drain.Deadline + time.Second
 	denyFile, err := deny.Marshal()
 	if err != nil {
 		t.Fatal(err)
@@ -98,6 +101,9 @@ func reloadPolicy(ctx context.Context, t *testing.T, e reloadEnv) {
 	t.Logf("systemctl reload returned after %s; policy_version %s -> %s in force after %s",
 		returned.Round(time.Millisecond), v1, v2, time.Since(start).Round(time.Millisecond))
 	sameProcess(ctx, t, m, before, "after the reload")
+	if _, ps := healthPolicy(t, e.hc); !strings.Contains(strings.Join(anyStrings(ps["restart_needed"]), ","), "drain.deadline") {
+		t.Errorf("health body's restart_needed %v does not name drain.deadline (changed, needs a restart)", ps["restart_needed"])
+	}
 
 	var denied []demo.Result
 	for _, url := range []string{"https://" + demo.HostApp + "/?reload=1", "http://" + demo.HostApp + "/?reload=1"} {
@@ -118,6 +124,11 @@ func reloadPolicy(ctx context.Context, t *testing.T, e reloadEnv) {
 	j := m.MustExec(ctx, "journalctl", "-u", unit, "--no-pager", "-o", "cat")
 	if !strings.Contains(j, "reload: new policy in force") || !strings.Contains(j, v2) {
 		t.Errorf("journal has no line for the reload to %s", v2)
+	}
+	for _, l := range strings.Split(j, "\n") {
+		if strings.Contains(l, "next restart") {
+			t.Logf("journal: %s", l)
+		}
 	}
 	if !strings.Contains(j, "Reloading gwlbproxy") && !strings.Contains(j, "Reloaded gwlbproxy") {
 		t.Logf("note: the journal shows no systemd Reloading/Reloaded lines for %s", unit)
@@ -178,7 +189,7 @@ func reloadPolicy(ctx context.Context, t *testing.T, e reloadEnv) {
 	m.MustExec(ctx, "systemctl", "reload", unit)
 	waitPolicy(t, e.hc, "the original policy back in force", func(ps map[string]any) bool {
 		le, _ := ps["last_error"].(string)
-		return ps["policy_version"] == v1 && le == ""
+		return ps["policy_version"] == v1 && le == "" && len(anyStrings(ps["restart_needed"])) == 0
 	})
 	sameProcess(ctx, t, m, before, "after reloading the original config")
 	r = e.client.Get(ctx, "https://"+demo.HostApp+"/?restored=1")
@@ -188,7 +199,20 @@ func reloadPolicy(ctx context.Context, t *testing.T, e reloadEnv) {
 	if got := metricValue(t, e.hc, "gwlbproxy_policy_reloads_total"); got != 2 {
 		t.Errorf("gwlbproxy_policy_reloads_total = %v, want 2 (deny, then back)", got)
 	}
-	t.Logf("original config reloaded: policy_version %s again, the site answers 200; main pid %s throughout", v1, before["MainPID"])
+	t.Logf("original config reloaded: policy_version %s again, the site answers 200; main pid %s throughout; reload steps took %s",
+		v1, before["MainPID"], time.Since(stepStart).Round(time.Millisecond))
+}
+
+// anyStrings is a JSON array of strings decoded into any.
+func anyStrings(v any) []string {
+	a, _ := v.([]any)
+	var out []string
+	for _, x := range a {
+		if s, ok := x.(string); ok {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // sameProcess fails the test unless the unit is active and running in
