@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -114,10 +115,11 @@ func TestDomainNetworkRuleFollowsDNS(t *testing.T) {
 	}()
 
 	// probe reports whether SSH to dst gets the banner (a denied SYN is
-	// dropped: the dial times out).
+	// dropped: the dial times out; 3 s leave room for a SYN retransmitted
+	// after a packet lost on a loaded machine).
 	var lastPort int
 	probe := func(dst netip.Addr) bool {
-		dctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+		dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		defer cancel()
 		c, err := e.Clients[0].Dial(dctx, "tcp4", netip.AddrPortFrom(dst, 22).String())
 		if err != nil {
@@ -129,16 +131,22 @@ func TestDomainNetworkRuleFollowsDNS(t *testing.T) {
 		got, _ := io.ReadAll(c)
 		return string(got) == banner
 	}
-	status := func(dst netip.Addr, want bool) func() (bool, string) {
+	// denied: two probes in a row fail (one could be a transient loss).
+	denied := func(dst netip.Addr) bool { return !probe(dst) && !probe(dst) }
+	status := func(dst netip.Addr, allowed bool) func() (bool, string) {
 		return func() (bool, string) {
-			ok := probe(dst)
-			return ok == want, fmt.Sprintf("ssh to %s allowed=%v", dst, ok)
+			if allowed {
+				ok := probe(dst)
+				return ok, fmt.Sprintf("ssh to %s allowed=%v", dst, ok)
+			}
+			d := denied(dst)
+			return d, fmt.Sprintf("ssh to %s denied=%v", dst, d)
 		}
 	}
 
 	start := time.Now()
 	waitFor(t, 30*time.Second, "ssh to A while svc.demo.test resolves to A", status(a, true))
-	if probe(b) {
+	if !denied(b) {
 		t.Fatal("ssh to B allowed before svc.demo.test ever resolved to B")
 	}
 	t.Logf("A allowed, B denied after %v", time.Since(start).Round(time.Millisecond))
@@ -154,19 +162,35 @@ func TestDomainNetworkRuleFollowsDNS(t *testing.T) {
 	if !probe(b) {
 		t.Fatal("ssh to B denied while svc.demo.test resolves to B")
 	}
-	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	// The records: B's connection as a flow of the rule, an attempt to A
+	// after the change as denied by default. A flow's record comes when
+	// conntrack reaps its entry, which may take the kernel's garbage
+	// collector up to a minute. Checked while B is still an answer: the
+	// rule of a flow record is looked up when the flow ends.
+	ssh := func() string {
+		var l []string
+		for _, r := range e.Records.All() {
+			if r.DstPort == 22 {
+				l = append(l, r.Raw)
+			}
+		}
+		return strings.Join(l, "\n")
+	}
+	rctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
 	if rs, err := e.Records.Wait(rctx, 1, func(r *demo.Record) bool {
 		return r.RecordType == "flow" && r.Protocol == "tcp" && r.DstIP == b.String() && r.DstPort == 22 && r.ClientPort == bPort
 	}); err != nil {
-		t.Errorf("flow record of ssh to B: %v", err)
+		t.Errorf("flow record of ssh to B from port %d: %v; records to port 22:\n%s", bPort, err, ssh())
 	} else if r := rs[0]; r.Rule != rule || r.Action != "allow" || r.BytesIn < int64(len(banner)) {
 		t.Errorf("flow record of ssh to B: %s", r.Raw)
 	}
+	rctx, cancel = context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
 	if rs, err := e.Records.Wait(rctx, 1, func(r *demo.Record) bool {
 		return r.RecordType == "flow_denied" && r.Protocol == "tcp" && r.DstIP == a.String() && r.DstPort == 22
 	}); err != nil {
-		t.Errorf("flow_denied record of ssh to A: %v", err)
+		t.Errorf("flow_denied record of ssh to A: %v; records to port 22:\n%s", err, ssh())
 	} else if r := rs[0]; r.Rule != "default" || r.Action != "deny" {
 		t.Errorf("flow_denied record of ssh to A: %s", r.Raw)
 	}
@@ -181,21 +205,28 @@ func TestDomainNetworkRuleFollowsDNS(t *testing.T) {
 		t.Fatal("ssh to B denied at once when the resolver went silent; the last answer should be kept")
 	}
 	var triedBeforeDenied bool
-	waitFor(t, 40*time.Second, "ssh to B denied once its last answer timed out", func() (bool, string) {
-		ok := probe(b)
-		if !ok {
-			triedBeforeDenied = e.Net.DNS.Queries(name) > q0
+	var deniedAfter time.Duration
+	waitFor(t, 60*time.Second, "ssh to B denied once its last answer timed out", func() (bool, string) {
+		at := time.Since(silenced)
+		if probe(b) {
+			return false, "ssh to B allowed"
 		}
-		return !ok, fmt.Sprintf("ssh to B allowed=%v", ok)
+		tried := e.Net.DNS.Queries(name) > q0
+		if probe(b) {
+			return false, "ssh to B failed once, then allowed"
+		}
+		triedBeforeDenied, deniedAfter = tried, at
+		return true, ""
 	})
-	t.Logf("B denied %v after the resolver went silent", time.Since(silenced).Round(time.Millisecond))
+	t.Logf("B denied %v after the resolver went silent", deniedAfter.Round(time.Millisecond))
 	if !triedBeforeDenied {
 		t.Error("B was dropped before the appliance asked the resolver again")
 	}
-	if time.Since(silenced) > 20*time.Second {
-		t.Errorf("B allowed for %v after the resolver went silent; its TTL is %ds", time.Since(silenced), ttl)
+	// At most: the resolver's cached answer (ttl), then the daemon's
+	// element for it (its floor, ttl), plus slack for a loaded machine.
+	if deniedAfter > 4*ttl*time.Second {
+		t.Errorf("B allowed for %v after the resolver went silent; its TTL is %ds", deniedAfter, ttl)
 	}
-	time.Sleep(2 * time.Second)
 	if probe(b) {
 		t.Fatal("ssh to B allowed again while the resolver is silent")
 	}
