@@ -474,7 +474,8 @@ func TestIdleBumpedConnsThroughTunnel(t *testing.T) {
 	waitIdle(t, ctx, e)
 	waitFor(t, 60*time.Second, "goroutines and fds back to the baseline", func() (bool, string) {
 		g, fds := measure()
-		return g <= g0+10 && fds <= fd0+10, fmt.Sprintf("goroutines %v (baseline %v), fds %d (baseline %d)", g, g0, fds, fd0)
+		// Back to the baseline: a few for the scrape itself and timers.
+		return g <= g0+4 && fds <= fd0+4, fmt.Sprintf("goroutines %v (baseline %v), fds %d (baseline %d)", g, g0, fds, fd0)
 	})
 	g2, fd2 := measure()
 	t.Logf("released: goroutines %v, fds %d", g2, fd2)
