@@ -88,7 +88,8 @@ type Config struct {
 	// side that stalled (stalled: client_send, client_read, upstream_read).
 	ProgressTimeout time.Duration `yaml:"progress_timeout"`
 	// MaxConnsPerClient caps concurrent connections from one client
-	// address (all listeners), so one source cannot take every slot.
+	// address (all listeners), so one source cannot take every slot. A
+	// client is its address within its GWLB endpoint: VPCs overlap.
 	// 0: max_conns/8 (at least 1). Excess connections get a 503 page
 	// (plain HTTP) or a clean close (TLS), and a rate-limited record.
 	MaxConnsPerClient int `yaml:"max_conns_per_client"`

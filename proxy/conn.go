@@ -78,7 +78,22 @@ type fixedReply struct {
 	detail string
 }
 
-func (p *Proxy) newState(c net.Conn, isTLS bool) *connState {
+// connEndpoint is the GWLB endpoint a connection came through, asked once
+// per connection (Deps.EndpointOf costs a conntrack query).
+type connEndpoint struct {
+	id uint64
+	ok bool
+}
+
+func (p *Proxy) endpointOf(c net.Conn) connEndpoint {
+	if p.deps.EndpointOf == nil {
+		return connEndpoint{}
+	}
+	id, ok := p.deps.EndpointOf(c)
+	return connEndpoint{id, ok}
+}
+
+func (p *Proxy) newState(c net.Conn, isTLS bool, ep connEndpoint) *connState {
 	st := &connState{p: p, start: time.Now(), client: c, isTLS: isTLS}
 	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		ap := ta.AddrPort()
@@ -88,9 +103,7 @@ func (p *Proxy) newState(c net.Conn, isTLS bool) *connState {
 		st.dst = dst
 	}
 	st.dstHostPort = st.dst.String()
-	if p.deps.EndpointOf != nil {
-		st.endpoint, st.hasEP = p.deps.EndpointOf(c)
-	}
+	st.endpoint, st.hasEP = ep.id, ep.ok
 	r := &st.rec
 	r.InstanceID = p.deps.InstanceID
 	r.PolicyVersion = p.ps().version
@@ -226,7 +239,7 @@ func (st *connState) release() {
 		delete(p.active, st)
 		p.mu.Unlock()
 		p.m.active.Dec()
-		p.clients.release(st.clientAP.Addr())
+		p.clients.release(clientKey{st.endpoint, st.clientAP.Addr()})
 		if s := st.stall.Load(); s != stallNone {
 			p.stats.stalled.Add(1)
 			p.m.stalled.WithLabelValues(stallName(s)).Inc()

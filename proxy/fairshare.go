@@ -188,20 +188,28 @@ func (b *progressBody) Read(p []byte) (int, error) {
 
 func (b *progressBody) Close() error { return b.rc.Close() }
 
-// clientCounts counts open connections per client address.
+// clientKey is one client: its address within the GWLB endpoint (VPC) it
+// came through. VPCs behind one GWLB overlap, so the same address behind
+// two endpoints is two clients; ep is 0 when the endpoint is unknown.
+type clientKey struct {
+	ep   uint64
+	addr netip.Addr
+}
+
+// clientCounts counts open connections per client.
 type clientCounts struct {
 	limit int
 	mu    sync.Mutex
-	n     map[netip.Addr]int32
+	n     map[clientKey]int32
 }
 
 func newClientCounts(limit int) *clientCounts {
-	return &clientCounts{limit: limit, n: map[netip.Addr]int32{}}
+	return &clientCounts{limit: limit, n: map[clientKey]int32{}}
 }
 
 // acquire takes a slot for a; false when a is at its limit.
-func (cc *clientCounts) acquire(a netip.Addr) bool {
-	if !a.IsValid() {
+func (cc *clientCounts) acquire(a clientKey) bool {
+	if !a.addr.IsValid() {
 		return true
 	}
 	cc.mu.Lock()
@@ -213,8 +221,8 @@ func (cc *clientCounts) acquire(a netip.Addr) bool {
 	return true
 }
 
-func (cc *clientCounts) release(a netip.Addr) {
-	if !a.IsValid() {
+func (cc *clientCounts) release(a clientKey) {
+	if !a.addr.IsValid() {
 		return
 	}
 	cc.mu.Lock()
@@ -298,7 +306,7 @@ const (
 // limited), a 503 answer on plain HTTP or a clean close (FIN, not RST)
 // on TLS, from a bounded set of goroutines so the accept loop never
 // waits on a client.
-func (p *Proxy) refuse(c net.Conn, isTLS bool, rule string) {
+func (p *Proxy) refuse(c net.Conn, isTLS bool, ep connEndpoint, rule string) {
 	var why string
 	if rule == refusedTotal {
 		p.m.limited.Inc()
@@ -310,7 +318,7 @@ func (p *Proxy) refuse(c net.Conn, isTLS bool, rule string) {
 		why = "per-client connection limit reached (" + strconv.Itoa(p.clients.limit) + ")"
 	}
 	if ok, left := p.refusals.allow(time.Now()); ok {
-		st := p.newState(c, isTLS)
+		st := p.newState(c, isTLS, ep)
 		st.rec.Action, st.rec.Rule, st.rec.UpstreamError = "error", rule, why
 		if !isTLS {
 			st.rec.Status = http.StatusServiceUnavailable

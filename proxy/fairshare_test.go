@@ -617,3 +617,62 @@ func TestSizeMaxConns(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 }
+
+// TestPerClientCapPerEndpoint: VPCs behind one GWLB overlap, so the same
+// client address arriving through two endpoints is two clients: one at
+// its cap does not refuse the other.
+func TestPerClientCapPerEndpoint(t *testing.T) {
+	addr := privateLoopback()
+	// Connections from even local ports come through endpoint A, odd
+	// through endpoint B.
+	h := newHarnessOpts(t, harnessOpts{
+		cfg: func(c *Config) { c.MaxConns = 50; c.MaxConnsPerClient = 2 },
+		deps: func(_ *harness, d *Deps) {
+			d.EndpointOf = func(c net.Conn) (uint64, bool) {
+				return 0xa0 + uint64(c.RemoteAddr().(*net.TCPAddr).Port%2), true
+			}
+		},
+	})
+	dial := func(parity int) net.Conn {
+		for {
+			c, err := net.DialTCP("tcp", &net.TCPAddr{IP: addr.IP}, mustTCPAddr(t, h.httpAddr))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.LocalAddr().(*net.TCPAddr).Port%2 == parity {
+				t.Cleanup(func() { c.Close() })
+				return c
+			}
+			c.Close()
+		}
+	}
+	get := func(c net.Conn, host string) int {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: "+host+"\r\n\r\n")
+		resp, _ := readResp(t, bufio.NewReader(c), "GET")
+		return resp.StatusCode
+	}
+	for i := 0; i < 2; i++ {
+		if s := get(dial(0), "a.good.test"); s != 200 {
+			t.Fatalf("endpoint A connection %d: %d", i, s)
+		}
+	}
+	if s := get(dial(0), "a.good.test"); s != http.StatusServiceUnavailable {
+		t.Fatalf("endpoint A over its cap: %d", s)
+	}
+	if s := get(dial(1), "b.good.test"); s != 200 {
+		t.Fatalf("the same address through endpoint B while A's is at its cap: %d", s)
+	}
+	if s := h.p.Stats(); s.Clients != 2 {
+		t.Fatalf("stats %+v: want 2 clients", s)
+	}
+}
+
+func mustTCPAddr(t *testing.T, addr string) *net.TCPAddr {
+	t.Helper()
+	a, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}

@@ -18,8 +18,8 @@ import (
 )
 
 // handleConn runs the front end for one accepted connection.
-func (p *Proxy) handleConn(c net.Conn, isTLS bool) {
-	st := p.newState(c, isTLS)
+func (p *Proxy) handleConn(c net.Conn, isTLS bool, ep connEndpoint) {
+	st := p.newState(c, isTLS, ep)
 	p.stats.accepted.Add(1)
 	p.m.accepted.WithLabelValues(st.rec.Scheme).Inc()
 	p.m.active.Inc()

@@ -378,20 +378,21 @@ func (p *Proxy) serve(l net.Listener, isTLS bool) error {
 		if !p.admit(c) {
 			continue
 		}
-		client := remoteAddr(c)
+		ep := p.endpointOf(c)
+		client := clientKey{ep.id, remoteAddr(c)}
 		if !p.clients.acquire(client) {
-			p.refuse(c, isTLS, refusedPerClient)
+			p.refuse(c, isTLS, ep, refusedPerClient)
 			continue
 		}
 		select {
 		case p.sem <- struct{}{}:
 		default:
 			p.clients.release(client)
-			p.refuse(c, isTLS, refusedTotal)
+			p.refuse(c, isTLS, ep, refusedTotal)
 			continue
 		}
 		p.conns.Add(1)
-		go p.handleConn(c, isTLS)
+		go p.handleConn(c, isTLS, ep)
 	}
 }
 

@@ -40,6 +40,14 @@ const (
 	maxDomainTTL      = 24 * time.Hour
 	domainRetry       = 5 * time.Second // after a failure
 	domainLookupLimit = 5 * time.Second
+	// refreshLead is the least time before its elements time out that a
+	// name is resolved again (a quarter of the TTL when longer): with the
+	// 5 s floor a quarter left too little for the 500 ms tick plus the
+	// lookup, and the elements lapsed before the refresh.
+	refreshLead = 2500 * time.Millisecond
+	// presentMargin: an element whose timeout is nearer than this may
+	// have lapsed by the time the transaction commits.
+	presentMargin = 100 * time.Millisecond
 )
 
 // domainState is one name's current answers.
@@ -160,8 +168,15 @@ func (s *Steerer) installAnswers(name string, addrs []netip.Addr, ttl time.Durat
 	s.dom.mu.Lock()
 	d := s.dom.names[name]
 	present := make(map[netip.Addr]bool, len(d.addrs))
+	// An element still in the kernel must be deleted and added again:
+	// before 6.10 adding it leaves its old timeout, and it would lapse
+	// while the name still has the address. Our expiry is never later
+	// than the kernel's (taken before the add), so an element we believe
+	// live for a little while yet is there; one about to lapse may be
+	// gone by the commit, and then the add-only retry below is right.
+	check := time.Now().Add(presentMargin)
 	for a, exp := range d.addrs {
-		present[a] = now.Add(time.Second).Before(exp)
+		present[a] = check.Before(exp)
 	}
 	s.dom.mu.Unlock()
 	queue := func(withDelete bool) {
@@ -203,7 +218,7 @@ func (s *Steerer) installAnswers(name string, addrs []netip.Addr, ttl time.Durat
 		d.addrs[a.Unmap()] = now.Add(ttl)
 	}
 	d.fails = 0
-	d.next = now.Add(ttl * 3 / 4)
+	d.next = now.Add(ttl - max(ttl/4, refreshLead))
 	s.dom.mu.Unlock()
 	return nil
 }

@@ -45,15 +45,21 @@ func TestMain(m *testing.M) {
 // newEnv starts a demo deployment for the test and removes it at cleanup.
 func newEnv(t *testing.T, mode string, modify func(*config.Config), cloudwatch bool) *demo.Env {
 	t.Helper()
+	return newEnvOpts(t, demo.Options{Mode: mode, Modify: modify, CloudWatchFake: cloudwatch})
+}
+
+// newEnvOpts is newEnv with every demo option (Prepare, for one); Binary,
+// Dir, Prefix and Progress are filled in.
+func newEnvOpts(t *testing.T, o demo.Options) *demo.Env {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("e2e: needs root (network namespaces, tun devices, nftables); run the suite as root, e.g. sudo go test ./cmd/internal/e2e")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	e, err := demo.Start(ctx, demo.Options{
-		Mode: mode, Binary: binary, Dir: t.TempDir(), Prefix: "ge", Modify: modify, CloudWatchFake: cloudwatch,
-		Progress: func(s string) { t.Log(s) },
-	})
+	o.Binary, o.Dir, o.Prefix = binary, t.TempDir(), "ge"
+	o.Progress = func(s string) { t.Log(s) }
+	e, err := demo.Start(ctx, o)
 	if err != nil {
 		t.Fatalf("demo environment: %v", err)
 	}
