@@ -356,6 +356,12 @@ func (t *Tailer) step(ctx context.Context) error {
 			}
 			continue
 		}
+		// Idle: move the spool's hold up (with the saved position), so
+		// that what other producers append meanwhile, once delivered, is
+		// not kept on disk for the tailer.
+		if t.sv != nil && time.Since(t.heldAt) > time.Minute {
+			return t.save()
+		}
 		return nil
 	}
 	return nil
