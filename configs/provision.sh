@@ -38,6 +38,39 @@ esac
 [ -f "$deb" ] || { echo "provision.sh: $deb: no such file" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "provision.sh: must run as root" >&2; exit 1; }
 
+# Suricata 7 or later: the drop-in loads the include with --include (7.0).
+suricata7() {
+	command -v suricata >/dev/null 2>&1 || return 1
+	v=$(suricata -V 2>/dev/null | sed -n 's/.*version \([0-9][0-9]*\)\..*/\1/p')
+	[ -n "$v" ] && [ "$v" -ge 7 ]
+}
+# Refuse a Suricata request this system cannot honour before installing
+# anything.
+suricata=${GWLBPROXY_SURICATA:-0}
+case "$suricata" in
+0 | 1) ;;
+*) echo "provision.sh: GWLBPROXY_SURICATA=$suricata: want 1 or 0" >&2; exit 1 ;;
+esac
+if [ "$suricata" = 1 ]; then
+	. /etc/os-release
+	release="${ID:-unknown}:${VERSION_ID:-unknown}"
+	case "$release" in
+	ubuntu:24.04 | debian:12) ;;
+	ubuntu:22.04)
+		suricata7 || {
+			echo "provision.sh: GWLBPROXY_SURICATA=1 on Ubuntu 22.04: its Suricata 6.0 has no --include, which the drop-in needs; build the image from Ubuntu 24.04 (Packer's default) or install Suricata 7 first" >&2
+			exit 1
+		}
+		;;
+	*)
+		suricata7 || {
+			echo "provision.sh: GWLBPROXY_SURICATA=1: $release is not supported (Ubuntu 24.04, Debian 12, or Suricata 7 already installed)" >&2
+			exit 1
+		}
+		;;
+	esac
+fi
+
 export DEBIAN_FRONTEND=noninteractive
 if [ "${GWLBPROXY_NO_APT_UPDATE:-}" != 1 ]; then
 	apt-get update -qq
@@ -56,25 +89,13 @@ fi
 gwlbproxy version
 echo "provision.sh: gwlbproxy installed and enabled"
 
-case "${GWLBPROXY_SURICATA:-0}" in
-0 | "") exit 0 ;;
-1) ;;
-*) echo "provision.sh: GWLBPROXY_SURICATA=${GWLBPROXY_SURICATA}: want 1 or 0" >&2; exit 1 ;;
-esac
+[ "$suricata" = 1 ] || exit 0
 
 # --- Suricata on the decryption mirror (issue 19) ---
 share=/usr/share/gwlbproxy/suricata
 for f in gwlbproxy.yaml gwlbproxy-suricata.conf logrotate; do
 	[ -f "$share/$f" ] || { echo "provision.sh: $share/$f missing: the .deb predates Suricata support" >&2; exit 1; }
 done
-. /etc/os-release
-release="${ID:-unknown}:${VERSION_ID:-unknown}"
-# Suricata 7 or later: the drop-in loads the include with --include (7.0).
-suricata7() {
-	command -v suricata >/dev/null 2>&1 || return 1
-	v=$(suricata -V 2>/dev/null | sed -n 's/.*version \([0-9][0-9]*\)\..*/\1/p')
-	[ -n "$v" ] && [ "$v" -ge 7 ]
-}
 if ! suricata7; then
 	case "$release" in
 	ubuntu:24.04)
@@ -94,14 +115,6 @@ if ! suricata7; then
 		apt-get update -qq
 		apt-get install -y -qq -t bookworm-backports suricata
 		apt-get install -y -qq acl
-		;;
-	ubuntu:22.04)
-		echo "provision.sh: GWLBPROXY_SURICATA=1 on Ubuntu 22.04: its Suricata 6.0 has no --include, which the drop-in needs; build the image from Ubuntu 24.04 (Packer's default) or install Suricata 7 first" >&2
-		exit 1
-		;;
-	*)
-		echo "provision.sh: GWLBPROXY_SURICATA=1: $release is not supported (Ubuntu 24.04, Debian 12)" >&2
-		exit 1
 		;;
 	esac
 	suricata7 || { echo "provision.sh: installed Suricata is not 7 or later: $(suricata -V 2>&1)" >&2; exit 1; }
