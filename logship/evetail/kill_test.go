@@ -177,7 +177,8 @@ func killLoop(t *testing.T, dir, endpoint string, total int, done func() bool) (
 	for _, err := os.Stat(filepath.Join(dir, "eve.pos")); err != nil; _, err = os.Stat(filepath.Join(dir, "eve.pos")) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	for kills := 0; n < total; kills++ {
+	kills := 0
+	for ; n < total; kills++ {
 		for k := rng.IntN(100) + 1; k > 0 && n < total; k-- {
 			f, _ := os.OpenFile(eve, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 			f.WriteString(strings.Replace(alertLine7, `"flow_id":1007`, fmt.Sprintf(`"flow_id":%d`, n), 1))
@@ -195,6 +196,7 @@ func killLoop(t *testing.T, dir, endpoint string, total int, done func() bool) (
 		cmd.Wait()
 		cmd = start()
 	}
+	t.Logf("%d SIGKILLs", kills)
 	// Let the last process catch up, then stop it in order.
 	deadline := time.Now().Add(60 * time.Second)
 	for !done() && time.Now().Before(deadline) {
