@@ -358,8 +358,8 @@ func (t *Tailer) step(ctx context.Context) error {
 		}
 		// Idle: move the spool's hold up (with the saved position), so
 		// that what other producers append meanwhile, once delivered, is
-		// not kept on disk for the tailer.
-		if t.sv != nil && time.Since(t.heldAt) > time.Minute {
+		// not kept on disk for the tailer (a position write every 10 s).
+		if t.sv != nil && time.Since(t.heldAt) > 10*time.Second {
 			return t.save()
 		}
 		return nil

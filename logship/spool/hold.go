@@ -23,8 +23,10 @@ import (
 //
 // A hold lives holdTTL after it was set (or, for the persisted hold, after
 // Open): a producer that stops holding (disabled, or gone) cannot keep
-// acknowledged segments on disk for ever. An expired or lost hold only
-// means the producer may append a record twice; it never loses one.
+// acknowledged segments on disk for ever. Nor does a hold take the spool
+// towards full: above half of MaxBytes it is ignored, so delivered records
+// never make the spool refuse new ones. An expired, ignored or lost hold
+// only means the producer may append a record twice; it never loses one.
 //
 // The hold file holds one 12-byte record, written in place (it survives
 // kill -9 once the write returns; it is not fsynced: after a power loss
@@ -80,7 +82,7 @@ func (s *Spool) Hold(seq uint64) error {
 // heldBelow is the sequence below which reap may delete acknowledged
 // segments. Called with mu held.
 func (s *Spool) heldBelow() uint64 {
-	if s.hold == noHold || time.Now().After(s.holdUntil) {
+	if s.hold == noHold || s.bytes > s.cfg.MaxBytes/2 || time.Now().After(s.holdUntil) {
 		return noHold
 	}
 	return s.hold

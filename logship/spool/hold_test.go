@@ -144,3 +144,30 @@ func TestHoldFileCorrupt(t *testing.T) {
 		t.Error("ScanFrom on a memory spool: no error")
 	}
 }
+
+// TestHoldNeverFillsSpool: above half the cap a hold is ignored, so
+// delivered records kept for a producer never make Append refuse.
+func TestHoldNeverFillsSpool(t *testing.T) {
+	s, err := Open(Config{Dir: t.TempDir(), MaxBytes: 64 << 10, SegmentBytes: 4096}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Hold(0); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2000 { // ~300 KiB through a 64 KiB spool, delivered as it goes
+		if _, err := s.Append(int64(i), rec(i)); err != nil {
+			t.Fatalf("record %d: %v (bytes %d)", i, err, s.Bytes())
+		}
+		if i%50 == 49 {
+			if err := s.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			drain(t, s, true)
+		}
+	}
+	if b := s.Bytes(); b > 48<<10 {
+		t.Errorf("%d bytes kept for the hold, want at most about half of 64 KiB", b)
+	}
+}
