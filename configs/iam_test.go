@@ -34,6 +34,8 @@ var iamPrefix = map[string]string{
 	"autoscaling":    "autoscaling",
 	"ec2":            "ec2",
 	"cloudformation": "cloudformation",
+	"s3":             "s3",
+	"ssm":            "ssm",
 }
 
 // configGated are actions the code can call but the deployed configuration

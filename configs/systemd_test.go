@@ -94,6 +94,7 @@ func TestUnit(t *testing.T) {
 		"NotifyAccess":     "main",
 		"Restart":          "always",
 		"ExecStart":        "/usr/bin/gwlbproxy run --config " + configPath,
+		"ExecReload":       "/bin/kill -HUP $MAINPID", // issue 18: systemctl reload
 		"StateDirectory":   "gwlbproxy",
 		"NoNewPrivileges":  "yes",
 		"ProtectSystem":    "strict",

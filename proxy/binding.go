@@ -6,8 +6,6 @@ import (
 	"net/netip"
 	"strings"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/resolve"
 )
@@ -83,6 +81,10 @@ type bindResult struct {
 	rule    string // binding's rule when it fails ("report_only:..." in report-only mode); "" = bound
 	deny    bool   // enforce: deny with rule and detail
 	detail  string // deny page text
+	// ps and noBind are what the outcome was computed under: a reload
+	// (or another rule's bind: none) makes the memo stale.
+	ps     *policyState
+	noBind bool
 }
 
 // checkBinding checks name (normalized) against st's destination for a
@@ -90,25 +92,25 @@ type bindResult struct {
 // connection's destination never changes, so later requests for the same
 // name cost a string compare. Only the connection's serving goroutine
 // calls it for HTTP/1; HTTP/2 streams may race to fill it, harmlessly).
-func (p *Proxy) checkBinding(st *connState, name string, d policy.Decision) *bindResult {
+func (p *Proxy) checkBinding(ps *policyState, st *connState, name string, d policy.Decision) *bindResult {
 	if name == "" {
 		return nil
 	}
-	if b := st.bind.Load(); b != nil && b.name == name {
+	if b := st.bind.Load(); b != nil && b.name == name && b.ps == ps && b.noBind == d.NoBind {
 		return b
 	}
-	b := &bindResult{name: name}
+	b := &bindResult{name: name, ps: ps, noBind: d.NoBind}
 	switch {
 	case d.NoBind:
 		b.status = bindOptOut
-	case p.binder == nil:
+	case ps.binder == nil:
 		b.status = bindOff
 	default:
-		p.bindLookup(st, b)
+		p.bindLookup(ps, st, b)
 	}
 	p.m.bindCount(b.status)
 	if b.rule != "" {
-		if p.bindReportOnly {
+		if ps.bindReportOnly {
 			p.log.Info("proxy: binding would deny", "rule", b.rule, "name", name, "dst", st.dst.Addr().String(), "answers", b.answers)
 			b.rule = "report_only:" + b.rule
 		} else {
@@ -119,12 +121,12 @@ func (p *Proxy) checkBinding(st *connState, name string, d policy.Decision) *bin
 	return b
 }
 
-func (p *Proxy) bindLookup(st *connState, b *bindResult) {
+func (p *Proxy) bindLookup(ps *policyState, st *connState, b *bindResult) {
 	// No deadline of our own (a timer per connection costs more than the
 	// check): Binder bounds its lookups (resolve: Config.Timeout, for
 	// every caller of a name together).
 	dst := st.dst.Addr()
-	res, err := p.binder.Bound(p.ctx, b.name, dst)
+	res, err := ps.binder.Bound(p.ctx, b.name, dst)
 	switch {
 	case err != nil:
 		b.status, b.rule = bindFailed, RuleBindResolveFailed
@@ -162,12 +164,13 @@ func joinAddrs(as []netip.Addr) string {
 	return sb.String()
 }
 
-// setupBinding builds the binder from the configuration (unless Deps gave
-// one) and warns about everything that weakens binding.
-func (p *Proxy) setupBinding(reg prometheus.Registerer) error {
-	bc := p.cfg.Binding
-	p.bindReportOnly = bc.Mode == BindReportOnly || p.cfg.Policy.ReportOnly
-	for _, r := range p.cfg.Policy.Rules {
+// setupBinding builds ns's binder from its configuration (unless Deps gave
+// one, or reuse is the previous policy's resolver with the same settings)
+// and warns about everything that weakens binding.
+func (p *Proxy) setupBinding(ns *policyState, reuse Binder) error {
+	bc := ns.cfg.Binding
+	ns.bindReportOnly = bc.Mode == BindReportOnly || ns.cfg.Policy.ReportOnly
+	for _, r := range ns.cfg.Policy.Rules {
 		if r.Bind == policy.BindNone && r.Action != policy.Deny {
 			p.log.Warn("proxy: destination binding off for rule: traffic naming its domains may go to any address", "rule", r.Name, "domains", r.Domains)
 		}
@@ -180,21 +183,25 @@ func (p *Proxy) setupBinding(reg prometheus.Registerer) error {
 		p.log.Warn("proxy: destination binding is report_only: mismatches are recorded, not denied")
 	}
 	if p.deps.Binder != nil {
-		p.binder = p.deps.Binder
+		ns.binder = p.deps.Binder
+		return nil
+	}
+	if reuse != nil {
+		ns.binder = reuse
 		return nil
 	}
 	rc := bc.Resolver
-	rc.Registerer = reg
+	rc.Registerer = p.reg
 	r, err := resolve.New(rc)
 	if err != nil {
-		return fmt.Errorf("proxy config: binding.%w", err)
+		return fmt.Errorf("binding.%w", err)
 	}
 	if servers, err := r.ServerList(); err != nil {
 		p.log.Error("proxy: destination binding has no DNS server: every name-based allow and splice is denied (bind:resolve-failed) until this is fixed", "err", err)
 	} else {
 		p.log.Info("proxy: destination binding", "mode", bc.Mode, "servers", servers)
 	}
-	p.binder = r
+	ns.binder = r
 	return nil
 }
 

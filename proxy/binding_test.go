@@ -330,7 +330,7 @@ func BenchmarkBindingCheck(b *testing.B) {
 	b.Cleanup(func() { p.Shutdown(context.Background()) })
 	d := policy.Decision{Action: policy.Allow, Rule: "r"}
 	warm := &connState{dst: testDstTLS}
-	if r := p.checkBinding(warm, "bench.test", d); r.status != bindMatch {
+	if r := p.checkBinding(p.ps(), warm, "bench.test", d); r.status != bindMatch {
 		b.Fatalf("warm-up: %+v", r)
 	}
 	b.Run("new-conn", func(b *testing.B) {
@@ -339,7 +339,7 @@ func BenchmarkBindingCheck(b *testing.B) {
 		st := &connState{dst: testDstTLS}
 		for i := 0; i < b.N; i++ {
 			st.bind.Store(nil) // a new connection: no memo
-			r := p.checkBinding(st, "bench.test", d)
+			r := p.checkBinding(p.ps(), st, "bench.test", d)
 			r.apply(&rec)
 		}
 	})
@@ -347,7 +347,7 @@ func BenchmarkBindingCheck(b *testing.B) {
 		b.ReportAllocs()
 		var rec Record
 		for i := 0; i < b.N; i++ {
-			r := p.checkBinding(warm, "bench.test", d)
+			r := p.checkBinding(p.ps(), warm, "bench.test", d)
 			r.apply(&rec)
 		}
 	})

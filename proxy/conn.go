@@ -93,6 +93,7 @@ func (p *Proxy) newState(c net.Conn, isTLS bool) *connState {
 	}
 	r := &st.rec
 	r.InstanceID = p.deps.InstanceID
+	r.PolicyVersion = p.ps().version
 	if st.hasEP {
 		r.EndpointID = policy.FormatEndpointID(st.endpoint)
 	}

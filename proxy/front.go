@@ -70,13 +70,17 @@ func (p *Proxy) handleTLS(st *connState) {
 	st.rec.Fingerprint.Compute(buf)
 	rc := &replayConn{Conn: c, prefix: buf}
 
-	d := p.decideTLS(st, hello)
+	// The policy in force now decides this connection for its lifetime
+	// (a reload applies to its next request, checked in handle).
+	ps := p.ps()
+	st.rec.PolicyVersion = ps.version
+	d := p.decideTLS(ps, st, hello)
 	denyDetail := ""
 	if d.Action != policy.Deny {
 		// Destination binding on the SNI, before any upstream byte: a
 		// mismatch is denied like a policy deny (a page over a minted
 		// leaf, or a close), never spliced or dialed.
-		if b := p.checkBinding(st, st.sni, d); b != nil {
+		if b := p.checkBinding(ps, st, st.sni, d); b != nil {
 			b.apply(&st.rec)
 			if b.deny {
 				d = policy.Decision{Action: policy.Deny, Rule: b.rule}
@@ -144,30 +148,30 @@ func displayName(sni string, st *connState) string {
 
 // decideTLS applies the SSRF guard, the ECH and no-SNI settings, then the
 // rules.
-func (p *Proxy) decideTLS(st *connState, h *Hello) policy.Decision {
+func (p *Proxy) decideTLS(ps *policyState, st *connState, h *Hello) policy.Decision {
 	name, nameErr := policy.NormalizeName(h.ServerName)
 	if nameErr == nil {
 		st.sni = name
 		st.rec.SNI = name
 	}
-	if why := p.guard.Check(st.dst.Addr()); why != "" {
+	if why := ps.guard.Check(st.dst.Addr()); why != "" {
 		return policy.Decision{Action: policy.Deny, Rule: "ssrf:" + why}
 	}
 	if h.ECH {
-		if d, ok := p.pol.Special("ech"); ok {
+		if d, ok := ps.pol.Special("ech"); ok {
 			return d
 		}
 	}
 	if h.ServerName == "" {
-		if d, ok := p.pol.Special("no_sni"); ok {
+		if d, ok := ps.pol.Special("no_sni"); ok {
 			return d
 		}
-		return p.pol.Decide(st.input(""))
+		return ps.pol.Decide(st.input(""))
 	}
 	if nameErr != nil {
 		return policy.Decision{Action: policy.Deny, Rule: "invalid-sni"}
 	}
-	return p.pol.Decide(st.input(name))
+	return ps.pol.Decide(st.input(name))
 }
 
 // bump completes the client handshake with a minted leaf and serves the

@@ -100,6 +100,10 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 		p.writePage(rw, r, fr.status, fr.title, fr.detail, ri)
 		return
 	}
+	// Every request is decided by the policy in force when it arrives:
+	// after a reload, the next request on a keep-alive connection too.
+	ps := p.ps()
+	ri.rec.PolicyVersion = ps.version
 	if r.Method == http.MethodConnect {
 		p.deny(rw, r, ri, http.StatusMethodNotAllowed, "connect-in-stream", "CONNECT is not allowed through a transparent proxy.")
 		return
@@ -116,17 +120,17 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 			"Host "+name+" does not match the TLS server name "+st.sni+".")
 		return
 	}
-	if why := p.guard.Check(st.dst.Addr()); why != "" {
+	if why := ps.guard.Check(st.dst.Addr()); why != "" {
 		p.deny(rw, r, ri, http.StatusForbidden, "ssrf:"+why, "Access to "+st.dst.Addr().String()+" is denied ("+why+").")
 		return
 	}
-	d := p.pol.Decide(st.input(name))
+	d := ps.pol.Decide(st.input(name))
 	ri.rec.Rule = d.Rule
 	if d.Action == policy.Deny {
 		p.deny(rw, r, ri, http.StatusForbidden, d.Rule, "Access to "+name+" is denied by rule "+d.Rule+".")
 		return
 	}
-	if b := p.checkBinding(st, name, d); b != nil {
+	if b := p.checkBinding(ps, st, name, d); b != nil {
 		b.apply(&ri.rec)
 		if b.deny {
 			p.deny(rw, r, ri, http.StatusForbidden, b.rule, b.detail)

@@ -84,8 +84,6 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
-	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
-	"github.com/gwlbproxy/gwlbproxy/proxy/ssrf"
 )
 
 // CertSource mints (or returns cached) leaf certificates for bumped
@@ -155,9 +153,6 @@ type Proxy struct {
 	cfg   Config
 	deps  Deps
 	log   *slog.Logger
-	pol   *policy.Policy
-	guard *ssrf.Guard
-	roots *x509.CertPool
 	ids   *recordIDs
 	gp    *goproxy.ProxyHttpServer
 	srv   *http.Server
@@ -166,9 +161,10 @@ type Proxy struct {
 	sem   chan struct{}
 	m     *metrics
 	stats counters
-	// binder is nil when binding is off.
-	binder         Binder
-	bindReportOnly bool
+	reg   prometheus.Registerer
+	// cur is the policy in force (reload.go); reloadMu serializes Reload.
+	cur      atomic.Pointer[policyState]
+	reloadMu sync.Mutex
 
 	maxConns int           // max_conns resolved (SizeMaxConns)
 	clients  *clientCounts // connections per client address
@@ -217,26 +213,13 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 	if deps.InstanceID == "" {
 		deps.InstanceID, _ = os.Hostname()
 	}
-	pol, err := policy.New(cfg.Policy)
-	if err != nil {
-		return nil, fmt.Errorf("proxy config: policy.%w", err)
-	}
-	warnECH(log, cfg.Policy.ECHAction)
-	guard, err := ssrf.New(cfg.SSRF, deps.SelfAddrs)
-	if err != nil {
-		return nil, fmt.Errorf("proxy ssrf guard: %w", err)
-	}
-	roots, err := loadRoots(cfg.UpstreamCABundle)
-	if err != nil {
-		return nil, err
-	}
 	ids, err := newRecordIDs()
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Proxy{
-		cfg: cfg, deps: deps, log: log, pol: pol, guard: guard, roots: roots, ids: ids,
+		cfg: cfg, deps: deps, log: log, ids: ids, reg: reg,
 		sem:       make(chan struct{}, maxConns),
 		maxConns:  maxConns,
 		clients:   newClientCounts(perClientCap(cfg.MaxConnsPerClient, maxConns)),
@@ -246,10 +229,12 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 		ctx:       ctx, stop: cancel,
 	}
 	p.m = newMetrics(reg, p)
-	if err := p.setupBinding(reg); err != nil {
+	ps, err := p.buildPolicy(cfg, "", nil)
+	if err != nil {
 		cancel()
-		return nil, err
+		return nil, fmt.Errorf("proxy config: %w", err)
 	}
+	p.cur.Store(ps)
 	p.up = newUpstream(p)
 	p.gp = p.newGoproxy()
 	p.srv = &http.Server{
@@ -341,7 +326,7 @@ func (p *Proxy) refreshSelf(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := p.guard.Refresh(); err != nil {
+			if err := p.ps().guard.Refresh(); err != nil {
 				p.log.Warn("ssrf: refreshing own addresses", "err", err)
 			}
 		}

@@ -66,6 +66,10 @@ type Record struct {
 	// Fingerprint is the JA4 and JA3 of the client's ClientHello (TLS
 	// connections only; written as "ja4" and "ja3", "" when none).
 	Fingerprint tlsfp.Fingerprint
+	// PolicyVersion identifies the policy that decided (reload.go's
+	// PolicyVersion: a hash of the effective policy, "@" and the policy
+	// source's version when it has one).
+	PolicyVersion string
 }
 
 // AppendJSON appends r as one JSON object (no newline) to b. Every string is
@@ -116,6 +120,7 @@ func (r *Record) appendJSON(b []byte, maxField int, id []byte) []byte {
 	b = appendStr(b, "bind_name", r.BindName, maxField)
 	b = appendStr(b, "bind_answers", r.BindAnswers, maxField)
 	b = appendStr(b, "stalled", r.Stalled, maxField)
+	b = appendStr(b, "policy_version", r.PolicyVersion, maxField)
 	// Fingerprints are hex, digits and '_' only: no escaping needed.
 	b = append(b, `,"ja4":"`...)
 	b = r.Fingerprint.AppendJA4(b)

@@ -30,7 +30,7 @@ func TestRecordJSONShape(t *testing.T) {
 	}
 	want := []string{"time", "record_id", "instance_id", "endpoint_id", "client_ip", "client_port", "dst_ip", "dst_port", "sni", "host",
 		"method", "scheme", "path", "status", "action", "rule", "bytes_in", "bytes_out", "duration_ms", "tls_version", "alpn",
-		"upstream_error", "user_agent", "bind", "bind_name", "bind_answers", "stalled", "ja4", "ja3"}
+		"upstream_error", "user_agent", "bind", "bind_name", "bind_answers", "stalled", "policy_version", "ja4", "ja3"}
 	if len(m) != len(want) {
 		t.Fatalf("fields %v", m)
 	}

@@ -70,6 +70,18 @@ func (u *upstream) size() int {
 	return len(u.m)
 }
 
+// forgetVerified closes idle pooled connections and forgets past
+// verifications, after the upstream roots changed (a reload).
+func (u *upstream) forgetVerified() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, e := range u.m {
+		pe := e.Value.(*poolEntry)
+		pe.verifiedAt = time.Time{}
+		pe.closeIdle()
+	}
+}
+
 func (u *upstream) closeIdle() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -250,7 +262,7 @@ func (u *upstream) markVerified(key poolKey) {
 // dial opens TCP to the key's destination after the SSRF guard, on behalf
 // of client (nil when unknown; never nil in per-client mode).
 func (u *upstream) dial(ctx context.Context, client net.Conn, key poolKey) (net.Conn, error) {
-	if why := u.p.guard.Check(key.dst.Addr()); why != "" {
+	if why := u.p.ps().guard.Check(key.dst.Addr()); why != "" {
 		return nil, &ssrfError{why}
 	}
 	ctx, cancel := context.WithTimeout(ctx, u.p.cfg.DialTimeout)
@@ -286,7 +298,7 @@ func (u *upstream) dialTLS(ctx context.Context, st *connState, key poolKey, h2 b
 	}
 	tc := tls.Client(c, &tls.Config{
 		ServerName: name,
-		RootCAs:    u.p.roots,
+		RootCAs:    u.p.ps().roots,
 		MinVersion: tls.VersionTLS12,
 		NextProtos: protos,
 	})

@@ -32,6 +32,7 @@ func commands() map[string]command {
 		"ca":         {"create or export the appliance CA", cmdCA},
 		"bench":      {"run benchmarks that print figures (root)", cmdBench},
 		"demo":       {"run the appliance in namespaces with a simulated GWLB and tour it (root)", cmdDemo},
+		"policy":     {"test a policy decision; import Squid ACLs", cmdPolicy},
 		"cfn-signal": {"tell CloudFormation the instance came up (or not): SignalResource via the instance role", cmdCFNSignal},
 	}
 }
@@ -83,6 +84,10 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := cmd.run(ctx, args[1:], stdout, stderr); err != nil {
+		var code exitCode
+		if errors.As(err, &code) {
+			return int(code)
+		}
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}

@@ -7,8 +7,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/app"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/caps"
@@ -43,7 +45,36 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := caps.Check(have, neededCaps(&c, unprivilegedPortStart())); err != nil {
 		return exitError{exitNoPerm, err}
 	}
-	return app.Run(ctx, c, newLogger(&c, stderr))
+	log := newLogger(&c, stderr)
+	return app.Run(ctx, c, log, app.Options{ConfigPath: *path, Reload: daemonSignals(log)})
+}
+
+// daemonSignals keeps signals that would otherwise end the process from
+// doing so: SIGHUP (what `systemctl reload` sends, and what a closed
+// terminal sends) asks for a reload, whose requests it returns; SIGPIPE
+// (a write to a closed stdout or stderr, such as a journald restart) and
+// SIGUSR1/SIGUSR2 (stray kill -USR1) are logged and ignored.
+func daemonSignals(log *slog.Logger) <-chan struct{} {
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGPIPE, syscall.SIGUSR1, syscall.SIGUSR2)
+	reload := make(chan struct{}, 1)
+	// For the life of the process: a SIGHUP during the drain must not
+	// end it either (Run no longer reads reload then).
+	go func() {
+		for s := range sigs {
+			switch s {
+			case syscall.SIGHUP:
+				select {
+				case reload <- struct{}{}:
+				default: // one reload pending already reads the newest file
+				}
+			case syscall.SIGPIPE: // not logged: the log may be the closed pipe
+			default:
+				log.Info("signal ignored", "signal", s.String())
+			}
+		}
+	}()
+	return reload
 }
 
 // neededCaps lists what `run` needs with config c, measured by running the

@@ -74,6 +74,9 @@ func (p *PortRange) UnmarshalText(b []byte) error {
 	return nil
 }
 
+// MarshalText writes the range in its text form.
+func (p PortRange) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
 // MarshalYAML writes the range back in its text form.
 func (p PortRange) MarshalYAML() (any, error) { return p.String(), nil }
 
@@ -138,11 +141,13 @@ type Config struct {
 	// with rule "report_only:<rule>" in records). SSRF denials are never
 	// report-only.
 	ReportOnly bool `yaml:"report_only"`
+	// Where the policy comes from (source.go).
+	Source SourceConfig `yaml:",inline"`
 }
 
 // DefaultConfig denies everything: an appliance with no rules fails closed.
 func DefaultConfig() Config {
-	return Config{DefaultAction: Deny, NoSNIAction: "deny", ECHAction: ECHIgnore}
+	return Config{DefaultAction: Deny, NoSNIAction: "deny", ECHAction: ECHIgnore, Source: DefaultSourceConfig()}
 }
 
 // ECHIgnore is the default ech_action: the encrypted_client_hello
@@ -167,6 +172,9 @@ func (c *Config) Validate() error {
 	}
 	if !validSpecial(c.ECHAction) && c.ECHAction != ECHIgnore {
 		return fmt.Errorf("ech_action: %q is not ignore, deny, splice, allow or policy", c.ECHAction)
+	}
+	if err := c.Source.Validate(); err != nil {
+		return err
 	}
 	seen := map[string]bool{}
 	for i := range c.Rules {

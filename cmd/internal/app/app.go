@@ -29,21 +29,32 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/health"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/lifecycle"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/policysource"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/sdnotify"
 	"github.com/gwlbproxy/gwlbproxy/logship"
 	"github.com/gwlbproxy/gwlbproxy/logship/evetail"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/resolve"
 	"github.com/gwlbproxy/gwlbproxy/tunnel"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/flowlog"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
 )
 
+// Options are Run's optional inputs.
+type Options struct {
+	// ConfigPath is the file c was read from; a value on Reload makes Run
+	// read it again and apply its policy (reload.go). Empty: no reloads.
+	ConfigPath string
+	// Reload receives a value per reload request (SIGHUP).
+	Reload <-chan struct{}
+}
+
 // Run runs the appliance until ctx is cancelled, then drains and removes
 // everything it installed. Startup failures are returned with the component
 // named; whatever was already installed is removed first.
-func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
+func Run(ctx context.Context, c config.Config, log *slog.Logger, opts Options) (err error) {
 	var cleanup cleanups
 	defer func() {
 		if cerr := cleanup.run(log); err == nil {
@@ -68,7 +79,8 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	defer stopBG()
 
 	var awsCfg aws.Config
-	if c.CA.Source != ca.SourceFiles || c.Lifecycle.Enabled {
+	remotePolicy := c.Proxy.Policy.Source.Source == policy.SourceS3 || c.Proxy.Policy.Source.Source == policy.SourceSSM
+	if c.CA.Source != ca.SourceFiles || c.Lifecycle.Enabled || remotePolicy {
 		opts := []func(*awsconfig.LoadOptions) error{awsconfig.WithEC2IMDSRegion()}
 		if c.Lifecycle.IMDSEndpoint != "" {
 			opts = append(opts, awsconfig.WithEC2IMDSEndpoint(c.Lifecycle.IMDSEndpoint))
@@ -190,6 +202,14 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 		reg.MustRegister(mir.Collectors()...)
 		log.Info("decryption mirror on", "interface", c.Proxy.Mirror.Interface, "mtu", c.Proxy.Mirror.MTU)
 	}
+	// A fleet policy (s3/ssm) replaces the file's rules: the source's
+	// current document, else its last good copy, else deny everything.
+	var src *policysource.Source
+	srcVersion := ""
+	if remotePolicy {
+		src = policysource.New(c.Proxy.Policy.Source, newFetcher(awsCfg, c.Proxy.Policy.Source), log.With("component", "policy"))
+		c.Proxy.Policy, srcVersion = src.Start(ctx, 15*time.Second)
+	}
 	px, err := proxy.New(c.Proxy, proxy.Deps{
 		Certs:             minter,
 		Recorder:          shipper,
@@ -221,6 +241,34 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	}
 	for _, l := range ls.TLS {
 		serve("tls", l, px.ServeTLS)
+	}
+	reloader := newPolicyReloader(opts.ConfigPath, c, px, log.With("component", "policy"), reg)
+	// Healthy unless failing closed for want of any policy: a refused
+	// reload leaves the previous policy enforced; the body says so
+	// (last_error, reload_failures).
+	policyHealth := func() error { return nil }
+	if src != nil {
+		reloader.source = src
+		if err := reloader.applySource(c.Proxy.Policy, srcVersion); err != nil {
+			return fmt.Errorf("policy: %w", err)
+		}
+		src.Apply = reloader.applySource
+		policyHealth = src.Healthy
+		go src.Run(bg)
+	}
+	hs.Add(health.Check{Name: "policy", Health: policyHealth, Stats: func() any { return reloader.Status() }})
+	if opts.ConfigPath != "" && opts.Reload != nil {
+		go func() {
+			for {
+				select {
+				case <-bg.Done():
+					return
+				case <-opts.Reload:
+					log.Info("reload requested", "config", opts.ConfigPath)
+					_ = reloader.Reload()
+				}
+			}
+		}()
 	}
 	hs.Add(health.Check{
 		Name:   "proxy",

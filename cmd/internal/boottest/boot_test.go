@@ -199,6 +199,11 @@ WatchdogSec=%ds
 	waitRecords(ctx, t, fake, results)
 	t.Log("records of both requests reached the CloudWatch Logs fake")
 
+	// 3b. systemctl reload puts a changed policy in force in the same
+	// process; an invalid one is refused and the old one stays.
+	reloadPolicy(ctx, t, reloadEnv{m: m, root: root, gid: gid, cfg: cfg, good: good,
+		hc: hc, client: client, fake: fake, allowed: results})
+
 	// 4. stop drains within TimeoutStopSec, no record lost.
 	batch := requests(ctx, t, client, 20)
 	start = time.Now()

@@ -4,8 +4,10 @@
 // systemd-nspawn inside a network namespace joined to the GWLB simulator
 // and an internet server. The test drives the real unit through systemctl
 // (readiness, health, traffic, records reaching the CloudWatch Logs fake
-// that runs outside the container, drain on stop, watchdog restart, a
-// broken config failing once) and prints `systemd-analyze security`.
+// that runs outside the container, `systemctl reload` putting a changed
+// policy in force in the same process and refusing an invalid one, drain
+// on stop, watchdog restart, a broken config failing once) and prints
+// `systemd-analyze security`.
 //
 // It needs root, mmdebstrap, systemd-nspawn (systemd-container) and
 // nsenter, and skips with a message otherwise. The root file system is

@@ -20,7 +20,7 @@ import (
 
 // rootfsPackages are what the image needs beyond minbase: systemd as init,
 // dbus for systemctl, and what the .deb depends on or recommends.
-var rootfsPackages = []string{"systemd", "systemd-sysv", "dbus", "iproute2", "ca-certificates", "passwd"}
+var rootfsPackages = []string{"systemd", "systemd-sysv", "dbus", "iproute2", "ca-certificates", "passwd", "procps"}
 
 // requireTools skips the test where it cannot run.
 func requireTools(t *testing.T) {

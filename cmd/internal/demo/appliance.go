@@ -343,6 +343,7 @@ type Record struct {
 	Bind          string    `json:"bind"`
 	BindName      string    `json:"bind_name"`
 	BindAnswers   string    `json:"bind_answers"`
+	PolicyVersion string    `json:"policy_version"`
 
 	// Flow records (tunnel/flowlog): record_type flow, flow_interim,
 	// flow_denied, flow_summary; request records have none.
@@ -386,7 +387,7 @@ func (r *Record) Field(k string) string {
 var RecordFields = []string{"time", "record_id", "instance_id", "endpoint_id", "client_ip", "client_port",
 	"dst_ip", "dst_port", "sni", "host", "method", "scheme", "path", "status", "action", "rule",
 	"bytes_in", "bytes_out", "duration_ms", "tls_version", "alpn", "upstream_error", "user_agent",
-	"bind", "bind_name", "bind_answers"}
+	"bind", "bind_name", "bind_answers", "policy_version"}
 
 // FlowRecordFields and FlowSummaryFields are the fields of flow records
 // (tunnel/flowlog).
