@@ -59,6 +59,7 @@ var sampleParams = map[string]string{
 	"DrainDeadlineSeconds":              "60",
 	"DisableSourceDestCheck":            "false",
 	"EgressMode":                        "nat",
+	"IdsEnabled":                        "false",
 	"local:GwlbSources":                 "10.0.1.0/24, 10.0.2.0/24",
 	"local:CASource":                    "kms",
 	"PolicySource":                      "s3",
@@ -248,6 +249,69 @@ func TestUserDataConfig(t *testing.T) {
 	out, err = exec.Command(bin, append(signalArgs, "--dry-run")...).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "would signal SUCCESS to egress/"+signalResource) {
 		t.Errorf("%s %s --dry-run: %v\n%s", bin, strings.Join(signalArgs, " "), err, out)
+	}
+}
+
+// TestUserDataIds (issue 19): the IdsEnabled parameter turns on both the
+// decryption mirror and the eve.json alert shipping in the rendered config,
+// off by default; with $GWLBPROXY_BIN both renderings pass `gwlbproxy check`.
+func TestUserDataIds(t *testing.T) {
+	tpl := mustTemplate(t)
+	if p, _ := tpl.section("Parameters")["IdsEnabled"].(map[string]any); p == nil || p["Default"] != "false" {
+		t.Fatalf("parameter IdsEnabled = %v, want default \"false\"", p)
+	}
+	_, sub := userDataSub(t, tpl)
+	for _, on := range []string{"true", "false"} {
+		rendered, err := subString(sub, func(name string) string {
+			if name == "IdsEnabled" {
+				return on
+			}
+			return sampleValue(t)(name)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cc struct {
+			WriteFiles []struct {
+				Path    string
+				Content string
+			} `yaml:"write_files"`
+		}
+		if err := yaml.Unmarshal([]byte(rendered), &cc); err != nil {
+			t.Fatalf("cloud-config: %v", err)
+		}
+		var content string
+		for _, f := range cc.WriteFiles {
+			if f.Path == configPath {
+				content = f.Content
+			}
+		}
+		var cfg struct {
+			Proxy struct {
+				Mirror struct{ Enabled bool }
+			}
+			Logship struct {
+				IDSAlerts struct{ Enabled bool } `yaml:"ids_alerts"`
+			}
+		}
+		if err := yaml.Unmarshal([]byte(content), &cfg); err != nil {
+			t.Fatalf("config: %v\n%s", err, content)
+		}
+		want := on == "true"
+		if cfg.Proxy.Mirror.Enabled != want || cfg.Logship.IDSAlerts.Enabled != want {
+			t.Errorf("IdsEnabled=%s: proxy.mirror.enabled %v, logship.ids_alerts.enabled %v", on, cfg.Proxy.Mirror.Enabled, cfg.Logship.IDSAlerts.Enabled)
+		}
+		bin := os.Getenv("GWLBPROXY_BIN")
+		if bin == "" {
+			continue
+		}
+		f := filepath.Join(t.TempDir(), "gwlbproxy.yaml")
+		if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(bin, "check", "--config", f).CombinedOutput(); err != nil {
+			t.Errorf("IdsEnabled=%s: %s check: %v\n%s", on, bin, err, out)
+		}
 	}
 }
 

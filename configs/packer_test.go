@@ -108,6 +108,13 @@ func TestPackerTemplate(t *testing.T) {
 	if strings.Contains(code, configPath) {
 		t.Errorf("the image must not carry a live %s (user data writes it)", configPath)
 	}
+	// issue 19: -var suricata=true reaches provision.sh (sudo -E keeps it).
+	if !strings.Contains(shell, `environment_vars = ["GWLBPROXY_SURICATA=${var.suricata ? "1" : "0"}"]`) || !strings.Contains(shell, "sudo -E") {
+		t.Errorf("the shell provisioner does not pass var.suricata to provision.sh as GWLBPROXY_SURICATA:\n%s", shell)
+	}
+	if v := hclBlock(t, code, `variable "suricata"`); !strings.Contains(v, "type        = bool") || !strings.Contains(v, "default     = false") {
+		t.Errorf("variable suricata: want a bool, false by default:\n%s", v)
+	}
 	for _, bad := range []string{"apt-get", "apt ", "curl", "wget", "snap ", "pip ", "go install", "git clone", "useradd", "systemctl"} {
 		if strings.Contains(shell, bad) {
 			t.Errorf("the shell provisioner runs %q itself; installing is provision.sh's job (shared with the boot test)", bad)
@@ -184,6 +191,9 @@ func TestPackerValidate(t *testing.T) {
 		}
 	}
 
+	if out, err := validate("-var", "suricata=true"); err != nil || !strings.Contains(out, "The configuration is valid") {
+		t.Errorf("packer validate -var suricata=true: %v\n%s", err, out)
+	}
 	if out, err := validate("-var", "ubuntu=20.04"); err == nil {
 		t.Errorf("ubuntu=20.04 validated:\n%s", out)
 	}

@@ -261,6 +261,20 @@ func (s *Shipper) Stats() Stats {
 // spool now instead of at the next group commit.
 func (s *Shipper) Sync() error { return s.sp.Sync() }
 
+// SpoolNextSeq, SpoolHold and SpoolScanFrom give a producer that keeps its
+// own input position (logship/evetail) what it needs to skip, after a
+// crash, input whose records the spool already holds: the spool's
+// (*spool.Spool).NextSeq, Hold and ScanFrom.
+func (s *Shipper) SpoolNextSeq() uint64 { return s.sp.NextSeq() }
+
+// SpoolHold: see SpoolNextSeq.
+func (s *Shipper) SpoolHold(seq uint64) error { return s.sp.Hold(seq) }
+
+// SpoolScanFrom: see SpoolNextSeq.
+func (s *Shipper) SpoolScanFrom(seq uint64, fn func(record []byte) bool) (complete bool, err error) {
+	return s.sp.ScanFrom(seq, fn)
+}
+
 // Close stops intake, flushes the last batch and keeps delivering until
 // the spool is drained or the deadline (drain_deadline, or ctx if sooner)
 // passes. Undelivered records stay in the spool for the next start; Close

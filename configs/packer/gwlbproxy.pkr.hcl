@@ -6,6 +6,7 @@
 #   packer init configs/packer
 #   packer build -var version=<version> configs/packer
 # One architecture only: -only='*.amazon-ebs.amd64' (or arm64).
+# With Suricata on the decryption mirror (issue 19): -var suricata=true.
 #
 # Nothing is fetched from the internet beyond the base AMI and the Ubuntu
 # archive packages the .deb depends on: configs/provision.sh (shared with
@@ -81,6 +82,12 @@ variable "provision_script" {
   default = "configs/provision.sh"
 }
 
+variable "suricata" {
+  type        = bool
+  default     = false
+  description = "Also install Suricata 7 on the decryption mirror (issue 19; provision.sh GWLBPROXY_SURICATA=1). Ubuntu 24.04 only: 22.04's Suricata 6 is refused. The stack's IdsEnabled turns on the mirror and the alert shipping."
+}
+
 variable "encrypt_boot" {
   type        = bool
   default     = false
@@ -94,6 +101,7 @@ locals {
     "22.04" = "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04"
   }
   stamp = formatdate("YYYYMMDDhhmmss", timestamp())
+  ids   = var.suricata ? "-suricata" : ""
 }
 
 # Settings shared by both architectures; the build block adds per
@@ -132,7 +140,7 @@ build {
   source "source.amazon-ebs.ubuntu" {
     name          = "amd64"
     instance_type = var.instance_type_amd64
-    ami_name      = "gwlbproxy-${var.version}-ubuntu-${var.ubuntu}-amd64-${local.stamp}"
+    ami_name      = "gwlbproxy-${var.version}-ubuntu-${var.ubuntu}-amd64${local.ids}-${local.stamp}"
     source_ami_filter {
       filters = {
         name                = "${local.ubuntu_image[var.ubuntu]}-amd64-server-*"
@@ -154,7 +162,7 @@ build {
   source "source.amazon-ebs.ubuntu" {
     name          = "arm64"
     instance_type = var.instance_type_arm64
-    ami_name      = "gwlbproxy-${var.version}-ubuntu-${var.ubuntu}-arm64-${local.stamp}"
+    ami_name      = "gwlbproxy-${var.version}-ubuntu-${var.ubuntu}-arm64${local.ids}-${local.stamp}"
     source_ami_filter {
       filters = {
         name                = "${local.ubuntu_image[var.ubuntu]}-arm64-server-*"
@@ -186,6 +194,8 @@ build {
 
   provisioner "shell" {
     execute_command = "chmod +x {{ .Path }}; sudo -E sh -eux '{{ .Path }}'"
+    # sudo -E keeps it for provision.sh.
+    environment_vars = ["GWLBPROXY_SURICATA=${var.suricata ? "1" : "0"}"]
     inline = [
       # cloud-init may still be running apt on first boot; wait it out.
       "cloud-init status --wait >/dev/null || true",

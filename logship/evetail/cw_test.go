@@ -15,6 +15,10 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/logship/evetail"
 )
 
+// The appliance hands the tailer a *logship.Shipper: without these methods
+// the tailer would fall back to at-least-once after a crash.
+var _ evetail.SpoolView = (*logship.Shipper)(nil)
+
 // alertLine7 is a Suricata 7 eve.json alert (shape from the proxy's e2e
 // test), client 198.18.0.5:10007.
 const alertLine7 = `{"timestamp":"2026-12-07T20:25:25.000007+0000","flow_id":1007,"in_iface":"gwlbmirror0","event_type":"alert","src_ip":"203.0.113.10","src_port":443,"dest_ip":"198.18.0.5","dest_port":10007,"proto":"TCP","direction":"to_client","alert":{"action":"allowed","gid":1,"signature_id":1900001,"rev":1,"signature":"marker in body","category":"","severity":3},"http":{"hostname":"good.test","url":"/x"},"app_proto":"http","flow":{"pkts_toserver":5,"pkts_toclient":4,"bytes_toserver":340,"bytes_toclient":518,"start":"2026-12-07T20:25:25.427045+0000","src_ip":"198.18.0.5","dest_ip":"203.0.113.10","src_port":10007,"dest_port":443}}` + "\n"

@@ -10,10 +10,18 @@
 // file is read to its end through the open descriptor, or found again by
 // inode among its rotated siblings after a restart, before the new file
 // is read from its start. Truncation in place (copytruncate) restarts at
-// offset 0. A crash between the spool sync and the position write can
-// repeat at most the last batch; every record carries a record_id derived
-// from the file identity and offset, so `dedup record_id` removes such a
-// repeat in Logs Insights.
+// offset 0.
+//
+// A crash between the spool sync and the position write would repeat the
+// last batch: the position and the records cannot be written atomically.
+// So the saved position also names the spool's next sequence at the time
+// it was written, and the spool holds (does not delete, even once
+// delivered) the frames from there on. After a restart the tailer reads
+// those frames back and skips the alerts whose record_id (derived from the
+// file identity and offset) they already carry. What remains is the
+// shipper's own at-least-once delivery: a batch the sink stored whose
+// acknowledgement the crash cut off is sent again (same record_id, so
+// `dedup record_id` removes it in Logs Insights).
 package evetail
 
 import (
@@ -41,6 +49,15 @@ const maxLine = 16 << 20
 type Shipper interface {
 	Ship(ts time.Time, record []byte) error
 	Sync() error
+}
+
+// spoolView is the part of *logship.Shipper that lets the tailer skip, after
+// a crash, alerts the spool already holds. A Shipper without it (a test
+// double, a memory spool) gets at-least-once after a crash.
+type spoolView interface {
+	SpoolNextSeq() uint64
+	SpoolHold(seq uint64) error
+	SpoolScanFrom(seq uint64, fn func(record []byte) bool) (complete bool, err error)
 }
 
 // Config says what to follow (the logship.ids_alerts section).
@@ -81,6 +98,9 @@ type position struct {
 	Dev    uint64 `json:"dev"`
 	Ino    uint64 `json:"ino"`
 	Offset int64  `json:"offset"`
+	// Seq is the spool's next sequence when the position was saved: every
+	// record shipped after it has a sequence at or above it.
+	Seq *uint64 `json:"spool_seq,omitempty"`
 }
 
 // Tailer follows one eve.json.
@@ -94,9 +114,17 @@ type Tailer struct {
 	buf []byte
 	rec []byte
 
+	sv     spoolView
+	heldAt time.Time
+	// spooled are the records (by record_id) of alerts the spool got after
+	// the saved position (a crash before the next position write); nil
+	// when none.
+	spooled map[string][]byte
+
 	// Shipped counts alerts shipped, Skipped lines that were not alerts,
-	// Bad lines that were not JSON.
-	Shipped, Skipped, Bad int
+	// Bad lines that were not JSON, Respooled alerts not shipped again
+	// after a restart because the spool already held them.
+	Shipped, Skipped, Bad, Respooled int
 }
 
 // New returns a tailer; Run starts it.
@@ -107,7 +135,9 @@ func New(cfg Config, ship Shipper, log *slog.Logger) (*Tailer, error) {
 	if cfg.Poll <= 0 {
 		cfg.Poll = 250 * time.Millisecond
 	}
-	return &Tailer{cfg: cfg, ship: ship, log: log}, nil
+	t := &Tailer{cfg: cfg, ship: ship, log: log}
+	t.sv, _ = ship.(spoolView)
+	return t, nil
 }
 
 func fileID(fi os.FileInfo) (dev, ino uint64) {
@@ -166,13 +196,60 @@ func (t *Tailer) resume() error {
 					t.pos.Offset = 0 // truncated since
 				}
 				t.f = f
-				return nil
+				return t.loadSpooled()
 			}
 			f.Close()
 		}
 		t.log.Warn("evetail: the file of the saved position is gone; starting the current file from its beginning", "path", t.cfg.Path)
 	}
 	return t.openCurrent()
+}
+
+// loadSpooled reads back the alerts the spool got after the saved position
+// (shipped and synced, but the crash came before the position was written),
+// so that drain skips them instead of shipping them twice.
+func (t *Tailer) loadSpooled() error {
+	if t.sv == nil || t.pos.Seq == nil {
+		return nil
+	}
+	seq := *t.pos.Seq
+	ids := map[string][]byte{}
+	complete, err := t.sv.SpoolScanFrom(seq, func(rec []byte) bool {
+		if !bytes.Contains(rec, []byte(`"ids_alert"`)) {
+			return true
+		}
+		var r struct {
+			Type string `json:"record_type"`
+			ID   string `json:"record_id"`
+		}
+		if json.Unmarshal(rec, &r) == nil && r.Type == "ids_alert" && r.ID != "" {
+			ids[r.ID] = bytes.Clone(rec)
+		}
+		return true
+	})
+	if err != nil {
+		t.log.Warn("evetail: cannot read back the spool; alerts after the saved position may be shipped twice", "err", err)
+	} else if !complete {
+		t.log.Warn("evetail: records after the saved position were already removed from the spool; alerts after it may be shipped twice")
+	}
+	if len(ids) > 0 {
+		t.spooled = ids
+		t.log.Info("evetail: the spool already holds alerts after the saved position; not shipping them again", "alerts", len(ids))
+	}
+	t.hold(seq)
+	return nil
+}
+
+// hold asks the spool to keep the frames from seq on (see spool.Hold).
+func (t *Tailer) hold(seq uint64) {
+	if t.sv == nil {
+		return
+	}
+	if err := t.sv.SpoolHold(seq); err != nil {
+		t.log.Warn("evetail: spool hold; a crash may repeat alerts", "err", err)
+		return
+	}
+	t.heldAt = time.Now()
 }
 
 // openCurrent switches to the file now at Path, from its start. A missing
@@ -279,6 +356,12 @@ func (t *Tailer) step(ctx context.Context) error {
 			}
 			continue
 		}
+		// Idle: move the spool's hold up (with the saved position), so
+		// that what other producers append meanwhile, once delivered, is
+		// not kept on disk for the tailer (a position write every 10 s).
+		if t.sv != nil && time.Since(t.heldAt) > 10*time.Second {
+			return t.save()
+		}
 		return nil
 	}
 	return nil
@@ -319,6 +402,9 @@ func (t *Tailer) drain(ctx context.Context) error {
 			continue
 		}
 		off := t.pos.Offset
+		if t.sv != nil && t.pos.Seq != nil && time.Since(t.heldAt) > 5*time.Minute {
+			t.hold(*t.pos.Seq) // the spool's hold expires after 10 minutes
+		}
 		for _, line := range bytes.SplitAfter(chunk[:last+1], []byte("\n")) {
 			if len(line) == 0 {
 				continue
@@ -362,7 +448,18 @@ func (t *Tailer) line(line []byte, off int64) error {
 	if err != nil {
 		ts = time.Now()
 	}
-	t.rec = t.appendRecord(t.rec[:0], &ev, ts, off)
+	id := t.recordID(off)
+	t.rec = t.appendRecord(t.rec[:0], &ev, ts, id)
+	// The very record (not just its id: a file truncated and written
+	// again reuses offsets) is in the spool already.
+	if prev, ok := t.spooled[id]; ok && bytes.Equal(prev, t.rec) {
+		delete(t.spooled, id)
+		if len(t.spooled) == 0 {
+			t.spooled = nil
+		}
+		t.Respooled++
+		return nil
+	}
 	if err := t.ship.Ship(ts, t.rec); err != nil {
 		return fmt.Errorf("%w: %w", errShip, err)
 	}
@@ -409,7 +506,7 @@ type eveEvent struct {
 // connection's initiator and responder (eve's flow block; without it, the
 // alert's src/dest turned around for to_client alerts), the same fields
 // request records carry, so the two join on the 5-tuple.
-func (t *Tailer) appendRecord(b []byte, ev *eveEvent, ts time.Time, off int64) []byte {
+func (t *Tailer) appendRecord(b []byte, ev *eveEvent, ts time.Time, id string) []byte {
 	cip, cport, dip, dport := ev.SrcIP, ev.SrcPort, ev.DestIP, ev.DestPort
 	if ev.Flow != nil && ev.Flow.SrcIP != "" {
 		cip, cport, dip, dport = ev.Flow.SrcIP, ev.Flow.SrcPort, ev.Flow.DestIP, ev.Flow.DestPort
@@ -419,12 +516,10 @@ func (t *Tailer) appendRecord(b []byte, ev *eveEvent, ts time.Time, off int64) [
 	// Suricata writes IPv6 addresses fully expanded (2001:0db8:0000:...);
 	// records use Go's canonical form, as the proxy's do.
 	cip, dip = canonIP(cip), canonIP(dip)
-	// record_id: stable for this line of this file.
-	id := sha256.Sum256([]byte(fmt.Sprintf("%d/%d/%d", t.pos.Dev, t.pos.Ino, off)))
 	r := map[string]any{
 		"time":          ts.UTC().Format(time.RFC3339Nano),
 		"record_type":   "ids_alert",
-		"record_id":     "ids-" + hex.EncodeToString(id[:12]),
+		"record_id":     id,
 		"instance_id":   t.cfg.InstanceID,
 		"client_ip":     cip,
 		"client_port":   cport,
@@ -448,6 +543,13 @@ func (t *Tailer) appendRecord(b []byte, ev *eveEvent, ts time.Time, off int64) [
 	return append(b, out...)
 }
 
+// recordID is the record_id of the line at off of the current file: stable
+// for this line of this file, whatever run of the tailer reads it.
+func (t *Tailer) recordID(off int64) string {
+	id := sha256.Sum256([]byte(fmt.Sprintf("%d/%d/%d", t.pos.Dev, t.pos.Ino, off)))
+	return "ids-" + hex.EncodeToString(id[:12])
+}
+
 // canonIP returns s in canonical form, or s unchanged when it is not an
 // address.
 func canonIP(s string) string {
@@ -457,8 +559,13 @@ func canonIP(s string) string {
 	return s
 }
 
-// save writes the position atomically and durably.
+// save writes the position atomically and durably, with the spool's next
+// sequence, and moves the spool's hold there.
 func (t *Tailer) save() error {
+	if t.sv != nil {
+		seq := t.sv.SpoolNextSeq()
+		t.pos.Seq = &seq
+	}
 	b, _ := json.Marshal(t.pos)
 	tmp := t.cfg.StateFile + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
@@ -477,6 +584,9 @@ func (t *Tailer) save() error {
 	if d, err := os.Open(filepath.Dir(t.cfg.StateFile)); err == nil {
 		d.Sync()
 		d.Close()
+	}
+	if t.pos.Seq != nil {
+		t.hold(*t.pos.Seq)
 	}
 	return nil
 }
@@ -497,5 +607,5 @@ func AlertRecord(line []byte, instanceID string) ([]byte, error) {
 		return nil, fmt.Errorf("evetail: timestamp: %w", err)
 	}
 	t := &Tailer{cfg: Config{InstanceID: instanceID}}
-	return t.appendRecord(nil, &ev, ts, 0), nil
+	return t.appendRecord(nil, &ev, ts, t.recordID(0)), nil
 }

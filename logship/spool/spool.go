@@ -142,6 +142,12 @@ type Spool struct {
 	ackSynced time.Time // last fsync of the ack file
 	ackWanted bool
 
+	// hold (hold.go): segments with frames at or above hold are kept
+	// until holdUntil, for a producer's ScanFrom after a restart.
+	hold      uint64
+	holdUntil time.Time
+	holdf     *os.File
+
 	ready chan struct{} // reader wake-up, capacity 1
 	wake  chan struct{} // writer wake-up, capacity 1
 	stop  chan struct{}
@@ -161,6 +167,7 @@ func Open(cfg Config, log *slog.Logger) (*Spool, error) {
 		cfg:      cfg,
 		log:      log,
 		ackedOOO: make(map[uint64]uint64),
+		hold:     noHold,
 		ready:    make(chan struct{}, 1),
 		wake:     make(chan struct{}, 1),
 		stop:     make(chan struct{}),
@@ -216,8 +223,9 @@ func Open(cfg Config, log *slog.Logger) (*Spool, error) {
 		af.close()
 		return nil, fmt.Errorf("spool %s: %w", cfg.Dir, err)
 	}
+	s.hold, s.holdUntil = readHold(cfg.Dir), time.Now().Add(holdTTL)
 	s.mu.Lock()
-	s.reap() // segments wholly below the saved position
+	s.reap() // segments wholly below the saved position (and any hold)
 	s.mu.Unlock()
 	go s.writer()
 	return s, nil
@@ -667,7 +675,7 @@ func (s *Spool) syncAck(force bool) {
 
 // reap deletes sealed, fully acknowledged segments. Called with mu held.
 func (s *Spool) reap() {
-	for len(s.segs) > 1 && s.segs[0].sealed && s.segs[0].next <= s.acked {
+	for len(s.segs) > 1 && s.segs[0].sealed && s.segs[0].next <= min(s.acked, s.heldBelow()) {
 		seg := s.segs[0]
 		if seg.path != "" {
 			if err := os.Remove(seg.path); err != nil {
@@ -780,6 +788,10 @@ func (s *Spool) Close() error {
 	s.r.close()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.holdf != nil {
+		s.holdf.Close()
+		s.holdf = nil
+	}
 	if len(s.pend) > 0 {
 		return fmt.Errorf("spool %s: %d records could not be written", s.cfg.Dir, s.pendN)
 	}
