@@ -88,6 +88,9 @@ if command -v systemd-analyze >/dev/null && [[ -d /usr/lib/systemd/system ]]; th
 	mkdir -p "$sysroot/usr/lib/systemd" "$sysroot/etc/systemd/system" "$sysroot/usr/bin"
 	cp -a /usr/lib/systemd/system "$sysroot/usr/lib/systemd/"
 	cp "$bin" "$sysroot/usr/bin/gwlbproxy"
+	# ExecReload=/bin/kill (procps, a dependency of the .deb).
+	mkdir -p "$sysroot/bin"
+	cp /bin/kill "$sysroot/bin/kill"
 	verify() { # verify <unit file>: prints findings; systemd exits 0 on many of them
 		cp "$1" "$sysroot/etc/systemd/system/gwlbproxy.service"
 		systemd-analyze verify --man=no --root="$sysroot" gwlbproxy.service 2>&1 || echo "(exit status $?)"
