@@ -42,8 +42,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/gwlbproxy/gwlbproxy/tunnel/offload"
-	"github.com/gwlbproxy/gwlbproxy/tunnel/udp"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/csum"
 )
 
 // Config is the proxy.mirror section of the configuration.
@@ -524,8 +523,8 @@ func build(b []byte, smac, dmac [6]byte, src, dst netip.AddrPort, ipid uint16, f
 		s4, d4 := src.Addr().As4(), dst.Addr().As4()
 		copy(ip[12:16], s4[:])
 		copy(ip[16:20], d4[:])
-		binary.BigEndian.PutUint16(ip[10:], ^offload.Fold(udp.Checksum(ip[:20], 0)))
-		pseudo = udp.Checksum(ip[12:20], uint64(unix.IPPROTO_TCP)+uint64(tcpLen+len(payload)))
+		csum.IPv4Header(ip[:20])
+		pseudo = csum.Sum(ip[12:20], uint64(unix.IPPROTO_TCP)+uint64(tcpLen+len(payload)))
 	} else {
 		binary.BigEndian.PutUint16(b[12:], unix.ETH_P_IPV6)
 		ipLen = 40
@@ -535,7 +534,7 @@ func build(b []byte, smac, dmac [6]byte, src, dst netip.AddrPort, ipid uint16, f
 		s16, d16 := src.Addr().As16(), dst.Addr().As16()
 		copy(ip[8:24], s16[:])
 		copy(ip[24:40], d16[:])
-		pseudo = udp.Checksum(ip[8:40], uint64(unix.IPPROTO_TCP)+uint64(tcpLen+len(payload)))
+		pseudo = csum.Sum(ip[8:40], uint64(unix.IPPROTO_TCP)+uint64(tcpLen+len(payload)))
 	}
 	t := ip[ipLen:]
 	binary.BigEndian.PutUint16(t[0:], src.Port())
@@ -560,7 +559,7 @@ func build(b []byte, smac, dmac [6]byte, src, dst netip.AddrPort, ipid uint16, f
 	}
 	copy(t[tcpLen:], payload)
 	seg := t[:tcpLen+len(payload)]
-	binary.BigEndian.PutUint16(t[16:], ^offload.Fold(udp.Checksum(seg, pseudo)))
+	binary.BigEndian.PutUint16(t[16:], ^csum.Fold(csum.Sum(seg, pseudo)))
 	return 14 + ipLen + len(seg)
 }
 
