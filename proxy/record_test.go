@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/json"
+	"github.com/gwlbproxy/gwlbproxy/proxy/schema"
 	"io"
 	"net"
 	"strings"
@@ -100,12 +101,29 @@ func TestRecordIDsUnique(t *testing.T) {
 	}
 }
 
+// TestRecordMetricsMatchJSON: the typed values logship's EMF counts
+// (Record.Metrics) are the record's JSON fields named by proxy/schema.
+func TestRecordMetricsMatchJSON(t *testing.T) {
+	r := sampleRecord()
+	var v map[string]any
+	if err := json.Unmarshal(r.AppendJSON(nil, 2048), &v); err != nil {
+		t.Fatal(err)
+	}
+	m := r.Metrics()
+	if m.Action == "" || m.Status == 0 || m.DurationMS == 0 {
+		t.Fatalf("sample record has empty metric fields: %+v", m)
+	}
+	if v[schema.KeyAction] != m.Action || v[schema.KeyStatus] != float64(m.Status) || v[schema.KeyDurationMS] != m.DurationMS {
+		t.Fatalf("JSON %v, metrics %+v", v, m)
+	}
+}
+
 func TestJSONLines(t *testing.T) {
 	var buf bytes.Buffer
 	j := NewJSONLines(&buf)
 	r := sampleRecord()
-	j.Ship(r.Time, r.AppendJSON(nil, 2048))
-	j.Ship(r.Time, r.AppendJSON(nil, 2048))
+	j.ShipRequest(r.Time, r.AppendJSON(nil, 2048), r.Metrics())
+	j.ShipRequest(r.Time, r.AppendJSON(nil, 2048), r.Metrics())
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	if len(lines) != 2 || !json.Valid([]byte(lines[1])) {
 		t.Fatalf("%q", buf.String())
@@ -138,7 +156,7 @@ func BenchmarkShip(b *testing.B) {
 
 type discardRecorder struct{}
 
-func (discardRecorder) Ship(time.Time, []byte) error { return nil }
+func (discardRecorder) ShipRequest(time.Time, []byte, schema.Metrics) error { return nil }
 
 // FuzzPeekClientHello feeds arbitrary bytes to the peek: it must never
 // panic, never consume more than its cap, and on success return exactly the

@@ -163,7 +163,7 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 	if c.FlowRecords.Enabled {
 		fcfg, fs := c.FlowRecords, st.FlowSource()
 		fcfg.MarkBase, fcfg.MarkMask, fcfg.LogGroup, fcfg.InterceptPorts = fs.MarkBase, fs.MarkMask, fs.LogGroup, fs.InterceptPorts
-		flows, err = flowlog.New(fcfg, st, unmetered{shipper}, instanceID, log.With("component", "flowlog"), reg)
+		flows, err = flowlog.New(fcfg, st, shipper, instanceID, log.With("component", "flowlog"), reg)
 		if err != nil {
 			return fmt.Errorf("flow_records: %w", err)
 		}
@@ -442,9 +442,3 @@ func (c *cleanups) run(log *slog.Logger) error {
 	}
 	return errors.Join(errs...)
 }
-
-// unmetered ships flow records without counting them as requests in the
-// EMF metrics.
-type unmetered struct{ *logship.Shipper }
-
-func (u unmetered) Ship(ts time.Time, b []byte) error { return u.ShipUnmetered(ts, b) }
