@@ -1,3 +1,5 @@
+//go:build linux
+
 package gwlbsim
 
 import "github.com/gwlbproxy/gwlbproxy/tunnel/inns"

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package steer moves tunnel traffic where it belongs: TCP to the
 // intercepted ports (80/443 by default) from any gwi-* into the proxy's
 // transparent listeners, everything else forwarded (nat mode) or back into

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package nsexec starts a program inside a named network namespace without
 // shelling out to `ip netns exec`.
 //
