@@ -77,3 +77,32 @@ func TestForwardGuardFromSSRFList(t *testing.T) {
 		}
 	}
 }
+
+// TestForwardGuardIPv4Only: without ipv6 the forward guard keeps only the
+// IPv4 host-local ranges of the SSRF list.
+func TestForwardGuardIPv4Only(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.IPv6 = false
+	s, err := New(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got int
+	for _, r := range s.buildRuleset("eth0").rules {
+		if strings.Contains(r.text, "counter name "+ctrGuardDropped) {
+			if strings.Contains(r.text, "ip6 ") {
+				t.Errorf("IPv6 guard rule without ipv6: %q", r.text)
+			}
+			got++
+		}
+	}
+	want := 0
+	for _, p := range ssrf.HostLocal() {
+		if p.Addr().Is4() {
+			want++
+		}
+	}
+	if got != want || want == 0 {
+		t.Fatalf("%d guard rules, want %d (the IPv4 host-local ranges)", got, want)
+	}
+}
