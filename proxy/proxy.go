@@ -134,13 +134,8 @@ type Deps struct {
 	// DialUpstream, so the SSRF guard sees a realistic destination.
 	OriginalDst func(net.Conn) (netip.AddrPort, error)
 	// SelfAddrs lists the appliance's own addresses for the SSRF guard.
-	// Nil: net.InterfaceAddrs. Unused when Guard is set.
+	// Nil: net.InterfaceAddrs.
 	SelfAddrs func() ([]netip.Addr, error)
-	// Guard is the SSRF guard, when the composition root shares one with
-	// the steering dialer (tunnel/steer UseGuard): one list, one refresh.
-	// The proxy refreshes it every ssrf.self_refresh. Nil: the proxy
-	// builds its own from Config.SSRF and SelfAddrs.
-	Guard *ssrf.Guard
 	// InstanceID goes into every record. Empty: the host name.
 	InstanceID string
 	// Binder checks destination binding. Nil: a resolve.Resolver built
@@ -227,11 +222,9 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 		return nil, fmt.Errorf("proxy config: policy.%w", err)
 	}
 	warnECH(log, cfg.Policy.ECHAction)
-	guard := deps.Guard
-	if guard == nil {
-		if guard, err = ssrf.New(cfg.SSRF, deps.SelfAddrs); err != nil {
-			return nil, fmt.Errorf("proxy ssrf guard: %w", err)
-		}
+	guard, err := ssrf.New(cfg.SSRF, deps.SelfAddrs)
+	if err != nil {
+		return nil, fmt.Errorf("proxy ssrf guard: %w", err)
 	}
 	roots, err := loadRoots(cfg.UpstreamCABundle)
 	if err != nil {
@@ -339,6 +332,12 @@ func loadRoots(bundle string) (*x509.CertPool, error) {
 	}
 	return pool, nil
 }
+
+// CheckDestination returns a non-empty reason when the proxy's SSRF guard
+// refuses a (the same check the proxy makes before it dials). The
+// composition root hands it to tunnel/steer (UseCheck), so the steering
+// dialer refuses the same list, with the own addresses the proxy refreshes.
+func (p *Proxy) CheckDestination(a netip.Addr) string { return p.guard.Check(a) }
 
 func (p *Proxy) refreshSelf(ctx context.Context) {
 	t := time.NewTicker(p.cfg.SSRF.SelfRefresh)

@@ -7,6 +7,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/proxy/schema"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -215,5 +216,27 @@ func TestReadClientHello(t *testing.T) {
 	}
 	if _, _, err := ReadClientHello(strings.NewReader("GET / HTTP/1.0\r\n\r\n")); err == nil || !strings.Contains(err.Error(), "not a TLS") {
 		t.Fatalf("plain http: %v", err)
+	}
+}
+
+// TestCheckDestination: the check the composition root hands to the
+// steering dialer is the proxy's SSRF guard, own addresses included.
+func TestCheckDestination(t *testing.T) {
+	self := netip.MustParseAddr("198.18.7.7")
+	p, err := New(DefaultConfig(), Deps{Recorder: &memRecorder{}, SelfAddrs: func() ([]netip.Addr, error) {
+		return []netip.Addr{self}, nil
+	}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for a, want := range map[string]string{
+		"198.18.7.7":      "appliance-address",
+		"169.254.169.254": "link-local",
+		"::1":             "loopback",
+		"203.0.113.5":     "",
+	} {
+		if got := p.CheckDestination(netip.MustParseAddr(a)); got != want {
+			t.Errorf("CheckDestination(%s) = %q, want %q", a, got, want)
+		}
 	}
 }

@@ -142,7 +142,7 @@
 // DialUpstream refuses, in both modes, every destination the proxy's SSRF
 // guard refuses (proxy/ssrf: loopback, link-local (IMDS), fd00:ec2::/32,
 // CGNAT, the IPv6 wrappings of those, the appliance's own addresses): the
-// composition root hands steer the proxy's guard (UseGuard), so there is
+// composition root hands steer the proxy's check (UseCheck), so there is
 // one list and one refresh of the own addresses.
 //
 // # Guards and QUIC

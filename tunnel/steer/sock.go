@@ -182,7 +182,7 @@ func (s *Steerer) EndpointOf(c net.Conn) (uint64, bool) {
 // with a 5-tuple GWLB already knows; its replies come back through gwi-*
 // and are delivered to this socket by the `socket transparent` rule.
 func (s *Steerer) DialUpstream(ctx context.Context, client net.Conn, dst netip.AddrPort) (net.Conn, error) {
-	if why := s.guard.Load().Check(dst.Addr()); why != "" {
+	if why := s.checkDestination(dst.Addr()); why != "" {
 		return nil, fmt.Errorf("dial %s (%s): %w", dst, why, ErrForbiddenDestination)
 	}
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())

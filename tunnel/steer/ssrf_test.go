@@ -14,7 +14,8 @@ import (
 
 // TestDialUpstreamGuard: DialUpstream refuses what the proxy's SSRF guard
 // refuses (one list, proxy/ssrf), before any socket or namespace is touched,
-// with its own guard and with one handed in by UseGuard. No root needed.
+// with its own guard and with the proxy's check handed in by UseCheck. No
+// root needed.
 func TestDialUpstreamGuard(t *testing.T) {
 	s, err := New(DefaultConfig(), nil, nil)
 	if err != nil {
@@ -38,7 +39,7 @@ func TestDialUpstreamGuard(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.UseGuard(g)
+	s.UseCheck(g.Check)
 	for d, why := range map[string]string{
 		"198.18.7.7:443":     "appliance-address",
 		"203.0.113.9:80":     "configured-deny",

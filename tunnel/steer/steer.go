@@ -38,16 +38,17 @@ type Steerer struct {
 	loIndex int
 	egress  string
 	pairs   map[uint16]tunnel.Pair
-	// guard is the SSRF guard DialUpstream checks (proxy/ssrf, the same
-	// list the proxy uses). ownGuard: steer built it from its own
-	// namespace's addresses and refreshes it; otherwise the composition
-	// root handed in the proxy's guard (UseGuard) and its owner refreshes.
-	guard    atomic.Pointer[ssrf.Guard]
-	ownGuard atomic.Bool
-	started  bool
-	closed   bool
-	cancel   context.CancelFunc
-	done     chan struct{}
+	// guard is steer's own SSRF guard (proxy/ssrf's list over its
+	// namespace's addresses, refreshed with the sysctl reassertion);
+	// DialUpstream checks with it until UseCheck hands in the proxy's
+	// check (check), after which the proxy's guard is the only one
+	// refreshed.
+	guard   atomic.Pointer[ssrf.Guard]
+	check   atomic.Pointer[func(netip.Addr) string]
+	started bool
+	closed  bool
+	cancel  context.CancelFunc
+	done    chan struct{}
 
 	// testNoZone leaves out the conntrack zone rules (tests prove they
 	// are needed).
@@ -103,7 +104,6 @@ func newSteerer(cfg Config, log *slog.Logger, reg prometheus.Registerer, nsFd in
 		return nil, fmt.Errorf("steer: ssrf guard: %w", err)
 	}
 	s.guard.Store(g)
-	s.ownGuard.Store(true)
 	if reg != nil {
 		if err := reg.Register(&collector{s: s}); err != nil {
 			return nil, fmt.Errorf("steer metrics: %w", err)
@@ -252,24 +252,34 @@ func (s *Steerer) reassert(ctx context.Context, parent <-chan struct{}) {
 	}
 }
 
-// UseGuard makes DialUpstream check destinations with g, the guard the
-// proxy checks with, so both refuse the same list and the appliance's own
-// addresses are read by one refresher (g's owner). Call it before Start.
-// Without it steer keeps a guard of its own (built-in list, addresses of
-// its namespace, refreshed with the sysctl reassertion).
-func (s *Steerer) UseGuard(g *ssrf.Guard) {
-	if g == nil {
+// UseCheck makes DialUpstream refuse what check refuses: the composition
+// root hands in the proxy's SSRF check (proxy.CheckDestination, the guard
+// in force, which the proxy refreshes and a policy reload replaces), so
+// the proxy and the steering dialer refuse the same list and the
+// appliance's own addresses are read by one refresher. check returns a
+// non-empty reason to refuse. Call it before the proxy serves. Without it
+// steer checks with a guard of its own (built-in list, addresses of its
+// namespace, refreshed with the sysctl reassertion).
+func (s *Steerer) UseCheck(check func(netip.Addr) string) {
+	if check == nil {
 		return
 	}
-	s.guard.Store(g)
-	s.ownGuard.Store(false)
+	s.check.Store(&check)
+}
+
+// checkDestination is the SSRF check DialUpstream makes.
+func (s *Steerer) checkDestination(a netip.Addr) string {
+	if c := s.check.Load(); c != nil {
+		return (*c)(a)
+	}
+	return s.guard.Load().Check(a)
 }
 
 // refreshOwnGuard re-reads the namespace's addresses into steer's own
-// guard; a guard handed in by UseGuard is its owner's to refresh. Called
-// with s.mu held (s.nl).
+// guard, unless UseCheck handed in the proxy's (then its owner refreshes).
+// Called with s.mu held (s.nl).
 func (s *Steerer) refreshOwnGuard() {
-	if !s.ownGuard.Load() {
+	if s.check.Load() != nil {
 		return
 	}
 	if err := s.guard.Load().Refresh(); err != nil {

@@ -34,7 +34,6 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
 	"github.com/gwlbproxy/gwlbproxy/proxy/resolve"
-	"github.com/gwlbproxy/gwlbproxy/proxy/ssrf"
 	"github.com/gwlbproxy/gwlbproxy/tunnel"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/flowlog"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
@@ -137,20 +136,11 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 		log.Info("resolver", "servers", servers, "binding", c.Proxy.Binding.Mode)
 	}
 
-	// One SSRF guard for the appliance: the proxy checks with it before it
-	// dials and steer's DialUpstream checks with it again; the proxy
-	// refreshes its own-address list (ssrf.self_refresh).
-	guard, err := ssrf.New(c.Proxy.SSRF, nil)
-	if err != nil {
-		return fmt.Errorf("proxy ssrf guard: %w", err)
-	}
-
 	st, err := steer.New(c.SteerConfig(), log.With("component", "steer"), reg)
 	if err != nil {
 		return fmt.Errorf("steer: %w", err)
 	}
 	st.SetResolver(resolver)
-	st.UseGuard(guard)
 	if err := st.Start(bg); err != nil {
 		return fmt.Errorf("steer: %w", err)
 	}
@@ -210,11 +200,13 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger) (err error) {
 		InstanceID: instanceID,
 		Binder:     resolver,
 		Mirror:     mir,
-		Guard:      guard,
 	}, log.With("component", "proxy"), reg)
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)
 	}
+	// One SSRF guard for the appliance: steer's DialUpstream checks again
+	// with the proxy's (one list; the proxy refreshes the own addresses).
+	st.UseCheck(px.CheckDestination)
 	var serving sync.WaitGroup
 	serve := func(kind string, l net.Listener, fn func(net.Listener) error) {
 		serving.Add(1)
