@@ -178,7 +178,7 @@ func shipAcked(b *testing.B, s *Shipper, rec *proxy.Record, buf []byte) {
 		rec.Time = time.Now()
 		buf = rec.AppendJSON(buf[:0], 1024)
 		for {
-			err := s.Ship(rec.Time, buf)
+			err := s.ShipRequest(rec.Time, buf, rec.Metrics())
 			if err == nil {
 				break
 			}

@@ -1,17 +1,19 @@
 package logship
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"sort"
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/schema"
 )
 
-// emf aggregates records into one CloudWatch Embedded Metric Format record
-// per action per interval, shipped into the same stream: CloudWatch turns
+// emf aggregates request records (those shipped with ShipRequest, counted
+// from their typed proxy/schema.Metrics) into one CloudWatch Embedded Metric
+// Format record per action per interval, shipped into the same stream: CloudWatch turns
 // it into metrics (no PutMetricData, no IAM for it), and the only dimension
 // is the action, never host or client, so metric cardinality stays fixed.
 //
@@ -58,52 +60,29 @@ func instanceLabel(cfg Config, sk sink) string {
 	return h
 }
 
-// jsonField returns the raw value of a top-level "key": in a flat record
-// (a string without quotes, or a number), by scanning, without decoding.
-func jsonField(rec []byte, key string) []byte {
-	i := bytes.Index(rec, []byte(`"`+key+`":`))
-	if i < 0 {
-		return nil
-	}
-	v := bytes.TrimLeft(rec[i+len(key)+3:], " ")
-	if len(v) > 0 && v[0] == '"' {
-		if j := bytes.IndexByte(v[1:], '"'); j >= 0 {
-			return v[1 : 1+j]
-		}
-		return nil
-	}
-	j := bytes.IndexAny(v, ",}")
-	if j < 0 {
-		return nil
-	}
-	return bytes.TrimSpace(v[:j])
-}
-
-func (e *emf) observe(rec []byte) {
-	action := jsonField(rec, "action")
+// observe counts one request record from its typed metric fields
+// (proxy/schema): the record's JSON is never parsed here.
+func (e *emf) observe(m schema.Metrics) {
+	action := m.Action
 	if len(action) == 0 || len(action) > 16 {
-		action = []byte("unknown")
+		action = "unknown"
 	}
-	status, _ := strconv.Atoi(string(jsonField(rec, "status")))
-	lat, latErr := strconv.ParseFloat(string(jsonField(rec, "duration_ms")), 64)
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	a := e.aggs[string(action)]
+	a := e.aggs[action]
 	if a == nil {
 		a = &emfAgg{}
-		e.aggs[string(action)] = a
+		e.aggs[action] = a
 	}
 	a.requests++
-	if c := status / 100; c >= 1 && c <= 5 {
+	if c := m.Status / 100; c >= 1 && c <= 5 {
 		a.status[c]++
 	} else {
 		a.status[0]++
 	}
-	if latErr == nil {
-		a.latencySum += lat
-		a.latencyMax = max(a.latencyMax, lat)
-		a.latencyN++
-	}
+	a.latencySum += m.DurationMS
+	a.latencyMax = max(a.latencyMax, m.DurationMS)
+	a.latencyN++
 }
 
 // flush returns one EMF record per action seen since the last flush, then
@@ -150,7 +129,7 @@ func (s *Shipper) emfLoop() {
 	defer t.Stop()
 	emit := func(now time.Time) {
 		for _, rec := range s.emf.flush(now, s.sp.OldestUnacked(now)) {
-			if err := s.ship(now, rec, false); err != nil {
+			if err := s.Ship(now, rec); err != nil {
 				s.log.Warn("logship: EMF record not accepted", "err", err)
 			}
 		}

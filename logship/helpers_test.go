@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/logship/cwlfake"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/schema"
 )
 
 // TestMain points the AWS default credential chain at static test keys
@@ -29,9 +31,16 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// sampleMetrics are sampleRecord(i)'s metric fields, as the proxy hands
+// them to ShipRequest.
+func sampleMetrics(i int) schema.Metrics {
+	actions := []string{"allow", "deny", "splice", "error"}
+	return schema.Metrics{Action: actions[i%len(actions)], Status: 200, DurationMS: 12.5}
+}
+
 // sampleRecord builds a proxy record with every field of the contract.
 func sampleRecord(i int, ts time.Time) []byte {
-	actions := []string{"allow", "deny", "splice", "error"}
+	m := sampleMetrics(i)
 	r := map[string]any{
 		"time":           ts.UTC().Format(time.RFC3339Nano),
 		"record_id":      fmt.Sprintf("rec-%08d", i),
@@ -46,12 +55,12 @@ func sampleRecord(i int, ts time.Time) []byte {
 		"method":         "GET",
 		"scheme":         "https",
 		"path":           "/index.html",
-		"status":         200,
-		"action":         actions[i%len(actions)],
+		"status":         m.Status,
+		"action":         m.Action,
 		"rule":           "allow-example",
 		"bytes_in":       512,
 		"bytes_out":      4096,
-		"duration_ms":    12.5,
+		"duration_ms":    m.DurationMS,
 		"tls_version":    "TLS1.3",
 		"alpn":           "h2",
 		"upstream_error": "",
@@ -63,6 +72,28 @@ func sampleRecord(i int, ts time.Time) []byte {
 
 func recordID(msg string) string {
 	return string(jsonField([]byte(msg), "record_id"))
+}
+
+// jsonField returns the raw value of a top-level "key": in a flat record
+// (a string without quotes, or a number), by scanning, without decoding.
+// Tests only: logship itself never reads a record's fields.
+func jsonField(rec []byte, key string) []byte {
+	i := bytes.Index(rec, []byte(`"`+key+`":`))
+	if i < 0 {
+		return nil
+	}
+	v := bytes.TrimLeft(rec[i+len(key)+3:], " ")
+	if len(v) > 0 && v[0] == '"' {
+		if j := bytes.IndexByte(v[1:], '"'); j >= 0 {
+			return v[1 : 1+j]
+		}
+		return nil
+	}
+	j := bytes.IndexAny(v, ",}")
+	if j < 0 {
+		return nil
+	}
+	return bytes.TrimSpace(v[:j])
 }
 
 type env struct {

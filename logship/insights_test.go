@@ -137,7 +137,7 @@ func TestFieldRefsParser(t *testing.T) {
 // (an EMF record carries action = "deny" too, and would be counted).
 func TestInsightsQueriesCountExactlyAndSkipEMF(t *testing.T) {
 	e := newEMF(EMFConfig{Namespace: "gwlbproxy"}, "i-1")
-	e.observe(sampleRecord(1, time.Now()))
+	e.observe(sampleMetrics(1))
 	emfFields := map[string]bool{}
 	for _, rec := range e.flush(time.Now(), time.Second) {
 		var m map[string]any
@@ -186,12 +186,19 @@ func TestInsightsQueriesCountExactlyAndSkipEMF(t *testing.T) {
 					excludes = true
 				}
 			}
+			// record_type = "flow" (any value but the EMF records' own)
+			// excludes them too: they all carry record_type "emf".
+			if m := recordTypeEq.FindStringSubmatch(conj); m != nil && m[1] != "emf" {
+				excludes = true
+			}
 		}
 		if !excludes {
 			t.Errorf("%s: first filter %q also matches the EMF records (fields %v)", filepath.Base(f), first, sortedFieldNames(emfFields))
 		}
 	}
 }
+
+var recordTypeEq = regexp.MustCompile(`^\s*record_type\s*=\s*"([^"]*)"\s*$`)
 
 func sortedFieldNames(m map[string]bool) []string {
 	out := make([]string, 0, len(m))

@@ -23,6 +23,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/logship/batch"
 	"github.com/gwlbproxy/gwlbproxy/logship/spool"
+	"github.com/gwlbproxy/gwlbproxy/proxy/schema"
 )
 
 // ErrClosed is returned by Ship after Close started.
@@ -144,14 +145,20 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Regis
 // Ship accepts one record (a JSON object, no trailing newline); the bytes
 // are copied. It returns an error only when the record is not accepted:
 // the shipper is closed, or the spool is full under the fail_closed policy.
-func (s *Shipper) Ship(ts time.Time, record []byte) error { return s.ship(ts, record, true) }
+// Records shipped with Ship (flow records, IDS alerts) are not counted in
+// the per-request EMF metrics; requests come through ShipRequest.
+func (s *Shipper) Ship(ts time.Time, record []byte) error {
+	return s.ship(ts, record, schema.Metrics{}, false)
+}
 
-// ShipUnmetered is Ship for records that are not requests (flow records,
-// issue 15): same spool and losslessness, but not counted in the
-// per-request EMF metrics.
-func (s *Shipper) ShipUnmetered(ts time.Time, record []byte) error { return s.ship(ts, record, false) }
+// ShipRequest is Ship for the proxy's request records (it implements
+// proxy.Recorder): m, the record's metric fields typed by proxy/schema, is
+// counted in the EMF metrics.
+func (s *Shipper) ShipRequest(ts time.Time, record []byte, m schema.Metrics) error {
+	return s.ship(ts, record, m, true)
+}
 
-func (s *Shipper) ship(ts time.Time, record []byte, observe bool) error {
+func (s *Shipper) ship(ts time.Time, record []byte, m schema.Metrics, request bool) error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
@@ -162,8 +169,8 @@ func (s *Shipper) ship(ts time.Time, record []byte, observe bool) error {
 		record = batch.Truncate(record, s.cfg.MaxEventBytes)
 		s.c.truncated.Add(1)
 	}
-	if observe && s.emf != nil {
-		s.emf.observe(record)
+	if request && s.emf != nil {
+		s.emf.observe(m)
 	}
 	if _, err := s.sp.Append(ts.UnixMilli(), record); err != nil {
 		if errors.Is(err, spool.ErrClosed) {

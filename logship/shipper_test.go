@@ -12,6 +12,8 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/logship/batch"
 	"github.com/gwlbproxy/gwlbproxy/logship/cwlfake"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/schema"
 )
 
 func TestNormalCompleteInOrder(t *testing.T) {
@@ -380,7 +382,7 @@ func TestEMF(t *testing.T) {
 	s := e.start(t)
 	now := time.Now()
 	for i := range 40 {
-		s.Ship(now, sampleRecord(i, now))
+		s.ShipRequest(now, sampleRecord(i, now), sampleMetrics(i))
 	}
 	if err := s.Close(context.Background()); err != nil {
 		t.Fatal(err)
@@ -475,9 +477,9 @@ func TestEMFFleetMeanFromSums(t *testing.T) {
 	now := time.Now()
 	quiet := newEMF(EMFConfig{Namespace: "gwlbproxy"}, "i-quiet")
 	busy := newEMF(EMFConfig{Namespace: "gwlbproxy"}, "i-busy")
-	quiet.observe([]byte(`{"action":"allow","status":200,"duration_ms":100}`))
+	quiet.observe(schema.Metrics{Action: "allow", Status: 200, DurationMS: 100})
 	for range 99 {
-		busy.observe([]byte(`{"action":"allow","status":502,"duration_ms":1}`))
+		busy.observe(schema.Metrics{Action: "allow", Status: 502, DurationMS: 1})
 	}
 	var sum, count, requests, s5xx float64
 	for _, e := range []*emf{quiet, busy} {

@@ -7,8 +7,9 @@ import (
 	"time"
 )
 
-// TestShipUnmetered: records shipped with ShipUnmetered (flow records,
-// issue 15) reach the sink but are not requests in the EMF metrics.
+// TestShipUnmetered: records shipped with Ship, not ShipRequest (flow
+// records, issue 15; IDS alerts) reach the sink but are not requests in the
+// EMF metrics.
 func TestShipUnmetered(t *testing.T) {
 	noLeak(t)
 	e := newEnv(t)
@@ -16,7 +17,7 @@ func TestShipUnmetered(t *testing.T) {
 	s := e.start(t)
 	now := time.Now()
 	for i := range 5 {
-		if err := s.ShipUnmetered(now, []byte(`{"record_type":"flow","action":"allow","n":`+string(rune('0'+i))+`}`)); err != nil {
+		if err := s.Ship(now, []byte(`{"record_type":"flow","action":"allow","n":`+string(rune('0'+i))+`}`)); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/proxy/internal/h1"
 	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
@@ -58,7 +59,7 @@ type connState struct {
 	// closed by finish.
 	upMu   sync.Mutex
 	upTr   *http.Transport
-	upH1   *h1Pool // the fast path over the same one connection
+	upH1   *h1.Pool // the fast path over the same one connection
 	up     net.Conn
 	upDone bool
 
@@ -156,15 +157,15 @@ func (st *connState) ownTransport(u *upstream, key poolKey) *http.Transport {
 // ownH1 returns (creating on first use) the connection's own fast-path
 // pool in per-client mode: at most one idle connection, never timed out
 // by the pool (see perClientTransport), closed by finish.
-func (st *connState) ownH1(u *upstream, key poolKey) *h1Pool {
+func (st *connState) ownH1(u *upstream, key poolKey) *h1.Pool {
 	st.upMu.Lock()
 	defer st.upMu.Unlock()
 	if st.upH1 == nil {
 		lim := u.h1Limits()
-		lim.idleTimeout = 0
-		st.upH1 = &h1Pool{max: 1, lim: lim}
+		lim.IdleTimeout = 0
+		st.upH1 = h1.NewPool(1, lim)
 		if st.upDone {
-			st.upH1.close()
+			st.upH1.Close()
 		}
 	}
 	return st.upH1
@@ -200,7 +201,7 @@ func (st *connState) closeUpstream() {
 		up.Close()
 	}
 	if hp != nil {
-		hp.close()
+		hp.Close()
 	}
 	if tr != nil {
 		tr.CloseIdleConnections()

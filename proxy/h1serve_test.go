@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/gwlbproxy/gwlbproxy/proxy/schema"
 	"io"
 	"net"
 	"net/http"
@@ -309,11 +310,11 @@ func TestH1ServerShutdownSilentNew(t *testing.T) {
 // a handler.
 type panicRecorder struct{ next Recorder }
 
-func (r panicRecorder) Ship(now time.Time, b []byte) error {
+func (r panicRecorder) ShipRequest(now time.Time, b []byte, m schema.Metrics) error {
 	if bytes.Contains(b, []byte("panic.good.test")) {
 		panic("test: recorder panic")
 	}
-	return r.next.Ship(now, b)
+	return r.next.ShipRequest(now, b, m)
 }
 
 func TestH1ServerHandlerPanic(t *testing.T) {

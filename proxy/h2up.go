@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/proxy/internal/h1"
 	"golang.org/x/net/http2"
 )
 
@@ -106,7 +107,7 @@ func (u *upstream) sweepIdle(ctx context.Context) {
 		}
 		u.mu.Lock()
 		var h2s []*h2Pool
-		var h1s []*h1Pool
+		var h1s []*h1.Pool
 		for _, e := range u.m {
 			pe := e.Value.(*poolEntry)
 			if pe.h2 != nil {
@@ -121,7 +122,7 @@ func (u *upstream) sweepIdle(ctx context.Context) {
 			hp.sweep(idle)
 		}
 		for _, hp := range h1s {
-			hp.sweep(idle)
+			hp.Sweep(idle)
 		}
 	}
 }

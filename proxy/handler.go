@@ -225,7 +225,7 @@ func (p *Proxy) ship(rec *Record, start time.Time) {
 	bp := bufPool.Get().(*[]byte)
 	b := (*bp)[:0]
 	b = rec.appendJSON(b, p.cfg.MaxRecordField, id[:])
-	if err := p.deps.Recorder.Ship(now, b); err != nil {
+	if err := p.deps.Recorder.ShipRequest(now, b, rec.Metrics()); err != nil {
 		p.stats.shipFail.Add(1)
 		p.m.shipFail.Inc()
 		p.log.Warn("proxy: record not accepted", "err", err)

@@ -16,6 +16,7 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"math"
 	"math/big"
 	"net"
 	"net/http"
@@ -34,6 +35,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/ca"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/schema"
 )
 
 // The tests run on loopback without TPROXY. The proxy listens on 127.0.0.1;
@@ -141,10 +143,15 @@ type memRecorder struct {
 	raw  [][]byte
 }
 
-func (m *memRecorder) Ship(_ time.Time, b []byte) error {
+func (m *memRecorder) ShipRequest(_ time.Time, b []byte, met schema.Metrics) error {
 	var v map[string]any
 	if err := json.Unmarshal(b, &v); err != nil {
 		return fmt.Errorf("record is not JSON: %v: %s", err, b)
+	}
+	// The typed metric fields must say what the JSON says (one schema).
+	if d, _ := v[schema.KeyDurationMS].(float64); v[schema.KeyAction] != met.Action ||
+		v[schema.KeyStatus] != float64(met.Status) || math.Abs(d-met.DurationMS) > 0.0005 {
+		return fmt.Errorf("record metrics %+v disagree with the JSON: %s", met, b)
 	}
 	m.mu.Lock()
 	m.recs = append(m.recs, v)

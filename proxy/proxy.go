@@ -11,9 +11,9 @@
 // connection then serves many clients; upgrade requests (WebSocket) and
 // upstreams without h2 use HTTP/1.1, as does plain HTTP. Where a pool is
 // HTTP/1.1 only (http2 off, or plain HTTP), requests other than upgrades
-// and Expect: 100-continue go through h1Pool, which does the exchange on
-// the handler's goroutine instead of http.Transport's two goroutines per
-// connection.
+// and Expect: 100-continue go through h1.Pool (proxy/internal/h1), which
+// does the exchange on the handler's goroutine instead of http.Transport's
+// two goroutines per connection.
 //
 // Upstream connections are dialed through Deps.DialUpstream with the client
 // connection. In one-arm (steer egress_mode tunnel) they carry the client's
@@ -317,6 +317,12 @@ func loadRoots(bundle string) (*x509.CertPool, error) {
 	}
 	return pool, nil
 }
+
+// CheckDestination returns a non-empty reason when the proxy's SSRF guard
+// refuses a (the same check the proxy makes before it dials). The
+// composition root hands it to tunnel/steer (UseCheck), so the steering
+// dialer refuses the same list, with the own addresses the proxy refreshes.
+func (p *Proxy) CheckDestination(a netip.Addr) string { return p.ps().guard.Check(a) }
 
 func (p *Proxy) refreshSelf(ctx context.Context) {
 	t := time.NewTicker(p.cfg.SSRF.SelfRefresh)

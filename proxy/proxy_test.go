@@ -486,7 +486,7 @@ func streamingFlushed(t *testing.T, http2 bool) {
 }
 
 // TestConcurrentBumpAndBaseline runs with http2 on (upstream h2 through
-// http.Transport) and off (HTTP/1.1 upstreams through h1Pool).
+// http.Transport) and off (HTTP/1.1 upstreams through h1.Pool).
 func TestConcurrentBumpAndBaseline(t *testing.T) {
 	for _, h2 := range []bool{true, false} {
 		t.Run(fmt.Sprintf("http2=%v", h2), func(t *testing.T) { concurrentBump(t, h2) })
@@ -652,7 +652,7 @@ func TestConnectionCloseKeepsUpstream(t *testing.T) {
 
 // TestUpstreamHTTP1FastPath: with http2 off, bumped GET, HEAD and POST
 // requests from two client connections, one of them asking to close, share
-// the one pre-verified upstream connection (h1Pool); an upstream that
+// the one pre-verified upstream connection (h1.Pool); an upstream that
 // closes after its answer is replaced, and a failing upstream gives the
 // page.
 func TestUpstreamHTTP1FastPath(t *testing.T) {

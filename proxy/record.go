@@ -12,14 +12,17 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/gwlbproxy/gwlbproxy/proxy/schema"
 	"github.com/gwlbproxy/gwlbproxy/proxy/tlsfp"
 )
 
 // Recorder receives one JSON object per request or connection. The callee
 // copies record (the proxy reuses the buffer); a non-nil error means the
-// record was not accepted. logship implements it.
+// record was not accepted. m carries the record's metric fields typed
+// (schema.Metrics), so a consumer that counts requests (logship's EMF)
+// never parses the JSON. logship implements it.
 type Recorder interface {
-	Ship(ts time.Time, record []byte) error
+	ShipRequest(ts time.Time, record []byte, m schema.Metrics) error
 }
 
 // Record is one log record. Field names in JSON are the snake_case forms
@@ -81,6 +84,11 @@ func (r *Record) AppendJSON(b []byte, maxField int) []byte {
 	return r.appendJSON(b, maxField, nil)
 }
 
+// Metrics returns the values of r that the per-request metrics count.
+func (r *Record) Metrics() schema.Metrics {
+	return schema.Metrics{Action: r.Action, Status: r.Status, DurationMS: r.DurationMS}
+}
+
 // appendJSON takes the record id as bytes (hex, written as is) when id is
 // non-nil, so the hot path need not make a string of it.
 func (r *Record) appendJSON(b []byte, maxField int, id []byte) []byte {
@@ -105,12 +113,12 @@ func (r *Record) appendJSON(b []byte, maxField int, id []byte) []byte {
 	b = appendStr(b, "method", r.Method, maxField)
 	b = appendStr(b, "scheme", r.Scheme, maxField)
 	b = appendStr(b, "path", r.Path, maxField)
-	b = appendInt(b, "status", int64(r.Status))
-	b = appendStr(b, "action", r.Action, maxField)
+	b = appendInt(b, schema.KeyStatus, int64(r.Status))
+	b = appendStr(b, schema.KeyAction, r.Action, maxField)
 	b = appendStr(b, "rule", r.Rule, maxField)
 	b = appendInt(b, "bytes_in", r.BytesIn)
 	b = appendInt(b, "bytes_out", r.BytesOut)
-	b = append(b, `,"duration_ms":`...)
+	b = append(b, `,"`+schema.KeyDurationMS+`":`...)
 	b = strconv.AppendFloat(b, r.DurationMS, 'f', 3, 64)
 	b = appendStr(b, "tls_version", r.TLSVersion, maxField)
 	b = appendStr(b, "alpn", r.ALPN, maxField)
@@ -244,8 +252,8 @@ type JSONLines struct {
 // NewJSONLines wraps w.
 func NewJSONLines(w io.Writer) *JSONLines { return &JSONLines{w: bufio.NewWriter(w)} }
 
-// Ship writes record and a newline and flushes.
-func (j *JSONLines) Ship(_ time.Time, record []byte) error {
+// ShipRequest writes record and a newline and flushes.
+func (j *JSONLines) ShipRequest(_ time.Time, record []byte, _ schema.Metrics) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.w.Write(record)

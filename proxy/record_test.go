@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/json"
+	"github.com/gwlbproxy/gwlbproxy/proxy/schema"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -100,12 +102,29 @@ func TestRecordIDsUnique(t *testing.T) {
 	}
 }
 
+// TestRecordMetricsMatchJSON: the typed values logship's EMF counts
+// (Record.Metrics) are the record's JSON fields named by proxy/schema.
+func TestRecordMetricsMatchJSON(t *testing.T) {
+	r := sampleRecord()
+	var v map[string]any
+	if err := json.Unmarshal(r.AppendJSON(nil, 2048), &v); err != nil {
+		t.Fatal(err)
+	}
+	m := r.Metrics()
+	if m.Action == "" || m.Status == 0 || m.DurationMS == 0 {
+		t.Fatalf("sample record has empty metric fields: %+v", m)
+	}
+	if v[schema.KeyAction] != m.Action || v[schema.KeyStatus] != float64(m.Status) || v[schema.KeyDurationMS] != m.DurationMS {
+		t.Fatalf("JSON %v, metrics %+v", v, m)
+	}
+}
+
 func TestJSONLines(t *testing.T) {
 	var buf bytes.Buffer
 	j := NewJSONLines(&buf)
 	r := sampleRecord()
-	j.Ship(r.Time, r.AppendJSON(nil, 2048))
-	j.Ship(r.Time, r.AppendJSON(nil, 2048))
+	j.ShipRequest(r.Time, r.AppendJSON(nil, 2048), r.Metrics())
+	j.ShipRequest(r.Time, r.AppendJSON(nil, 2048), r.Metrics())
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	if len(lines) != 2 || !json.Valid([]byte(lines[1])) {
 		t.Fatalf("%q", buf.String())
@@ -138,7 +157,7 @@ func BenchmarkShip(b *testing.B) {
 
 type discardRecorder struct{}
 
-func (discardRecorder) Ship(time.Time, []byte) error { return nil }
+func (discardRecorder) ShipRequest(time.Time, []byte, schema.Metrics) error { return nil }
 
 // FuzzPeekClientHello feeds arbitrary bytes to the peek: it must never
 // panic, never consume more than its cap, and on success return exactly the
@@ -197,5 +216,27 @@ func TestReadClientHello(t *testing.T) {
 	}
 	if _, _, err := ReadClientHello(strings.NewReader("GET / HTTP/1.0\r\n\r\n")); err == nil || !strings.Contains(err.Error(), "not a TLS") {
 		t.Fatalf("plain http: %v", err)
+	}
+}
+
+// TestCheckDestination: the check the composition root hands to the
+// steering dialer is the proxy's SSRF guard, own addresses included.
+func TestCheckDestination(t *testing.T) {
+	self := netip.MustParseAddr("198.18.7.7")
+	p, err := New(DefaultConfig(), Deps{Recorder: &memRecorder{}, SelfAddrs: func() ([]netip.Addr, error) {
+		return []netip.Addr{self}, nil
+	}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for a, want := range map[string]string{
+		"198.18.7.7":      "appliance-address",
+		"169.254.169.254": "link-local",
+		"::1":             "loopback",
+		"203.0.113.5":     "",
+	} {
+		if got := p.CheckDestination(netip.MustParseAddr(a)); got != want {
+			t.Errorf("CheckDestination(%s) = %q, want %q", a, got, want)
+		}
 	}
 }

@@ -14,13 +14,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/vishvananda/netns"
 
 	"github.com/gwlbproxy/gwlbproxy/logship"
 	"github.com/gwlbproxy/gwlbproxy/logship/cwlfake"
@@ -92,12 +89,7 @@ func TestSuricataSeesBumpedTraffic(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "suricata.yaml"), []byte(fmt.Sprintf(suricataConfig, dir, dev)), 0o644)
 	os.WriteFile(filepath.Join(dir, "local.rules"), []byte(suricataRule), 0o644)
 
-	runtime.LockOSThread()
-	orig, _ := netns.Get()
-	ns, err := netns.New()
-	netns.Set(orig)
-	runtime.UnlockOSThread()
-	orig.Close()
+	ns, err := inns.New("suri-" + inns.RandSuffix())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +101,7 @@ func TestSuricataSeesBumpedTraffic(t *testing.T) {
 	defer cancel()
 	// The device and Suricata live in the test's namespace: a process
 	// forked from a thread inside it starts there.
-	if err := inns.Do(ns, func() error {
+	if err := ns.Do(func() error {
 		cfg := mirror.DefaultConfig()
 		cfg.Enabled, cfg.Interface = true, dev
 		var err error

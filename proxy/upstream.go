@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/elazarl/goproxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/internal/h1"
 )
 
 // poolKey identifies an upstream connection pool: the original destination
@@ -33,8 +34,8 @@ type poolKey struct {
 type poolEntry struct {
 	key        poolKey
 	tr, tr1    *http.Transport
-	h2         *h2Pool // tr's h2 connections; nil without h2
-	h1         *h1Pool // nil with h2
+	h2         *h2Pool  // tr's h2 connections; nil without h2
+	h1         *h1.Pool // nil with h2
 	verifiedAt time.Time
 }
 
@@ -47,7 +48,7 @@ func (pe *poolEntry) closeIdle() {
 		pe.h2.sweep(0)
 	}
 	if pe.h1 != nil {
-		pe.h1.close()
+		pe.h1.Close()
 	}
 }
 
@@ -148,7 +149,7 @@ func (u *upstream) entry(key poolKey) *poolEntry {
 	if u.h2() && key.tls {
 		pe.tr1 = mk(false)
 	} else {
-		pe.h1 = &h1Pool{max: cfg.UpstreamIdlePerDest, lim: u.h1Limits()}
+		pe.h1 = h1.NewPool(cfg.UpstreamIdlePerDest, u.h1Limits())
 	}
 	u.m[key] = u.lru.PushFront(pe)
 	for len(u.m) > cfg.UpstreamPools {
@@ -162,12 +163,12 @@ func (u *upstream) entry(key poolKey) *poolEntry {
 }
 
 // h1Limits are the fast path's limits from the configuration.
-func (u *upstream) h1Limits() h1Limits {
+func (u *upstream) h1Limits() h1.Limits {
 	cfg := &u.p.cfg
-	return h1Limits{
-		idleTimeout:   cfg.UpstreamIdleTimeout,
-		headerTimeout: cfg.ResponseHeaderTimeout,
-		maxHeader:     int64(cfg.MaxHeaderBytes) * 4,
+	return h1.Limits{
+		IdleTimeout:   cfg.UpstreamIdleTimeout,
+		HeaderTimeout: cfg.ResponseHeaderTimeout,
+		MaxHeader:     int64(cfg.MaxHeaderBytes) * 4,
 	}
 }
 
@@ -379,13 +380,13 @@ func (u *upstream) roundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Resp
 // send sends out over the fast path when it can take it, else over the
 // key's http.Transport.
 func (u *upstream) send(ctx context.Context, st *connState, key poolKey, out *http.Request) (*http.Response, error) {
-	if !h1Eligible(out) {
+	if !h1.Eligible(out) {
 		return u.transport(st, key, out).RoundTrip(out)
 	}
 	if u.p.deps.UpstreamPerClient {
 		// The client's one upstream connection over the fast path: no
 		// reader and writer goroutines while the client is idle.
-		return st.ownH1(u, key).roundTrip(ctx, out, func(ctx context.Context) (net.Conn, error) {
+		return st.ownH1(u, key).RoundTrip(ctx, out, func(ctx context.Context) (net.Conn, error) {
 			var c net.Conn
 			if !key.tls {
 				var err error
@@ -405,7 +406,7 @@ func (u *upstream) send(ctx context.Context, st *connState, key poolKey, out *ht
 	if pe.h1 == nil {
 		return pe.tr.RoundTrip(out)
 	}
-	return pe.h1.roundTrip(ctx, out, func(ctx context.Context) (net.Conn, error) {
+	return pe.h1.RoundTrip(ctx, out, func(ctx context.Context) (net.Conn, error) {
 		if !key.tls {
 			return u.dial(ctx, st.client, key)
 		}

@@ -3,7 +3,11 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"time"
 )
+
+// aLongTimeAgo is a deadline in the past: it wakes a blocked read or write.
+var aLongTimeAgo = time.Unix(1, 0)
 
 func sprintf(format string, v ...any) string { return fmt.Sprintf(format, v...) }
 

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package tunnel terminates GWLB's GENEVE tunnels: it decapsulates packets
 // into a pair of tun interfaces per GWLB endpoint (gwi-<X> in, gwo-<X>
 // out, gwlbtun's names), remembers each flow's GENEVE header, and

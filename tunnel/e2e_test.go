@@ -1,3 +1,5 @@
+//go:build linux
+
 package tunnel_test
 
 // End-to-end tests: the daemon runs in-process in the appliance namespace

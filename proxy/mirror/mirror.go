@@ -42,8 +42,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/gwlbproxy/gwlbproxy/tunnel/offload"
-	"github.com/gwlbproxy/gwlbproxy/tunnel/udp"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/csum"
 )
 
 // Config is the proxy.mirror section of the configuration.
@@ -134,72 +133,11 @@ type frame struct {
 	b []byte
 }
 
-// Open creates the tap device cfg.Interface (removing a stale one of that
-// name), sets its MTU, disables IPv6 on it (no router solicitations or
-// addresses of its own), brings it up and starts the writer.
-func Open(cfg Config) (*Mirror, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("mirror: %w", err)
-	}
-	nl, err := netlink.NewHandle()
-	if err != nil {
-		return nil, fmt.Errorf("mirror: netlink: %w", err)
-	}
-	if old, err := nl.LinkByName(cfg.Interface); err == nil {
-		if old.Type() != "tuntap" {
-			nl.Close()
-			return nil, fmt.Errorf("mirror: interface %s exists and is a %s, not a tap device", cfg.Interface, old.Type())
-		}
-		nl.LinkDel(old)
-	}
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		nl.Close()
-		return nil, fmt.Errorf("mirror: open /dev/net/tun: %w", err)
-	}
-	ifr, err := unix.NewIfreq(cfg.Interface)
-	if err != nil {
-		unix.Close(fd)
-		nl.Close()
-		return nil, fmt.Errorf("mirror: %w", err)
-	}
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		unix.Close(fd)
-		nl.Close()
-		return nil, fmt.Errorf("mirror: create tap %s: %w", cfg.Interface, err)
-	}
-	m := newMirror(cfg, nil)
-	m.dev = os.NewFile(uintptr(fd), "/dev/net/tun")
-	m.nl = nl
-	m.out = fdSink{m.dev}
-	fail := func(what string, err error) (*Mirror, error) {
-		m.dev.Close()
-		if m.link != nil {
-			nl.LinkDel(m.link)
-		}
-		nl.Close()
-		return nil, fmt.Errorf("mirror: %s %s: %w", what, cfg.Interface, err)
-	}
-	if m.link, err = nl.LinkByName(cfg.Interface); err != nil {
-		return fail("lookup", err)
-	}
-	// The device's own address must differ from both synthetic MACs so
-	// that every mirrored frame is PACKET_OTHERHOST.
-	if err := nl.LinkSetHardwareAddr(m.link, devMAC[:]); err != nil {
-		return fail("set address of", err)
-	}
-	if err := nl.LinkSetMTU(m.link, cfg.MTU); err != nil {
-		return fail("set mtu of", err)
-	}
-	// Best effort: without IPv6 the kernel sends nothing of its own on it.
-	os.WriteFile("/proc/sys/net/ipv6/conf/"+cfg.Interface+"/disable_ipv6", []byte("1"), 0)
-	if err := nl.LinkSetUp(m.link); err != nil {
-		return fail("set up", err)
-	}
-	m.start()
-	return m, nil
-}
+// EtherTypes of the mirrored frames (x/sys/unix names them on Linux only).
+const (
+	etherTypeIPv4 = 0x0800
+	etherTypeIPv6 = 0x86dd
+)
 
 var (
 	devMAC    = [6]byte{0x02, 0x67, 0x77, 0x6c, 0x62, 0x00} // the tap device itself
@@ -512,7 +450,7 @@ func build(b []byte, smac, dmac [6]byte, src, dst netip.AddrPort, ipid uint16, f
 	var ipLen int
 	var pseudo uint64
 	if src.Addr().Is4() {
-		binary.BigEndian.PutUint16(b[12:], unix.ETH_P_IP)
+		binary.BigEndian.PutUint16(b[12:], etherTypeIPv4)
 		ipLen = 20
 		total := ipLen + tcpLen + len(payload)
 		ip[0], ip[1] = 0x45, 0
@@ -524,10 +462,10 @@ func build(b []byte, smac, dmac [6]byte, src, dst netip.AddrPort, ipid uint16, f
 		s4, d4 := src.Addr().As4(), dst.Addr().As4()
 		copy(ip[12:16], s4[:])
 		copy(ip[16:20], d4[:])
-		binary.BigEndian.PutUint16(ip[10:], ^offload.Fold(udp.Checksum(ip[:20], 0)))
-		pseudo = udp.Checksum(ip[12:20], uint64(unix.IPPROTO_TCP)+uint64(tcpLen+len(payload)))
+		csum.IPv4Header(ip[:20])
+		pseudo = csum.Sum(ip[12:20], uint64(unix.IPPROTO_TCP)+uint64(tcpLen+len(payload)))
 	} else {
-		binary.BigEndian.PutUint16(b[12:], unix.ETH_P_IPV6)
+		binary.BigEndian.PutUint16(b[12:], etherTypeIPv6)
 		ipLen = 40
 		binary.BigEndian.PutUint32(ip[0:], 6<<28)
 		binary.BigEndian.PutUint16(ip[4:], uint16(tcpLen+len(payload)))
@@ -535,7 +473,7 @@ func build(b []byte, smac, dmac [6]byte, src, dst netip.AddrPort, ipid uint16, f
 		s16, d16 := src.Addr().As16(), dst.Addr().As16()
 		copy(ip[8:24], s16[:])
 		copy(ip[24:40], d16[:])
-		pseudo = udp.Checksum(ip[8:40], uint64(unix.IPPROTO_TCP)+uint64(tcpLen+len(payload)))
+		pseudo = csum.Sum(ip[8:40], uint64(unix.IPPROTO_TCP)+uint64(tcpLen+len(payload)))
 	}
 	t := ip[ipLen:]
 	binary.BigEndian.PutUint16(t[0:], src.Port())
@@ -560,7 +498,7 @@ func build(b []byte, smac, dmac [6]byte, src, dst netip.AddrPort, ipid uint16, f
 	}
 	copy(t[tcpLen:], payload)
 	seg := t[:tcpLen+len(payload)]
-	binary.BigEndian.PutUint16(t[16:], ^offload.Fold(udp.Checksum(seg, pseudo)))
+	binary.BigEndian.PutUint16(t[16:], ^csum.Fold(csum.Sum(seg, pseudo)))
 	return 14 + ipLen + len(seg)
 }
 

@@ -7,12 +7,10 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/gwlbproxy/gwlbproxy/tunnel/inns"
@@ -27,20 +25,12 @@ func inNewNetns(t *testing.T, f func() error) {
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
 		t.Skip("no /dev/net/tun")
 	}
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, err := netns.New()
-	netns.Set(orig)
-	runtime.UnlockOSThread()
-	orig.Close()
+	ns, err := inns.New("mirt-" + inns.RandSuffix())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ns.Close()
-	if err := inns.Do(ns, f); err != nil {
+	if err := ns.Do(f); err != nil {
 		t.Fatal(err)
 	}
 }

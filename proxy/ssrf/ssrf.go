@@ -6,6 +6,13 @@
 // The guard is always on; configuration can only add prefixes. The check is
 // made on the exact address that is then dialed (the original destination),
 // never on a name.
+//
+// This package is the one owner of that list and of the refresh of the
+// appliance's own addresses: the proxy checks with a Guard before it dials,
+// tunnel/steer's DialUpstream checks with the same Guard (the composition
+// root builds one and hands it to both), and steer's nftables forward guard
+// drops HostLocal, a subset of the same table. It imports nothing of the
+// project, so both sides can import it without a cycle.
 package ssrf
 
 import (
@@ -16,26 +23,46 @@ import (
 	"time"
 )
 
-// builtin lists the always-denied ranges and why.
+// builtin lists the always-denied ranges and why. hostLocal marks the
+// ranges that only ever mean "this machine" (its loopback, its link, the
+// instance services AWS offers on it): forwarded tunnel traffic to them is
+// dropped too (see HostLocal). The others (multicast, reserved, NAT64
+// local-use) are refused as proxy destinations only.
 var builtin = []struct {
-	p      netip.Prefix
-	reason string
+	p         netip.Prefix
+	reason    string
+	hostLocal bool
 }{
-	{netip.MustParsePrefix("0.0.0.0/8"), "unspecified"},
-	{netip.MustParsePrefix("127.0.0.0/8"), "loopback"},
-	{netip.MustParsePrefix("169.254.0.0/16"), "link-local"},
-	{netip.MustParsePrefix("224.0.0.0/4"), "multicast"},
-	{netip.MustParsePrefix("240.0.0.0/4"), "reserved"},
-	{netip.MustParsePrefix("::/128"), "unspecified"},
-	{netip.MustParsePrefix("::1/128"), "loopback"},
-	{netip.MustParsePrefix("fe80::/10"), "link-local"},
-	{netip.MustParsePrefix("ff00::/8"), "multicast"},
+	{netip.MustParsePrefix("0.0.0.0/8"), "unspecified", true},
+	{netip.MustParsePrefix("127.0.0.0/8"), "loopback", true},
+	{netip.MustParsePrefix("169.254.0.0/16"), "link-local", true},
+	{netip.MustParsePrefix("224.0.0.0/4"), "multicast", false},
+	{netip.MustParsePrefix("240.0.0.0/4"), "reserved", false},
+	{netip.MustParsePrefix("::/128"), "unspecified", false},
+	{netip.MustParsePrefix("::1/128"), "loopback", true},
+	{netip.MustParsePrefix("fe80::/10"), "link-local", true},
+	{netip.MustParsePrefix("ff00::/8"), "multicast", false},
 	// AWS instance services over IPv6 (IMDS fd00:ec2::254, DNS ::253,
 	// NTP ::123): nothing a client should reach through the proxy.
-	{netip.MustParsePrefix("fd00:ec2::/32"), "aws-instance-services"},
+	{netip.MustParsePrefix("fd00:ec2::/32"), "aws-instance-services", true},
 	// RFC 8215 local-use NAT64: the embedded IPv4 position depends on the
 	// operator's prefix length, so the whole range is denied.
-	{netip.MustParsePrefix("64:ff9b:1::/48"), "nat64-local-use"},
+	{netip.MustParsePrefix("64:ff9b:1::/48"), "nat64-local-use", false},
+}
+
+// HostLocal returns the built-in ranges that only ever address this
+// machine or its link: 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16 (IMDS, VPC
+// DNS and time servers), ::1, fe80::/10 and fd00:ec2::/32. tunnel/steer
+// drops forwarded tunnel traffic to them in nftables. The slice is fresh;
+// callers may keep it.
+func HostLocal() []netip.Prefix {
+	var out []netip.Prefix
+	for _, b := range builtin {
+		if b.hostLocal {
+			out = append(out, b.p)
+		}
+	}
+	return out
 }
 
 var cgnat = netip.MustParsePrefix("100.64.0.0/10")

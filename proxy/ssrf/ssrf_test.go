@@ -113,3 +113,29 @@ func TestValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestHostLocal pins the subset tunnel/steer drops in nftables for
+// forwarded traffic, and that every one of them is also refused by Check.
+func TestHostLocal(t *testing.T) {
+	want := []string{"0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "::1/128", "fe80::/10", "fd00:ec2::/32"}
+	got := HostLocal()
+	if len(got) != len(want) {
+		t.Fatalf("HostLocal() = %v, want %v", got, want)
+	}
+	g, err := New(DefaultConfig(), func() ([]netip.Addr, error) { return nil, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, w := range want {
+		if got[i].String() != w {
+			t.Errorf("HostLocal()[%d] = %v, want %s", i, got[i], w)
+		}
+		if why := g.Check(got[i].Addr()); why == "" {
+			t.Errorf("Check(%v) allowed a host-local address", got[i].Addr())
+		}
+	}
+	got[0] = netip.Prefix{} // the caller's copy: the next call is unaffected
+	if HostLocal()[0].String() != want[0] {
+		t.Error("HostLocal shares its backing array")
+	}
+}

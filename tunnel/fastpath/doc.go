@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package fastpath is the tunnel's in-kernel GENEVE datapath: two tc BPF
 // programs (bpf/fastpath.c) and the Go that loads, attaches and reads them.
 //

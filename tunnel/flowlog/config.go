@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package flowlog writes one JSON record per forwarded flow: everything
 // from the tunnels that the proxy does not intercept, allowed or denied by
 // the network policy (tunnel/steer). The proxy writes the records of what

@@ -1,3 +1,5 @@
+//go:build linux
+
 package flowlog
 
 import (
@@ -7,7 +9,6 @@ import (
 	"encoding/json"
 	"net"
 	"os"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -17,7 +18,6 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/inns"
 	"github.com/ti-mo/conntrack"
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -66,35 +66,12 @@ func floodNS(t *testing.T) netns.NsHandle {
 	b := make([]byte, 3)
 	rand.Read(b)
 	name := "netpolicy-fl-" + hex.EncodeToString(b)
-	var h netns.NsHandle
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if h, err = netns.NewNamed(name); err != nil {
-			errc <- err
-			return
-		}
-		errc <- netns.Set(orig)
-	}()
-	if err := <-errc; err != nil {
+	ns, err := inns.New(name) // lo up
+	if err != nil {
 		t.Fatalf("netns: %v", err)
 	}
-	t.Cleanup(func() { h.Close(); netns.DeleteNamed(name) })
-	nl, err := netlink.NewHandleAt(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nl.Close()
-	lo, _ := nl.LinkByName("lo")
-	if err := nl.LinkSetUp(lo); err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(func() { ns.Close() })
+	h := ns.Handle()
 	c, err := nftables.New(nftables.WithNetNSFd(int(h)))
 	if err != nil {
 		t.Fatal(err)

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package gwlbsim simulates an AWS Gateway Load Balancer in network
 // namespaces, for end-to-end tests and benchmarks of the appliance.
 //

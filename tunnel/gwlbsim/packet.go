@@ -1,3 +1,5 @@
+//go:build linux
+
 package gwlbsim
 
 import (
@@ -22,11 +24,11 @@ type packetSender struct {
 // openPacket opens the generator socket on link in ns, addressing frames
 // to the MAC of peerLink in peer (the appliance's side of the veth).
 func openPacket(ns *NS, link string, peer *NS, peerLink string) (*packetSender, error) {
-	l, err := ns.nl.LinkByName(link)
+	l, err := ns.Netlink().LinkByName(link)
 	if err != nil {
 		return nil, fmt.Errorf("netns %s: %s: %w", ns.Name, link, err)
 	}
-	pl, err := peer.nl.LinkByName(peerLink)
+	pl, err := peer.Netlink().LinkByName(peerLink)
 	if err != nil {
 		return nil, fmt.Errorf("netns %s: %s: %w", peer.Name, peerLink, err)
 	}

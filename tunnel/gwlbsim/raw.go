@@ -1,3 +1,5 @@
+//go:build linux
+
 package gwlbsim
 
 import (
@@ -67,6 +69,10 @@ func buildUDP4(buf []byte, src, dst netip.AddrPort, payload []byte) []byte {
 	return buf
 }
 
+// sum and fold are the simulator's own RFC 1071 checksum, 16 bits at a
+// time, on purpose not tunnel/csum: the simulator plays GWLB and the
+// appliance's kernel, which check the appliance's checksums independently,
+// so a bug in tunnel/csum must not be mirrored here.
 func sum(b []byte, s uint64) uint64 {
 	for len(b) >= 2 {
 		s += uint64(binary.BigEndian.Uint16(b))

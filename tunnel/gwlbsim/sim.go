@@ -1,3 +1,5 @@
+//go:build linux
+
 package gwlbsim
 
 import (
@@ -153,12 +155,12 @@ func Start(ctx context.Context, topo *Topology, cfg Config) (_ *Sim, err error) 
 		}
 		se := &simEndpoint{Endpoint: ep, tun: f}
 		s.eps = append(s.eps, se)
-		l, err := ep.VPC.nl.LinkByName(tunName)
+		l, err := ep.VPC.Netlink().LinkByName(tunName)
 		if err == nil {
-			err = ep.VPC.nl.LinkSetMTU(l, innerMTU)
+			err = ep.VPC.Netlink().LinkSetMTU(l, innerMTU)
 		}
 		if err == nil {
-			err = ep.VPC.nl.LinkSetUp(l)
+			err = ep.VPC.Netlink().LinkSetUp(l)
 		}
 		if err == nil {
 			err = steerVPC(ep, l.Attrs().Index)

@@ -1,3 +1,5 @@
+//go:build linux
+
 package gwlbsim
 
 import (
@@ -6,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 
+	"github.com/gwlbproxy/gwlbproxy/tunnel/inns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -107,7 +110,7 @@ func NewTopology(cfg TopologyConfig) (_ *Topology, err error) {
 	if cfg.Prefix == "" {
 		cfg.Prefix = "gs"
 	}
-	base := cfg.Prefix + RandSuffix() + "-"
+	base := cfg.Prefix + inns.RandSuffix() + "-"
 	t := &Topology{}
 	defer func() {
 		if err != nil {
@@ -115,7 +118,7 @@ func NewTopology(cfg TopologyConfig) (_ *Topology, err error) {
 		}
 	}()
 	mk := func(name string) (*NS, error) {
-		n, err := NewNS(base + name)
+		n, err := inns.New(base + name)
 		if err == nil {
 			t.all = append(t.all, n)
 		}
@@ -229,7 +232,7 @@ func setupVPC(ep *Endpoint) error {
 // and uplink sides to GWLB (the tun at index tunIdx), while packets GWLB
 // writes back into the tun are routed by the main table.
 func steerVPC(ep *Endpoint, tunIdx int) error {
-	nl := ep.VPC.nl
+	nl := ep.VPC.Netlink()
 	for _, r := range []struct {
 		prio  int
 		iif   string
@@ -253,10 +256,10 @@ func link(a *NS, an string, b *NS, bn string, mtu int, aAddrs, bAddrs []netip.Ad
 	v := &netlink.Veth{
 		LinkAttrs:     netlink.LinkAttrs{Name: an, MTU: mtu},
 		PeerName:      bn,
-		PeerNamespace: netlink.NsFd(int(b.h)),
+		PeerNamespace: netlink.NsFd(int(b.Handle())),
 		PeerMTU:       uint32(mtu),
 	}
-	if err := a.nl.LinkAdd(v); err != nil {
+	if err := a.Netlink().LinkAdd(v); err != nil {
 		return fmt.Errorf("veth %s/%s - %s/%s: %w", a.Name, an, b.Name, bn, err)
 	}
 	for _, side := range []struct {
@@ -264,17 +267,17 @@ func link(a *NS, an string, b *NS, bn string, mtu int, aAddrs, bAddrs []netip.Ad
 		name  string
 		addrs []netip.Addr
 	}{{a, an, aAddrs}, {b, bn, bAddrs}} {
-		l, err := side.ns.nl.LinkByName(side.name)
+		l, err := side.ns.Netlink().LinkByName(side.name)
 		if err != nil {
 			return fmt.Errorf("netns %s: %s: %w", side.ns.Name, side.name, err)
 		}
 		for _, ad := range side.addrs {
 			ipn := &net.IPNet{IP: ad.AsSlice(), Mask: net.CIDRMask(pfx.Bits(), ad.BitLen())}
-			if err := side.ns.nl.AddrAdd(l, &netlink.Addr{IPNet: ipn}); err != nil {
+			if err := side.ns.Netlink().AddrAdd(l, &netlink.Addr{IPNet: ipn}); err != nil {
 				return fmt.Errorf("netns %s: %s addr %s: %w", side.ns.Name, side.name, ad, err)
 			}
 		}
-		if err := side.ns.nl.LinkSetUp(l); err != nil {
+		if err := side.ns.Netlink().LinkSetUp(l); err != nil {
 			return fmt.Errorf("netns %s: %s up: %w", side.ns.Name, side.name, err)
 		}
 	}
@@ -299,14 +302,14 @@ func addRoute(n *NS, dst netip.Prefix, gw netip.Addr, oif int, table ...int) err
 	if len(table) > 0 {
 		r.Table = table[0]
 	}
-	if err := n.nl.RouteAdd(r); err != nil {
+	if err := n.Netlink().RouteAdd(r); err != nil {
 		return fmt.Errorf("netns %s: route %s: %w", n.Name, dst, err)
 	}
 	return nil
 }
 
 func addLocalRoute(n *NS, dst netip.Prefix) error {
-	lo, err := n.nl.LinkByName("lo")
+	lo, err := n.Netlink().LinkByName("lo")
 	if err != nil {
 		return fmt.Errorf("netns %s: lo: %w", n.Name, err)
 	}
@@ -317,7 +320,7 @@ func addLocalRoute(n *NS, dst netip.Prefix) error {
 		Table:     unix.RT_TABLE_LOCAL,
 		Scope:     netlink.SCOPE_HOST,
 	}
-	if err := n.nl.RouteAdd(r); err != nil {
+	if err := n.Netlink().RouteAdd(r); err != nil {
 		return fmt.Errorf("netns %s: local route %s: %w", n.Name, dst, err)
 	}
 	return nil

@@ -1,9 +1,14 @@
-// Package inns runs a function inside a network namespace.
+// Package inns is the one owner of network namespace switching: Do runs a
+// function inside a namespace, and NS (New) is a named namespace the
+// simulator (tunnel/gwlbsim), the demo, the benchmarks and the root tests
+// create and tear down.
 //
-// Why a package: the steerer (pointed at a test's appliance namespace) and
-// the GWLB simulator both need it, and getting it wrong is silent: a
-// goroutine left on a thread in the wrong namespace opens its sockets
-// there.
+// Why a package: the steerer (pointed at a test's appliance namespace), the
+// GWLB simulator, the demo and the benchmarks all need it, and getting it
+// wrong is silent: a goroutine left on a thread in the wrong namespace
+// opens its sockets there. cmd/internal/nsexec is the one other place that
+// enters a namespace: it must not switch back (it execs the program inside
+// it), so it opens the namespace with Path and stays.
 package inns
 
 import (

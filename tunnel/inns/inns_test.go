@@ -2,6 +2,7 @@ package inns
 
 import (
 	"errors"
+	"net"
 	"os"
 	"runtime"
 	"testing"
@@ -55,5 +56,59 @@ func TestDo(t *testing.T) {
 	defer now.Close()
 	if !now.Equal(orig) {
 		t.Fatalf("caller's thread is in %s after Do, want %s", now, orig)
+	}
+}
+
+// TestPath: bare names live under Dir (as `ip netns` keeps them); anything
+// with a slash is a path and is kept as given.
+func TestPath(t *testing.T) {
+	for in, want := range map[string]string{
+		"owners-x":            "/run/netns/owners-x",
+		"/run/netns/owners-x": "/run/netns/owners-x",
+		"/proc/1/ns/net":      "/proc/1/ns/net",
+		"./rel/ns":            "./rel/ns",
+	} {
+		if got := Path(in); got != want {
+			t.Errorf("Path(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestNewClose: New makes a named namespace with lo up that `ip netns`
+// can see, Do runs in it, and Close removes it.
+func TestNewClose(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates a network namespace")
+	}
+	name := "owners-inns-" + RandSuffix()
+	n, err := New(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(Path(name)); err != nil {
+		n.Close()
+		t.Fatalf("named namespace not under %s: %v", Dir, err)
+	}
+	lo, err := n.Netlink().LinkByName("lo")
+	if err != nil || lo.Attrs().Flags&net.FlagUp == 0 {
+		n.Close()
+		t.Fatalf("lo in %s: %v, flags %v", name, err, lo.Attrs().Flags)
+	}
+	var inside netns.NsHandle
+	if err := n.Do(func() (err error) { inside, err = netns.Get(); return }); err != nil {
+		n.Close()
+		t.Fatal(err)
+	}
+	same := inside.Equal(n.Handle())
+	inside.Close()
+	if !same {
+		n.Close()
+		t.Fatal("Do ran outside the namespace")
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(Path(name)); !os.IsNotExist(err) {
+		t.Fatalf("%s still there after Close: %v", Path(name), err)
 	}
 }

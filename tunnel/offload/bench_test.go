@@ -1,6 +1,10 @@
 package offload
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/gwlbproxy/gwlbproxy/tunnel/csum"
+)
 
 // BenchmarkCoalesce merges a batch of 64 packets: 64 flows of one packet
 // each (nothing to merge, the bench's worst case), or 8 flows of 8.
@@ -61,7 +65,7 @@ func BenchmarkCoalesce(b *testing.B) {
 
 func fixTCP(p []byte) {
 	p[36], p[37] = 0, 0
-	c := ^Fold(sum(p[20:], pseudo(p, false, protoTCP, len(p)-20)))
+	c := ^csum.Fold(csum.Sum(p[20:], pseudo(p, false, protoTCP, len(p)-20)))
 	p[36], p[37] = byte(c>>8), byte(c)
 }
 

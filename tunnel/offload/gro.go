@@ -3,6 +3,8 @@ package offload
 import (
 	"bytes"
 	"encoding/binary"
+
+	"github.com/gwlbproxy/gwlbproxy/tunnel/csum"
 )
 
 // MaxSegments bounds how many packets one super-packet carries (the
@@ -341,7 +343,7 @@ func finish(head []byte, it *groItem) VirtioNetHdr {
 		binary.BigEndian.PutUint16(head[4:], uint16(it.total-ih))
 	} else {
 		binary.BigEndian.PutUint16(head[2:], uint16(it.total))
-		ipv4HeaderChecksum(head[:ih])
+		csum.IPv4Header(head[:ih])
 	}
 	l4len := it.total - ih
 	var csumAt int
@@ -359,6 +361,6 @@ func finish(head []byte, it *groItem) VirtioNetHdr {
 	csumAt = ih + int(h.CsumOffset)
 	// CHECKSUM_PARTIAL: the field holds the folded, uncomplemented
 	// pseudo-header sum; the kernel (or our Splitter) adds the rest.
-	binary.BigEndian.PutUint16(head[csumAt:], Fold(pseudo(head, it.v6, it.proto, l4len)))
+	binary.BigEndian.PutUint16(head[csumAt:], csum.Fold(pseudo(head, it.v6, it.proto, l4len)))
 	return h
 }

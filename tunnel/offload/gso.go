@@ -3,6 +3,8 @@ package offload
 import (
 	"encoding/binary"
 	"errors"
+
+	"github.com/gwlbproxy/gwlbproxy/tunnel/csum"
 )
 
 // Errors from Splitter.Reset; all mean "drop the packet".
@@ -115,9 +117,9 @@ func (s *Splitter) Reset(pkt []byte, hdr VirtioNetHdr, mtu int) error {
 	}
 	s.off = s.hl
 	if s.v6 {
-		s.partial = sum(pkt[8:40], uint64(s.proto))
+		s.partial = csum.Sum(pkt[8:40], uint64(s.proto))
 	} else {
-		s.partial = sum(pkt[12:20], uint64(s.proto))
+		s.partial = csum.Sum(pkt[12:20], uint64(s.proto))
 	}
 	return nil
 }
@@ -154,7 +156,7 @@ func (s *Splitter) Next(hdr []byte) (n int, payload []byte, payloadSum uint64, o
 	} else {
 		binary.BigEndian.PutUint16(h[2:], uint16(tot))
 		binary.BigEndian.PutUint16(h[4:], s.id+uint16(s.i))
-		ipv4HeaderChecksum(h[:ih])
+		csum.IPv4Header(h[:ih])
 	}
 	l4 := h[ih:]
 	var csumAt int
@@ -172,9 +174,9 @@ func (s *Splitter) Next(hdr []byte) (n int, payload []byte, payloadSum uint64, o
 		csumAt = 6
 	}
 	l4[csumAt], l4[csumAt+1] = 0, 0
-	payloadSum = sum(payload, 0)
-	ps := addSum(s.partial, uint64(tot-ih))
-	c := ^Fold(addSum(sum(l4, ps), payloadSum))
+	payloadSum = csum.Sum(payload, 0)
+	ps := csum.Add(s.partial, uint64(tot-ih))
+	c := ^csum.Fold(csum.Add(csum.Sum(l4, ps), payloadSum))
 	if c == 0 && s.proto == protoUDP {
 		c = 0xffff // 0 means "no checksum" in UDP
 	}
@@ -195,7 +197,7 @@ func completeChecksum(pkt []byte, hdr VirtioNetHdr) error {
 	}
 	initial := uint64(binary.BigEndian.Uint16(pkt[at:]))
 	pkt[at], pkt[at+1] = 0, 0
-	c := ^Fold(sum(pkt[start:], initial))
+	c := ^csum.Fold(csum.Sum(pkt[start:], initial))
 	if c == 0 && hdr.CsumOffset == 6 {
 		c = 0xffff // UDP: 0 means "no checksum"
 	}

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"testing"
+
+	"github.com/gwlbproxy/gwlbproxy/tunnel/csum"
 )
 
 // roundTrip coalesces copies of pkts, splits every result as the tun
@@ -317,7 +319,7 @@ func TestSplitMTU(t *testing.T) {
 			break
 		}
 		seg := append(bytes.Clone(hdr[:hl]), pl...)
-		if len(seg) > 1500 || !l4Valid(seg, false, protoTCP, 20) || Fold(sum(seg[:20], 0)) != 0xffff {
+		if len(seg) > 1500 || !l4Valid(seg, false, protoTCP, 20) || csum.Fold(csum.Sum(seg[:20], 0)) != 0xffff {
 			t.Fatalf("segment %d: len %d", n, len(seg))
 		}
 		if seq := binary.BigEndian.Uint32(seg[24:]); seq != 1000+uint32(len(stream)) {
@@ -351,7 +353,7 @@ func TestCompleteChecksum(t *testing.T) {
 		if tcp {
 			proto, at = protoTCP, 36
 		}
-		binary.BigEndian.PutUint16(p[at:], Fold(pseudo(p, false, proto, len(p)-20)))
+		binary.BigEndian.PutUint16(p[at:], csum.Fold(pseudo(p, false, proto, len(p)-20)))
 		h := VirtioNetHdr{Flags: FlagNeedsCsum, CsumStart: 20, CsumOffset: uint16(at - 20)}
 		var sp Splitter
 		if err := sp.Reset(p, h, 1500); err != nil || sp.GSO() {

@@ -3,6 +3,8 @@ package offload
 import (
 	"encoding/binary"
 	"net/netip"
+
+	"github.com/gwlbproxy/gwlbproxy/tunnel/csum"
 )
 
 // pktSpec describes a test packet.
@@ -81,7 +83,7 @@ func build(s pktSpec) []byte {
 		copy(p[12:], a[:])
 		copy(p[16:], b[:])
 		copy(p[20:], s.ipOpts)
-		ipv4HeaderChecksum(p[:ih])
+		csum.IPv4Header(p[:ih])
 	}
 	l4 := p[ih:]
 	binary.BigEndian.PutUint16(l4[0:], s.src.Port())
@@ -105,7 +107,7 @@ func build(s pktSpec) []byte {
 	if s.tcp {
 		proto = protoTCP
 	}
-	c := ^Fold(sum(l4, pseudo(p, s.v6, proto, len(l4))))
+	c := ^csum.Fold(csum.Sum(l4, pseudo(p, s.v6, proto, len(l4))))
 	if c == 0 && !s.tcp {
 		c = 0xffff
 	}

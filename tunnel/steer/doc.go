@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package steer moves tunnel traffic where it belongs: TCP to the
 // intercepted ports (80/443 by default) from any gwi-* into the proxy's
 // transparent listeners, everything else forwarded (nat mode) or back into
@@ -137,14 +139,18 @@
 // rules and one without, with 4 MiB moved through a host firewall that drops
 // ct state invalid.
 //
-// DialUpstream refuses loopback, link-local (IMDS), fd00:ec2::/32 and the
-// appliance's own addresses in both modes.
+// DialUpstream refuses, in both modes, every destination the proxy's SSRF
+// guard refuses (proxy/ssrf: loopback, link-local (IMDS), fd00:ec2::/32,
+// CGNAT, the IPv6 wrappings of those, the appliance's own addresses): the
+// composition root hands steer the proxy's check (UseCheck), so there is
+// one list and one refresh of the own addresses.
 //
 // # Guards and QUIC
 //
-// Forwarded traffic from a tunnel to 169.254.0.0/16, 127.0.0.0/8, 0.0.0.0/8,
-// fe80::/10, ::1 and fd00:ec2::/32 (IMDS, VPC DNS and time servers) is
-// dropped and counted (guard_dropped). Tunnel traffic addressed to the
+// Forwarded traffic from a tunnel to the host-local ranges of the SSRF list
+// (ssrf.HostLocal: 169.254.0.0/16, 127.0.0.0/8, 0.0.0.0/8, fe80::/10, ::1
+// and fd00:ec2::/32; IMDS, VPC DNS and time servers) is dropped and counted
+// (guard_dropped). Tunnel traffic addressed to the
 // appliance itself never reaches forward (it is local); the input chain
 // drops every tunnel packet that TPROXY did not hand over (local_dropped).
 // UDP to quic_ports (80, 443) from a tunnel is dropped and counted

@@ -1,3 +1,5 @@
+//go:build linux
+
 package steer
 
 import (
@@ -8,12 +10,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"unsafe"
 
+	"github.com/gwlbproxy/gwlbproxy/tunnel/inns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -46,53 +48,16 @@ func newNS(t *testing.T, tag string) *nsh { return newNSB(t, tag) }
 func newNSB(t testing.TB, tag string) *nsh {
 	t.Helper()
 	name := "gwlbt-" + tag + "-" + randSuffix()
-	var h netns.NsHandle
-	err := inThread(func() error {
-		orig, err := netns.Get()
-		if err != nil {
-			return err
-		}
-		defer orig.Close()
-		h, err = netns.NewNamed(name)
-		if err != nil {
-			return err
-		}
-		return netns.Set(orig)
-	})
+	ns, err := inns.New(name)
 	if err != nil {
-		t.Fatalf("netns %s: %v", name, err)
+		t.Fatal(err)
 	}
-	nl, err := netlink.NewHandleAt(h)
-	if err != nil {
-		t.Fatalf("netlink in %s: %v", name, err)
-	}
-	n := &nsh{name: name, h: h, nl: nl}
 	t.Cleanup(func() {
-		nl.Close()
-		h.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("delete netns %s: %v", name, err)
+		if err := ns.Close(); err != nil {
+			t.Error(err)
 		}
 	})
-	lo, err := nl.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nl.LinkSetUp(lo); err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-// inThread runs fn on a locked OS thread that is discarded if fn leaves it
-// in another namespace.
-func inThread(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		errc <- fn()
-	}()
-	return <-errc
+	return &nsh{name: name, h: ns.Handle(), nl: ns.Netlink()}
 }
 
 // do runs fn in the namespace (socket creation, /proc/sys).

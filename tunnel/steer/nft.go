@@ -1,3 +1,5 @@
+//go:build linux
+
 package steer
 
 import (
@@ -8,6 +10,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"github.com/gwlbproxy/gwlbproxy/proxy/ssrf"
 	"golang.org/x/sys/unix"
 )
 
@@ -37,18 +40,6 @@ const (
 )
 
 var counterNames = []string{ctrIntercepted, ctrInterceptFail, ctrQUICDropped, ctrGuardDropped, ctrLocalDropped, ctrDirectRefused, ctrForwarded}
-
-// guardPrefixes are never forwarded from a tunnel: instance-local services
-// (IMDS, the VPC DNS and time servers live in 169.254.0.0/16 and
-// fd00:ec2::/32), link-local and loopback.
-var guardPrefixes = []netip.Prefix{
-	netip.MustParsePrefix("169.254.0.0/16"),
-	netip.MustParsePrefix("127.0.0.0/8"),
-	netip.MustParsePrefix("0.0.0.0/8"),
-	netip.MustParsePrefix("fe80::/10"),
-	netip.MustParsePrefix("::1/128"),
-	netip.MustParsePrefix("fd00:ec2::/32"),
-}
 
 // ruleSpec is one nftables rule with the nft-syntax text Explain prints.
 type ruleSpec struct {
@@ -263,7 +254,10 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 		add(chainFilterFwd, fmt.Sprintf("iif @%s meta l4proto udp udp dport @%s counter name %s drop", setTunnels, setQUICPorts, ctrQUICDropped),
 			cat(fromTunnel, l4proto(unix.IPPROTO_UDP), tcpDport(), lookup(setQUICPorts, rs.sets, false), objref(ctrQUICDropped), drop())...)
 	}
-	for _, p := range guardPrefixes {
+	// Forwarded traffic to the host-local ranges of the SSRF list
+	// (instance services, link-local, loopback) is dropped: the proxy's
+	// list, not a copy of it.
+	for _, p := range ssrf.HostLocal() {
 		if p.Addr().Is6() && !c.IPv6 {
 			continue
 		}

@@ -1,3 +1,5 @@
+//go:build linux
+
 package steer
 
 import (
@@ -172,24 +174,6 @@ func (s *Steerer) EndpointOf(c net.Conn) (uint64, bool) {
 	return p.EndpointID, true
 }
 
-// forbidden reports destinations the proxy must not dial for a client:
-// loopback, link-local (IMDS), instance services and the appliance itself.
-func (s *Steerer) forbidden(a netip.Addr) bool {
-	a = a.Unmap()
-	if !a.IsValid() || a.IsUnspecified() || a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsMulticast() {
-		return true
-	}
-	for _, p := range guardPrefixes {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	s.addrMu.Lock()
-	_, local := s.localAddrs[a]
-	s.addrMu.Unlock()
-	return local
-}
-
 // DialUpstream connects to dst on behalf of the intercepted client
 // connection. In nat mode it is a plain connection from the appliance's own
 // address (masquerade is for forwarded traffic only). In tunnel mode it
@@ -198,8 +182,8 @@ func (s *Steerer) forbidden(a netip.Addr) bool {
 // with a 5-tuple GWLB already knows; its replies come back through gwi-*
 // and are delivered to this socket by the `socket transparent` rule.
 func (s *Steerer) DialUpstream(ctx context.Context, client net.Conn, dst netip.AddrPort) (net.Conn, error) {
-	if s.forbidden(dst.Addr()) {
-		return nil, fmt.Errorf("dial %s: %w", dst, ErrForbiddenDestination)
+	if why := s.checkDestination(dst.Addr()); why != "" {
+		return nil, fmt.Errorf("dial %s (%s): %w", dst, why, ErrForbiddenDestination)
 	}
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
 	d := net.Dialer{}

@@ -1,3 +1,5 @@
+//go:build linux
+
 package steer
 
 import (
@@ -12,6 +14,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/gwlbproxy/gwlbproxy/proxy/ssrf"
 	"github.com/gwlbproxy/gwlbproxy/tunnel"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
@@ -28,19 +31,24 @@ type Steerer struct {
 	log *slog.Logger
 	ns  nsExec
 
-	mu         sync.Mutex // serialises nft batches and routing changes; guards below
-	nft        *nftables.Conn
-	nl         *netlink.Handle
-	rs         *ruleset
-	loIndex    int
-	egress     string
-	pairs      map[uint16]tunnel.Pair
-	addrMu     sync.Mutex // guards localAddrs only (read on every dial)
-	localAddrs map[netip.Addr]struct{}
-	started    bool
-	closed     bool
-	cancel     context.CancelFunc
-	done       chan struct{}
+	mu      sync.Mutex // serialises nft batches and routing changes; guards below
+	nft     *nftables.Conn
+	nl      *netlink.Handle
+	rs      *ruleset
+	loIndex int
+	egress  string
+	pairs   map[uint16]tunnel.Pair
+	// guard is steer's own SSRF guard (proxy/ssrf's list over its
+	// namespace's addresses, refreshed with the sysctl reassertion);
+	// DialUpstream checks with it until UseCheck hands in the proxy's
+	// check (check), after which the proxy's guard is the only one
+	// refreshed.
+	guard   atomic.Pointer[ssrf.Guard]
+	check   atomic.Pointer[func(netip.Addr) string]
+	started bool
+	closed  bool
+	cancel  context.CancelFunc
+	done    chan struct{}
 
 	// testNoZone leaves out the conntrack zone rules (tests prove they
 	// are needed).
@@ -85,13 +93,17 @@ func newSteerer(cfg Config, log *slog.Logger, reg prometheus.Registerer, nsFd in
 	cfg.TLSPorts = append([]uint16(nil), cfg.TLSPorts...)
 	cfg.QUICPorts = append([]uint16(nil), cfg.QUICPorts...)
 	s := &Steerer{
-		cfg:        cfg,
-		log:        log.With("component", "steer"),
-		ns:         nsExec{fd: nsFd},
-		pairs:      map[uint16]tunnel.Pair{},
-		localAddrs: map[netip.Addr]struct{}{},
-		kick:       make(chan struct{}, 1),
+		cfg:   cfg,
+		log:   log.With("component", "steer"),
+		ns:    nsExec{fd: nsFd},
+		pairs: map[uint16]tunnel.Pair{},
+		kick:  make(chan struct{}, 1),
 	}
+	g, err := ssrf.New(ssrf.DefaultConfig(), s.ownAddrs)
+	if err != nil {
+		return nil, fmt.Errorf("steer: ssrf guard: %w", err)
+	}
+	s.guard.Store(g)
 	if reg != nil {
 		if err := reg.Register(&collector{s: s}); err != nil {
 			return nil, fmt.Errorf("steer metrics: %w", err)
@@ -147,7 +159,7 @@ func (s *Steerer) Start(ctx context.Context) error {
 	if err := s.addRouting(rules, routes); err != nil {
 		return fmt.Errorf("steer: %w", err)
 	}
-	s.refreshLocalAddrs()
+	s.refreshOwnGuard()
 	if s.cfg.DisableSourceDestCheck {
 		if err := disableSourceDestCheckDefault(ctx, s.cfg, s.log); err != nil {
 			return fmt.Errorf("steer: disable_source_dest_check: %w", err)
@@ -234,27 +246,64 @@ func (s *Steerer) reassert(ctx context.Context, parent <-chan struct{}) {
 		s.mu.Lock()
 		if !s.closed {
 			s.selfRepairLocked()
-			s.refreshLocalAddrs()
+			s.refreshOwnGuard()
 		}
 		s.mu.Unlock()
 	}
 }
 
-func (s *Steerer) refreshLocalAddrs() {
-	addrs, err := s.nl.AddrList(nil, unix.AF_UNSPEC)
-	if err != nil {
-		s.log.Warn("listing local addresses", "err", err)
+// UseCheck makes DialUpstream refuse what check refuses: the composition
+// root hands in the proxy's SSRF check (proxy.CheckDestination, the guard
+// in force, which the proxy refreshes and a policy reload replaces), so
+// the proxy and the steering dialer refuse the same list and the
+// appliance's own addresses are read by one refresher. check returns a
+// non-empty reason to refuse. Call it before the proxy serves. Without it
+// steer checks with a guard of its own (built-in list, addresses of its
+// namespace, refreshed with the sysctl reassertion).
+func (s *Steerer) UseCheck(check func(netip.Addr) string) {
+	if check == nil {
 		return
 	}
-	m := make(map[netip.Addr]struct{}, len(addrs))
+	s.check.Store(&check)
+}
+
+// checkDestination is the SSRF check DialUpstream makes.
+func (s *Steerer) checkDestination(a netip.Addr) string {
+	if c := s.check.Load(); c != nil {
+		return (*c)(a)
+	}
+	return s.guard.Load().Check(a)
+}
+
+// refreshOwnGuard re-reads the namespace's addresses into steer's own
+// guard, unless UseCheck handed in the proxy's (then its owner refreshes).
+// Called with s.mu held (s.nl).
+func (s *Steerer) refreshOwnGuard() {
+	if s.check.Load() != nil {
+		return
+	}
+	if err := s.guard.Load().Refresh(); err != nil {
+		s.log.Warn("listing local addresses", "err", err)
+	}
+}
+
+// ownAddrs lists the addresses of steer's namespace (nothing before Start
+// opened the netlink handle). It is the address source of steer's own guard.
+func (s *Steerer) ownAddrs() ([]netip.Addr, error) {
+	if s.nl == nil {
+		return nil, nil
+	}
+	addrs, err := s.nl.AddrList(nil, unix.AF_UNSPEC)
+	if err != nil {
+		return nil, fmt.Errorf("listing local addresses: %w", err)
+	}
+	out := make([]netip.Addr, 0, len(addrs))
 	for _, a := range addrs {
 		if ip, ok := netip.AddrFromSlice(a.IP); ok {
-			m[ip.Unmap()] = struct{}{}
+			out = append(out, ip.Unmap())
 		}
 	}
-	s.addrMu.Lock()
-	s.localAddrs = m
-	s.addrMu.Unlock()
+	return out, nil
 }
 
 // PairUp adds the tunnel's routing table, rules, sysctls and set elements.

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package tun creates multi-queue Linux tun devices for the tunnel data
 // path: one file descriptor (queue) per worker, so each worker reads and
 // writes its own queue without locks and the kernel spreads return traffic

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package udp is the tunnel's underlay I/O: batched receive of GENEVE
 // datagrams on SO_REUSEPORT sockets (recvmmsg, with the local address each
 // datagram arrived on), and batched send of replies through raw sockets

@@ -1,15 +1,17 @@
+//go:build linux
+
 package udp
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/bits"
 	"net/netip"
 	"os"
 	"syscall"
 	"unsafe"
 
+	"github.com/gwlbproxy/gwlbproxy/tunnel/csum"
 	"golang.org/x/sys/unix"
 )
 
@@ -49,7 +51,7 @@ func Encap(buf []byte, off, n int, src, dst netip.AddrPort, ttl uint8) ([]byte, 
 // EncapTail is Encap for a UDP payload in two parts, buf[off:off+n]
 // followed by tail (sent as a second iovec: Packet.Tail), so a segment of
 // a larger packet is sent without being copied. tailSum must be
-// Checksum(tail, 0); callers that already summed the tail (a segmenter
+// csum.Sum(tail, 0); callers that already summed the tail (a segmenter
 // computing the inner checksum) save a pass over it.
 func EncapTail(buf []byte, off, n int, tail []byte, tailSum uint64, src, dst netip.AddrPort, ttl uint8) ([]byte, error) {
 	sa, da := src.Addr(), dst.Addr()
@@ -84,8 +86,8 @@ func EncapTail(buf []byte, off, n int, tail []byte, tailSum uint64, src, dst net
 		s4, d4 := sa.As4(), da.As4()
 		copy(ip[12:16], s4[:])
 		copy(ip[16:20], d4[:])
-		binary.BigEndian.PutUint16(ip[10:], ^fold(Checksum(ip, 0)))
-		sum = Checksum(ip[12:20], uint64(unix.IPPROTO_UDP)+uint64(ulen))
+		csum.IPv4Header(ip)
+		sum = csum.Sum(ip[12:20], uint64(unix.IPPROTO_UDP)+uint64(ulen))
 	} else {
 		if ulen > 0xffff {
 			return nil, errors.New("udp encap: packet too long")
@@ -98,21 +100,19 @@ func EncapTail(buf []byte, off, n int, tail []byte, tailSum uint64, src, dst net
 		s6, d6 := sa.As16(), da.As16()
 		copy(ip[8:24], s6[:])
 		copy(ip[24:40], d6[:])
-		sum = Checksum(ip[8:40], uint64(unix.IPPROTO_UDP)+uint64(ulen))
+		sum = csum.Sum(ip[8:40], uint64(unix.IPPROTO_UDP)+uint64(ulen))
 	}
-	sum = Checksum(pkt[hl-UDPHeaderLen:], sum)
+	sum = csum.Sum(pkt[hl-UDPHeaderLen:], sum)
 	if len(tail) > 0 {
-		ts := fold(tailSum)
+		ts := csum.Fold(tailSum)
 		if n%2 == 1 {
 			// The tail starts at an odd offset: its bytes fall in the
 			// other half of each 16-bit word.
 			ts = ts<<8 | ts>>8
 		}
-		var c uint64
-		sum, c = bits.Add64(sum, uint64(ts), 0)
-		sum += c
+		sum = csum.Add(sum, uint64(ts))
 	}
-	cs := ^fold(sum)
+	cs := ^csum.Fold(sum)
 	if cs == 0 {
 		cs = 0xffff // 0 means "no checksum" in UDP
 	}
@@ -317,64 +317,3 @@ func (b *Batch) send(s *rawSock, pkts []Packet, v4 bool) (int, error) {
 	}
 	return b.wOff - b.wFail, err
 }
-
-// fold folds a 64-bit one's complement sum to 16 bits.
-func fold(s uint64) uint16 {
-	s = (s >> 32) + (s & 0xffffffff)
-	s = (s >> 32) + (s & 0xffffffff)
-	s = (s >> 16) + (s & 0xffff)
-	s = (s >> 16) + (s & 0xffff)
-	return uint16(s)
-}
-
-// Checksum adds b, as big-endian 16-bit words (odd length padded with a
-// zero byte), to the running one's complement sum and returns it unfolded.
-// It sums 64 bits at a time: the one's complement sum is the same at any
-// word width once folded.
-func Checksum(b []byte, sum uint64) uint64 {
-	var carry uint64
-	for len(b) >= 32 {
-		var c uint64
-		sum, c = addc(sum, binary.BigEndian.Uint64(b[0:]), 0)
-		carry += c
-		sum, c = addc(sum, binary.BigEndian.Uint64(b[8:]), 0)
-		carry += c
-		sum, c = addc(sum, binary.BigEndian.Uint64(b[16:]), 0)
-		carry += c
-		sum, c = addc(sum, binary.BigEndian.Uint64(b[24:]), 0)
-		carry += c
-		b = b[32:]
-	}
-	for len(b) >= 8 {
-		var c uint64
-		sum, c = addc(sum, binary.BigEndian.Uint64(b), 0)
-		carry += c
-		b = b[8:]
-	}
-	if len(b) >= 4 {
-		var c uint64
-		sum, c = addc(sum, uint64(binary.BigEndian.Uint32(b)), 0)
-		carry += c
-		b = b[4:]
-	}
-	if len(b) >= 2 {
-		var c uint64
-		sum, c = addc(sum, uint64(binary.BigEndian.Uint16(b)), 0)
-		carry += c
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		var c uint64
-		sum, c = addc(sum, uint64(b[0])<<8, 0)
-		carry += c
-	}
-	// Fold the carries back in (end-around carry).
-	for carry != 0 {
-		var c uint64
-		sum, c = addc(sum, carry, 0)
-		carry = c
-	}
-	return sum
-}
-
-func addc(a, b, c uint64) (uint64, uint64) { return bits.Add64(a, b, c) }

@@ -1,9 +1,13 @@
+//go:build linux
+
 package udp
 
 import (
 	"bytes"
 	"net/netip"
 	"testing"
+
+	"github.com/gwlbproxy/gwlbproxy/tunnel/csum"
 )
 
 // TestEncapTailMatchesEncap: a datagram built from a head and a separately
@@ -29,7 +33,7 @@ func TestEncapTailMatchesEncap(t *testing.T) {
 				head := make([]byte, HeaderRoom+headLen)
 				copy(head[HeaderRoom:], payload[:headLen])
 				tail := payload[headLen:]
-				got, err := EncapTail(head, HeaderRoom, headLen, tail, Checksum(tail, 0), fam.src, fam.dst, 64)
+				got, err := EncapTail(head, HeaderRoom, headLen, tail, csum.Sum(tail, 0), fam.src, fam.dst, 64)
 				if err != nil {
 					t.Fatal(err)
 				}

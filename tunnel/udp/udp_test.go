@@ -1,3 +1,5 @@
+//go:build linux
+
 package udp
 
 import (
@@ -11,7 +13,8 @@ import (
 	"time"
 )
 
-// naiveChecksum is RFC 1071 done 16 bits at a time.
+// naiveChecksum is RFC 1071 done 16 bits at a time: the independent check
+// Encap's output is verified with (tunnel/csum holds the fast one).
 func naiveChecksum(b []byte) uint16 {
 	var s uint32
 	for i := 0; i+1 < len(b); i += 2 {
@@ -24,27 +27,6 @@ func naiveChecksum(b []byte) uint16 {
 		s = s>>16 + s&0xffff
 	}
 	return uint16(s)
-}
-
-func TestChecksumMatchesNaive(t *testing.T) {
-	r := rand.New(rand.NewPCG(1, 2))
-	for n := 0; n < 300; n++ {
-		b := make([]byte, n)
-		for i := range b {
-			b[i] = byte(r.Uint32())
-		}
-		if n%7 == 0 {
-			for i := range b {
-				b[i] = 0xff
-			}
-		}
-		want := naiveChecksum(b)
-		got := fold(Checksum(b, 0))
-		// 0 and 0xffff are both one's complement zero.
-		if got != want && !(got^want == 0xffff && (got == 0 || want == 0)) {
-			t.Fatalf("len %d: got %#x want %#x", n, got, want)
-		}
-	}
 }
 
 // verify checks the IP header and UDP checksums of an Encap result the way

@@ -167,7 +167,7 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger, opts Options) (
 	if c.FlowRecords.Enabled {
 		fcfg, fs := c.FlowRecords, st.FlowSource()
 		fcfg.MarkBase, fcfg.MarkMask, fcfg.LogGroup, fcfg.InterceptPorts = fs.MarkBase, fs.MarkMask, fs.LogGroup, fs.InterceptPorts
-		flows, err = flowlog.New(fcfg, st, unmetered{shipper}, instanceID, log.With("component", "flowlog"), reg)
+		flows, err = flowlog.New(fcfg, st, shipper, instanceID, log.With("component", "flowlog"), reg)
 		if err != nil {
 			return fmt.Errorf("flow_records: %w", err)
 		}
@@ -226,6 +226,9 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger, opts Options) (
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)
 	}
+	// One SSRF guard for the appliance: steer's DialUpstream checks again
+	// with the proxy's (one list; the proxy refreshes the own addresses).
+	st.UseCheck(px.CheckDestination)
 	var serving sync.WaitGroup
 	serve := func(kind string, l net.Listener, fn func(net.Listener) error) {
 		serving.Add(1)
@@ -481,9 +484,3 @@ func (c *cleanups) run(log *slog.Logger) error {
 	}
 	return errors.Join(errs...)
 }
-
-// unmetered ships flow records without counting them as requests in the
-// EMF metrics.
-type unmetered struct{ *logship.Shipper }
-
-func (u unmetered) Ship(ts time.Time, b []byte) error { return u.ShipUnmetered(ts, b) }

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package caps reads the process's effective Linux capabilities so that
 // `gwlbproxy run` can refuse to start with a message naming exactly what is
 // missing, instead of checking for uid 0: the systemd unit runs it as an

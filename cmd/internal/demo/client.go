@@ -18,13 +18,15 @@ import (
 
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+
+	"github.com/gwlbproxy/gwlbproxy/tunnel/inns"
 )
 
 // Client makes requests from inside one namespace.
 type Client struct {
 	// Name says where the client is, for output ("VPC A").
 	Name string
-	NS   Namespace
+	NS   *inns.NS
 	// Roots are the CAs the client trusts (the appliance CA, and the
 	// internet CA as a browser trusts public roots).
 	Roots *x509.CertPool

@@ -20,6 +20,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/tunnel/inns"
 )
 
 // Names of the demo's internet. They resolve through Names only (no DNS).
@@ -177,7 +179,7 @@ func (in *Internet) leaf(serial int64, names []string, from, to time.Time) (*tls
 // Serve starts the internet's servers in ns, on every address: HTTP on 80,
 // HTTPS on 443 (certificate by SNI), UDP echo on 7 and 443. The servers
 // run until Close.
-func (in *Internet) Serve(ns Namespace, name string) error {
+func (in *Internet) Serve(ns *inns.NS, name string) error {
 	tcfg := &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		GetCertificate: func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {

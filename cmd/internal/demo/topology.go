@@ -14,6 +14,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/resolve/dnstest"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/inns"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
 )
 
@@ -41,7 +42,7 @@ type Network struct {
 	Internet *Internet
 	// Inet is the internet namespace in nat mode; nil in tunnel mode, where
 	// each endpoint's server namespace is its internet.
-	Inet *gwlbsim.NS
+	Inet *inns.NS
 	// DNS is the appliance's resolver (the VPC resolver's stand-in) on
 	// ResolverAddr:53 in the GWLB namespace, answering Names; destination
 	// binding asks it. Tests change its answers or silence it.
@@ -159,7 +160,7 @@ func (n *Network) Namespaces() []string {
 func (n *Network) addInternet() error {
 	app := n.Topo.Appliance
 	name := app.Name[:len(app.Name)-len("app")] + "inet"
-	inet, err := gwlbsim.NewNS(name)
+	inet, err := inns.New(name)
 	if err != nil {
 		return err
 	}
@@ -232,7 +233,7 @@ func (n *Network) wireExtra(i int, x *gwlbsim.ExtraAppliance) error {
 }
 
 // addAddrs adds addresses with prefix length bits to link and sets it up.
-func addAddrs(ns Namespace, name, link string, bits int, addrs []netip.Addr) error {
+func addAddrs(ns *inns.NS, name, link string, bits int, addrs []netip.Addr) error {
 	nl := ns.Netlink()
 	l, err := nl.LinkByName(link)
 	if err != nil {

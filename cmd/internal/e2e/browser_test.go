@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/demo"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/inns"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
 )
 
@@ -379,7 +380,7 @@ type capture struct {
 	done chan struct{}
 }
 
-func startCapture(ns demo.Namespace) (*capture, error) {
+func startCapture(ns *inns.NS) (*capture, error) {
 	c := &capture{byP: map[uint16]*tcpFlow{}, quit: make(chan struct{}), done: make(chan struct{})}
 	// ETH_P_ALL: sockets bound to one protocol see only incoming packets.
 	proto := int((unix.ETH_P_ALL&0xff)<<8 | unix.ETH_P_ALL>>8) // htons

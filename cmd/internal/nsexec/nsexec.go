@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package nsexec starts a program inside a named network namespace without
 // shelling out to `ip netns exec`.
 //
@@ -7,15 +9,20 @@
 // whole new process image with it. So the child is started normally with
 // EnvVar set; Enter, called first thing in main, joins the namespace on a
 // locked thread and re-executes itself without the variable.
+//
+// Namespaces are created and entered-and-left by tunnel/inns; this package
+// is the one place that enters and never leaves (the thread execs), which
+// inns.Do by design cannot do. It names namespaces the way inns does
+// (inns.Path).
 package nsexec
 
 import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 
+	"github.com/gwlbproxy/gwlbproxy/tunnel/inns"
 	"golang.org/x/sys/unix"
 )
 
@@ -43,9 +50,7 @@ func Enter() error {
 	if err := os.Unsetenv(EnvVar); err != nil {
 		return err
 	}
-	if filepath.Base(ns) == ns {
-		ns = filepath.Join("/run/netns", ns)
-	}
+	ns = inns.Path(ns)
 	runtime.LockOSThread() // never unlocked: this thread execs or the process exits
 	fd, err := unix.Open(ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {

@@ -1,3 +1,5 @@
+//go:build linux
+
 package nsexec
 
 import (
@@ -6,12 +8,11 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"runtime"
 	"strings"
 	"testing"
 
+	"github.com/gwlbproxy/gwlbproxy/tunnel/inns"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 )
 
 func TestMain(m *testing.M) {
@@ -38,19 +39,12 @@ func TestCommandRunsInNamespace(t *testing.T) {
 	name := "nsx-" + hex.EncodeToString(b)
 	link := "dmy" + hex.EncodeToString(b)
 
-	runtime.LockOSThread()
-	orig, err := netns.Get()
+	ns, err := inns.New(name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ns, err := netns.NewNamed(name) // switches this thread into it
-	if err == nil {
-		err = netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: link}, PeerName: link + "p"})
-	}
-	_ = netns.Set(orig)
-	runtime.UnlockOSThread()
-	t.Cleanup(func() { ns.Close(); _ = netns.DeleteNamed(name); orig.Close() })
-	if err != nil {
+	t.Cleanup(func() { ns.Close() })
+	if err := ns.Netlink().LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: link}, PeerName: link + "p"}); err != nil {
 		t.Fatal(err)
 	}
 

@@ -10,17 +10,17 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/inns"
 )
 
 // netNS is a named network namespace (usable with `ip netns exec` and
-// nsexec) owned by the benchmark: gwlbsim's, plus the dial and listen
+// nsexec) owned by the benchmark: tunnel/inns's, plus the dial and listen
 // helpers the load client and the upstream need.
-type netNS struct{ *gwlbsim.NS }
+type netNS struct{ *inns.NS }
 
 // newNetNS creates the named namespace with lo up.
 func newNetNS(name string) (*netNS, error) {
-	n, err := gwlbsim.NewNS(name)
+	n, err := inns.New(name)
 	if err != nil {
 		return nil, err
 	}

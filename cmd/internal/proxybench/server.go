@@ -21,6 +21,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/schema"
 )
 
 // ServerReady is the line the proxy server prints on stdout once its
@@ -165,7 +166,7 @@ func dialAsClient(ctx context.Context, client net.Conn, dst netip.AddrPort) (net
 
 type discard struct{}
 
-func (discard) Ship(time.Time, []byte) error { return nil }
+func (discard) ShipRequest(time.Time, []byte, schema.Metrics) error { return nil }
 
 // fileRecorder appends one record per line through a buffer, the way a
 // stdio access log does.
@@ -183,8 +184,8 @@ func newFileRecorder(path string) (*fileRecorder, error) {
 	return &fileRecorder{f: f, w: bufio.NewWriterSize(f, 64<<10)}, nil
 }
 
-// Ship implements proxy.Recorder.
-func (r *fileRecorder) Ship(_ time.Time, record []byte) error {
+// ShipRequest implements proxy.Recorder.
+func (r *fileRecorder) ShipRequest(_ time.Time, record []byte, _ schema.Metrics) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, err := r.w.Write(record); err != nil {

@@ -3,13 +3,13 @@ package proxybench
 import (
 	"errors"
 	"fmt"
-	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
 	"net"
 	"net/netip"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/inns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -45,7 +45,7 @@ type topology struct {
 }
 
 func newTopology(prefix string) (_ *topology, err error) {
-	sfx := gwlbsim.RandSuffix()
+	sfx := inns.RandSuffix()
 	t := &topology{}
 	defer func() {
 		if err != nil {

@@ -9,8 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 
-	"github.com/gwlbproxy/gwlbproxy/tunnel/offload"
-	"github.com/gwlbproxy/gwlbproxy/tunnel/udp"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/csum"
 )
 
 // TCP flags.
@@ -51,7 +50,7 @@ func Parse(f []byte) (Packet, error) {
 		if ip[0] != 0x45 || ip[9] != 6 {
 			return p, fmt.Errorf("ipv4 header %x: want no options, TCP", ip[:20])
 		}
-		if offload.Fold(udp.Checksum(ip[:20], 0)) != 0xffff {
+		if csum.Fold(csum.Sum(ip[:20], 0)) != 0xffff {
 			return p, errors.New("bad IPv4 header checksum")
 		}
 		tot := int(binary.BigEndian.Uint16(ip[2:]))
@@ -62,7 +61,7 @@ func Parse(f []byte) (Packet, error) {
 		s, _ := netip.AddrFromSlice(ip[12:16])
 		d, _ := netip.AddrFromSlice(ip[16:20])
 		tcp = ip[20:tot]
-		pseudo = udp.Checksum(ip[12:20], 6+uint64(len(tcp)))
+		pseudo = csum.Sum(ip[12:20], 6+uint64(len(tcp)))
 		p.Src, p.Dst = netip.AddrPortFrom(s, binary.BigEndian.Uint16(tcp[0:])), netip.AddrPortFrom(d, binary.BigEndian.Uint16(tcp[2:]))
 	case 0x86dd:
 		if len(ip) < 60 || ip[0]>>4 != 6 || ip[6] != 6 {
@@ -76,12 +75,12 @@ func Parse(f []byte) (Packet, error) {
 		s, _ := netip.AddrFromSlice(ip[8:24])
 		d, _ := netip.AddrFromSlice(ip[24:40])
 		tcp = ip[40:]
-		pseudo = udp.Checksum(ip[8:40], 6+uint64(len(tcp)))
+		pseudo = csum.Sum(ip[8:40], 6+uint64(len(tcp)))
 		p.Src, p.Dst = netip.AddrPortFrom(s, binary.BigEndian.Uint16(tcp[0:])), netip.AddrPortFrom(d, binary.BigEndian.Uint16(tcp[2:]))
 	default:
 		return p, fmt.Errorf("ethertype %#x", et)
 	}
-	if offload.Fold(udp.Checksum(tcp, pseudo)) != 0xffff {
+	if csum.Fold(csum.Sum(tcp, pseudo)) != 0xffff {
 		return p, errors.New("bad TCP checksum")
 	}
 	off := int(tcp[12]>>4) * 4

@@ -1,4 +1,14 @@
-package proxy
+// Package h1 is the proxy's HTTP/1.1 upstream client: a pool of idle
+// connections to one destination and a round trip that runs on the
+// caller's goroutine (Pool). It knows nothing of the proxy (policy,
+// records, connection state): the proxy hands it a request, its limits
+// and a dial function bound to the original destination.
+//
+// Only the upstream side lives here so far. The HTTP/1 server and its
+// response writer (proxy/h1serve.go, h1resp.go) still call into the
+// proxy's connection state, fair-share deadlines and records directly and
+// move here once those meet behind an interface.
+package h1
 
 import (
 	"bufio"
@@ -19,7 +29,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// h1Pool is the upstream HTTP/1.1 path of one poolKey: a request is
+// Pool is the upstream HTTP/1.1 path of one destination: a request is
 // written and its response headers read on the caller's goroutine, over
 // idle connections the pool keeps. http.Transport runs a read and a write
 // goroutine per connection and hands every request and response between
@@ -40,11 +50,11 @@ import (
 // a connection is reused only after its response was read to the end, its
 // request was fully written, and the server did not ask to close. Idle
 // connections are not watched while idle (no goroutine per connection):
-// upstream.sweepIdle closes those idle for longer than
+// the owner calls Sweep to close those idle for longer than
 // upstream_idle_timeout.
-type h1Pool struct {
+type Pool struct {
 	max int // idle connections kept
-	lim h1Limits
+	lim Limits
 
 	mu     sync.Mutex
 	idle   []*h1Conn // most recently used last
@@ -115,8 +125,11 @@ func (pc *h1Conn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// h1Eligible says whether req can take the h1Pool path.
-func h1Eligible(req *http.Request) bool {
+// NewPool returns a pool keeping up to max idle connections.
+func NewPool(max int, lim Limits) *Pool { return &Pool{max: max, lim: lim} }
+
+// Eligible says whether req can take the Pool path.
+func Eligible(req *http.Request) bool {
 	_, up := req.Header["Upgrade"]
 	_, ex := req.Header["Expect"]
 	return !up && !ex
@@ -141,22 +154,22 @@ func replayable(req *http.Request) bool {
 	return k1 || k2
 }
 
-// h1Limits are the upstream limits the fast path applies.
-type h1Limits struct {
-	idleTimeout, headerTimeout time.Duration
-	maxHeader                  int64
+// Limits are the upstream limits the pool applies.
+type Limits struct {
+	IdleTimeout, HeaderTimeout time.Duration
+	MaxHeader                  int64
 }
 
-// roundTrip sends req (h1Eligible) over an idle connection or one from
+// roundTrip sends req (Eligible) over an idle connection or one from
 // dial, and returns the response; its Body hands the connection back when
 // read to the end, or closes it.
-func (hp *h1Pool) roundTrip(ctx context.Context, req *http.Request, dial func(context.Context) (net.Conn, error)) (*http.Response, error) {
+func (hp *Pool) RoundTrip(ctx context.Context, req *http.Request, dial func(context.Context) (net.Conn, error)) (*http.Response, error) {
 	if err := validHeader(req.Header); err != nil {
 		return nil, err
 	}
 	retry := replayable(req)
 	for {
-		pc := hp.get(hp.lim.idleTimeout, !retry)
+		pc := hp.get(hp.lim.IdleTimeout, !retry)
 		reused := pc != nil
 		if pc == nil {
 			c, err := dial(ctx)
@@ -199,7 +212,7 @@ func validHeader(h http.Header) error {
 
 // do is one exchange on pc. A failure before any response byte is a
 // staleError.
-func (hp *h1Pool) do(ctx context.Context, pc *h1Conn, req *http.Request) (*http.Response, error) {
+func (hp *Pool) do(ctx context.Context, pc *h1Conn, req *http.Request) (*http.Response, error) {
 	lim := &hp.lim
 	var stop func() bool
 	if ctx.Done() != nil {
@@ -217,7 +230,7 @@ func (hp *h1Pool) do(ctx context.Context, pc *h1Conn, req *http.Request) (*http.
 	if hasBody(req) {
 		wrote = make(chan error, 1)
 		go func() {
-			err := pc.write(req, lim.headerTimeout)
+			err := pc.write(req, lim.HeaderTimeout)
 			if err != nil {
 				// Half a request went out (the client's body failed,
 				// or the server stopped reading): an early answer
@@ -230,10 +243,10 @@ func (hp *h1Pool) do(ctx context.Context, pc *h1Conn, req *http.Request) (*http.
 			}
 			wrote <- err
 		}()
-	} else if err := pc.write(req, lim.headerTimeout); err != nil {
+	} else if err := pc.write(req, lim.HeaderTimeout); err != nil {
 		return fail(stale(err))
 	}
-	pc.limit = lim.maxHeader
+	pc.limit = lim.MaxHeader
 	resp, err := pc.readResponse(req)
 	if err != nil {
 		if wrote != nil {
@@ -318,7 +331,7 @@ func stale(err error) error { return &staleError{err} }
 type h1Body struct {
 	rc    io.ReadCloser
 	pc    *h1Conn
-	hp    *h1Pool
+	hp    *Pool
 	stop  func() bool // the context watch; nil without one
 	wrote chan error  // the body writer's result; nil without a body
 	keep  bool
@@ -388,7 +401,7 @@ func writerResult(wrote chan error) (err error, done bool) {
 // get pops the most recently used idle connection not idle longer than
 // maxIdle (0: no limit), closing older ones on the way; with check, only
 // one a non-blocking peek finds open and quiet.
-func (hp *h1Pool) get(maxIdle time.Duration, check bool) *h1Conn {
+func (hp *Pool) get(maxIdle time.Duration, check bool) *h1Conn {
 	var now time.Time
 	if maxIdle > 0 {
 		now = time.Now()
@@ -411,7 +424,7 @@ func (hp *h1Pool) get(maxIdle time.Duration, check bool) *h1Conn {
 
 // put keeps pc for reuse, unless the pool is closed or full, or the server
 // sent bytes nobody asked for.
-func (hp *h1Pool) put(pc *h1Conn) {
+func (hp *Pool) put(pc *h1Conn) {
 	if pc.br.Buffered() > 0 || pc.bw.Buffered() > 0 {
 		pc.c.Close()
 		return
@@ -429,7 +442,7 @@ func (hp *h1Pool) put(pc *h1Conn) {
 }
 
 // sweep closes connections idle for longer than idle (all of them for 0).
-func (hp *h1Pool) sweep(idle time.Duration) {
+func (hp *Pool) Sweep(idle time.Duration) {
 	now := time.Now()
 	hp.mu.Lock()
 	defer hp.mu.Unlock()
@@ -447,11 +460,11 @@ func (hp *h1Pool) sweep(idle time.Duration) {
 
 // close closes the idle connections and makes connections in use close
 // when their request ends (the pool was evicted or the proxy stops).
-func (hp *h1Pool) close() {
+func (hp *Pool) Close() {
 	hp.mu.Lock()
 	hp.closed = true
 	hp.mu.Unlock()
-	hp.sweep(0)
+	hp.Sweep(0)
 }
 
 // aLongTimeAgo is a deadline in the past: it wakes a blocked read or write.
