@@ -310,6 +310,10 @@ func writeConfig(dir string, cfg Config, datapath string) (string, error) {
 	c.Steer.EgressMode = steer.EgressTunnel
 	c.Steer.IPv6 = false
 	c.Steer.NotrackGeneve = cfg.Notrack
+	// The bench forwards UDP through the tunnel: the network policy (whose
+	// default follows the proxy's deny) must let it pass. Flow records stay
+	// on, as in production.
+	c.Steer.NetworkPolicy.DefaultAction = steer.NetAllow
 	c.CA.CertFile = filepath.Join(caDir, ca.CertFileName)
 	c.CA.KeyFile = filepath.Join(caDir, ca.KeyFileName)
 	c.Logship.Sink = logship.SinkStdout
