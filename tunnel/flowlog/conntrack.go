@@ -60,32 +60,22 @@ func isClosed(err error) bool {
 }
 
 func (l *Logger) readConntrack(ctx context.Context) {
-	defer l.wg.Done()
-	for {
-		msgs, err := l.ct.Receive()
-		if err != nil {
-			if ctx.Err() != nil || isClosed(err) {
-				return
-			}
-			if errors.Is(err, unix.ENOBUFS) {
-				l.overrun(&l.c.ctOverruns, "conntrack")
-				continue
-			}
-			l.readFailed("conntrack events", err)
-			return
+	l.receive(ctx, l.ct, &l.c.ctOverruns, "conntrack", l.conntrackEvents)
+}
+
+// conntrackEvents turns destroy events of forwarded flows into records.
+func (l *Logger) conntrackEvents(msgs []netlink.Message) {
+	for _, m := range msgs {
+		var ev conntrack.Event
+		if err := ev.Unmarshal(m); err != nil || ev.Flow == nil {
+			l.c.decodeErrors.Add(1)
+			continue
 		}
-		for _, m := range msgs {
-			var ev conntrack.Event
-			if err := ev.Unmarshal(m); err != nil || ev.Flow == nil {
-				l.c.decodeErrors.Add(1)
-				continue
-			}
-			if ev.Type != conntrack.EventDestroy {
-				continue
-			}
-			if r, ok := l.flowRecord(ev.Flow, TypeFlow, time.Time{}); ok {
-				l.enqueue(r)
-			}
+		if ev.Type != conntrack.EventDestroy {
+			continue
+		}
+		if r, ok := l.flowRecord(ev.Flow, TypeFlow, time.Time{}); ok {
+			l.enqueue(r)
 		}
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Source is what flow records need from steering; *steer.Steerer
@@ -439,4 +440,27 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	m(descOverruns, s.NFLOGOverruns, "nflog")
 	m(descErrs, s.DecodeErrors, "decode")
 	m(descErrs, s.ShipErrors, "ship")
+}
+
+// receive reads conn until ctx ends or the socket closes, handing each
+// batch of messages to handle. An overrun (ENOBUFS: the kernel dropped
+// messages because the reader fell behind) is counted in ctr and reading
+// goes on; any other error stops the reader and shows in health.
+func (l *Logger) receive(ctx context.Context, conn *netlink.Conn, ctr *atomic.Uint64, what string, handle func([]netlink.Message)) {
+	defer l.wg.Done()
+	for {
+		msgs, err := conn.Receive()
+		if err != nil {
+			if ctx.Err() != nil || isClosed(err) {
+				return
+			}
+			if errors.Is(err, unix.ENOBUFS) {
+				l.overrun(ctr, what)
+				continue
+			}
+			l.readFailed(what, err)
+			return
+		}
+		handle(msgs)
+	}
 }

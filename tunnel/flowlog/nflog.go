@@ -5,7 +5,6 @@ package flowlog
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"net"
 	"net/netip"
 	"strings"
@@ -80,34 +79,24 @@ func (l *Logger) dialNFLOG(group uint16) (*netlink.Conn, error) {
 }
 
 func (l *Logger) readNFLOG(ctx context.Context) {
-	defer l.wg.Done()
-	for {
-		msgs, err := l.nfl.Receive()
-		if err != nil {
-			if ctx.Err() != nil || isClosed(err) {
-				return
-			}
-			if errors.Is(err, unix.ENOBUFS) {
-				l.overrun(&l.c.nflogOverruns, "nflog")
-				continue
-			}
-			l.readFailed("nflog", err)
-			return
+	l.receive(ctx, l.nfl, &l.c.nflogOverruns, "nflog", l.nflogPackets)
+}
+
+// nflogPackets turns the packets the network policy denied into records.
+func (l *Logger) nflogPackets(msgs []netlink.Message) {
+	for _, m := range msgs {
+		if m.Header.Type != netlink.HeaderType(nfnlSubsysULOG<<8|nfulnlMsgPacket) {
+			continue
 		}
-		for _, m := range msgs {
-			if m.Header.Type != netlink.HeaderType(nfnlSubsysULOG<<8|nfulnlMsgPacket) {
-				continue
-			}
-			r, ok := l.deniedRecord(m.Data)
-			if !ok {
-				l.c.decodeErrors.Add(1)
-				continue
-			}
-			if !l.admitDenied(r.Client.Addr()) {
-				continue
-			}
-			l.enqueue(r)
+		r, ok := l.deniedRecord(m.Data)
+		if !ok {
+			l.c.decodeErrors.Add(1)
+			continue
 		}
+		if !l.admitDenied(r.Client.Addr()) {
+			continue
+		}
+		l.enqueue(r)
 	}
 }
 
