@@ -24,6 +24,8 @@ func cmdBenchTunnel(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.BoolVar(&c.Offload, "offload", c.Offload, "tunnel.offload: GSO/GRO on the tun devices")
 	fs.BoolVar(&c.Notrack, "notrack", c.Notrack, "steer.notrack_geneve: outer GENEVE exempt from conntrack")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "tunnel.workers (0: one per CPU)")
+	fs.BoolVar(&c.NoBaseline, "no-baseline", false, "measure the tunnel only (no plain and plain+steer rows)")
+	fs.StringVar(&c.PerfDir, "perf", "", "record the appliance's CPU with perf record -g during each row into this directory (<path>-<inner size>.data)")
 	fs.StringVar(&c.Dir, "dir", "", "keep config and appliance log in this directory (default: temporary)")
 	rates := fs.String("rates", "", "hold exactly these offered rates (pps, comma-separated) instead of searching; compare builds by core per packet")
 	dps := fs.String("datapaths", strings.Join(c.Datapaths, ","), "tunnel.datapath values to measure, comma-separated (userspace, ebpf)")

@@ -5,13 +5,20 @@ import (
 	"io"
 	"time"
 
+	"strings"
+
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
 )
 
-// bpfProgs are the appliance's fast-path programs, found by name (the
-// newest of each: IDs grow), for their run-time statistics: the
-// per-stage breakdown the issue asks for when a target is missed.
+// bpfProgs are the appliance's fast-path programs, found where they are
+// attached in the appliance's namespace (ingress on the underlay link,
+// egress on the tunnel devices): other processes on the machine (tests)
+// may have programs of the same name loaded. Their run-time statistics
+// are the per-stage breakdown the issue asks for when a target is missed.
 type bpfProgs struct {
 	stats           io.Closer // kernel.bpf_stats_enabled while held
 	ingress, egress *ebpf.Program
@@ -23,46 +30,49 @@ type bpfStage struct {
 	runs    uint64
 }
 
-func openBPFProgs() (*bpfProgs, error) {
+func openBPFProgs(ns *gwlbsim.NS, underlay string) (*bpfProgs, error) {
+	var inID, outID ebpf.ProgramID
+	err := ns.Do(func() error {
+		links, err := ns.Netlink().LinkList()
+		if err != nil {
+			return err
+		}
+		for _, l := range links {
+			name, ix := l.Attrs().Name, l.Attrs().Index
+			at, dst := ebpf.AttachNone, (*ebpf.ProgramID)(nil)
+			switch {
+			case name == underlay:
+				at, dst = ebpf.AttachTCXIngress, &inID
+			case strings.HasPrefix(name, "gwo-") || strings.HasPrefix(name, "gwi-"):
+				at, dst = ebpf.AttachTCXEgress, &outID
+			default:
+				continue
+			}
+			r, err := link.QueryPrograms(link.QueryOptions{Target: ix, Attach: at})
+			if err != nil || len(r.Programs) == 0 {
+				continue
+			}
+			*dst = r.Programs[0].ID
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if inID == 0 || outID == 0 {
+		return nil, errors.New("fast-path programs not attached with tcx in the appliance's namespace")
+	}
 	st, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
 		return nil, err
 	}
 	p := &bpfProgs{stats: st}
-	var id ebpf.ProgramID
-	for {
-		next, err := ebpf.ProgramGetNextID(id)
-		if err != nil {
-			break
-		}
-		id = next
-		prog, err := ebpf.NewProgramFromID(id)
-		if err != nil {
-			continue
-		}
-		info, err := prog.Info()
-		if err != nil {
-			prog.Close()
-			continue
-		}
-		switch info.Name {
-		case "geneve_ingress":
-			if p.ingress != nil {
-				p.ingress.Close()
-			}
-			p.ingress = prog
-		case "geneve_egress":
-			if p.egress != nil {
-				p.egress.Close()
-			}
-			p.egress = prog
-		default:
-			prog.Close()
-		}
+	if p.ingress, err = ebpf.NewProgramFromID(inID); err == nil {
+		p.egress, err = ebpf.NewProgramFromID(outID)
 	}
-	if p.ingress == nil || p.egress == nil {
+	if err != nil {
 		p.Close()
-		return nil, errors.New("fast-path programs not found")
+		return nil, err
 	}
 	return p, nil
 }

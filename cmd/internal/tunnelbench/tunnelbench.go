@@ -32,6 +32,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -80,6 +81,13 @@ type Config struct {
 	// searching (gwlbsim.BenchConfig.Rates); compare builds by the
 	// appliance core's time per packet at a rate both sustain.
 	Rates []float64
+	// NoBaseline skips the plain and plain+steer rows (for profiling or
+	// comparing builds of the tunnel alone).
+	NoBaseline bool
+	// PerfDir, if set, records the appliance's CPU with `perf record -g`
+	// during every row into PerfDir/<path>-<inner size>.data, for a
+	// per-function breakdown of where the core's time goes.
+	PerfDir string
 	// Dir keeps config and logs; empty uses a temporary directory.
 	Dir string
 	// Log receives progress; nil discards.
@@ -96,7 +104,11 @@ func DefaultConfig() Config {
 
 // Row is one measurement.
 type Row struct {
-	Path      string // "plain", or the tunnel's datapath: "userspace", "ebpf"
+	// Path is "plain" (kernel forwarding, no appliance running),
+	// "plain+steer" (the same with the appliance's steering rules in the
+	// namespace, the appliance idle), or the tunnel's datapath:
+	// "userspace", "ebpf".
+	Path      string
 	InnerSize int
 	gwlbsim.BenchResult
 	// ApplianceCPU is the appliance process's CPU time over the run.
@@ -104,6 +116,10 @@ type Row struct {
 	// ApplianceCore is how busy the appliance's CPU was (0..1) over the
 	// run, softirq work included.
 	ApplianceCore float64
+	// GeneratorCore is how busy the generator's CPU was (0..1) over the
+	// run, softirq work included (the returns' delivery to the counting
+	// socket may land there).
+	GeneratorCore float64
 	// CoreSoftirq is the share (0..1) of the appliance CPU's busy time
 	// that /proc/stat's tick sampling found in interrupt or softirq
 	// context: the kernel's own packet work (RPS receive, veth delivery).
@@ -123,6 +139,8 @@ type Row struct {
 type Result struct {
 	Config Config
 	Rows   []Row
+	// LoadAvg is /proc/loadavg (1, 5, 15 min) at the start and end.
+	LoadAvg [2]string
 }
 
 // Run builds the topology, starts the appliance, measures and tears
@@ -153,9 +171,25 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err := steerRx(topo.Appliance, "u0", cfg.ApplianceCPU); err != nil {
 		return nil, err
 	}
-	res := &Result{Config: cfg}
+	res := &Result{Config: cfg, LoadAvg: [2]string{loadAvg()}}
+	defer func() { res.LoadAvg[1] = loadAvg() }()
+	// The baseline: plain forwarding before any appliance runs, so the
+	// namespace has no nftables rules, policy routing or conntrack. The
+	// appliance's steering is measured separately ("plain+steer"), so
+	// that the share of the gap it explains shows.
+	for _, size := range cfg.Payloads {
+		if cfg.NoBaseline {
+			break
+		}
+		row, err := measure(ctx, cfg, topo, gwlbsim.ModePlain, size, "plain", nil, 0)
+		if err != nil {
+			return res, err
+		}
+		log.Info("measured", "path", row.Path, "inner", row.InnerSize, "best_pps", int(row.BestPPS), "flat_out_recv", int(row.FlatOut.ReceivedPPS))
+		res.Rows = append(res.Rows, row)
+	}
 	for i, dp := range cfg.Datapaths {
-		if err := runDatapath(ctx, cfg, topo, dir, dp, i == 0, res, log); err != nil {
+		if err := runDatapath(ctx, cfg, topo, dir, dp, i == 0 && !cfg.NoBaseline, res, log); err != nil {
 			res.sort()
 			return res, err
 		}
@@ -205,7 +239,7 @@ func runDatapath(ctx context.Context, cfg Config, topo *gwlbsim.Topology, dir, d
 		}
 		// Run-time statistics cost a little per program run; they are
 		// on only for this datapath's measurements.
-		if progs, err = openBPFProgs(); err != nil {
+		if progs, err = openBPFProgs(topo.Appliance, "u0"); err != nil {
 			log.Warn("no BPF run-time statistics", "err", err)
 		} else {
 			defer progs.Close()
@@ -218,67 +252,124 @@ func runDatapath(ctx context.Context, cfg Config, topo *gwlbsim.Topology, dir, d
 			modes = []gwlbsim.Mode{gwlbsim.ModePlain, gwlbsim.ModeTunnel}
 		}
 		for _, mode := range modes {
-			bc := gwlbsim.DefaultBenchConfig(topo)
-			bc.Mode, bc.PayloadSize, bc.Flows, bc.Step, bc.CPU = mode, size, cfg.Flows, cfg.Step, cfg.GeneratorCPU
-			bc.Rates = cfg.Rates
-			var in0, out0 bpfStage
-			if progs != nil {
-				in0, out0 = progs.read()
-			}
-			c0 := procCPU(app.pid)
-			s0 := cpuTimes(cfg.ApplianceCPU)
-			r, err := gwlbsim.Bench(ctx, bc)
-			s1 := cpuTimes(cfg.ApplianceCPU)
-			busy := s1.busy - s0.busy
-			if err != nil {
-				return fmt.Errorf("%s %d B: %w", mode, size, err)
-			}
-			path := string(mode)
+			path := "plain+steer"
 			if mode == gwlbsim.ModeTunnel {
 				path = dp
 			}
-			row := Row{Path: path, InnerSize: r.InnerSize, BenchResult: r, ApplianceCPU: procCPU(app.pid) - c0}
-			if progs != nil && mode == gwlbsim.ModeTunnel {
-				in1, out1 := progs.read()
-				row.BPFIngress, row.BPFEgress = perRun(in0, in1), perRun(out0, out1)
+			row, err := measure(ctx, cfg, topo, mode, size, path, progs, app.pid)
+			if err != nil {
+				return err
 			}
-			if total := s1.total - s0.total; total > 0 {
-				row.ApplianceCore = float64(busy) / float64(total)
-			}
-			if busy > 0 {
-				row.CoreSoftirq = float64(s1.softirq-s0.softirq) / float64(busy)
-			}
-			var got float64
-			steps := append([]gwlbsim.StepResult{r.FlatOut}, r.Steps...)
-			if len(cfg.Rates) > 0 {
-				steps = r.Steps
-			}
-			for _, st := range steps {
-				got += st.ReceivedPPS * cfg.Step.Seconds()
-			}
-			if got > 0 {
-				row.CorePerPacket = time.Duration(float64(busy) / 100 * 1e9 / got) // USER_HZ jiffies
-			}
-			log.Info("measured", "path", path, "inner", r.InnerSize, "best_pps", int(r.BestPPS), "flat_out_recv", int(r.FlatOut.ReceivedPPS))
+			log.Info("measured", "path", path, "inner", row.InnerSize, "best_pps", int(row.BestPPS), "flat_out_recv", int(row.FlatOut.ReceivedPPS))
 			res.Rows = append(res.Rows, row)
-			if r.BadLength > 0 {
-				return fmt.Errorf("%s %d B: %d datagrams of the wrong length came back", path, size, r.BadLength)
-			}
 		}
 	}
 	return nil
 }
 
-// sort orders rows by size, then plain, userspace, ebpf.
+// measure runs one bench (mode, payload size) and reads the appliance's
+// process (pid; 0 for none), its CPU and the programs' run times around
+// it.
+func measure(ctx context.Context, cfg Config, topo *gwlbsim.Topology, mode gwlbsim.Mode, size int, path string, progs *bpfProgs, pid int) (Row, error) {
+	bc := gwlbsim.DefaultBenchConfig(topo)
+	bc.Mode, bc.PayloadSize, bc.Flows, bc.Step, bc.CPU = mode, size, cfg.Flows, cfg.Step, cfg.GeneratorCPU
+	bc.Rates = cfg.Rates
+	var in0, out0 bpfStage
+	if progs != nil {
+		in0, out0 = progs.read()
+	}
+	stopPerf := startPerf(cfg, path, size)
+	c0 := procCPU(pid)
+	s0, g0 := cpuTimes(cfg.ApplianceCPU), cpuTimes(cfg.GeneratorCPU)
+	r, err := gwlbsim.Bench(ctx, bc)
+	s1, g1 := cpuTimes(cfg.ApplianceCPU), cpuTimes(cfg.GeneratorCPU)
+	stopPerf()
+	busy := s1.busy - s0.busy
+	if err != nil {
+		return Row{}, fmt.Errorf("%s %d B: %w", path, size, err)
+	}
+	row := Row{Path: path, InnerSize: r.InnerSize, BenchResult: r, ApplianceCPU: procCPU(pid) - c0}
+	if progs != nil && mode == gwlbsim.ModeTunnel {
+		in1, out1 := progs.read()
+		row.BPFIngress, row.BPFEgress = perRun(in0, in1), perRun(out0, out1)
+	}
+	if total := s1.total - s0.total; total > 0 {
+		row.ApplianceCore = float64(busy) / float64(total)
+	}
+	if total := g1.total - g0.total; total > 0 {
+		row.GeneratorCore = float64(g1.busy-g0.busy) / float64(total)
+	}
+	if busy > 0 {
+		row.CoreSoftirq = float64(s1.softirq-s0.softirq) / float64(busy)
+	}
+	var got float64
+	steps := append([]gwlbsim.StepResult{r.FlatOut}, r.Steps...)
+	if len(cfg.Rates) > 0 {
+		steps = r.Steps
+	}
+	for _, st := range steps {
+		got += st.ReceivedPPS * cfg.Step.Seconds()
+	}
+	if got > 0 {
+		row.CorePerPacket = time.Duration(float64(busy) / 100 * 1e9 / got) // USER_HZ jiffies
+	}
+	if cfg.PerfDir != "" {
+		// The packets behind the profile, to turn samples into time
+		// per packet.
+		_ = os.WriteFile(filepath.Join(cfg.PerfDir, fmt.Sprintf("%s-%d.packets", path, size+28)), []byte(fmt.Sprintf("%.0f\n", got)), 0o644)
+	}
+	if r.BadLength > 0 {
+		return row, fmt.Errorf("%s %d B: %d datagrams of the wrong length came back", path, size, r.BadLength)
+	}
+	return row, nil
+}
+
+// startPerf starts `perf record` on the appliance's CPU when cfg.PerfDir
+// is set, and returns what stops it.
+func startPerf(cfg Config, path string, size int) func() {
+	if cfg.PerfDir == "" || cfg.ApplianceCPU < 0 {
+		return func() {}
+	}
+	out := filepath.Join(cfg.PerfDir, fmt.Sprintf("%s-%d.data", path, size+28))
+	cmd := exec.Command("perf", "record", "-q", "-g", "-C", strconv.Itoa(cfg.ApplianceCPU), "-o", out)
+	if err := cmd.Start(); err != nil {
+		if cfg.Log != nil {
+			cfg.Log.Warn("perf record", "err", err)
+		}
+		return func() {}
+	}
+	return func() {
+		_ = cmd.Process.Signal(syscall.SIGINT)
+		_ = cmd.Wait()
+	}
+}
+
+// loadAvg is /proc/loadavg's first three fields: other work on the machine
+// makes every figure noisy, so the table states it.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// sort orders rows by size, then plain, plain+steer, userspace, ebpf.
 func (r *Result) sort() {
 	rank := func(p string) int {
 		switch p {
 		case "plain":
 			return 0
-		case "userspace":
+		case "plain+steer":
 			return 1
+		case "userspace":
+			return 2
 		}
-		return 2
+		return 3
 	}
 	sort.SliceStable(r.Rows, func(i, j int) bool {
 		a, b := r.Rows[i], r.Rows[j]
@@ -503,9 +594,10 @@ func (r *Result) WriteTable(w io.Writer) {
 	c := r.Config
 	fmt.Fprintf(w, "gwlbproxy bench tunnel: %d flows, %s steps, best rate at <= 1%% loss; generator (AF_PACKET, PACKET_QDISC_BYPASS, prebuilt frames, sendmmsg) on CPU %d, appliance on CPU %d; tunnel.offload=%v steer.notrack_geneve=%v\n",
 		c.Flows, c.Step, c.GeneratorCPU, c.ApplianceCPU, c.Offload, c.Notrack)
-	fmt.Fprintf(w, "path: plain = kernel forwarding without a tunnel; userspace, ebpf = the tunnel with that tunnel.datapath\n\n")
+	fmt.Fprintf(w, "load average (1 5 15 min): %s at the start, %s at the end\n", r.LoadAvg[0], r.LoadAvg[1])
+	fmt.Fprintf(w, "path: plain = kernel forwarding without a tunnel, before the appliance starts (the baseline); plain+steer = the same with the appliance's steering (nftables, policy routing, conntrack) in the namespace; userspace, ebpf = the tunnel with that tunnel.datapath\n\n")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "inner size\tpath\tbest pps\tbest Gbps\tflat-out sent pps\tflat-out recv pps\tflat-out loss\tflat-out/best\tgenerator CPU\tappliance CPU\tappliance core busy\tof it softirq\tcore per packet\tBPF in/out per packet\tof plain\t")
+	fmt.Fprintln(tw, "inner size\tpath\tbest pps\tbest Gbps\tflat-out sent pps\tflat-out recv pps\tflat-out loss\tflat-out/best\tgenerator CPU\tgenerator core busy\tappliance CPU\tappliance core busy\tof it softirq\tcore per packet\tBPF in/out per packet\tof plain\t")
 	var plain float64
 	for _, row := range r.Rows {
 		ratio, flat := "", ""
@@ -518,18 +610,22 @@ func (r *Result) WriteTable(w io.Writer) {
 			flat = fmt.Sprintf("%.2f", row.FlatOut.ReceivedPPS/row.BestPPS)
 		}
 		d := row.Duration.Seconds()
-		gen := (row.SenderCPU + row.ReceiverCPU).Seconds() / d * 100
+		gen := 0.0
+		if row.Sending > 0 {
+			gen = (row.SenderCPU + row.ReceiverCPU).Seconds() / row.Sending.Seconds() * 100
+		}
 		app := row.ApplianceCPU.Seconds() / d * 100
 		bpf := ""
 		if row.BPFIngress > 0 || row.BPFEgress > 0 {
 			bpf = fmt.Sprintf("%.2f/%.2f µs", row.BPFIngress.Seconds()*1e6, row.BPFEgress.Seconds()*1e6)
 		}
-		fmt.Fprintf(tw, "%d B\t%s\t%.0f\t%.2f\t%.0f\t%.0f\t%.1f %%\t%s\t%.0f %%\t%.0f %%\t%.0f %%\t%.0f %%\t%.2f µs\t%s\t%s\t\n",
+		fmt.Fprintf(tw, "%d B\t%s\t%.0f\t%.2f\t%.0f\t%.0f\t%.1f %%\t%s\t%.0f %%\t%.0f %%\t%.0f %%\t%.0f %%\t%.0f %%\t%.2f µs\t%s\t%s\t\n",
 			row.InnerSize, row.Path, row.BestPPS, row.BestGbps, row.FlatOut.SentPPS, row.FlatOut.ReceivedPPS,
-			row.FlatOut.Loss*100, flat, gen, app, row.ApplianceCore*100, row.CoreSoftirq*100, row.CorePerPacket.Seconds()*1e6, bpf, ratio)
+			row.FlatOut.Loss*100, flat, gen, row.GeneratorCore*100, app, row.ApplianceCore*100, row.CoreSoftirq*100, row.CorePerPacket.Seconds()*1e6, bpf, ratio)
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "\ngenerator CPU: sender+receiver thread time / wall time (one core = 100 %%); appliance CPU: the gwlbproxy process.\n")
+	fmt.Fprintf(w, "\ngenerator CPU: sender+receiver thread time / time spent sending (one core = 100 %%; near 100 %% the generator, not the path, is the limit);\n")
+	fmt.Fprintf(w, "generator core busy: the generator's whole CPU from /proc/stat over the run (drains included, softirq work included).\n")
 	fmt.Fprintf(w, "the appliance namespace's receive work (plain forwarding included) runs on the appliance's CPU (RPS on its underlay link);\n")
 	fmt.Fprintf(w, "appliance CPU: the process's own time; appliance core busy: the whole CPU (softirq work included) from /proc/stat;\n")
 	fmt.Fprintf(w, "BPF in/out per packet: mean run time of the eBPF datapath's ingress and egress programs (kernel.bpf_stats_enabled during the ebpf rows); the rest of core per packet is the kernel around them.\n")
