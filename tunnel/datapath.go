@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -72,12 +71,14 @@ func (d *Daemon) loadFastpath() (*fastpath.Fastpath, []string, string, error) {
 }
 
 // underlayLinks are the devices GENEVE can arrive on: those holding the
-// listen address, or, listening on every address, every device that is up
-// except loopback and the tunnels' own. Devices added later are not
-// covered (their GENEVE takes the userspace path).
+// listen address (IPv4 or IPv6), or, listening on every address, every
+// device that is up except loopback and the tunnels' own. Devices added
+// later are not covered (their GENEVE takes the userspace path).
 func (d *Daemon) underlayLinks() ([]netlink.Link, error) {
-	if d.cfg.Listen.Is6() && !d.cfg.Listen.IsUnspecified() && !d.cfg.Listen.Is4In6() {
-		return nil, errors.New("listen is an IPv6 address: the eBPF datapath handles an IPv4 underlay only")
+	listen := d.cfg.Listen.Unmap()
+	family := netlink.FAMILY_V4
+	if listen.Is6() {
+		family = netlink.FAMILY_V6
 	}
 	all, err := d.nl.LinkList()
 	if err != nil {
@@ -93,14 +94,14 @@ func (d *Daemon) underlayLinks() ([]netlink.Link, error) {
 		if l.Type() != "veth" && l.Type() != "device" && l.Type() != "bond" && l.Type() != "vlan" {
 			continue // tun, bridges, dummies: no Ethernet GENEVE from GWLB
 		}
-		if !d.cfg.Listen.IsUnspecified() {
-			addrs, err := d.nl.AddrList(l, netlink.FAMILY_V4)
+		if !listen.IsUnspecified() {
+			addrs, err := d.nl.AddrList(l, family)
 			if err != nil {
 				return nil, fmt.Errorf("addresses of %s: %w", a.Name, err)
 			}
 			has := false
 			for _, ad := range addrs {
-				if ip, ok := netip.AddrFromSlice(ad.IP); ok && ip.Unmap() == d.cfg.Listen.Unmap() {
+				if ip, ok := netip.AddrFromSlice(ad.IP); ok && ip.Unmap() == listen {
 					has = true
 				}
 			}

@@ -49,7 +49,8 @@ func TestIngressAgreesWithParser(t *testing.T) {
 		var h geneve.Header
 		_, want := geneve.Parse(g, &h)
 		var ret uint32
-		d := reasonDelta(t, f, func() { ret, _ = runIn(t, f, frame(gwlb, 10000, 6081, g)) })
+		u := underlays[i%len(underlays)]
+		d := reasonDelta(t, f, func() { ret, _ = runIn(t, f, u.frame(u.gwlb, 10000, 6081, g)) })
 		switch ret {
 		case actRedirect:
 			redirected++

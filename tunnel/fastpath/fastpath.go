@@ -33,7 +33,7 @@ const (
 	ErrHelper           = 17 // a helper failed: dropped
 	PassEgressLocal     = 18 // from a local socket: checksum state unknown
 	PassEgressGSO       = 19 // GSO super-packet (segmented by userspace)
-	PassEgressIPv6      = 20 // IPv6 inner packet
+	PassEgressChecksum  = 20 // IPv6 outer: no UDP checksum derivable without reading the payload
 	PassEgressIngress   = 21 // entered from a device that is not a tunnel's: checksum state unknown
 	NumReasons          = 22
 )
@@ -48,7 +48,7 @@ var passNames = [...]string{
 	ErrHelper:           "",
 	PassEgressLocal:     "egress_local_socket",
 	PassEgressGSO:       "egress_gso",
-	PassEgressIPv6:      "egress_ipv6",
+	PassEgressChecksum:  "egress_checksum",
 	PassEgressIngress:   "egress_not_from_tunnel",
 }
 
@@ -124,11 +124,19 @@ func Load(cfg Config) (*Fastpath, error) {
 		return nil, fmt.Errorf("fastpath: load: %w", err)
 	}
 	for _, p := range cfg.AllowedSources {
-		if !p.Addr().Is4() {
-			continue // IPv6 underlay is the userspace datapath's
+		var err error
+		if a := p.Masked().Addr(); a.Is4() {
+			k := fastpathLpm4{Prefixlen: uint32(p.Bits()), Addr: binary.NativeEndian.Uint32(a.AsSlice())}
+			err = f.objs.Allowed4.Put(&k, uint8(1))
+		} else if a.Is4In6() {
+			// A v4-mapped prefix: GENEVE from it arrives as IPv4.
+			k := fastpathLpm4{Prefixlen: uint32(max(p.Bits()-96, 0)), Addr: binary.NativeEndian.Uint32(a.Unmap().AsSlice())}
+			err = f.objs.Allowed4.Put(&k, uint8(1))
+		} else {
+			k := fastpathLpm6{Prefixlen: uint32(p.Bits()), Addr: a.As16()}
+			err = f.objs.Allowed6.Put(&k, uint8(1))
 		}
-		k := fastpathLpm4{Prefixlen: uint32(p.Bits()), Addr: binary.NativeEndian.Uint32(p.Masked().Addr().AsSlice())}
-		if err := f.objs.Allowed4.Put(&k, uint8(1)); err != nil {
+		if err != nil {
 			f.Close()
 			return nil, fmt.Errorf("fastpath: allowed source %s: %w", p, err)
 		}
@@ -373,15 +381,17 @@ func (f *Fastpath) Lookup(ep uint64, k flow.Key, dst *Entry) bool {
 	if f.objs.Flows.Lookup(&bk, &v) != nil || v.HdrLen < 8 || v.HdrLen > HeaderMax {
 		return false
 	}
-	var la, ga [4]byte
-	binary.NativeEndian.PutUint32(la[:], v.Local)
-	binary.NativeEndian.PutUint32(ga[:], v.Gwlb)
 	var pb [2]byte // GwlbPort holds network-order bytes
 	binary.NativeEndian.PutUint16(pb[:], v.GwlbPort)
 	port := binary.BigEndian.Uint16(pb[:])
 	dst.Header = append(dst.Header[:0], v.Hdr[:v.HdrLen]...)
-	dst.GWLB = netip.AddrPortFrom(netip.AddrFrom4(ga), port)
-	dst.Local = netip.AddrFrom4(la)
+	if v.V6 != 0 {
+		dst.GWLB = netip.AddrPortFrom(netip.AddrFrom16(v.Gwlb), port)
+		dst.Local = netip.AddrFrom16(v.Local)
+	} else {
+		dst.GWLB = netip.AddrPortFrom(netip.AddrFrom4([4]byte(v.Gwlb[:4])), port)
+		dst.Local = netip.AddrFrom4([4]byte(v.Local[:4]))
+	}
 	dst.Seen = monoToTime(v.Seen)
 	return true
 }

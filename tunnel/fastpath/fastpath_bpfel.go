@@ -17,21 +17,22 @@ type fastpathDev struct {
 	_        structs.HostLayout
 	Endpoint uint64
 	Slot     uint32
-	Pad      uint32
+	L2       uint32
 }
 
 type fastpathFlow struct {
 	_        structs.HostLayout
 	Seen     uint64
-	Local    uint32
-	Gwlb     uint32
+	Local    [16]uint8
+	Gwlb     [16]uint8
 	GwlbPort uint16
 	HdrLen   uint16
 	Underlay uint32
 	MacLocal [6]uint8
 	MacGwlb  [6]uint8
 	Tcp      uint8
-	Pad      [3]uint8
+	V6       uint8
+	Pad      [2]uint8
 	Hdr      [72]uint8
 }
 
@@ -51,6 +52,12 @@ type fastpathLpm4 struct {
 	_         structs.HostLayout
 	Prefixlen uint32
 	Addr      uint32
+}
+
+type fastpathLpm6 struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      [16]uint8
 }
 
 type fastpathTstat struct {
@@ -119,6 +126,7 @@ type fastpathProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathMapSpecs struct {
 	Allowed4  *ebpf.MapSpec `ebpf:"allowed4"`
+	Allowed6  *ebpf.MapSpec `ebpf:"allowed6"`
 	Devs      *ebpf.MapSpec `ebpf:"devs"`
 	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
 	Flows     *ebpf.MapSpec `ebpf:"flows"`
@@ -155,6 +163,7 @@ func (o *fastpathObjects) Close() error {
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathMaps struct {
 	Allowed4  *ebpf.Map `ebpf:"allowed4"`
+	Allowed6  *ebpf.Map `ebpf:"allowed6"`
 	Devs      *ebpf.Map `ebpf:"devs"`
 	Endpoints *ebpf.Map `ebpf:"endpoints"`
 	Flows     *ebpf.Map `ebpf:"flows"`
@@ -165,6 +174,7 @@ type fastpathMaps struct {
 func (m *fastpathMaps) Close() error {
 	return _FastpathClose(
 		m.Allowed4,
+		m.Allowed6,
 		m.Devs,
 		m.Endpoints,
 		m.Flows,

@@ -32,6 +32,9 @@ var (
 	gwlb      = netip.MustParseAddr("198.18.0.1")
 	appliance = netip.MustParseAddr("198.18.0.2")
 	foreign   = netip.MustParseAddr("198.18.0.66")
+	gwlb6     = netip.MustParseAddr("2001:db8:ff::1")
+	app6      = netip.MustParseAddr("2001:db8:ff::2")
+	foreign6  = netip.MustParseAddr("2001:db8:ff::66")
 	client    = netip.MustParseAddr("198.19.0.10")
 	server    = netip.MustParseAddr("203.0.113.10")
 	client6   = netip.MustParseAddr("2001:db8::10")
@@ -100,8 +103,32 @@ func frame(src netip.Addr, sport, dport uint16, udpPayload []byte) []byte {
 	return append(eth, ip4(src, appliance, 17, 0x4000, u)...)
 }
 
+// frame6 is frame with an IPv6 underlay: src to app6.
+func frame6(src netip.Addr, sport, dport uint16, udpPayload []byte) []byte {
+	u := make([]byte, 8, 8+len(udpPayload))
+	binary.BigEndian.PutUint16(u[0:], sport)
+	binary.BigEndian.PutUint16(u[2:], dport)
+	binary.BigEndian.PutUint16(u[4:], uint16(8+len(udpPayload)))
+	u = append(u, udpPayload...)
+	eth := append(append(append([]byte{}, macApp...), macGWLB...), 0x86, 0xdd)
+	return append(eth, ip6(src, app6, 17, u)...)
+}
+
 func genevePkt(proto uint16, cookie uint32, inner []byte, extra ...geneve.Option) []byte {
 	return append(geneve.AppendHeader(nil, 0, proto, testEP, testAttach, cookie, extra...), inner...)
+}
+
+// underlay is one outer family: how GWLB's frames are built, from which
+// addresses.
+type underlay struct {
+	name                 string
+	frame                func(src netip.Addr, sport, dport uint16, udpPayload []byte) []byte
+	gwlb, local, foreign netip.Addr
+}
+
+var underlays = []underlay{
+	{"ipv4 underlay", frame, gwlb, appliance, foreign},
+	{"ipv6 underlay", frame6, gwlb6, app6, foreign6},
 }
 
 func withTunnel(t *testing.T) *Fastpath {
@@ -148,39 +175,43 @@ func TestIngressGood(t *testing.T) {
 		{"ipv6 tcp", geneve.ProtoIPv6, ip6(client6, server6, 6, l4(40002, 443)), nil},
 		{"extra options", geneve.ProtoIPv4, ip4(client, server, 17, 0x4000, l4(40003, 53)),
 			[]geneve.Option{{Class: 0x0109, Type: 5, Data: []byte{1, 2, 3, 4, 5, 6, 7, 8}}, {Class: 0x0108, Type: 9, Data: []byte{9, 9, 9, 9}}}},
+		{"ipv6 udp", geneve.ProtoIPv6, ip6(client6, server6, 17, l4(40004, 53)), nil},
+		{"ipv6 icmp echo", geneve.ProtoIPv6, ip6(client6, server6, 58, []byte{128, 0, 0, 0, 0, 7, 0, 1}), nil},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			g := genevePkt(tc.proto, 0x5eed0001, tc.inner, tc.extra...)
-			pkt := frame(gwlb, 10007, 6081, g)
-			before := f.Tunnel(3)
-			ret, out := runIn(t, f, pkt)
-			if ret != actRedirect {
-				t.Fatalf("verdict %d, want redirect; counters %v", ret, f.Counters())
-			}
-			// The outer IPv4/UDP/GENEVE is gone: Ethernet + inner.
-			if !bytes.Equal(out[14:], tc.inner) {
-				t.Fatalf("decapsulated packet:\n got %x\nwant %x", out[14:], tc.inner)
-			}
-			var k flow.Key
-			if _, r := flow.ParsePacket(tc.inner, &k); r != flow.OK {
-				t.Fatal(r)
-			}
-			var e Entry
-			if !f.Lookup(testEP, k, &e) {
-				t.Fatalf("flow not learned (%d flows)", f.Flows())
-			}
-			hdr := g[:len(g)-len(tc.inner)]
-			if !bytes.Equal(e.Header, hdr) {
-				t.Fatalf("stored header:\n got %x\nwant %x", e.Header, hdr)
-			}
-			if e.GWLB != netip.AddrPortFrom(gwlb, 10007) || e.Local != appliance {
-				t.Fatalf("outer addresses: %s from %s", e.GWLB, e.Local)
-			}
-			after := f.Tunnel(3)
-			if after.InPackets != before.InPackets+1 || after.InBytes != before.InBytes+uint64(len(tc.inner)) || after.Last.IsZero() {
-				t.Fatalf("tunnel counters %+v -> %+v", before, after)
-			}
-		})
+		for _, u := range underlays {
+			t.Run(u.name+"/"+tc.name, func(t *testing.T) {
+				g := genevePkt(tc.proto, 0x5eed0001, tc.inner, tc.extra...)
+				pkt := u.frame(u.gwlb, 10007, 6081, g)
+				before := f.Tunnel(3)
+				ret, out := runIn(t, f, pkt)
+				if ret != actRedirect {
+					t.Fatalf("verdict %d, want redirect; counters %v", ret, f.Counters())
+				}
+				// The outer IPv4/UDP/GENEVE is gone: Ethernet + inner.
+				if !bytes.Equal(out[14:], tc.inner) {
+					t.Fatalf("decapsulated packet:\n got %x\nwant %x", out[14:], tc.inner)
+				}
+				var k flow.Key
+				if _, r := flow.ParsePacket(tc.inner, &k); r != flow.OK {
+					t.Fatal(r)
+				}
+				var e Entry
+				if !f.Lookup(testEP, k, &e) {
+					t.Fatalf("flow not learned (%d flows)", f.Flows())
+				}
+				hdr := g[:len(g)-len(tc.inner)]
+				if !bytes.Equal(e.Header, hdr) {
+					t.Fatalf("stored header:\n got %x\nwant %x", e.Header, hdr)
+				}
+				if e.GWLB != netip.AddrPortFrom(u.gwlb, 10007) || e.Local != u.local {
+					t.Fatalf("outer addresses: %s from %s", e.GWLB, e.Local)
+				}
+				after := f.Tunnel(3)
+				if after.InPackets != before.InPackets+1 || after.InBytes != before.InBytes+uint64(len(tc.inner)) || after.Last.IsZero() {
+					t.Fatalf("tunnel counters %+v -> %+v", before, after)
+				}
+			})
+		}
 	}
 }
 
@@ -239,18 +270,20 @@ func TestIngressMalformed(t *testing.T) {
 		{"no attachment", mut(func(g []byte) []byte { g[20+2] = 0x42; return g }), int(geneve.NoAttachment)},
 		{"no cookie", mut(func(g []byte) []byte { g[32+2] = 0x43; return g }), int(geneve.NoCookie)},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			// The userspace parser is the reference: it must agree.
-			var h geneve.Header
-			if _, r := geneve.Parse(tc.g, &h); int(r) != tc.want {
-				t.Fatalf("geneve.Parse says %v, test expects %d", r, tc.want)
-			}
-			var ret uint32
-			d := reasonDelta(t, f, func() { ret, _ = runIn(t, f, frame(gwlb, 10000, 6081, tc.g)) })
-			if ret != actShot || d[tc.want] != 1 {
-				t.Fatalf("verdict %d, reason counters %v, want drop by %d", ret, d, tc.want)
-			}
-		})
+		for _, u := range underlays {
+			t.Run(u.name+"/"+tc.name, func(t *testing.T) {
+				// The userspace parser is the reference: it must agree.
+				var h geneve.Header
+				if _, r := geneve.Parse(tc.g, &h); int(r) != tc.want {
+					t.Fatalf("geneve.Parse says %v, test expects %d", r, tc.want)
+				}
+				var ret uint32
+				d := reasonDelta(t, f, func() { ret, _ = runIn(t, f, u.frame(u.gwlb, 10000, 6081, tc.g)) })
+				if ret != actShot || d[tc.want] != 1 {
+					t.Fatalf("verdict %d, reason counters %v, want drop by %d", ret, d, tc.want)
+				}
+			})
+		}
 	}
 }
 
@@ -265,8 +298,16 @@ func TestIngressPassesUp(t *testing.T) {
 	ext6 := ip6(client6, server6, 60, append([]byte{6, 0, 0, 0, 0, 0, 0, 0}, l4(1, 2)...))
 	outerFrag := frame(gwlb, 10000, 6081, good)
 	outerFrag[14+6] = 0x20 // MF
-	outer6 := append(append(append([]byte{}, macApp...), macGWLB...), 0x86, 0xdd)
-	outer6 = append(outer6, ip6(netip.MustParseAddr("2001:db8:ff::1"), netip.MustParseAddr("2001:db8:ff::2"), 17, good)...)
+	// IPv6 underlay: a destination-options header in front of UDP, a
+	// payload length that does not match the frame, a protocol that is not
+	// UDP.
+	udp6 := frame6(gwlb6, 10000, 6081, good)[14+40:]
+	ext6outer := append(append(append([]byte{}, macApp...), macGWLB...), 0x86, 0xdd)
+	ext6outer = append(ext6outer, ip6(gwlb6, app6, 60, append([]byte{17, 0, 0, 0, 0, 0, 0, 0}, udp6...))...)
+	padded6 := append(frame6(gwlb6, 10000, 6081, good), 0, 0, 0, 0)
+	notUDP6 := append(append(append([]byte{}, macApp...), macGWLB...), 0x86, 0xdd)
+	notUDP6 = append(notUDP6, ip6(gwlb6, app6, 6, udp6)...)
+	unknown6 := frame6(gwlb6, 10000, 6081, otherEP)
 	for _, tc := range []struct {
 		name string
 		pkt  []byte
@@ -278,7 +319,11 @@ func TestIngressPassesUp(t *testing.T) {
 		{"later fragment", frame(gwlb, 10000, 6081, genevePkt(geneve.ProtoIPv4, 7, fragLater)), PassInner},
 		{"ipv6 extension header", frame(gwlb, 10000, 6081, genevePkt(geneve.ProtoIPv6, 7, ext6)), PassInner},
 		{"outer fragment", outerFrag, PassOuter},
-		{"ipv6 underlay", outer6, -1},
+		{"ipv6 underlay extension header", ext6outer, PassOuter},
+		{"ipv6 underlay padded", padded6, PassOuter},
+		{"ipv6 underlay not udp", notUDP6, -1},
+		{"ipv6 underlay unknown endpoint", unknown6, PassUnknownEndpoint},
+		{"ipv6 underlay icmp error", frame6(gwlb6, 10000, 6081, genevePkt(geneve.ProtoIPv4, 7, icmpErr)), PassInner},
 		{"other udp port", frame(gwlb, 10000, 6082, good), -1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -307,13 +352,15 @@ func TestIngressPassesUp(t *testing.T) {
 func TestIngressForeignSource(t *testing.T) {
 	f := withTunnel(t)
 	g := genevePkt(geneve.ProtoIPv4, 7, ip4(client, server, 17, 0x4000, l4(40000, 53)))
-	var ret uint32
-	d := reasonDelta(t, f, func() { ret, _ = runIn(t, f, frame(foreign, 10000, 6081, g)) })
-	if ret != actShot || d[ReasonForeignSource] != 1 {
-		t.Fatalf("verdict %d counters %v", ret, d)
-	}
-	if f.Flows() != 0 {
-		t.Fatal("a foreign packet taught a flow")
+	for _, u := range underlays {
+		var ret uint32
+		d := reasonDelta(t, f, func() { ret, _ = runIn(t, f, u.frame(u.foreign, 10000, 6081, g)) })
+		if ret != actShot || d[ReasonForeignSource] != 1 {
+			t.Fatalf("%s: verdict %d counters %v", u.name, ret, d)
+		}
+		if f.Flows() != 0 {
+			t.Fatalf("%s: a foreign packet taught a flow", u.name)
+		}
 	}
 }
 
