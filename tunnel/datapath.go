@@ -5,9 +5,11 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/gwlbproxy/gwlbproxy/tunnel/fastpath"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/flow"
@@ -39,7 +41,94 @@ func (d *Daemon) startFastpath() error {
 	d.log.Info("tunnel datapath", "datapath", DatapathEBPF,
 		"why", "tunnel.datapath: "+d.cfg.Datapath+"; tc BPF programs loaded and attached",
 		"underlay", strings.Join(devs, ","), "attach", how)
+	if err := d.watchUnderlays(); err != nil {
+		d.log.Warn("tunnel fast path: underlay devices added later will take the userspace path", "err", err)
+	}
 	return nil
+}
+
+// watchUnderlays follows link and address changes so that an underlay
+// device added (or given the listen address) after start gets the ingress
+// program too, and a device that goes away is forgotten (its ifindex may
+// come back as another device). Control thread: the subscriptions are
+// opened in the daemon's namespace; the attaching runs there through post.
+func (d *Daemon) watchUnderlays() error {
+	links := make(chan netlink.LinkUpdate, 256)
+	addrs := make(chan netlink.AddrUpdate, 256)
+	onErr := func(err error) { d.log.Warn("tunnel fast path: underlay watch", "err", err) }
+	if err := netlink.LinkSubscribeWithOptions(links, d.stopped, netlink.LinkSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		return fmt.Errorf("subscribe to links: %w", err)
+	}
+	if err := netlink.AddrSubscribeWithOptions(addrs, d.stopped, netlink.AddrSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		return fmt.Errorf("subscribe to addresses: %w", err)
+	}
+	// One attach pass queued at a time: bringing up a tunnel pair alone
+	// sends several link and address events.
+	var queued atomic.Bool
+	rescan := func() {
+		if queued.CompareAndSwap(false, true) {
+			go d.post(func() {
+				queued.Store(false)
+				d.attachUnderlays()
+			})
+		}
+	}
+	go func() {
+		for {
+			select {
+			case u, ok := <-links:
+				if !ok {
+					return
+				}
+				if u.Header.Type == unix.RTM_DELLINK {
+					ix := int(u.Index)
+					go d.post(func() {
+						if d.fp != nil {
+							d.fp.Detach(ix)
+						}
+					})
+					continue
+				}
+				if !isTunnelDevice(u.Attrs().Name) {
+					rescan()
+				}
+			case _, ok := <-addrs:
+				if !ok {
+					return
+				}
+				rescan()
+			case <-d.stopped:
+				return
+			}
+		}
+	}()
+	return nil
+}
+
+// attachUnderlays attaches the ingress program to every underlay device
+// that does not have it yet. Control thread.
+func (d *Daemon) attachUnderlays() {
+	if d.fp == nil {
+		return
+	}
+	links, err := d.underlayLinks()
+	if err != nil {
+		return // none now (the listen address moved away): nothing to add
+	}
+	for _, l := range links {
+		how, err := d.fp.AttachUnderlay(l.Attrs().Index)
+		if err != nil {
+			d.log.Error("tunnel fast path not attached to an underlay device: its GENEVE takes the userspace path", "underlay", l.Attrs().Name, "err", err)
+			continue
+		}
+		if how != "" {
+			d.log.Info("tunnel fast path attached to an underlay device added after start", "underlay", l.Attrs().Name, "attach", how)
+		}
+	}
+}
+
+func isTunnelDevice(name string) bool {
+	return strings.HasPrefix(name, "gwi-") || strings.HasPrefix(name, "gwo-")
 }
 
 func (d *Daemon) loadFastpath() (*fastpath.Fastpath, []string, string, error) {
@@ -87,8 +176,7 @@ func (d *Daemon) underlayLinks() ([]netlink.Link, error) {
 	var out []netlink.Link
 	for _, l := range all {
 		a := l.Attrs()
-		if a.Flags&net.FlagLoopback != 0 || a.Flags&net.FlagUp == 0 ||
-			strings.HasPrefix(a.Name, "gwi-") || strings.HasPrefix(a.Name, "gwo-") {
+		if a.Flags&net.FlagLoopback != 0 || a.Flags&net.FlagUp == 0 || isTunnelDevice(a.Name) {
 			continue
 		}
 		if l.Type() != "veth" && l.Type() != "device" && l.Type() != "bond" && l.Type() != "vlan" {

@@ -223,8 +223,9 @@ func attachClsact(ifindex int, ingress bool, prog *ebpf.Program) (func() error, 
 	}, nil
 }
 
-// Detach removes the program from ifindex (a device being deleted takes
-// its programs with it; this is for devices that stay).
+// Detach removes the program from ifindex, or, for a device that is gone
+// (the kernel removed its programs with it), forgets it: its index may
+// come back as another device, which must be attached anew.
 func (f *Fastpath) Detach(ifindex int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
