@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
-	"sync"
-	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -50,9 +48,9 @@ type BenchConfig struct {
 	MaxLoss float64
 	// Steps bounds the rate search (after the flat-out probe).
 	Steps int
-	// Batch is the sendmmsg/recvmmsg batch size.
+	// Batch is the sendmmsg batch size.
 	Batch int
-	// CPU pins the generator and receiver threads to one CPU; -1 leaves
+	// CPU pins the sending thread to one CPU; -1 leaves
 	// them unpinned.
 	CPU int
 	// Rates, if set, replaces the flat-out probe and the search: exactly
@@ -93,15 +91,16 @@ type BenchResult struct {
 	// FlatOut is the probe sending as fast as the generator can.
 	FlatOut StepResult   `json:"flat_out"`
 	Steps   []StepResult `json:"steps"`
-	// SenderCPU and ReceiverCPU are the generator's own thread CPU times
-	// over the whole run; compare with Duration to see whether the
-	// generator, not the appliance, was the limit.
-	SenderCPU   time.Duration `json:"sender_cpu_ns"`
-	ReceiverCPU time.Duration `json:"receiver_cpu_ns"`
-	Duration    time.Duration `json:"duration_ns"`
+	// SenderCPU is the sending thread's CPU time over the whole run;
+	// compare with Sending to see whether the generator, not the
+	// appliance, was the limit. (Returns are counted by the kernel at the
+	// receiving link's ingress hook: that cost is softirq time on whichever
+	// CPU receives them, not a thread's.)
+	SenderCPU time.Duration `json:"sender_cpu_ns"`
+	Duration  time.Duration `json:"duration_ns"`
 	// Sending is the wall time spent sending (the steps without their
-	// drains): the generator's CPU share is (SenderCPU+ReceiverCPU) /
-	// Sending, as Duration would understate it by the idle drains.
+	// drains): the sender's CPU share is SenderCPU / Sending, as Duration
+	// would understate it by the idle drains.
 	Sending time.Duration `json:"sending_ns"`
 }
 
@@ -190,7 +189,7 @@ func zeroUDPCsum(p []byte) []byte {
 	return p
 }
 
-// mmsgs is a prepared sendmmsg/recvmmsg vector.
+// mmsgs is a prepared sendmmsg vector.
 type mmsgs struct {
 	hdrs []unix.Mmsghdr
 	iovs []unix.Iovec
@@ -215,18 +214,6 @@ func newSendVec(pkts [][]byte, batch int) *mmsgs {
 	return v
 }
 
-func newRecvVec(batch, size int) *mmsgs {
-	v := &mmsgs{hdrs: make([]unix.Mmsghdr, batch), iovs: make([]unix.Iovec, batch)}
-	for i := range v.hdrs {
-		b := make([]byte, size)
-		v.iovs[i].Base = &b[0]
-		v.iovs[i].SetLen(size)
-		v.hdrs[i].Hdr.Iov = &v.iovs[i]
-		v.hdrs[i].Hdr.SetIovlen(1)
-	}
-	return v
-}
-
 func mmsg(trap uintptr, fd int, v []unix.Mmsghdr, flags int) (int, error) {
 	n, _, e := unix.Syscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&v[0])), uintptr(len(v)), uintptr(flags), 0, 0)
 	if e != 0 {
@@ -234,10 +221,6 @@ func mmsg(trap uintptr, fd int, v []unix.Mmsghdr, flags int) (int, error) {
 	}
 	return int(n), nil
 }
-
-// rxBatch is the receiver's recvmmsg vector: a millisecond's worth at
-// 1 Mpps fits a few calls.
-const rxBatch = 256
 
 func threadCPU() time.Duration {
 	var ru unix.Rusage
@@ -280,74 +263,29 @@ func Bench(ctx context.Context, cfg BenchConfig) (BenchResult, error) {
 	for i, p := range pkts {
 		pkts[i] = gen.frame(p)
 	}
-	// The receiver: the GWLB port in the GWLB namespace, or the sink.
-	rns, raddr := topo.GWLB, netip.AddrPortFrom(GWLBAddr, geneve.Port)
-	if cfg.Mode == ModePlain {
-		rns, raddr = topo.Sink, netip.AddrPortFrom(netip.IPv4Unspecified(), benchPort)
-	}
-	rfd := -1
-	err = rns.Do(func() error {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		rfd = fd
-		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 32<<20)
-		_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 50000})
-		return unix.Bind(fd, &unix.SockaddrInet4{Addr: raddr.Addr().As4(), Port: int(raddr.Port())})
-	})
-	if rfd >= 0 {
-		defer unix.Close(rfd)
-	}
-	if err != nil {
-		return res, fmt.Errorf("gwlbsim bench: receiver on %s in %s: %w", raddr, rns.Name, err)
-	}
-
 	// What a correct return looks like: the GENEVE header GWLB sent plus
-	// the inner packet (tunnel), or the bare payload (plain).
-	wantLen := uint32(cfg.PayloadSize)
+	// the inner packet (tunnel), or the bare payload (plain), in UDP in
+	// IPv4. Returns are counted where they arrive: the GWLB namespace's
+	// underlay link, or the sink's.
+	wantLen := cfg.PayloadSize
+	rns, rdev, rport := topo.Sink, "s0", uint16(benchPort)
 	if cfg.Mode == ModeTunnel {
-		wantLen = uint32(geneve.BaseLen + geneve.AWSOptionsLen + innerLen)
+		wantLen = geneve.BaseLen + geneve.AWSOptionsLen + innerLen
+		rns, rdev, rport = topo.GWLB, underlayLink, geneve.Port
 	}
-	var received, badLen atomic.Uint64
-	var stop atomic.Bool
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		pin(cfg.CPU)
-		c0 := threadCPU()
-		// The receiver polls: it drains the socket without blocking and
-		// sleeps a millisecond when it is empty. Blocking receives would
-		// have the kernel wake this thread for nearly every datagram: a
-		// wakeup (and an IPI) paid on the appliance's CPU, where the
-		// datagram is delivered, and a context switch against the sender
-		// on the generator's CPU, which measured about a third of that
-		// core at 400 kpps and limited the plain-forwarding baseline.
-		v := newRecvVec(rxBatch, 9216)
-		for !stop.Load() {
-			n, err := mmsg(unix.SYS_RECVMMSG, rfd, v.hdrs, unix.MSG_DONTWAIT)
-			if err != nil || n == 0 {
-				time.Sleep(time.Millisecond)
-				continue
-			}
-			good := 0
-			for i := range v.hdrs[:n] {
-				if v.hdrs[i].Len == wantLen {
-					good++
-				}
-			}
-			received.Add(uint64(good))
-			badLen.Add(uint64(n - good))
+	ctr, err := newReturnCounter(rns, rdev, rport, uint16(outerLen+wantLen))
+	if err != nil {
+		return res, err
+	}
+	defer ctr.Close()
+	var countErr error
+	received := func() uint64 {
+		good, _, err := ctr.read()
+		if err != nil && countErr == nil {
+			countErr = err
 		}
-		res.ReceiverCPU = threadCPU() - c0
-	}()
-	defer func() {
-		stop.Store(true)
-		wg.Wait()
-	}()
+		return good
+	}
 
 	sendVec := newSendVec(pkts, cfg.Batch)
 	type stepReq struct {
@@ -365,7 +303,7 @@ func Bench(ctx context.Context, cfg BenchConfig) (BenchResult, error) {
 		off := 0
 		var sending time.Duration
 		for req := range reqs {
-			r0 := received.Load()
+			r0 := received()
 			start := time.Now()
 			end := start.Add(cfg.Step)
 			var sent uint64
@@ -385,7 +323,7 @@ func Bench(ctx context.Context, cfg BenchConfig) (BenchResult, error) {
 				}
 				// Paced steps send about 50 µs worth of packets per
 				// call: a full batch of jumbo packets at once would
-				// measure the receiver's socket buffer, not its rate.
+				// measure a queue's length, not a rate.
 				b := cfg.Batch
 				if req.pps > 0 {
 					b = min(b, max(1, int(req.pps/20000)))
@@ -403,7 +341,7 @@ func Bench(ctx context.Context, cfg BenchConfig) (BenchResult, error) {
 			sending += elapsed
 			el := elapsed.Seconds()
 			time.Sleep(cfg.Drain)
-			got := received.Load() - r0
+			got := received() - r0
 			sr := StepResult{OfferedPPS: req.pps, SentPPS: float64(sent) / el, ReceivedPPS: float64(got) / el}
 			if sent > 0 {
 				sr.Loss = 1 - float64(got)/float64(sent)
@@ -472,8 +410,11 @@ func Bench(ctx context.Context, cfg BenchConfig) (BenchResult, error) {
 	res.SenderCPU, res.Sending = ss.cpu, ss.sending
 	res.Duration = time.Since(began)
 	res.BestGbps = res.BestPPS * float64(innerLen) * 8 / 1e9
-	stop.Store(true)
-	wg.Wait()
-	res.BadLength = badLen.Load()
+	if _, bad, err := ctr.read(); err == nil {
+		res.BadLength = bad
+	}
+	if runErr == nil {
+		runErr = countErr
+	}
 	return res, runErr
 }

@@ -37,8 +37,9 @@
 // and counted (NoHealthyTarget) unless FailOpen. Targets reports per
 // target health, new flows placed and packets sent and returned.
 //
-// Bench drives the appliance with pre-built GENEVE packets (sendmmsg on a
-// raw socket, recvmmsg on the GWLB port) and steps the offered rate to
+// Bench drives the appliance with pre-built GENEVE packets (sendmmsg on an
+// AF_PACKET socket; returns counted and dropped by an nftables netdev
+// ingress rule on the receiving link) and steps the offered rate to
 // find the highest rate with at most 1% loss; Mode Plain measures the
 // same namespaces forwarding the inner packets without a tunnel (GWLB ns
 // -> appliance -> sink) as the baseline.
