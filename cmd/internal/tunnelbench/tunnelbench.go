@@ -137,6 +137,9 @@ type Row struct {
 	// per packet (kernel.bpf_stats_enabled; ebpf rows only). The rest of
 	// CorePerPacket is the kernel's own work around them.
 	BPFIngress, BPFEgress time.Duration
+	// Breakdown is the appliance core's packet work by stage, from perf
+	// (Config.PerfDir set and perf installed).
+	Breakdown *Breakdown
 }
 
 // Result is every row: per payload size plain, then each datapath.
@@ -333,7 +336,13 @@ func measure(ctx context.Context, cfg Config, topo *gwlbsim.Topology, mode gwlbs
 	if cfg.PerfDir != "" {
 		// The packets behind the profile, to turn samples into time
 		// per packet.
-		_ = os.WriteFile(filepath.Join(cfg.PerfDir, fmt.Sprintf("%s-%d.packets", path, size+28)), []byte(fmt.Sprintf("%.0f\n", got)), 0o644)
+		base := filepath.Join(cfg.PerfDir, fmt.Sprintf("%s-%d", path, size+28))
+		_ = os.WriteFile(base+".packets", []byte(fmt.Sprintf("%.0f\n", got)), 0o644)
+		if bd, err := perfBreakdown(base+".data", got); err == nil {
+			row.Breakdown = bd
+		} else if cfg.Log != nil {
+			cfg.Log.Warn("perf breakdown", "file", base+".data", "err", err)
+		}
 	}
 	if r.BadLength > 0 {
 		return row, fmt.Errorf("%s %d B: %d datagrams of the wrong length came back", path, size, r.BadLength)
@@ -648,4 +657,14 @@ func (r *Result) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "appliance CPU: the process's own time; appliance core busy: the whole CPU (softirq work included) from /proc/stat;\n")
 	fmt.Fprintf(w, "BPF in/out per packet: mean run time of the eBPF datapath's ingress and egress programs (kernel.bpf_stats_enabled during the ebpf rows); the rest of core per packet is the kernel around them.\n")
 	fmt.Fprintf(w, "of it softirq: the share of that busy time in interrupt and softirq context (the kernel's packet work; without IRQ time accounting the process's time may include some of it).\n")
+	for _, row := range r.Rows {
+		if row.Breakdown == nil {
+			continue
+		}
+		fmt.Fprintf(w, "\n%d B %s: the appliance core's packet work (perf samples through net_rx_action) %.2f µs per packet:\n",
+			row.InnerSize, row.Path, row.Breakdown.PerPacket.Seconds()*1e6)
+		for _, st := range row.Breakdown.Stages {
+			fmt.Fprintf(w, "  %-30s %6.2f µs  (%s)\n", st.Name, st.PerPacket.Seconds()*1e6, st.Top)
+		}
+	}
 }
