@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/awsenv/imdsfake"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/cfnsignal/cfnfake"
 )
 
@@ -18,7 +19,7 @@ func TestCFNSignal(t *testing.T) {
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
 	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
 	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
-	imds := httptest.NewServer(cfnfake.IMDS{InstanceID: "i-0123456789abcdef0", Region: "eu-west-1"})
+	imds := httptest.NewServer(&imdsfake.Server{InstanceID: "i-0123456789abcdef0", Region: "eu-west-1"})
 	defer imds.Close()
 	fake := &cfnfake.CloudFormation{Waiting: map[string]bool{"egress/AutoScalingGroup": true}}
 	cfn := httptest.NewServer(fake)
@@ -29,7 +30,7 @@ func TestCFNSignal(t *testing.T) {
 	defer sick.Close()
 
 	base := []string{"cfn-signal", "--stack", "egress", "--resource", "AutoScalingGroup",
-		"--imds-endpoint", imds.URL, "--endpoint", cfn.URL, "--health-timeout", "300ms"}
+		"--imds-endpoint", imds.URL, "--endpoint", cfn.URL, "--health-timeout", "300ms", "--config", filepath.Join(t.TempDir(), "none.yaml")}
 	if code, out, errs := run(t, append(base, "--wait-healthy", healthy.URL+"/healthz")...); code != 0 || !strings.Contains(out, "signalled SUCCESS") {
 		t.Fatalf("healthy: exit %d\n%s\n%s", code, out, errs)
 	}

@@ -141,3 +141,26 @@ func TestRunConfigErrorExitCode(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q; want %d naming the field", code, errs, exitConfig)
 	}
 }
+
+// issue 17: check validates the aws: section (one line naming the key),
+// warns about the deprecated per-component keys it still accepts, and
+// --explain says where each AWS consumer's calls go.
+func TestCheckAWS(t *testing.T) {
+	dir := t.TempDir()
+	old := filepath.Join(dir, "old.yaml")
+	os.WriteFile(old, []byte("logship:\n  sink: cloudwatch\n  cloudwatch:\n    endpoint: http://198.18.0.1:4566\nsteer:\n  imds_endpoint: http://198.18.0.9\n"), 0o644)
+	code, out, errs := run(t, "check", "--config", old, "--explain")
+	if code != 0 || strings.Count(strings.TrimSpace(errs), "\n") != 0 ||
+		!strings.Contains(errs, "logship.cloudwatch.endpoint -> aws.endpoints.logs") || !strings.Contains(errs, "steer.imds_endpoint -> aws.imds_endpoint") {
+		t.Fatalf("deprecated keys: exit %d, want one warning line naming both\nstderr: %s", code, errs)
+	}
+	if !strings.Contains(out, "# AWS environment (aws)") || !strings.Contains(out, "logs (logship.sink cloudwatch): http://198.18.0.1:4566") ||
+		!strings.Contains(out, "at http://198.18.0.9") || !strings.Contains(out, "logs: http://198.18.0.1:4566") {
+		t.Fatalf("explain:\n%s", out)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("aws:\n  endpoints:\n    ec2: ftp://198.18.0.2\n"), 0o644)
+	if code, _, errs := run(t, "check", "--config", bad); code != 1 || strings.Count(strings.TrimSpace(errs), "\n") != 0 || !strings.Contains(errs, "aws.endpoints.ec2") {
+		t.Fatalf("bad: want one line naming aws.endpoints.ec2, got %d %q", code, errs)
+	}
+}

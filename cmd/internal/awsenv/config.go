@@ -166,3 +166,66 @@ func CheckURL(s string) error {
 	}
 	return nil
 }
+
+// Use is one consumer of the environment: the service it calls and the
+// configuration key that turned it on.
+type Use struct {
+	Service string // a service constant
+	By      string // e.g. "logship.sink cloudwatch"
+}
+
+// Explain describes, for `gwlbproxy check --explain`, what the section
+// means for a configuration whose AWS consumers are uses: where the region
+// and credentials come from, whether IMDS is asked and for what, and the
+// endpoint each consumer reaches. askIDFromIMDS is whether the instance id
+// comes from IMDS (instance_id empty).
+func (c Config) Explain(uses []Use, askIDFromIMDS bool) string {
+	var b strings.Builder
+	imdsOn := c.IMDS != IMDSDisabled
+	if len(uses) == 0 {
+		b.WriteString("no AWS service is called with this configuration; the SDK configuration is never loaded\n")
+	}
+	switch {
+	case c.Region != "":
+		fmt.Fprintf(&b, "region: %s (aws.region)\n", c.Region)
+	case imdsOn:
+		b.WriteString("region: AWS_REGION or the shared config profile's, else the instance's from IMDS (placement/region)\n")
+	default:
+		b.WriteString("region: AWS_REGION or the shared config profile's; none is an error at the first AWS call (aws.imds is disabled)\n")
+	}
+	b.WriteString("credentials: the SDK's default chain (environment, shared config/credentials files, web identity, container, ")
+	if imdsOn {
+		b.WriteString("the instance role through IMDS)\n")
+	} else {
+		b.WriteString("no instance role: aws.imds is disabled)\n")
+	}
+	if imdsOn {
+		ep := c.IMDSEndpoint
+		if ep == "" {
+			ep = "http://169.254.169.254"
+		}
+		var what []string
+		if askIDFromIMDS {
+			what = append(what, "instance id (else the host name)")
+		}
+		for _, u := range uses {
+			if u.Service == AutoScaling {
+				what = append(what, "target lifecycle state and group tag (lifecycle)")
+			}
+		}
+		if len(what) == 0 {
+			what = append(what, "nothing unless the region or credentials need it")
+		}
+		fmt.Fprintf(&b, "imds: IMDSv2 only (session token, no v1 fallback) at %s: %s\n", ep, strings.Join(what, ", "))
+	} else {
+		b.WriteString("imds: disabled; nothing asks the instance metadata service\n")
+	}
+	for _, u := range uses {
+		ep := c.Endpoints.For(u.Service)
+		if ep == "" {
+			ep = "regional endpoint"
+		}
+		fmt.Fprintf(&b, "%s (%s): %s\n", u.Service, u.By, ep)
+	}
+	return b.String()
+}

@@ -191,14 +191,13 @@ func testScaleIn(t *testing.T, viaLifecycle bool, appliances int) {
 		streams = append(streams, demo.ExtraLogStream(i))
 	}
 	lifecycleConfig := func(c *config.Config, i int) {
-		c.InstanceID = "" // from IMDS, as on EC2
-		c.Logship.CloudWatch.IMDSEndpoint = mdURLs[i]
+		c.InstanceID = ""              // from IMDS, as on EC2
+		c.AWS.IMDSEndpoint = mdURLs[i] // one IMDS for the instance id and the lifecycle state
 		c.Lifecycle.Enabled = true
 		c.Lifecycle.HookName = scaleInHook
 		c.Lifecycle.GroupName = "" // from the instance's tags in IMDS
 		c.Lifecycle.PollInterval = time.Second
-		c.Lifecycle.IMDSEndpoint = mdURLs[i]
-		c.Lifecycle.AutoScalingEndpoint = asURLs[i]
+		c.AWS.Endpoints.AutoScaling = asURLs[i]
 		c.Drain.Deadline = 45 * time.Second
 	}
 
