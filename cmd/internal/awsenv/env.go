@@ -86,8 +86,6 @@ func New(cfg Config, log *slog.Logger) (*Env, error) {
 	return &Env{cfg: cfg, log: log, md: imds.New(opts)}, nil
 }
 
-// Settings returns the section the environment was built from.
-func (e *Env) Settings() Config { return e.cfg }
 
 // IMDS returns the one instance metadata client. With aws.imds disabled
 // its calls fail (the SDK's "access disabled" error).

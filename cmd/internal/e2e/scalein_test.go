@@ -24,6 +24,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/awsenv/imdsfake"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/demo"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/flow"
@@ -67,43 +68,6 @@ const (
 func TestScaleIn(t *testing.T) {
 	t.Run("lifecycle/two-appliances", func(t *testing.T) { testScaleIn(t, true, 2) })
 	t.Run("sigterm/one-appliance", func(t *testing.T) { testScaleIn(t, false, 1) })
-}
-
-// imdsFake speaks IMDSv2 (token PUT, token required on every GET) with the
-// appliance's instance id, Auto Scaling group tag and lifecycle state.
-type imdsFake struct {
-	instance string
-	state    atomic.Value // string
-	polls    atomic.Int64 // target-lifecycle-state GETs
-}
-
-func (f *imdsFake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method == http.MethodPut && r.URL.Path == "/latest/api/token" {
-		if r.Header.Get("X-Aws-Ec2-Metadata-Token-Ttl-Seconds") == "" {
-			http.Error(w, "missing ttl", http.StatusBadRequest)
-			return
-		}
-		w.Header().Set("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", "21600")
-		io.WriteString(w, "e2e-token")
-		return
-	}
-	if r.Method != http.MethodGet || r.Header.Get("X-Aws-Ec2-Metadata-Token") != "e2e-token" {
-		http.Error(w, "unauthorized", http.StatusUnauthorized)
-		return
-	}
-	switch strings.TrimPrefix(r.URL.Path, "/latest/meta-data/") {
-	case "instance-id":
-		io.WriteString(w, f.instance)
-	case "autoscaling/target-lifecycle-state":
-		f.polls.Add(1)
-		io.WriteString(w, f.state.Load().(string))
-	case "tags/instance/aws:autoscaling:groupName":
-		io.WriteString(w, scaleInGroup)
-	case "placement/region":
-		io.WriteString(w, "us-east-1")
-	default:
-		http.NotFound(w, r)
-	}
 }
 
 // asCall is one CompleteLifecycleAction the Auto Scaling fake received,
@@ -179,10 +143,13 @@ func testScaleIn(t *testing.T, viaLifecycle bool, appliances int) {
 		t.Skip("e2e: needs root (network namespaces, tun devices, nftables); run the suite as root, e.g. sudo go test ./cmd/internal/e2e")
 	}
 	began := time.Now()
-	mds := make([]*imdsFake, appliances)
+	// One IMDSv2 fake per appliance (imdsfake): instance id, region, the
+	// group tag and the lifecycle state.
+	mds := make([]*imdsfake.Server, appliances)
 	for i := range mds {
-		mds[i] = &imdsFake{instance: instanceOf(i)}
-		mds[i].state.Store("InService")
+		mds[i] = &imdsfake.Server{InstanceID: instanceOf(i), Region: "us-east-1"}
+		mds[i].SetState("InService")
+		mds[i].SetTag("aws:autoscaling:groupName", scaleInGroup)
 	}
 	as := &autoScalingFake{}
 	mdURLs, asURLs := make([]string, appliances), make([]string, appliances)
@@ -417,8 +384,8 @@ func testScaleIn(t *testing.T, viaLifecycle bool, appliances int) {
 	before := sim.Targets()
 	trigger := time.Now()
 	if viaLifecycle {
-		polls := mds[d].polls.Load()
-		mds[d].state.Store("Terminated")
+		polls := mds[d].Reads("meta-data/autoscaling/target-lifecycle-state")
+		mds[d].SetState("Terminated")
 		t.Logf("IMDS target-lifecycle-state = Terminated for %s (it had polled %d times)", instanceOf(d), polls)
 	} else {
 		if err := drained.Cmd.Process.Signal(unix.SIGTERM); err != nil {
