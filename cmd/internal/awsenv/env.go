@@ -86,7 +86,6 @@ func New(cfg Config, log *slog.Logger) (*Env, error) {
 	return &Env{cfg: cfg, log: log, md: imds.New(opts)}, nil
 }
 
-
 // IMDS returns the one instance metadata client. With aws.imds disabled
 // its calls fail (the SDK's "access disabled" error).
 func (e *Env) IMDS() *imds.Client { return e.md }
