@@ -281,3 +281,33 @@ func TestEndpointsKeys(t *testing.T) {
 		t.Fatalf("overrides %v, fields %v", e.Overrides(), endpointField)
 	}
 }
+
+// TestRoleCredentialsThroughTheSameClient: with no keys in the
+// environment, the SDK's default chain ends at the instance role, read
+// through the environment's one IMDS client: the same session token as the
+// instance id and region (one token in all), and the role's key signs.
+func TestRoleCredentialsThroughTheSameClient(t *testing.T) {
+	isolate(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", "")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+	md := &imdsfake.Server{InstanceID: "i-0123456789abcdef0", Region: "eu-west-1", Role: "gwlbproxy-instance", AccessKeyID: "ASIAIMDSFAKEROLE"}
+	e := newEnv(t, Config{IMDSEndpoint: fakeIMDS(t, md)})
+	ctx := context.Background()
+	if _, err := e.InstanceID(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ac, err := e.Config(ctx, Logs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := ac.Credentials.Retrieve(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if creds.AccessKeyID != "ASIAIMDSFAKEROLE" || creds.SessionToken != "imdsfake-session-token" {
+		t.Fatalf("credentials %+v, want the instance role's", creds)
+	}
+	if n := md.Tokens(); n != 1 {
+		t.Fatalf("%d IMDS session tokens for instance id, region and role credentials, want 1", n)
+	}
+}

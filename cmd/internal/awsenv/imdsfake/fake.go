@@ -2,8 +2,9 @@
 // IMDSv2's wire protocol (PUT /latest/api/token with a TTL header, then
 // GETs carrying X-aws-ec2-metadata-token), so tests drive the real SDK's
 // imds client against it. It serves the paths the appliance reads: the
-// instance id, region, lifecycle state, instance tags and the identity
-// document, and counts token requests and reads per path.
+// instance id, region, lifecycle state, instance tags, the identity
+// document and the instance role's credentials, and counts token
+// requests and reads per path.
 package imdsfake
 
 import (
@@ -12,6 +13,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Token is the session token the fake hands out and requires.
@@ -25,6 +27,11 @@ type Server struct {
 	// V1Only refuses token requests (403), as an IMDSv1-only service
 	// would: an IMDSv2-only client must fail.
 	V1Only bool
+	// Role, when set, is the instance profile's role: its temporary
+	// credentials (AccessKeyID, a secret and a session token, valid for an
+	// hour) are served under iam/security-credentials/, as EC2 does.
+	Role        string
+	AccessKeyID string
 
 	mu     sync.Mutex
 	state  string            // autoscaling/target-lifecycle-state
@@ -107,6 +114,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		body = state
 	case hasTag:
 		body = tag
+	case p == "meta-data/iam/security-credentials/" && s.Role != "":
+		body = s.Role
+	case p == "meta-data/iam/security-credentials/"+s.Role && s.Role != "":
+		w.Header().Set("Content-Type", "text/plain")
+		json.NewEncoder(w).Encode(map[string]string{
+			"Code": "Success", "LastUpdated": time.Now().UTC().Format(time.RFC3339), "Type": "AWS-HMAC",
+			"AccessKeyId": s.AccessKeyID, "SecretAccessKey": "imdsfake-secret", "Token": "imdsfake-session-token",
+			"Expiration": time.Now().Add(time.Hour).UTC().Format(time.RFC3339),
+		})
+		return
 	case p == "dynamic/instance-identity/document":
 		w.Header().Set("Content-Type", "text/plain")
 		json.NewEncoder(w).Encode(map[string]string{
