@@ -25,6 +25,7 @@ import (
 	"io"
 	"log/slog"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -161,6 +162,10 @@ func (e *Env) Config(ctx context.Context, service string) (aws.Config, error) {
 	if ep := e.cfg.Endpoints.For(service); ep != "" {
 		c.BaseEndpoint = aws.String(ep)
 	}
+	// Each copy's slices are clipped: a client appending its own
+	// middleware must not write into another consumer's backing array.
+	c.APIOptions = slices.Clip(c.APIOptions)
+	c.ConfigSources = slices.Clip(c.ConfigSources)
 	return c, nil
 }
 
