@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/awsenv/imdsfake"
 )
@@ -73,6 +74,10 @@ func TestBuiltOnce(t *testing.T) {
 			}
 			if r, err := e.Region(ctx); err != nil || r != md.Region {
 				t.Errorf("Region = %q, %v", r, err)
+			}
+			// A consumer using the client directly shares its token.
+			if out, err := e.IMDS().GetMetadata(ctx, &imds.GetMetadataInput{Path: "placement/availability-zone"}); err == nil {
+				out.Content.Close()
 			}
 			for _, s := range services {
 				ac, err := e.Config(ctx, s)
