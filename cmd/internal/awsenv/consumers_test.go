@@ -28,6 +28,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/cfnsignal/cfnfake"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/lifecycle"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/lifecycle/asfake"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/policysource"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/policysource/policyfake"
 	"github.com/gwlbproxy/gwlbproxy/logship"
@@ -124,6 +125,7 @@ func TestOverridesReachEveryConsumer(t *testing.T) {
 	md.SetTag("aws:autoscaling:groupName", "gwlbproxy-asg")
 	cwl := cwlfake.New(cwlfake.Options{})
 	cfn := &cfnfake.CloudFormation{Waiting: map[string]bool{"egress/AutoScalingGroup": true}}
+	as := &asfake.Server{}
 	pol := policyfake.New()
 	pol.PutObject("policies", "fleet.yaml", []byte("default_action: deny\n"))
 	if _, err := pol.PutParameter("/gwlbproxy/policy", "default_action: deny\n", "Standard"); err != nil {
@@ -131,7 +133,7 @@ func TestOverridesReachEveryConsumer(t *testing.T) {
 	}
 	rec := map[string]*recorder{
 		awsenv.Logs: {next: cwl}, awsenv.CloudFormation: {next: cfn}, awsenv.S3: {next: pol}, awsenv.SSM: {next: pol},
-		awsenv.EC2: {}, awsenv.AutoScaling: {}, awsenv.KMS: {}, awsenv.SecretsManager: {},
+		awsenv.AutoScaling: {next: as}, awsenv.EC2: {}, awsenv.KMS: {}, awsenv.SecretsManager: {},
 	}
 	doc := "aws:\n  imds_endpoint: " + serve(t, md) + "\n  endpoints:\n"
 	for svc, r := range rec {
@@ -188,7 +190,12 @@ func TestOverridesReachEveryConsumer(t *testing.T) {
 	if err := w.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
-	_ = w.Complete(ctx, id) // the recorder refuses; the request is what counts
+	if err := w.Complete(ctx, id); err != nil {
+		t.Error(err)
+	}
+	if c := as.Calls(); len(c) != 1 || c[0].Params.Get("AutoScalingGroupName") != "gwlbproxy-asg" || c[0].Params.Get("InstanceId") != id {
+		t.Errorf("CompleteLifecycleAction calls %+v", c)
+	}
 
 	// steer: disable_source_dest_check's EC2 call.
 	_ = steer.DisableSourceDestCheck(ctx, id, ec2.NewFromConfig(cfgFor(awsenv.EC2)))

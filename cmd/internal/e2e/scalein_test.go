@@ -27,6 +27,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/awsenv/imdsfake"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/demo"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/lifecycle/asfake"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/flow"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
@@ -70,48 +71,6 @@ func TestScaleIn(t *testing.T) {
 	t.Run("sigterm/one-appliance", func(t *testing.T) { testScaleIn(t, false, 1) })
 }
 
-// asCall is one CompleteLifecycleAction the Auto Scaling fake received,
-// with how many records each appliance's log stream held at that moment.
-type asCall struct {
-	params  url.Values
-	records []int
-	at      time.Time
-}
-
-// autoScalingFake speaks the Auto Scaling query protocol for
-// CompleteLifecycleAction (SigV4-signed form POST, XML answer).
-type autoScalingFake struct {
-	records func() []int
-	mu      sync.Mutex
-	calls   []asCall
-}
-
-func (f *autoScalingFake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !strings.HasPrefix(r.Header.Get("Authorization"), "AWS4-HMAC-SHA256 ") {
-		http.Error(w, "unsigned", http.StatusForbidden)
-		return
-	}
-	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	v, err := url.ParseQuery(string(body))
-	if err != nil || v.Get("Action") != "CompleteLifecycleAction" {
-		w.Header().Set("Content-Type", "text/xml")
-		w.WriteHeader(http.StatusBadRequest)
-		io.WriteString(w, `<ErrorResponse><Error><Type>Sender</Type><Code>InvalidAction</Code><Message>unsupported</Message></Error><RequestId>e2e</RequestId></ErrorResponse>`)
-		return
-	}
-	f.mu.Lock()
-	f.calls = append(f.calls, asCall{params: v, records: f.records(), at: time.Now()})
-	f.mu.Unlock()
-	w.Header().Set("Content-Type", "text/xml")
-	io.WriteString(w, `<CompleteLifecycleActionResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/"><CompleteLifecycleActionResult/><ResponseMetadata><RequestId>e2e-1</RequestId></ResponseMetadata></CompleteLifecycleActionResponse>`)
-}
-
-func (f *autoScalingFake) Calls() []asCall {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]asCall(nil), f.calls...)
-}
-
 // serveInNS serves h on 127.0.0.1 inside ns (the listener is created on a
 // thread in that namespace) and returns its URL.
 func serveInNS(t *testing.T, ns *gwlbsim.NS, h http.Handler) (string, error) {
@@ -151,7 +110,7 @@ func testScaleIn(t *testing.T, viaLifecycle bool, appliances int) {
 		mds[i].SetState("InService")
 		mds[i].SetTag("aws:autoscaling:groupName", scaleInGroup)
 	}
-	as := &autoScalingFake{}
+	as := &asfake.Server{}
 	mdURLs, asURLs := make([]string, appliances), make([]string, appliances)
 	streams := []string{demo.LogStream}
 	for i := range appliances - 1 {
@@ -197,7 +156,9 @@ func testScaleIn(t *testing.T, viaLifecycle bool, appliances int) {
 					return fmt.Errorf("auto scaling fake: %w", err)
 				}
 			}
-			as.records = func() []int {
+			// Each call notes how many records every appliance's log
+			// stream held at that moment.
+			as.OnCall = func(url.Values) any {
 				var n []int
 				for _, s := range streams {
 					n = append(n, e.CloudWatch.Count(demo.LogGroup, s))
@@ -576,18 +537,19 @@ func testScaleIn(t *testing.T, viaLifecycle bool, appliances int) {
 			t.Fatalf("CompleteLifecycleAction called %d times, want 1", len(calls))
 		}
 		c := calls[0]
+		records := c.Note.([]int)
 		for k, want := range map[string]string{
 			"AutoScalingGroupName": scaleInGroup, "LifecycleHookName": scaleInHook,
 			"LifecycleActionResult": "CONTINUE", "InstanceId": instanceOf(d),
 		} {
-			if got := c.params.Get(k); got != want {
+			if got := c.Params.Get(k); got != want {
 				t.Errorf("CompleteLifecycleAction %s = %q, want %q", k, got, want)
 			}
 		}
-		if c.records[d] != finalCounts[d] {
-			t.Errorf("CompleteLifecycleAction came when %d of the draining appliance's %d records were at CloudWatch", c.records[d], finalCounts[d])
+		if records[d] != finalCounts[d] {
+			t.Errorf("CompleteLifecycleAction came when %d of the draining appliance's %d records were at CloudWatch", records[d], finalCounts[d])
 		}
-		t.Logf("CompleteLifecycleAction %s after the trigger, with all %d of the draining appliance's records stored", c.at.Sub(trigger).Round(time.Millisecond), c.records[d])
+		t.Logf("CompleteLifecycleAction %s after the trigger, with all %d of the draining appliance's records stored", c.At.Sub(trigger).Round(time.Millisecond), records[d])
 	} else if len(calls) != 0 {
 		t.Errorf("CompleteLifecycleAction called %d times on SIGTERM without a terminating lifecycle state", len(calls))
 	}

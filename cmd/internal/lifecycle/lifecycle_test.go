@@ -2,13 +2,9 @@ package lifecycle
 
 import (
 	"context"
-	"io"
 	"log/slog"
-	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +13,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/awsenv"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/awsenv/imdsfake"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/lifecycle/asfake"
 )
 
 // newMetadata serves an IMDSv2 fake (imdsfake) in the given lifecycle
@@ -39,35 +36,9 @@ func newMetadata(t *testing.T, state string, tags map[string]string) (*imdsfake.
 	return fake, env
 }
 
-// fakeAutoScaling speaks the Auto Scaling query protocol for
-// CompleteLifecycleAction and records the calls.
-type fakeAutoScaling struct {
-	mu    sync.Mutex
-	calls []url.Values
-}
-
-func (f *fakeAutoScaling) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !strings.HasPrefix(r.Header.Get("Authorization"), "AWS4-HMAC-SHA256 ") {
-		http.Error(w, "unsigned", 403)
-		return
-	}
-	body, _ := io.ReadAll(r.Body)
-	v, err := url.ParseQuery(string(body))
-	if err != nil || v.Get("Action") != "CompleteLifecycleAction" {
-		w.WriteHeader(400)
-		io.WriteString(w, `<ErrorResponse><Error><Type>Sender</Type><Code>InvalidAction</Code><Message>bad</Message></Error><RequestId>r</RequestId></ErrorResponse>`)
-		return
-	}
-	f.mu.Lock()
-	f.calls = append(f.calls, v)
-	f.mu.Unlock()
-	w.Header().Set("Content-Type", "text/xml")
-	io.WriteString(w, `<CompleteLifecycleActionResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/"><CompleteLifecycleActionResult/><ResponseMetadata><RequestId>r1</RequestId></ResponseMetadata></CompleteLifecycleActionResponse>`)
-}
-
 func TestWaitThenComplete(t *testing.T) {
 	md, env := newMetadata(t, "InService", map[string]string{"aws:autoscaling:groupName": "gwlbproxy-asg"})
-	as := &fakeAutoScaling{}
+	as := &asfake.Server{}
 	asSrv := httptest.NewServer(as)
 	defer asSrv.Close()
 
@@ -101,12 +72,11 @@ func TestWaitThenComplete(t *testing.T) {
 	if err := w.Complete(context.Background(), "i-0123456789abcdef0"); err != nil {
 		t.Fatal(err)
 	}
-	as.mu.Lock()
-	defer as.mu.Unlock()
-	if len(as.calls) != 1 {
-		t.Fatalf("calls: %v", as.calls)
+	calls := as.Calls()
+	if len(calls) != 1 {
+		t.Fatalf("calls: %v", calls)
 	}
-	c := as.calls[0]
+	c := calls[0].Params
 	for k, want := range map[string]string{
 		"AutoScalingGroupName": "gwlbproxy-asg", "LifecycleHookName": "gwlbproxy-drain",
 		"LifecycleActionResult": "CONTINUE", "InstanceId": "i-0123456789abcdef0",
