@@ -38,16 +38,16 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return exitError{exitConfig, err}
 	}
+	log := newLogger(&c, stderr)
+	for _, w := range c.Warnings { // deprecated keys (issue 17): one line each
+		log.Warn(w, "config", *path)
+	}
 	have, err := caps.Effective()
 	if err != nil {
 		return exitError{exitNoPerm, err}
 	}
 	if err := caps.Check(have, neededCaps(&c, unprivilegedPortStart())); err != nil {
 		return exitError{exitNoPerm, err}
-	}
-	log := newLogger(&c, stderr)
-	for _, w := range c.Warnings { // deprecated keys (issue 17): one line each
-		log.Warn(w, "config", *path)
 	}
 	return app.Run(ctx, c, log, app.Options{ConfigPath: *path, Reload: daemonSignals(log)})
 }
