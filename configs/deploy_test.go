@@ -156,6 +156,10 @@ func TestUserDataConfig(t *testing.T) {
 	signalArgs := checkRuncmd(t, cc.Runcmd)
 
 	var cfg struct {
+		AWS struct {
+			Region string
+			IMDS   string
+		} `yaml:"aws"`
 		Health struct{ Listen string }
 		Drain  struct {
 			Deadline string
@@ -202,6 +206,11 @@ func TestUserDataConfig(t *testing.T) {
 		if _, err := netip.ParsePrefix(s); err != nil {
 			t.Errorf("tunnel.allowed_sources: %v", err)
 		}
+	}
+	// issue 17: the one AWS environment: the stack's region, IMDS on (the
+	// instance id, lifecycle state and role credentials come from it).
+	if cfg.AWS.Region != sampleParams["AWS::Region"] || cfg.AWS.IMDS != "enabled" {
+		t.Errorf("aws = %+v, want region %s and imds enabled", cfg.AWS, sampleParams["AWS::Region"])
 	}
 	cw := cfg.Logship.CloudWatch
 	if cfg.Logship.Sink != "cloudwatch" || cw.LogGroup != sampleParams["LogGroup"] || cw.Region != sampleParams["AWS::Region"] {

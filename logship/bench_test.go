@@ -99,8 +99,8 @@ func BenchmarkPipeline(b *testing.B) {
 			url := startFakeChild(b)
 			cfg := DefaultConfig()
 			cfg.Sink = SinkCloudWatch
-			cfg.CloudWatch = CloudWatchConfig{LogGroup: "/bench", LogStream: "i-bench", Region: "eu-west-1",
-				Endpoint: url, CreateGroup: true, PutTimeout: 30 * time.Second}
+			cfg.CloudWatch = CloudWatchConfig{LogGroup: "/bench", LogStream: "i-bench",
+				AWS: cwlfake.AWSConfig(url, "eu-west-1"), CreateGroup: true, PutTimeout: 30 * time.Second}
 			dir := b.TempDir()
 			cfg.Spool.Enabled = spoolOn
 			cfg.Spool.Dir = filepath.Join(dir, "spool")

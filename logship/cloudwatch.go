@@ -3,19 +3,15 @@ package logship
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
-	"github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs/types"
 	"github.com/aws/smithy-go"
@@ -42,93 +38,59 @@ type cwSink struct {
 	ensureMu sync.Mutex
 }
 
-func imdsClient(endpoint string) *imds.Client {
-	return imds.New(imds.Options{Endpoint: endpoint, ClientEnableState: imds.ClientEnabled})
-}
-
-// instanceID returns the configured id, else the EC2 instance id from
-// IMDSv2, else the hostname (outside EC2).
-func instanceID(ctx context.Context, cfg Config, log *slog.Logger) string {
+// streamName returns the configured stream, else the instance id the
+// application gave, else the host name (outside EC2).
+func streamName(cfg Config, log *slog.Logger) string {
+	if cfg.CloudWatch.LogStream != "" {
+		return cfg.CloudWatch.LogStream
+	}
 	if cfg.InstanceID != "" {
 		return cfg.InstanceID
 	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	out, err := imdsClient(cfg.CloudWatch.IMDSEndpoint).GetMetadata(ctx, &imds.GetMetadataInput{Path: "instance-id"})
-	if err == nil {
-		defer out.Content.Close()
-		var b strings.Builder
-		buf := make([]byte, 64)
-		for {
-			n, rerr := out.Content.Read(buf)
-			b.Write(buf[:n])
-			if rerr != nil {
-				break
-			}
-		}
-		if id := strings.TrimSpace(b.String()); id != "" {
-			return id
-		}
-	}
-	host, herr := os.Hostname()
-	if herr != nil || host == "" {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
 		host = "unknown-host"
 	}
-	log.Info("logship: not on EC2 (IMDS unreachable), naming the stream after the host", "host", host, "imds_err", err)
+	log.Info("logship: no instance id, naming the stream after the host", "host", host)
 	return host
 }
 
-func newCloudWatchSink(ctx context.Context, cfg Config, log *slog.Logger) (*cwSink, error) {
+// newCloudWatchSink builds the Logs client from the injected SDK
+// configuration: its region (or cloudwatch.region), credentials, endpoint
+// override and HTTP client settings (the CA bundle the loader applied),
+// with a connection pool sized for the senders and no SDK retries.
+func newCloudWatchSink(cfg Config, log *slog.Logger) (*cwSink, error) {
 	cw := cfg.CloudWatch
-	hc := awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
+	awsCfg := cw.AWS
+	if awsCfg.Credentials == nil {
+		return nil, errors.New("logship: the cloudwatch sink was given no AWS configuration (credentials)")
+	}
+	if cw.Region != "" {
+		awsCfg.Region = cw.Region
+	}
+	if awsCfg.Region == "" {
+		return nil, errors.New("logship: cloudwatch.region is empty and the AWS environment has no region")
+	}
+	pool := func(tr *http.Transport) {
 		tr.MaxIdleConnsPerHost = cfg.Senders + 2
 		tr.IdleConnTimeout = 60 * time.Second
 		tr.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-	})
-	opts := []func(*config.LoadOptions) error{
-		// A BuildableClient lets the loader apply AWS_CA_BUNDLE.
-		config.WithHTTPClient(hc),
-		config.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }),
 	}
-	if cw.Credentials != nil {
-		opts = append(opts, config.WithCredentialsProvider(cw.Credentials))
+	// A BuildableClient from the loader carries AWS_CA_BUNDLE as a
+	// transport option; add ours to it rather than replace it. Own the
+	// final transport so Close can release its idle connections.
+	bc, ok := awsCfg.HTTPClient.(*awshttp.BuildableClient)
+	if !ok || bc == nil {
+		bc = awshttp.NewBuildableClient()
 	}
-	if cw.IMDSEndpoint != "" {
-		opts = append(opts, config.WithEC2IMDSEndpoint(cw.IMDSEndpoint))
-	}
-	if cw.Region != "" {
-		opts = append(opts, config.WithRegion(cw.Region))
-	} else {
-		opts = append(opts, config.WithEC2IMDSRegion(func(o *config.UseEC2IMDSRegion) {
-			o.Client = imdsClient(cw.IMDSEndpoint)
-		}))
-	}
-	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("logship: loading AWS configuration: %w", err)
-	}
-	// Own the final transport (CA bundle included) so Close can release
-	// its idle connections.
-	tr := hc.GetTransport()
-	if bc, ok := awsCfg.HTTPClient.(*awshttp.BuildableClient); ok {
-		tr = bc.GetTransport()
-	}
+	tr := bc.WithTransportOptions(pool).GetTransport()
 	awsCfg.HTTPClient = &http.Client{Transport: tr}
-	if awsCfg.Region == "" {
-		return nil, errors.New("logship: cloudwatch.region is empty and IMDS did not give one")
-	}
 	client := cloudwatchlogs.NewFromConfig(awsCfg, func(o *cloudwatchlogs.Options) {
-		if cw.Endpoint != "" {
-			o.BaseEndpoint = aws.String(cw.Endpoint)
-		}
+		o.Retryer = aws.NopRetryer{}
 	})
-	stream := cw.LogStream
-	if stream == "" {
-		stream = instanceID(ctx, cfg, log)
-	}
 	return &cwSink{
 		log: log, client: client, transport: tr,
-		group: cw.LogGroup, stream: stream, create: cw.CreateGroup, retention: cw.RetentionDays,
+		group: cw.LogGroup, stream: streamName(cfg, log), create: cw.CreateGroup, retention: cw.RetentionDays,
 		putTimeout: cw.PutTimeout,
 	}, nil
 }

@@ -50,7 +50,9 @@ type Config struct {
 	// operator must look. 0 disables the check.
 	UnhealthyAge time.Duration `yaml:"unhealthy_age"`
 	EMF          EMFConfig     `yaml:"emf"`
-	// InstanceID names the stream; empty asks IMDSv2 (then the hostname).
+	// InstanceID names the stream when log_stream is empty (the
+	// application sets it from the AWS environment's instance id); empty:
+	// the host name.
 	InstanceID string `yaml:"instance_id"`
 
 	// IDSAlerts follows Suricata's eve.json and ships its alerts into the
@@ -74,13 +76,9 @@ type CloudWatchConfig struct {
 	LogGroup string `yaml:"log_group"`
 	// LogStream defaults to the instance id.
 	LogStream string `yaml:"log_stream"`
-	// Region defaults to the instance's region from IMDS.
+	// Region is the log group's region when it differs from the
+	// appliance's (aws.region, else the instance's); empty: that one.
 	Region string `yaml:"region"`
-	// Endpoint overrides the service endpoint (tests, the demo's fake,
-	// VPC endpoints with custom DNS).
-	Endpoint string `yaml:"endpoint"`
-	// IMDSEndpoint overrides the instance metadata endpoint (tests).
-	IMDSEndpoint string `yaml:"imds_endpoint"`
 	// CreateGroup lets the shipper create a missing group (needs
 	// logs:CreateLogGroup); normally the deployment template owns it.
 	CreateGroup bool `yaml:"create_group"`
@@ -89,9 +87,12 @@ type CloudWatchConfig struct {
 	// PutTimeout bounds one PutLogEvents attempt.
 	PutTimeout time.Duration `yaml:"put_timeout"`
 
-	// Credentials replaces the default credential chain (the demo's fake
-	// uses static keys so nothing asks the instance metadata). Not YAML.
-	Credentials aws.CredentialsProvider `yaml:"-"`
+	// AWS is the SDK configuration (region, credentials, endpoint
+	// override, HTTP client) of the appliance's one AWS environment
+	// (cmd/internal/awsenv), given by the composition root; required by
+	// the cloudwatch sink, which loads none itself. Its retryer is
+	// replaced by none: the shipper retries itself. Not YAML.
+	AWS aws.Config `yaml:"-"`
 }
 
 // SpoolConfig is the write-ahead queue between Ship and the sink.

@@ -115,8 +115,7 @@ func newEnv(t *testing.T) *env {
 	cfg.Sink = SinkCloudWatch
 	cfg.CloudWatch.LogGroup = "/gwlbproxy/test"
 	cfg.CloudWatch.LogStream = "i-test"
-	cfg.CloudWatch.Region = "eu-west-1"
-	cfg.CloudWatch.Endpoint = srv.URL
+	cfg.CloudWatch.AWS = cwlfake.AWSConfig(srv.URL, "eu-west-1")
 	cfg.CloudWatch.CreateGroup = true
 	cfg.CloudWatch.RetentionDays = 30
 	cfg.CloudWatch.PutTimeout = 5 * time.Second

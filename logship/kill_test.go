@@ -59,8 +59,7 @@ func killConfig(url, spoolDir string) Config {
 	cfg.Sink = SinkCloudWatch
 	cfg.CloudWatch.LogGroup = "/gwlbproxy/kill"
 	cfg.CloudWatch.LogStream = "i-kill"
-	cfg.CloudWatch.Region = "eu-west-1"
-	cfg.CloudWatch.Endpoint = url
+	cfg.CloudWatch.AWS = cwlfake.AWSConfig(url, "eu-west-1")
 	cfg.CloudWatch.CreateGroup = true
 	cfg.CloudWatch.PutTimeout = 5 * time.Second
 	cfg.Spool.Dir = spoolDir

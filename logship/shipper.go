@@ -66,7 +66,7 @@ type Shipper struct {
 	lastDropLog time.Time
 }
 
-// New builds the sink (loading the AWS configuration for cloudwatch),
+// New builds the sink (the cloudwatch sink from cfg.CloudWatch.AWS),
 // opens the spool (replaying what a previous run left) and starts the
 // pipeline. reg may be nil.
 func New(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Shipper, error) {
@@ -95,7 +95,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Regis
 			return nil, err
 		}
 	case SinkCloudWatch:
-		if s.sink, err = newCloudWatchSink(ctx, cfg, log); err != nil {
+		if s.sink, err = newCloudWatchSink(cfg, log); err != nil {
 			return nil, err
 		}
 	}

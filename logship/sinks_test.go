@@ -4,14 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -145,33 +144,21 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-// TestStreamFromIMDS names the stream after the instance id read over
-// IMDSv2 (token PUT, then GET with the token) from an overridden endpoint,
-// and takes the region from IMDS too.
-func TestStreamFromIMDS(t *testing.T) {
+// TestStreamFromInstanceID names the stream after the instance id the
+// application hands in (from the AWS environment's IMDS client, see
+// cmd/internal/awsenv's TestLogshipStreamFromIMDS) when log_stream is
+// empty, and takes the region from the injected SDK configuration when
+// cloudwatch.region is empty.
+func TestStreamFromInstanceID(t *testing.T) {
 	noLeak(t)
-	imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch {
-		case r.Method == http.MethodPut && r.URL.Path == "/latest/api/token":
-			w.Header().Set("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", "21600")
-			fmt.Fprint(w, "tok")
-		case r.Header.Get("X-Aws-Ec2-Metadata-Token") != "tok":
-			http.Error(w, "unauthorized", http.StatusUnauthorized)
-		case r.URL.Path == "/latest/meta-data/instance-id":
-			fmt.Fprint(w, "i-0feedfacecafe0001")
-		case r.URL.Path == "/latest/dynamic/instance-identity/document":
-			fmt.Fprint(w, `{"region":"eu-central-1","instanceId":"i-0feedfacecafe0001","accountId":"123456789012"}`)
-		default:
-			http.NotFound(w, r)
-		}
-	}))
-	defer imds.Close()
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "false")
 	e := newEnv(t)
 	e.cfg.CloudWatch.LogStream = ""
 	e.cfg.CloudWatch.Region = ""
-	e.cfg.CloudWatch.IMDSEndpoint = imds.URL
+	e.cfg.InstanceID = "i-0feedfacecafe0001"
 	s := e.start(t)
+	if got := s.sink.(*cwSink).client.Options().Region; got != "eu-west-1" {
+		t.Errorf("client region %q, want the injected eu-west-1", got)
+	}
 	now := time.Now()
 	s.Ship(now, sampleRecord(1, now))
 	if err := s.Close(context.Background()); err != nil {
@@ -179,6 +166,20 @@ func TestStreamFromIMDS(t *testing.T) {
 	}
 	if st := e.fake.Streams(e.cfg.CloudWatch.LogGroup); len(st) != 1 || st[0] != "i-0feedfacecafe0001" {
 		t.Fatalf("streams %v", st)
+	}
+}
+
+// TestNoAWSConfig: the cloudwatch sink loads no SDK configuration of its
+// own; without one given it refuses to start, saying why.
+func TestNoAWSConfig(t *testing.T) {
+	e := newEnv(t)
+	e.cfg.CloudWatch.AWS = aws.Config{}
+	if _, err := New(context.Background(), e.cfg, nil, nil); err == nil || !strings.Contains(err.Error(), "no AWS configuration") {
+		t.Fatalf("got %v", err)
+	}
+	e.cfg.CloudWatch.AWS = cwlfake.AWSConfig(e.srv.URL, "")
+	if _, err := New(context.Background(), e.cfg, nil, nil); err == nil || !strings.Contains(err.Error(), "cloudwatch.region") {
+		t.Fatalf("got %v", err)
 	}
 }
 
@@ -239,11 +240,10 @@ func TestDemoWithStandaloneFake(t *testing.T) {
 	dir := t.TempDir()
 	cfg := DefaultConfig()
 	cfg.Sink = SinkCloudWatch
-	cfg.CloudWatch.Endpoint = url
-	cfg.CloudWatch.Region = "us-east-1"
+	cfg.CloudWatch.AWS = aws.Config{Region: "us-east-1", BaseEndpoint: aws.String(url),
+		Credentials: credentials.NewStaticCredentialsProvider("DEMO", "demo", "")}
 	cfg.CloudWatch.LogStream = "demo"
 	cfg.CloudWatch.CreateGroup = true
-	cfg.CloudWatch.Credentials = credentials.NewStaticCredentialsProvider("DEMO", "demo", "")
 	cfg.Spool.Dir = filepath.Join(dir, "spool")
 	cfg.DeadLetterPath = filepath.Join(dir, "dl.jsonl")
 	s, err := New(context.Background(), cfg, nil, nil)

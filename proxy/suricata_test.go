@@ -244,8 +244,8 @@ func shipAlerts(t *testing.T, eve string, want int) []map[string]any {
 	dir := t.TempDir()
 	lc := logship.DefaultConfig()
 	lc.Sink = logship.SinkCloudWatch
-	lc.CloudWatch.LogGroup, lc.CloudWatch.LogStream, lc.CloudWatch.Region = "/gwlbproxy/records", "i-test", "eu-west-1"
-	lc.CloudWatch.Endpoint, lc.CloudWatch.CreateGroup = srv.URL, true
+	lc.CloudWatch.LogGroup, lc.CloudWatch.LogStream = "/gwlbproxy/records", "i-test"
+	lc.CloudWatch.AWS, lc.CloudWatch.CreateGroup = cwlfake.AWSConfig(srv.URL, "eu-west-1"), true
 	lc.Spool.Dir = filepath.Join(dir, "spool")
 	lc.DeadLetterPath = filepath.Join(dir, "dead.jsonl")
 	lc.FlushInterval = 20 * time.Millisecond

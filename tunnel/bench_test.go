@@ -101,7 +101,7 @@ func BenchmarkEncap(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(batch * (size + 28)))
 			for b.Loop() {
-				d.encap(t, w, tx, batch, now)
+				d.encapBatch(t, w, tx, batch, now)
 				if len(tx.pkts) != batch {
 					b.Fatalf("encapsulated %d of %d, drops %v", len(tx.pkts), batch, d.dropTotals())
 				}
@@ -132,7 +132,7 @@ func TestEncapRoundTrip(t *testing.T) {
 	tx.sizes[0] = copy(tx.bufs[0][txHeadroom:], reply)
 	// A packet of an unknown flow is dropped, not sent.
 	tx.sizes[1] = copy(tx.bufs[1][txHeadroom:], udpPacket(benchSrv, netip.MustParseAddrPort("198.19.0.99:1"), 10))
-	d.encap(tn, w, tx, 2, time.Now())
+	d.encapBatch(tn, w, tx, 2, time.Now())
 	if len(tx.pkts) != 1 || w.drops[dropNoFlow].Load() != 1 {
 		t.Fatalf("pkts %d no_flow %d", len(tx.pkts), w.drops[dropNoFlow].Load())
 	}

@@ -101,7 +101,7 @@ func FuzzDatagram(f *testing.F) {
 		}
 		tx.sizes[0] = copy(tx.bufs[0][txHeadroom:], ret)
 		tx.sizes[1] = copy(tx.bufs[1][txHeadroom:], inner)
-		d.encap(tn, w, tx, 2, time.Now())
+		d.encapBatch(tn, w, tx, 2, time.Now())
 	})
 }
 

@@ -11,10 +11,10 @@ import (
 	"strconv"
 	"time"
 
-	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 
 	"github.com/gwlbproxy/gwlbproxy/ca"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/awsenv"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 )
 
@@ -42,7 +42,8 @@ commands:
 }
 
 func cmdCAInit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("ca init", "ca init (--dir DIR | --kms KEY-ID --out FILE) [--name CN] [--org O] [--validity 87600h]", stderr)
+	fs := newFlags("ca init", "ca init (--dir DIR | --kms KEY-ID --out FILE [--config FILE]) [--name CN] [--org O] [--validity 87600h]", stderr)
+	cfgPath := fs.String("config", config.DefaultPath, "with --kms: config whose aws section (region, imds, endpoints.kms) applies (built-in defaults when the default file does not exist)")
 	dir := fs.String("dir", "/etc/gwlbproxy/ca", "directory for ca.crt and ca.key (key mode 0600); existing files are never overwritten")
 	kmsKey := fs.String("kms", "", "KMS key id/ARN/alias (ECC_NIST_P256, SIGN_VERIFY): make a root certificate whose key stays in KMS")
 	out := fs.String("out", "", "with --kms: file to write the root certificate to (PEM); '-' for stdout")
@@ -80,9 +81,17 @@ func cmdCAInit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *out == "" {
 		return errors.New("--kms needs --out FILE (the root certificate clients trust and instances load as ca.root_cert_file)")
 	}
-	awsCfg, err := awsconfig.LoadDefaultConfig(ctx)
+	c, err := config.Load(*cfgPath, *cfgPath == config.DefaultPath)
 	if err != nil {
-		return fmt.Errorf("aws config: %w", err)
+		return err
+	}
+	env, err := awsenv.New(c.AWS, nil)
+	if err != nil {
+		return err
+	}
+	awsCfg, err := env.Config(ctx, awsenv.KMS)
+	if err != nil {
+		return err
 	}
 	pemBytes, err := ca.InitKMS(ctx, kms.NewFromConfig(awsCfg), *kmsKey, opts)
 	if err != nil {

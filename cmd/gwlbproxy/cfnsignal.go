@@ -9,9 +9,9 @@ import (
 	"strings"
 	"time"
 
-	awsconfig "github.com/aws/aws-sdk-go-v2/config"
-
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/awsenv"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/cfnsignal"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 )
 
 // cmdCFNSignal is run by the stack's user data after `systemctl start
@@ -27,10 +27,11 @@ func cmdCFNSignal(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	healthURL := fs.String("wait-healthy", "", "with success: first wait until this URL answers 200, else send failure")
 	healthTimeout := fs.Duration("health-timeout", 3*time.Minute, "how long --wait-healthy waits")
 	timeout := fs.Duration("timeout", 10*time.Minute, "how long to keep retrying SignalResource")
-	region := fs.String("region", "", "region (default: from IMDS)")
+	cfgPath := fs.String("config", config.DefaultPath, "appliance config whose aws section (region, imds, endpoints) applies; the flags below win; an unreadable or invalid file is ignored with a warning, so a FAILURE still gets out")
+	region := fs.String("region", "", "region (default: aws.region, else AWS_REGION, else from IMDS)")
 	instanceID := fs.String("instance-id", "", "unique id of the signal (default: the instance id from IMDS)")
-	endpoint := fs.String("endpoint", "", "CloudFormation endpoint URL (default: the regional one)")
-	imdsEndpoint := fs.String("imds-endpoint", "", "instance metadata endpoint URL (tests)")
+	endpoint := fs.String("endpoint", "", "CloudFormation endpoint URL (default: aws.endpoints.cloudformation, else the regional one)")
+	imdsEndpoint := fs.String("imds-endpoint", "", "instance metadata endpoint URL (default: aws.imds_endpoint; tests)")
 	dryRun := fs.Bool("dry-run", false, "validate the flags and print the signal without waiting or sending")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -61,17 +62,44 @@ func cmdCFNSignal(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 
 	log := slog.New(slog.NewTextHandler(stderr, nil))
-	if sig.UniqueID == "" || *region == "" {
-		id, r, err := cfnsignal.Identity(ctx, *imdsEndpoint)
-		if err != nil {
-			return err
+	// issue 17: the appliance's AWS environment (its config's aws section,
+	// the flags on top), so a VPC endpoint or metadata override set for
+	// the daemon applies to the signal too.
+	acfg := awsenv.DefaultConfig()
+	if c, err := config.Load(*cfgPath, *cfgPath == config.DefaultPath); err != nil {
+		log.Warn("cfnsignal: config not usable; the AWS environment comes from the flags and defaults", "err", err)
+	} else {
+		acfg = c.AWS
+	}
+	if *region != "" {
+		acfg.Region = *region
+	}
+	if *imdsEndpoint != "" {
+		acfg.IMDSEndpoint = *imdsEndpoint
+	}
+	if *endpoint != "" {
+		acfg.Endpoints.CloudFormation = *endpoint
+	}
+	env, err := awsenv.New(acfg, log)
+	if err != nil {
+		return fmt.Errorf("--region/--endpoint/--imds-endpoint: %w", err)
+	}
+	if sig.UniqueID == "" {
+		// A freshly booted instance: give IMDS a few tries.
+		ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		for {
+			id, err := env.InstanceID(ictx)
+			if err == nil {
+				sig.UniqueID = id
+				break
+			}
+			if ictx.Err() != nil {
+				cancel()
+				return fmt.Errorf("cfnsignal: %w", err)
+			}
+			time.Sleep(500 * time.Millisecond)
 		}
-		if sig.UniqueID == "" {
-			sig.UniqueID = id
-		}
-		if *region == "" {
-			*region = r
-		}
+		cancel()
 	}
 	if sig.Success && *healthURL != "" {
 		hctx, cancel := context.WithTimeout(ctx, *healthTimeout)
@@ -82,13 +110,13 @@ func cmdCFNSignal(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			sig.Success = false
 		}
 	}
-	awsCfg, err := awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion(*region))
+	awsCfg, err := env.Config(ctx, awsenv.CloudFormation)
 	if err != nil {
-		return fmt.Errorf("aws config: %w", err)
+		return fmt.Errorf("cfnsignal: %w", err)
 	}
 	sctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	if err := cfnsignal.Send(sctx, cfnsignal.NewClient(awsCfg, *endpoint), sig, log); err != nil {
+	if err := cfnsignal.Send(sctx, cfnsignal.NewClient(awsCfg), sig, log); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "signalled %s to %s/%s as %s\n", sig.Status(), sig.Stack, sig.Resource, sig.UniqueID)

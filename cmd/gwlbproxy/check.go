@@ -25,6 +25,9 @@ func cmdCheck(_ context.Context, args []string, stdout, stderr io.Writer) error 
 	if _, err := proxy.SizeMaxConns(c.Proxy.MaxConns, proxy.InstanceMemory()); err != nil {
 		return fmt.Errorf("config %s: proxy.%w", *path, err)
 	}
+	for _, w := range c.Warnings { // deprecated keys: still accepted
+		fmt.Fprintf(stderr, "warning: %s\n", w)
+	}
 	out, err := c.Marshal()
 	if err != nil {
 		return err

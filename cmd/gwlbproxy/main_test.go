@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"crypto/x509"
 	"encoding/pem"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
@@ -139,5 +143,66 @@ func TestRunConfigErrorExitCode(t *testing.T) {
 	code, _, errs := run(t, "run", "--config", bad)
 	if code != exitConfig || !strings.Contains(errs, "listne") {
 		t.Fatalf("exit %d, stderr %q; want %d naming the field", code, errs, exitConfig)
+	}
+}
+
+// issue 17: check validates the aws: section (one line naming the key),
+// warns about the deprecated per-component keys it still accepts, and
+// --explain says where each AWS consumer's calls go.
+func TestCheckAWS(t *testing.T) {
+	dir := t.TempDir()
+	old := filepath.Join(dir, "old.yaml")
+	os.WriteFile(old, []byte("logship:\n  sink: cloudwatch\n  cloudwatch:\n    endpoint: http://198.18.0.1:4566\nsteer:\n  imds_endpoint: http://198.18.0.9\n"), 0o644)
+	code, out, errs := run(t, "check", "--config", old, "--explain")
+	if code != 0 || strings.Count(strings.TrimSpace(errs), "\n") != 0 ||
+		!strings.Contains(errs, "logship.cloudwatch.endpoint -> aws.endpoints.logs") || !strings.Contains(errs, "steer.imds_endpoint -> aws.imds_endpoint") {
+		t.Fatalf("deprecated keys: exit %d, want one warning line naming both\nstderr: %s", code, errs)
+	}
+	if !strings.Contains(out, "# AWS environment (aws)") || !strings.Contains(out, "logs (logship.sink cloudwatch): http://198.18.0.1:4566") ||
+		!strings.Contains(out, "at http://198.18.0.9") || !strings.Contains(out, "logs: http://198.18.0.1:4566") {
+		t.Fatalf("explain:\n%s", out)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("aws:\n  endpoints:\n    ec2: ftp://198.18.0.2\n"), 0o644)
+	if code, _, errs := run(t, "check", "--config", bad); code != 1 || strings.Count(strings.TrimSpace(errs), "\n") != 0 || !strings.Contains(errs, "aws.endpoints.ec2") {
+		t.Fatalf("bad: want one line naming aws.endpoints.ec2, got %d %q", code, errs)
+	}
+}
+
+// TestCAInitKMSUsesAWSSection (issue 17): `ca init --kms` builds its KMS
+// client from the config's aws: section: the request reaches
+// aws.endpoints.kms, signed for aws.region.
+func TestCAInitKMSUsesAWSSection(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDCAINIT")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
+	t.Setenv("AWS_CONFIG_FILE", os.DevNull)
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", os.DevNull)
+	var mu sync.Mutex
+	var seen []string
+	kms := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Header.Get("X-Amz-Target")+" "+r.Header.Get("Authorization"))
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/x-amz-json-1.1")
+		w.WriteHeader(400)
+		io.WriteString(w, `{"__type":"NotFoundException","message":"no such key (fake)"}`)
+	}))
+	defer kms.Close()
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "gwlbproxy.yaml")
+	os.WriteFile(cfg, []byte("aws:\n  region: eu-north-1\n  imds: disabled\n  endpoints:\n    kms: "+kms.URL+"\n"), 0o600)
+	code, _, errs := run(t, "ca", "init", "--kms", "alias/gwlbproxy-ca", "--out", filepath.Join(dir, "root.crt"), "--config", cfg)
+	if code != 1 || !strings.Contains(errs, "no such key (fake)") {
+		t.Fatalf("exit %d, want the fake's refusal\n%s", code, errs)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) == 0 || !strings.HasPrefix(seen[0], "TrentService.GetPublicKey ") || !strings.Contains(seen[0], "AKIDCAINIT/") || !strings.Contains(seen[0], "/eu-north-1/kms/aws4_request") {
+		t.Fatalf("requests at aws.endpoints.kms: %q", seen)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("aws:\n  endpoints:\n    kms: kms.internal\n"), 0o600)
+	if code, _, errs := run(t, "ca", "init", "--kms", "k", "--out", filepath.Join(dir, "x.crt"), "--config", bad); code != 1 || !strings.Contains(errs, "aws.endpoints.kms") {
+		t.Fatalf("bad endpoint: exit %d %q", code, errs)
 	}
 }

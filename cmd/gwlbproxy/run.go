@@ -38,6 +38,10 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return exitError{exitConfig, err}
 	}
+	log := newLogger(&c, stderr)
+	for _, w := range c.Warnings { // deprecated keys (issue 17): one line each
+		log.Warn(w, "config", *path)
+	}
 	have, err := caps.Effective()
 	if err != nil {
 		return exitError{exitNoPerm, err}
@@ -45,7 +49,6 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := caps.Check(have, neededCaps(&c, unprivilegedPortStart())); err != nil {
 		return exitError{exitNoPerm, err}
 	}
-	log := newLogger(&c, stderr)
 	return app.Run(ctx, c, log, app.Options{ConfigPath: *path, Reload: daemonSignals(log)})
 }
 
@@ -168,6 +171,9 @@ func writeExplain(w io.Writer, c *config.Config) error {
 	if _, err = fmt.Fprintf(w, "\n# Rules, routes and sysctls for egress_mode %q\n%s", c.Steer.EgressMode, st.Explain()); err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(w, "\n# Destination binding (proxy.binding)\n%s", c.Proxy.ExplainBinding())
+	if _, err = fmt.Fprintf(w, "\n# Destination binding (proxy.binding)\n%s", c.Proxy.ExplainBinding()); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "\n# AWS environment (aws)\n%s", c.AWS.Explain(c.AWSUses(), c.InstanceID == ""))
 	return err
 }

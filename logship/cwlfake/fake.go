@@ -26,6 +26,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
 )
 
 // Service limits enforced on PutLogEvents.
@@ -528,4 +531,17 @@ func (s *Server) Calls(op string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.calls[op]
+}
+
+// AWSConfig is the SDK configuration a client of the fake at endpoint
+// uses: the region, static test keys (requests are SigV4-signed as for the
+// real service) and the endpoint as BaseEndpoint. The appliance builds
+// its own from the `aws:` section (cmd/internal/awsenv); tests of
+// packages below cmd/ use this one.
+func AWSConfig(endpoint, region string) aws.Config {
+	return aws.Config{
+		Region:       region,
+		Credentials:  credentials.NewStaticCredentialsProvider("AKIDCWLFAKE", "cwlfake-secret", ""),
+		BaseEndpoint: aws.String(endpoint),
+	}
 }

@@ -35,8 +35,7 @@ func TestAlertReachesCloudWatch(t *testing.T) {
 	lc.Sink = logship.SinkCloudWatch
 	lc.CloudWatch.LogGroup = "/gwlbproxy/test"
 	lc.CloudWatch.LogStream = "i-test"
-	lc.CloudWatch.Region = "eu-west-1"
-	lc.CloudWatch.Endpoint = srv.URL
+	lc.CloudWatch.AWS = cwlfake.AWSConfig(srv.URL, "eu-west-1")
 	lc.CloudWatch.CreateGroup = true
 	lc.Spool.Dir = filepath.Join(dir, "spool")
 	lc.DeadLetterPath = filepath.Join(dir, "dead.jsonl")

@@ -34,8 +34,7 @@ func TestKillChild(t *testing.T) {
 	lc.Sink = logship.SinkCloudWatch
 	lc.CloudWatch.LogGroup = "/gwlbproxy/test"
 	lc.CloudWatch.LogStream = "i-kill"
-	lc.CloudWatch.Region = "eu-west-1"
-	lc.CloudWatch.Endpoint = os.Getenv("EVETAIL_KILL_CWL")
+	lc.CloudWatch.AWS = cwlfake.AWSConfig(os.Getenv("EVETAIL_KILL_CWL"), "eu-west-1")
 	lc.CloudWatch.CreateGroup = true
 	lc.Retry = logship.RetryConfig{MinBackoff: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}
 	lc.Spool.Dir = filepath.Join(dir, "spool")

@@ -40,9 +40,8 @@ type SourceConfig struct {
 	LastGood string `yaml:"last_good"`
 	// Region of the bucket or parameter; empty: the instance's (IMDS).
 	Region string `yaml:"region"`
-	// Endpoint overrides the service endpoint (tests, VPC endpoint DNS
-	// names are found without it).
-	Endpoint string `yaml:"endpoint"`
+	// The S3/SSM endpoint override is aws.endpoints.s3 / .ssm (issue 17;
+	// proxy.policy.endpoint is read as a deprecated alias of it).
 }
 
 // S3Source is proxy.policy.s3.

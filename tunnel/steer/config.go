@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"net/url"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/tunnel/geneve"
@@ -75,10 +74,8 @@ type Config struct {
 	// the instance at Start. Only needed for un-NATed forwarding out of the
 	// instance's own NIC; see doc.go.
 	DisableSourceDestCheck bool `yaml:"disable_source_dest_check"`
-	// EC2Endpoint and IMDSEndpoint override the AWS endpoints (VPC
-	// endpoints, tests). Empty: SDK defaults.
-	EC2Endpoint  string `yaml:"ec2_endpoint"`
-	IMDSEndpoint string `yaml:"imds_endpoint"`
+	// The EC2 and IMDS endpoints are the appliance's (aws.endpoints.ec2,
+	// aws.imds_endpoint; issue 17): see SetAWS.
 	// NotrackGeneve exempts the outer GENEVE packets from conntrack: UDP
 	// to GenevePort arriving from anywhere but a tunnel (GWLB -> appliance,
 	// raw prerouting) and UDP to GenevePort sent by the appliance itself
@@ -188,26 +185,8 @@ func (c *Config) Validate() error {
 	if c.NotrackGeneve && c.GenevePort == 0 {
 		add("notrack_geneve: the GENEVE port (tunnel.port) is 0")
 	}
-	if c.EC2Endpoint != "" {
-		if _, err := urlHost(c.EC2Endpoint); err != nil {
-			add("ec2_endpoint: %v", err)
-		}
-	}
-	if c.IMDSEndpoint != "" {
-		if _, err := urlHost(c.IMDSEndpoint); err != nil {
-			add("imds_endpoint: %v", err)
-		}
-	}
 	errs = append(errs, c.NetworkPolicy.validate()...)
 	return errors.Join(errs...)
-}
-
-func urlHost(u string) (string, error) {
-	p, err := url.Parse(u)
-	if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
-		return "", fmt.Errorf("%q is not an http(s) URL", u)
-	}
-	return p.Hostname(), nil
 }
 
 func (c *Config) tunnelMode() bool { return c.EgressMode == EgressTunnel }

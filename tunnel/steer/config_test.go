@@ -26,7 +26,6 @@ func TestValidateNamesKey(t *testing.T) {
 		{func(c *Config) { c.TLSListenPort = c.HTTPListenPort }, "tls_listen_port: "},
 		{func(c *Config) { c.ConntrackZone = 0 }, "conntrack_zone: "},
 		{func(c *Config) { c.SysctlInterval = 0 }, "sysctl_interval: "},
-		{func(c *Config) { c.EC2Endpoint = "ftp://x" }, "ec2_endpoint: "},
 		{func(c *Config) { c.RulePriority = 0 }, "rule_priority: "},
 		{func(c *Config) { c.EgressInterface = "averyveryverylongname" }, "egress_interface: "},
 	} {

@@ -221,7 +221,8 @@
 // disable_source_dest_check calls EC2 ModifyInstanceAttribute with
 // SourceDestCheck=false (the check OFF: the instance may send and receive
 // packets that are neither from nor to its own addresses) on the instance
-// id from IMDSv2 (no v1 fallback). Neither mode needs it: GENEVE is
+// id from IMDSv2 (no v1 fallback), both taken from the appliance's one AWS
+// environment (SetAWS: aws.endpoints.ec2, aws.imds_endpoint). Neither mode needs it: GENEVE is
 // addressed to the instance, one-arm returns everything inside GENEVE, and
 // nat masquerades, so what leaves the NIC has the instance's source. Only
 // an operator forwarding tunnel traffic un-NATed out of the instance's own

@@ -4,6 +4,8 @@ package steer
 
 import (
 	"context"
+	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -13,35 +15,8 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
-	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 )
-
-// fakeIMDS speaks IMDSv2: a PUT for a token, GETs that must carry it.
-func fakeIMDS(t *testing.T) *httptest.Server {
-	const token = "tok-4757"
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch {
-		case r.Method == http.MethodPut && r.URL.Path == "/latest/api/token":
-			if r.Header.Get("X-Aws-Ec2-Metadata-Token-Ttl-Seconds") == "" {
-				http.Error(w, "missing ttl", http.StatusBadRequest)
-				return
-			}
-			w.Header().Set("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", "21600")
-			w.Write([]byte(token))
-		case r.Method == http.MethodGet && r.Header.Get("X-Aws-Ec2-Metadata-Token") != token:
-			http.Error(w, "unauthorized", http.StatusUnauthorized)
-		case r.URL.Path == "/latest/meta-data/instance-id":
-			w.Write([]byte("i-0123456789abcdef0"))
-		case r.URL.Path == "/latest/meta-data/placement/region":
-			w.Write([]byte("eu-west-1"))
-		default:
-			http.NotFound(w, r)
-		}
-	}))
-	t.Cleanup(srv.Close)
-	return srv
-}
 
 // fakeEC2 speaks the EC2 query protocol: form-encoded POST, XML answer.
 type fakeEC2 struct {
@@ -74,23 +49,18 @@ func (f *fakeEC2) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func TestDisableSourceDestCheck(t *testing.T) {
-	md := fakeIMDS(t)
 	fe := &fakeEC2{}
 	es := httptest.NewServer(fe)
 	t.Cleanup(es.Close)
 
-	mdc := imds.New(imds.Options{Endpoint: md.URL, EnableFallback: aws.FalseTernary})
 	api := ec2.New(ec2.Options{
 		Region:       "eu-west-1",
 		BaseEndpoint: aws.String(es.URL),
 		Credentials:  credentials.NewStaticCredentialsProvider("AKIDEXAMPLE", "secret", ""),
 	})
-	id, err := DisableSourceDestCheck(context.Background(), mdc, api)
-	if err != nil {
+	const id = "i-0123456789abcdef0"
+	if err := DisableSourceDestCheck(context.Background(), id, api); err != nil {
 		t.Fatal(err)
-	}
-	if id != "i-0123456789abcdef0" {
-		t.Fatalf("instance id %q", id)
 	}
 	fe.mu.Lock()
 	defer fe.mu.Unlock()
@@ -107,26 +77,50 @@ func TestDisableSourceDestCheck(t *testing.T) {
 	}
 }
 
-func TestDisableSourceDestCheckIMDSv1Refused(t *testing.T) {
-	// An IMDS that refuses tokens (v1 only) must fail: no fallback.
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPut {
-			http.Error(w, "forbidden", http.StatusForbidden)
-			return
-		}
-		w.Write([]byte("i-v1"))
-	}))
-	t.Cleanup(srv.Close)
-	mdc := imds.New(imds.Options{Endpoint: srv.URL, EnableFallback: aws.FalseTernary})
+// fakeEnv is an AWS environment: an instance id (or its error) and an
+// SDK configuration pointing at the EC2 fake.
+type fakeEnv struct {
+	id      string
+	idErr   error
+	cfg     aws.Config
+	service []string
+}
+
+func (f *fakeEnv) InstanceID(context.Context) (string, error) { return f.id, f.idErr }
+func (f *fakeEnv) Config(_ context.Context, service string) (aws.Config, error) {
+	f.service = append(f.service, service)
+	return f.cfg, nil
+}
+
+// TestDisableSourceDestCheckFromEnv: Start's path takes the instance id
+// and the EC2 configuration (endpoint override included) from the AWS
+// environment it was given; no instance id (IMDS refused, see awsenv's
+// TestIMDSv1Refused) means no EC2 call; no environment is an error.
+func TestDisableSourceDestCheckFromEnv(t *testing.T) {
 	fe := &fakeEC2{}
 	es := httptest.NewServer(fe)
 	t.Cleanup(es.Close)
-	api := ec2.New(ec2.Options{Region: "eu-west-1", BaseEndpoint: aws.String(es.URL),
-		Credentials: credentials.NewStaticCredentialsProvider("AKIDEXAMPLE", "secret", "")})
-	if _, err := DisableSourceDestCheck(context.Background(), mdc, api); err == nil {
-		t.Fatal("succeeded through IMDSv1")
+	s := &Steerer{log: slog.New(slog.DiscardHandler)}
+	if err := s.disableSourceDestCheck(context.Background()); err == nil || !strings.Contains(err.Error(), "SetAWS") {
+		t.Fatalf("without an environment: %v", err)
+	}
+	env := &fakeEnv{idErr: errors.New("instance id: imds instance-id: refused"), cfg: aws.Config{
+		Region: "eu-west-1", BaseEndpoint: aws.String(es.URL),
+		Credentials: credentials.NewStaticCredentialsProvider("AKIDEXAMPLE", "secret", "")}}
+	s.SetAWS(env)
+	if err := s.disableSourceDestCheck(context.Background()); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("IMDS refused: %v", err)
 	}
 	if len(fe.forms) != 0 {
-		t.Fatal("EC2 called without an instance id from IMDSv2")
+		t.Fatal("EC2 called without an instance id")
+	}
+	env.id, env.idErr = "i-0123456789abcdef0", nil
+	if err := s.disableSourceDestCheck(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	fe.mu.Lock()
+	defer fe.mu.Unlock()
+	if len(fe.forms) != 1 || fe.forms[0].Get("InstanceId") != env.id || len(env.service) != 1 || env.service[0] != "ec2" {
+		t.Fatalf("forms %v, services asked %v", fe.forms, env.service)
 	}
 }

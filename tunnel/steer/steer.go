@@ -73,6 +73,9 @@ type Steerer struct {
 	resolver Resolver
 	dom      domains
 	domWG    sync.WaitGroup
+
+	// aws is the appliance's AWS environment (ec2.go, SetAWS).
+	aws AWSEnv
 }
 
 // New validates cfg and prepares a Steerer; nothing is changed in the
@@ -161,7 +164,7 @@ func (s *Steerer) Start(ctx context.Context) error {
 	}
 	s.refreshOwnGuard()
 	if s.cfg.DisableSourceDestCheck {
-		if err := disableSourceDestCheckDefault(ctx, s.cfg, s.log); err != nil {
+		if err := s.disableSourceDestCheck(ctx); err != nil {
 			return fmt.Errorf("steer: disable_source_dest_check: %w", err)
 		}
 	}

@@ -7,24 +7,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	awsconfig "github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/gwlbproxy/gwlbproxy/ca"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/awsenv"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/buildinfo"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/health"
@@ -68,9 +65,15 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger, opts Options) (
 		buildinfo.Collector())
 	hs := health.New(c.Health.Mode)
 
+	// issue 17: one AWS environment (SDK config, IMDS client, instance
+	// id, region) for every consumer below, loaded on first use.
+	env, err := awsenv.New(c.AWS, log.With("component", "aws"))
+	if err != nil {
+		return err
+	}
 	instanceID := c.InstanceID
 	if instanceID == "" {
-		instanceID = discoverInstanceID(ctx, c.Logship.CloudWatch.IMDSEndpoint)
+		instanceID = discoverInstanceID(ctx, env)
 	}
 	log = log.With("instance", instanceID)
 
@@ -78,32 +81,31 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger, opts Options) (
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBG()
 
-	var awsCfg aws.Config
 	remotePolicy := c.Proxy.Policy.Source.Source == policy.SourceS3 || c.Proxy.Policy.Source.Source == policy.SourceSSM
-	if c.CA.Source != ca.SourceFiles || c.Lifecycle.Enabled || remotePolicy {
-		opts := []func(*awsconfig.LoadOptions) error{awsconfig.WithEC2IMDSRegion()}
-		if c.Lifecycle.IMDSEndpoint != "" {
-			opts = append(opts, awsconfig.WithEC2IMDSEndpoint(c.Lifecycle.IMDSEndpoint))
-		}
-		awsCfg, err = awsconfig.LoadDefaultConfig(ctx, opts...)
-		if err != nil {
-			return fmt.Errorf("aws config: %w", err)
-		}
-	}
 
 	// Scale-in: a terminating lifecycle state drains the appliance as
 	// SIGTERM does, and the hook is completed once the drain is over.
 	var lc *lifecycle.Watcher
 	terminating := make(chan struct{})
 	if c.Lifecycle.Enabled {
-		lc = lifecycle.New(c.Lifecycle, lifecycle.NewClient(c.Lifecycle, awsCfg), log.With("component", "lifecycle"))
+		asCfg, err := env.Config(ctx, awsenv.AutoScaling)
+		if err != nil {
+			return fmt.Errorf("lifecycle: %w", err)
+		}
+		lc = lifecycle.New(c.Lifecycle, env, lifecycle.NewClient(asCfg), log.With("component", "lifecycle"))
 		go func() {
 			if lc.Wait(bg) == nil {
 				close(terminating)
 			}
 		}()
 	}
-	authority, err := ca.Open(bg, c.CA, awsCfg, log.With("component", "ca"))
+	var caCfg aws.Config
+	if c.CA.Source != ca.SourceFiles { // kms and secretsmanager are awsenv's service names
+		if caCfg, err = env.Config(ctx, c.CA.Source); err != nil {
+			return fmt.Errorf("ca: %w", err)
+		}
+	}
+	authority, err := ca.Open(bg, c.CA, caCfg, log.With("component", "ca"))
 	if err != nil {
 		return fmt.Errorf("ca: %w", err)
 	}
@@ -111,6 +113,11 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger, opts Options) (
 
 	shipCfg := c.Logship
 	shipCfg.InstanceID = instanceID
+	if shipCfg.Sink == logship.SinkCloudWatch {
+		if shipCfg.CloudWatch.AWS, err = env.Config(ctx, awsenv.Logs); err != nil {
+			return fmt.Errorf("logship: %w", err)
+		}
+	}
 	shipper, err := logship.New(bg, shipCfg, log.With("component", "logship"), reg)
 	if err != nil {
 		return fmt.Errorf("logship: %w", err)
@@ -155,6 +162,7 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger, opts Options) (
 		return fmt.Errorf("steer: %w", err)
 	}
 	st.SetResolver(resolver)
+	st.SetAWS(env)
 	if err := st.Start(bg); err != nil {
 		return fmt.Errorf("steer: %w", err)
 	}
@@ -207,7 +215,11 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger, opts Options) (
 	var src *policysource.Source
 	srcVersion := ""
 	if remotePolicy {
-		src = policysource.New(c.Proxy.Policy.Source, newFetcher(awsCfg, c.Proxy.Policy.Source), log.With("component", "policy"))
+		pcfg, err := env.Config(ctx, c.Proxy.Policy.Source.Source) // s3 or ssm
+		if err != nil {
+			return fmt.Errorf("proxy.policy: %w", err)
+		}
+		src = policysource.New(c.Proxy.Policy.Source, newFetcher(pcfg, c.Proxy.Policy.Source), log.With("component", "policy"))
 		c.Proxy.Policy, srcVersion = src.Start(ctx, 15*time.Second)
 	}
 	px, err := proxy.New(c.Proxy, proxy.Deps{
@@ -393,17 +405,11 @@ func waitTunnelsQuiet(ctx context.Context, td *tunnel.Daemon, log *slog.Logger) 
 	}
 }
 
-// discoverInstanceID asks IMDSv2 for the instance id, briefly: outside EC2
-// the host name names the appliance instead.
-func discoverInstanceID(ctx context.Context, endpoint string) string {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	opts := imds.Options{ClientEnableState: imds.ClientEnabled, Endpoint: endpoint}
-	if out, err := imds.New(opts).GetMetadata(ctx, &imds.GetMetadataInput{Path: "instance-id"}); err == nil {
-		defer out.Content.Close()
-		if b, err := io.ReadAll(io.LimitReader(out.Content, 64)); err == nil && len(b) > 0 {
-			return strings.TrimSpace(string(b))
-		}
+// discoverInstanceID asks the AWS environment for the instance id (IMDSv2,
+// briefly): outside EC2 the host name names the appliance instead.
+func discoverInstanceID(ctx context.Context, env *awsenv.Env) string {
+	if id, err := env.InstanceID(ctx); err == nil {
+		return id
 	}
 	h, _ := os.Hostname()
 	return h

@@ -349,7 +349,7 @@ func applianceConfig(endpoint string) config.Config {
 	c.Logship.DeadLetterPath = "/var/lib/gwlbproxy/deadletter.jsonl"
 	c.Logship.File.Path = "/var/log/gwlbproxy/records.jsonl"
 	c.Logship.Sink = logship.SinkCloudWatch
-	c.Logship.CloudWatch.Endpoint = endpoint
+	c.AWS.Endpoints.Logs = endpoint
 	c.Logship.CloudWatch.Region = "us-east-1"
 	c.Logship.CloudWatch.LogGroup = logGroup
 	c.Logship.CloudWatch.LogStream = logStream

@@ -4,7 +4,8 @@
 // or config instead of replacing the whole fleet with broken instances.
 //
 // It does what cfn-signal (aws-cfn-bootstrap, not on Ubuntu images) does,
-// with the SDK the appliance already carries: the instance id from IMDSv2,
+// with the SDK the appliance already carries: the instance id from IMDSv2
+// (cmd/internal/awsenv),
 // the instance role's credentials, one cloudformation:SignalResource call,
 // retried while the network, the role or a VPC endpoint is still settling.
 package cfnsignal
@@ -18,7 +19,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/aws-sdk-go-v2/service/cloudformation"
 	"github.com/aws/aws-sdk-go-v2/service/cloudformation/types"
 	"github.com/aws/smithy-go"
@@ -50,30 +50,11 @@ func (s Signal) Status() types.ResourceSignalStatus {
 // scale-out, not by a stack create or update).
 var ErrNotSignalable = errors.New("cfnsignal: CloudFormation refused the signal")
 
-// Identity returns the instance id and region from IMDSv2's identity
-// document. endpoint overrides IMDS's address (tests).
-func Identity(ctx context.Context, endpoint string) (instanceID, region string, err error) {
-	md := imds.New(imds.Options{Endpoint: endpoint, ClientEnableState: imds.ClientEnabled})
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	doc, err := md.GetInstanceIdentityDocument(ctx, &imds.GetInstanceIdentityDocumentInput{})
-	if err != nil {
-		return "", "", fmt.Errorf("cfnsignal: instance identity from IMDS: %w", err)
-	}
-	if doc.InstanceID == "" || doc.Region == "" {
-		return "", "", errors.New("cfnsignal: IMDS identity document lacks instanceId or region")
-	}
-	return doc.InstanceID, doc.Region, nil
-}
-
-// NewClient builds the CloudFormation client; endpoint overrides the
-// regional one (tests, or a VPC endpoint's DNS name).
-func NewClient(awsCfg aws.Config, endpoint string) *cloudformation.Client {
-	return cloudformation.NewFromConfig(awsCfg, func(o *cloudformation.Options) {
-		if endpoint != "" {
-			o.BaseEndpoint = aws.String(endpoint)
-		}
-	})
+// NewClient builds the CloudFormation client from the AWS environment's
+// configuration for it (aws.endpoints.cloudformation, a VPC endpoint's
+// DNS name or a test fake, is its BaseEndpoint).
+func NewClient(awsCfg aws.Config) *cloudformation.Client {
+	return cloudformation.NewFromConfig(awsCfg)
 }
 
 // Send sends sig, retrying with backoff until ctx ends. A ValidationError

@@ -22,10 +22,11 @@ func testClient(t *testing.T, fake http.Handler) API {
 	srv := httptest.NewServer(fake)
 	t.Cleanup(srv.Close)
 	cfg := aws.Config{
-		Region:      "eu-west-1",
-		Credentials: credentials.NewStaticCredentialsProvider("AKIDEXAMPLE", "secret", ""),
+		Region:       "eu-west-1",
+		Credentials:  credentials.NewStaticCredentialsProvider("AKIDEXAMPLE", "secret", ""),
+		BaseEndpoint: aws.String(srv.URL),
 	}
-	return NewClient(cfg, srv.URL)
+	return NewClient(cfg)
 }
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -80,7 +81,7 @@ func TestSendNotSignalable(t *testing.T) {
 func TestSendGivesUpAtDeadline(t *testing.T) {
 	srv := httptest.NewServer(http.NotFoundHandler())
 	srv.Close() // nothing listens: connection refused, as before a route exists
-	api := NewClient(aws.Config{Region: "eu-west-1", Credentials: credentials.NewStaticCredentialsProvider("a", "b", "")}, srv.URL)
+	api := NewClient(aws.Config{Region: "eu-west-1", Credentials: credentials.NewStaticCredentialsProvider("a", "b", ""), BaseEndpoint: aws.String(srv.URL)})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	err := Send(ctx, api, Signal{Stack: "s", Resource: "r", UniqueID: "i"}, quiet)
@@ -89,14 +90,8 @@ func TestSendGivesUpAtDeadline(t *testing.T) {
 	}
 }
 
-func TestIdentity(t *testing.T) {
-	srv := httptest.NewServer(cfnfake.IMDS{InstanceID: "i-0123456789abcdef0", Region: "eu-west-1"})
-	defer srv.Close()
-	id, region, err := Identity(context.Background(), srv.URL)
-	if err != nil || id != "i-0123456789abcdef0" || region != "eu-west-1" {
-		t.Fatalf("Identity = %q %q %v", id, region, err)
-	}
-}
+// The instance id and region come from the AWS environment: see
+// cmd/internal/awsenv's TestIdentity and TestIdentityHostile.
 
 func TestWaitHealthy(t *testing.T) {
 	var n atomic.Int32
@@ -135,27 +130,5 @@ func TestSendRetriesAccessDenied(t *testing.T) {
 	}
 	if n := len(fake.Signals()); n != 1 {
 		t.Fatalf("%d signals after AccessDenied, want 1", n)
-	}
-}
-
-func TestIdentityHostile(t *testing.T) {
-	for name, h := range map[string]http.Handler{
-		"no region": cfnfake.IMDS{InstanceID: "i-1"},
-		"garbage": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Method == http.MethodPut {
-				io.WriteString(w, "tok")
-				return
-			}
-			io.WriteString(w, "{not json")
-		}),
-		"401": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(401) }),
-	} {
-		srv := httptest.NewServer(h)
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		if id, region, err := Identity(ctx, srv.URL); err == nil {
-			t.Errorf("%s: Identity = %q %q, want an error", name, id, region)
-		}
-		cancel()
-		srv.Close()
 	}
 }

@@ -8,12 +8,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"reflect"
 	"runtime/debug"
 	"strconv"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/awsenv"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/lifecycle"
 )
 
@@ -32,6 +34,14 @@ type Config struct {
 	Lifecycle  lifecycle.Config `yaml:"lifecycle"`
 	Runtime    RuntimeConfig    `yaml:"runtime"`
 	Components `yaml:",inline"`
+
+	// issue 17: AWS is the one section for the region, instance metadata
+	// and service endpoint overrides of every AWS client (awsenv).
+	AWS awsenv.Config `yaml:"aws"`
+
+	// Warnings are one-line notes from Parse (deprecated keys that still
+	// work); `run` logs them at start and `check` prints them. Not YAML.
+	Warnings []string `yaml:"-"`
 }
 
 // LogConfig selects the daemon's own log output (not the request records).
@@ -91,14 +101,32 @@ func Default() Config {
 		Lifecycle:  lifecycle.DefaultConfig(),
 		Runtime:    RuntimeConfig{GCPercent: 400},
 		Components: defaultComponents(),
+		AWS:        awsenv.DefaultConfig(),
 	}
 }
 
 // Parse decodes YAML over the defaults and validates the result.
 func Parse(data []byte) (Config, error) {
 	c := Default()
-	if err := decodeStrict(data, &c); err != nil {
+	root, err := parseDoc(data)
+	if err != nil {
 		return Config{}, oneLine{err}
+	}
+	var moved []movedKey
+	if root != nil {
+		if moved, err = extractAWSAliases(root); err != nil {
+			return Config{}, oneLine{err}
+		}
+		if err := walk(root, reflect.ValueOf(&c).Elem(), ""); err != nil {
+			return Config{}, oneLine{err}
+		}
+	}
+	warning, err := c.applyAWSAliases(moved)
+	if err != nil {
+		return Config{}, oneLine{err}
+	}
+	if warning != "" {
+		c.Warnings = append(c.Warnings, warning)
 	}
 	if err := c.Validate(); err != nil {
 		return Config{}, oneLine{err}
@@ -157,6 +185,9 @@ func (c *Config) Validate() error {
 		return &FieldError{Path: "runtime.memory_limit_mib", Msg: "must not be negative"}
 	}
 	if err := prefix("lifecycle", c.Lifecycle.Validate()); err != nil {
+		return err
+	}
+	if err := prefix("aws", c.AWS.Validate()); err != nil {
 		return err
 	}
 	return c.Components.validate()

@@ -25,6 +25,11 @@ func FuzzParse(f *testing.F) {
 		"unknown_key: 1\n",
 		"a: &x [*x]\n",
 		"tunnel:\n  idle_timeout: 5m\n  mtu: !!str 9000\n",
+		// issue 17: the aws section and its deprecated aliases.
+		"aws:\n  region: eu-west-1\n  endpoints:\n    logs: http://198.18.0.1:4566\n",
+		"steer:\n  imds_endpoint: http://198.18.0.9\nlifecycle:\n  imds_endpoint: http://198.18.0.9\n",
+		"proxy:\n  policy: &p\n    source: s3\n    s3: {bucket: b, key: k}\n    endpoint: http://x\nlifecycle: *p\n",
+		"logship:\n  cloudwatch:\n    endpoint: [http://x]\n",
 	} {
 		f.Add([]byte(s))
 	}

@@ -42,21 +42,30 @@ var (
 // defaults already in out. Unknown keys, duplicate keys, wrong types and
 // non-scalar values for scalar fields are errors naming the key.
 func decodeStrict(data []byte, out any) error {
+	root, err := parseDoc(data)
+	if err != nil || root == nil {
+		return err
+	}
+	return walk(root, reflect.ValueOf(out).Elem(), "")
+}
+
+// parseDoc parses data into its root node; nil for an empty document.
+func parseDoc(data []byte) (*yaml.Node, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return fmt.Errorf("yaml: %s", strings.TrimPrefix(err.Error(), "yaml: "))
+		return nil, fmt.Errorf("yaml: %s", strings.TrimPrefix(err.Error(), "yaml: "))
 	}
 	if doc.Kind == 0 { // empty file
-		return nil
+		return nil, nil
 	}
 	if doc.Kind != yaml.DocumentNode || len(doc.Content) != 1 {
-		return errors.New("yaml: expected one document")
+		return nil, errors.New("yaml: expected one document")
 	}
 	root := doc.Content[0]
 	if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
-		return nil
+		return nil, nil
 	}
-	return walk(root, reflect.ValueOf(out).Elem(), "")
+	return root, nil
 }
 
 func join(path, key string) string {

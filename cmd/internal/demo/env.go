@@ -165,7 +165,7 @@ func ExtraLogStream(i int) string { return fmt.Sprintf("%s-%d", LogStream, i+2) 
 // cloudWatchConfig ships c's records to the CloudWatch fake at endpoint.
 func cloudWatchConfig(c *config.Config, endpoint, stream string) {
 	c.Logship.Sink = logship.SinkCloudWatch
-	c.Logship.CloudWatch.Endpoint = endpoint
+	c.AWS.Endpoints.Logs = endpoint
 	c.Logship.CloudWatch.Region = "us-east-1"
 	c.Logship.CloudWatch.LogGroup = LogGroup
 	c.Logship.CloudWatch.LogStream = stream

@@ -91,7 +91,8 @@ func testFleetPolicy(t *testing.T, kind string) {
 	urls := make([]string, 2)
 	source := func(c *config.Config, i int) {
 		sc := policy.DefaultSourceConfig()
-		sc.Source, sc.Endpoint, sc.Region, sc.PollInterval = kind, urls[i], "us-east-1", poll
+		sc.Source, sc.Region, sc.PollInterval = kind, "us-east-1", poll
+		c.AWS.Endpoints.Set(kind, urls[i]) // aws.endpoints.s3 / .ssm
 		sc.S3 = policy.S3Source{Bucket: bucket, Key: key}
 		sc.SSM = policy.SSMSource{Parameter: param}
 		sc.LastGood = filepath.Join(filepath.Dir(c.Logship.Spool.Dir), "policy-last-good.json")

@@ -24,8 +24,10 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/awsenv/imdsfake"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/demo"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/lifecycle/asfake"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/flow"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
@@ -69,85 +71,6 @@ func TestScaleIn(t *testing.T) {
 	t.Run("sigterm/one-appliance", func(t *testing.T) { testScaleIn(t, false, 1) })
 }
 
-// imdsFake speaks IMDSv2 (token PUT, token required on every GET) with the
-// appliance's instance id, Auto Scaling group tag and lifecycle state.
-type imdsFake struct {
-	instance string
-	state    atomic.Value // string
-	polls    atomic.Int64 // target-lifecycle-state GETs
-}
-
-func (f *imdsFake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method == http.MethodPut && r.URL.Path == "/latest/api/token" {
-		if r.Header.Get("X-Aws-Ec2-Metadata-Token-Ttl-Seconds") == "" {
-			http.Error(w, "missing ttl", http.StatusBadRequest)
-			return
-		}
-		w.Header().Set("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", "21600")
-		io.WriteString(w, "e2e-token")
-		return
-	}
-	if r.Method != http.MethodGet || r.Header.Get("X-Aws-Ec2-Metadata-Token") != "e2e-token" {
-		http.Error(w, "unauthorized", http.StatusUnauthorized)
-		return
-	}
-	switch strings.TrimPrefix(r.URL.Path, "/latest/meta-data/") {
-	case "instance-id":
-		io.WriteString(w, f.instance)
-	case "autoscaling/target-lifecycle-state":
-		f.polls.Add(1)
-		io.WriteString(w, f.state.Load().(string))
-	case "tags/instance/aws:autoscaling:groupName":
-		io.WriteString(w, scaleInGroup)
-	case "placement/region":
-		io.WriteString(w, "us-east-1")
-	default:
-		http.NotFound(w, r)
-	}
-}
-
-// asCall is one CompleteLifecycleAction the Auto Scaling fake received,
-// with how many records each appliance's log stream held at that moment.
-type asCall struct {
-	params  url.Values
-	records []int
-	at      time.Time
-}
-
-// autoScalingFake speaks the Auto Scaling query protocol for
-// CompleteLifecycleAction (SigV4-signed form POST, XML answer).
-type autoScalingFake struct {
-	records func() []int
-	mu      sync.Mutex
-	calls   []asCall
-}
-
-func (f *autoScalingFake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !strings.HasPrefix(r.Header.Get("Authorization"), "AWS4-HMAC-SHA256 ") {
-		http.Error(w, "unsigned", http.StatusForbidden)
-		return
-	}
-	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	v, err := url.ParseQuery(string(body))
-	if err != nil || v.Get("Action") != "CompleteLifecycleAction" {
-		w.Header().Set("Content-Type", "text/xml")
-		w.WriteHeader(http.StatusBadRequest)
-		io.WriteString(w, `<ErrorResponse><Error><Type>Sender</Type><Code>InvalidAction</Code><Message>unsupported</Message></Error><RequestId>e2e</RequestId></ErrorResponse>`)
-		return
-	}
-	f.mu.Lock()
-	f.calls = append(f.calls, asCall{params: v, records: f.records(), at: time.Now()})
-	f.mu.Unlock()
-	w.Header().Set("Content-Type", "text/xml")
-	io.WriteString(w, `<CompleteLifecycleActionResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/"><CompleteLifecycleActionResult/><ResponseMetadata><RequestId>e2e-1</RequestId></ResponseMetadata></CompleteLifecycleActionResponse>`)
-}
-
-func (f *autoScalingFake) Calls() []asCall {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]asCall(nil), f.calls...)
-}
-
 // serveInNS serves h on 127.0.0.1 inside ns (the listener is created on a
 // thread in that namespace) and returns its URL.
 func serveInNS(t *testing.T, ns *gwlbsim.NS, h http.Handler) (string, error) {
@@ -179,26 +102,28 @@ func testScaleIn(t *testing.T, viaLifecycle bool, appliances int) {
 		t.Skip("e2e: needs root (network namespaces, tun devices, nftables); run the suite as root, e.g. sudo go test ./cmd/internal/e2e")
 	}
 	began := time.Now()
-	mds := make([]*imdsFake, appliances)
+	// One IMDSv2 fake per appliance (imdsfake): instance id, region, the
+	// group tag and the lifecycle state.
+	mds := make([]*imdsfake.Server, appliances)
 	for i := range mds {
-		mds[i] = &imdsFake{instance: instanceOf(i)}
-		mds[i].state.Store("InService")
+		mds[i] = &imdsfake.Server{InstanceID: instanceOf(i), Region: "us-east-1"}
+		mds[i].SetState("InService")
+		mds[i].SetTag("aws:autoscaling:groupName", scaleInGroup)
 	}
-	as := &autoScalingFake{}
+	as := &asfake.Server{}
 	mdURLs, asURLs := make([]string, appliances), make([]string, appliances)
 	streams := []string{demo.LogStream}
 	for i := range appliances - 1 {
 		streams = append(streams, demo.ExtraLogStream(i))
 	}
 	lifecycleConfig := func(c *config.Config, i int) {
-		c.InstanceID = "" // from IMDS, as on EC2
-		c.Logship.CloudWatch.IMDSEndpoint = mdURLs[i]
+		c.InstanceID = ""              // from IMDS, as on EC2
+		c.AWS.IMDSEndpoint = mdURLs[i] // one IMDS for the instance id and the lifecycle state
 		c.Lifecycle.Enabled = true
 		c.Lifecycle.HookName = scaleInHook
 		c.Lifecycle.GroupName = "" // from the instance's tags in IMDS
 		c.Lifecycle.PollInterval = time.Second
-		c.Lifecycle.IMDSEndpoint = mdURLs[i]
-		c.Lifecycle.AutoScalingEndpoint = asURLs[i]
+		c.AWS.Endpoints.AutoScaling = asURLs[i]
 		c.Drain.Deadline = 45 * time.Second
 	}
 
@@ -231,7 +156,9 @@ func testScaleIn(t *testing.T, viaLifecycle bool, appliances int) {
 					return fmt.Errorf("auto scaling fake: %w", err)
 				}
 			}
-			as.records = func() []int {
+			// Each call notes how many records every appliance's log
+			// stream held at that moment.
+			as.OnCall = func(url.Values) any {
 				var n []int
 				for _, s := range streams {
 					n = append(n, e.CloudWatch.Count(demo.LogGroup, s))
@@ -418,8 +345,8 @@ func testScaleIn(t *testing.T, viaLifecycle bool, appliances int) {
 	before := sim.Targets()
 	trigger := time.Now()
 	if viaLifecycle {
-		polls := mds[d].polls.Load()
-		mds[d].state.Store("Terminated")
+		polls := mds[d].Reads("meta-data/autoscaling/target-lifecycle-state")
+		mds[d].SetState("Terminated")
 		t.Logf("IMDS target-lifecycle-state = Terminated for %s (it had polled %d times)", instanceOf(d), polls)
 	} else {
 		if err := drained.Cmd.Process.Signal(unix.SIGTERM); err != nil {
@@ -610,18 +537,19 @@ func testScaleIn(t *testing.T, viaLifecycle bool, appliances int) {
 			t.Fatalf("CompleteLifecycleAction called %d times, want 1", len(calls))
 		}
 		c := calls[0]
+		records := c.Note.([]int)
 		for k, want := range map[string]string{
 			"AutoScalingGroupName": scaleInGroup, "LifecycleHookName": scaleInHook,
 			"LifecycleActionResult": "CONTINUE", "InstanceId": instanceOf(d),
 		} {
-			if got := c.params.Get(k); got != want {
+			if got := c.Params.Get(k); got != want {
 				t.Errorf("CompleteLifecycleAction %s = %q, want %q", k, got, want)
 			}
 		}
-		if c.records[d] != finalCounts[d] {
-			t.Errorf("CompleteLifecycleAction came when %d of the draining appliance's %d records were at CloudWatch", c.records[d], finalCounts[d])
+		if records[d] != finalCounts[d] {
+			t.Errorf("CompleteLifecycleAction came when %d of the draining appliance's %d records were at CloudWatch", records[d], finalCounts[d])
 		}
-		t.Logf("CompleteLifecycleAction %s after the trigger, with all %d of the draining appliance's records stored", c.at.Sub(trigger).Round(time.Millisecond), c.records[d])
+		t.Logf("CompleteLifecycleAction %s after the trigger, with all %d of the draining appliance's records stored", c.At.Sub(trigger).Round(time.Millisecond), records[d])
 	} else if len(calls) != 0 {
 		t.Errorf("CompleteLifecycleAction called %d times on SIGTERM without a terminating lifecycle state", len(calls))
 	}

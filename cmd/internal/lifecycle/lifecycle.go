@@ -13,13 +13,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 )
 
@@ -34,9 +31,8 @@ type Config struct {
 	GroupName string `yaml:"group_name"`
 	// PollInterval is how often IMDS is asked.
 	PollInterval time.Duration `yaml:"poll_interval"`
-	// IMDSEndpoint and AutoScalingEndpoint override the endpoints (tests).
-	IMDSEndpoint        string `yaml:"imds_endpoint"`
-	AutoScalingEndpoint string `yaml:"autoscaling_endpoint"`
+	// The IMDS and Auto Scaling endpoints are the appliance's
+	// (aws.imds_endpoint, aws.endpoints.autoscaling; issue 17).
 }
 
 // DefaultConfig returns every default.
@@ -63,45 +59,36 @@ type AutoScalingAPI interface {
 	CompleteLifecycleAction(ctx context.Context, in *autoscaling.CompleteLifecycleActionInput, optFns ...func(*autoscaling.Options)) (*autoscaling.CompleteLifecycleActionOutput, error)
 }
 
+// Metadata reads one instance metadata path. *awsenv.Env implements it:
+// the appliance's one IMDSv2 client (and session token).
+type Metadata interface {
+	Metadata(ctx context.Context, path string) (string, error)
+}
+
 // Watcher follows the instance's lifecycle state.
 type Watcher struct {
 	cfg   Config
-	md    *imds.Client
+	md    Metadata
 	api   AutoScalingAPI
 	log   *slog.Logger
 	group string
 }
 
-// New returns a watcher using IMDSv2 and the given Auto Scaling client.
-func New(cfg Config, api AutoScalingAPI, log *slog.Logger) *Watcher {
-	return &Watcher{
-		cfg: cfg,
-		md:  imds.New(imds.Options{Endpoint: cfg.IMDSEndpoint, ClientEnableState: imds.ClientEnabled}),
-		api: api,
-		log: log,
-	}
+// New returns a watcher reading md and completing the hook with api.
+func New(cfg Config, md Metadata, api AutoScalingAPI, log *slog.Logger) *Watcher {
+	return &Watcher{cfg: cfg, md: md, api: api, log: log}
 }
 
-// NewClient builds the Auto Scaling client from awsCfg, honouring the
-// endpoint override.
-func NewClient(cfg Config, awsCfg aws.Config) *autoscaling.Client {
-	return autoscaling.NewFromConfig(awsCfg, func(o *autoscaling.Options) {
-		if cfg.AutoScalingEndpoint != "" {
-			o.BaseEndpoint = aws.String(cfg.AutoScalingEndpoint)
-		}
-	})
+// NewClient builds the Auto Scaling client from the AWS environment's
+// configuration for it (endpoint override included).
+func NewClient(awsCfg aws.Config) *autoscaling.Client {
+	return autoscaling.NewFromConfig(awsCfg)
 }
 
 func (w *Watcher) metadata(ctx context.Context, path string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	out, err := w.md.GetMetadata(ctx, &imds.GetMetadataInput{Path: path})
-	if err != nil {
-		return "", err
-	}
-	defer out.Content.Close()
-	b, err := io.ReadAll(io.LimitReader(out.Content, 256))
-	return strings.TrimSpace(string(b)), err
+	return w.md.Metadata(ctx, path)
 }
 
 // Wait returns nil when the instance's target lifecycle state becomes

@@ -2,100 +2,55 @@ package lifecycle
 
 import (
 	"context"
-	"io"
 	"log/slog"
-	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
+
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/awsenv"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/awsenv/imdsfake"
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/lifecycle/asfake"
 )
 
-// fakeIMDS speaks IMDSv2: a token from PUT /latest/api/token, required on
-// every metadata GET.
-func fakeIMDS(t *testing.T, state *atomic.Value, tags map[string]string) *httptest.Server {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPut && r.URL.Path == "/latest/api/token" {
-			if r.Header.Get("X-Aws-Ec2-Metadata-Token-Ttl-Seconds") == "" {
-				http.Error(w, "ttl", 400)
-				return
-			}
-			w.Header().Set("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", "21600")
-			io.WriteString(w, "tok")
-			return
-		}
-		if r.Header.Get("X-Aws-Ec2-Metadata-Token") != "tok" {
-			http.Error(w, "unauthorized", 401)
-			return
-		}
-		switch p := strings.TrimPrefix(r.URL.Path, "/latest/meta-data/"); {
-		case p == "autoscaling/target-lifecycle-state":
-			io.WriteString(w, state.Load().(string))
-		case strings.HasPrefix(p, "tags/instance/"):
-			v, ok := tags[strings.TrimPrefix(p, "tags/instance/")]
-			if !ok {
-				http.NotFound(w, r)
-				return
-			}
-			io.WriteString(w, v)
-		default:
-			http.NotFound(w, r)
-		}
-	}))
+// newMetadata serves an IMDSv2 fake (imdsfake) in the given lifecycle
+// state with the given instance tags, and returns the appliance's AWS
+// environment reading it.
+func newMetadata(t *testing.T, state string, tags map[string]string) (*imdsfake.Server, *awsenv.Env) {
+	fake := &imdsfake.Server{InstanceID: "i-0123456789abcdef0", Region: "us-east-1"}
+	fake.SetState(state)
+	for k, v := range tags {
+		fake.SetTag(k, v)
+	}
+	srv := httptest.NewServer(fake)
 	t.Cleanup(srv.Close)
-	return srv
-}
-
-// fakeAutoScaling speaks the Auto Scaling query protocol for
-// CompleteLifecycleAction and records the calls.
-type fakeAutoScaling struct {
-	mu    sync.Mutex
-	calls []url.Values
-}
-
-func (f *fakeAutoScaling) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !strings.HasPrefix(r.Header.Get("Authorization"), "AWS4-HMAC-SHA256 ") {
-		http.Error(w, "unsigned", 403)
-		return
+	c := awsenv.DefaultConfig()
+	c.IMDSEndpoint = srv.URL
+	env, err := awsenv.New(c, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(r.Body)
-	v, err := url.ParseQuery(string(body))
-	if err != nil || v.Get("Action") != "CompleteLifecycleAction" {
-		w.WriteHeader(400)
-		io.WriteString(w, `<ErrorResponse><Error><Type>Sender</Type><Code>InvalidAction</Code><Message>bad</Message></Error><RequestId>r</RequestId></ErrorResponse>`)
-		return
-	}
-	f.mu.Lock()
-	f.calls = append(f.calls, v)
-	f.mu.Unlock()
-	w.Header().Set("Content-Type", "text/xml")
-	io.WriteString(w, `<CompleteLifecycleActionResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/"><CompleteLifecycleActionResult/><ResponseMetadata><RequestId>r1</RequestId></ResponseMetadata></CompleteLifecycleActionResponse>`)
+	return fake, env
 }
 
 func TestWaitThenComplete(t *testing.T) {
-	var state atomic.Value
-	state.Store("InService")
-	md := fakeIMDS(t, &state, map[string]string{"aws:autoscaling:groupName": "gwlbproxy-asg"})
-	as := &fakeAutoScaling{}
+	md, env := newMetadata(t, "InService", map[string]string{"aws:autoscaling:groupName": "gwlbproxy-asg"})
+	as := &asfake.Server{}
 	asSrv := httptest.NewServer(as)
 	defer asSrv.Close()
 
 	cfg := DefaultConfig()
 	cfg.Enabled = true
-	cfg.IMDSEndpoint = md.URL
-	cfg.AutoScalingEndpoint = asSrv.URL
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	cfg.PollInterval = 20 * time.Millisecond // below the configurable minimum, to keep the test short
-	awsCfg := aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("AKID", "SECRET", "")}
-	w := New(cfg, NewClient(cfg, awsCfg), slog.New(slog.NewTextHandler(t.Output(), nil)))
+	awsCfg := aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("AKID", "SECRET", ""),
+		BaseEndpoint: aws.String(asSrv.URL)}
+	w := New(cfg, env, NewClient(awsCfg), slog.New(slog.NewTextHandler(t.Output(), nil)))
 
 	done := make(chan error, 1)
 	go func() { done <- w.Wait(context.Background()) }()
@@ -104,7 +59,7 @@ func TestWaitThenComplete(t *testing.T) {
 		t.Fatalf("Wait returned while InService: %v", err)
 	case <-time.After(200 * time.Millisecond):
 	}
-	state.Store("Terminated")
+	md.SetState("Terminated")
 	select {
 	case err := <-done:
 		if err != nil {
@@ -117,12 +72,11 @@ func TestWaitThenComplete(t *testing.T) {
 	if err := w.Complete(context.Background(), "i-0123456789abcdef0"); err != nil {
 		t.Fatal(err)
 	}
-	as.mu.Lock()
-	defer as.mu.Unlock()
-	if len(as.calls) != 1 {
-		t.Fatalf("calls: %v", as.calls)
+	calls := as.Calls()
+	if len(calls) != 1 {
+		t.Fatalf("calls: %v", calls)
 	}
-	c := as.calls[0]
+	c := calls[0].Params
 	for k, want := range map[string]string{
 		"AutoScalingGroupName": "gwlbproxy-asg", "LifecycleHookName": "gwlbproxy-drain",
 		"LifecycleActionResult": "CONTINUE", "InstanceId": "i-0123456789abcdef0",
@@ -134,13 +88,10 @@ func TestWaitThenComplete(t *testing.T) {
 }
 
 func TestWaitCancelled(t *testing.T) {
-	var state atomic.Value
-	state.Store("InService")
-	md := fakeIMDS(t, &state, nil)
+	_, env := newMetadata(t, "InService", nil)
 	cfg := DefaultConfig()
 	cfg.PollInterval = 10 * time.Millisecond
-	cfg.IMDSEndpoint = md.URL
-	w := New(cfg, nil, slog.New(slog.DiscardHandler))
+	w := New(cfg, env, nil, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	if err := w.Wait(ctx); err == nil {
@@ -149,12 +100,9 @@ func TestWaitCancelled(t *testing.T) {
 }
 
 func TestCompleteNeedsGroup(t *testing.T) {
-	var state atomic.Value
-	state.Store("Terminated")
-	md := fakeIMDS(t, &state, nil) // no tags exposed
+	_, env := newMetadata(t, "Terminated", nil) // no tags exposed
 	cfg := DefaultConfig()
-	cfg.IMDSEndpoint = md.URL
-	w := New(cfg, nil, slog.New(slog.DiscardHandler))
+	w := New(cfg, env, nil, slog.New(slog.DiscardHandler))
 	err := w.Complete(context.Background(), "i-1")
 	if err == nil || !strings.Contains(err.Error(), "lifecycle.group_name") {
 		t.Fatalf("got %v", err)

@@ -54,15 +54,16 @@ type S3 struct {
 	ver  string
 }
 
-// NewS3Client is an S3 client for cfg (path-style with an endpoint
-// override, as the fakes and some VPC endpoint setups need).
+// NewS3Client is an S3 client for the AWS environment's configuration
+// for S3 (path-style when aws.endpoints.s3 overrides the endpoint, as the
+// fakes and S3 interface endpoints without private DNS need); src.Region,
+// when set, is the bucket's region.
 func NewS3Client(awsCfg aws.Config, src policy.SourceConfig) *s3.Client {
 	return s3.NewFromConfig(awsCfg, func(o *s3.Options) {
 		if src.Region != "" {
 			o.Region = src.Region
 		}
-		if src.Endpoint != "" {
-			o.BaseEndpoint = aws.String(src.Endpoint)
+		if o.BaseEndpoint != nil {
 			o.UsePathStyle = true
 		}
 		// The document is validated in full before use; no checksum
@@ -71,14 +72,12 @@ func NewS3Client(awsCfg aws.Config, src policy.SourceConfig) *s3.Client {
 	})
 }
 
-// NewSSMClient is an SSM client for cfg.
+// NewSSMClient is an SSM client for the AWS environment's configuration
+// for SSM; src.Region, when set, is the parameter's region.
 func NewSSMClient(awsCfg aws.Config, src policy.SourceConfig) *ssm.Client {
 	return ssm.NewFromConfig(awsCfg, func(o *ssm.Options) {
 		if src.Region != "" {
 			o.Region = src.Region
-		}
-		if src.Endpoint != "" {
-			o.BaseEndpoint = aws.String(src.Endpoint)
 		}
 	})
 }

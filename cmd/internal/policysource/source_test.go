@@ -34,14 +34,16 @@ rules:
   - {name: allow-b, action: allow, domains: [b.example], ports: [443]}
 `
 
-func awsCfg() aws.Config {
-	return aws.Config{Region: "us-east-1", RetryMaxAttempts: 1,
+// awsCfg is the AWS environment's configuration for the fake at
+// endpoint (aws.endpoints.s3 / .ssm as BaseEndpoint).
+func awsCfg(endpoint string) aws.Config {
+	return aws.Config{Region: "us-east-1", RetryMaxAttempts: 1, BaseEndpoint: aws.String(endpoint),
 		Credentials: credentials.NewStaticCredentialsProvider("AKIDPOLICYFAKE", "secret", "")}
 }
 
-func srcCfg(t *testing.T, typ, endpoint string) policy.SourceConfig {
+func srcCfg(t *testing.T, typ string) policy.SourceConfig {
 	c := policy.DefaultSourceConfig()
-	c.Source, c.Endpoint = typ, endpoint
+	c.Source = typ
 	c.S3 = policy.S3Source{Bucket: "policies", Key: "fleet/policy.yaml"}
 	c.SSM = policy.SSMSource{Parameter: "/gwlbproxy/policy"}
 	c.LastGood = filepath.Join(t.TempDir(), "last-good.json")
@@ -59,8 +61,8 @@ func TestS3SourceConditionalFetch(t *testing.T) {
 	srv := httptest.NewServer(fake)
 	defer srv.Close()
 	fake.PutObject("policies", "fleet/policy.yaml", []byte(docA))
-	sc := srcCfg(t, policy.SourceS3, srv.URL)
-	f := &S3{Client: NewS3Client(awsCfg(), sc), Bucket: sc.S3.Bucket, Key: sc.S3.Key}
+	sc := srcCfg(t, policy.SourceS3)
+	f := &S3{Client: NewS3Client(awsCfg(srv.URL), sc), Bucket: sc.S3.Bucket, Key: sc.S3.Key}
 	var applied []string
 	s := New(sc, f, quiet())
 	s.Apply = func(pc policy.Config, v string) error { applied = append(applied, v); return nil }
@@ -97,7 +99,7 @@ func TestS3SourceConditionalFetch(t *testing.T) {
 
 	// Cold start, source down: the last good copy (docB) is enforced.
 	fake.Down(true)
-	s2 := New(sc, &S3{Client: NewS3Client(awsCfg(), sc), Bucket: sc.S3.Bucket, Key: sc.S3.Key}, quiet())
+	s2 := New(sc, &S3{Client: NewS3Client(awsCfg(srv.URL), sc), Bucket: sc.S3.Bucket, Key: sc.S3.Key}, quiet())
 	pc, v := s2.Start(context.Background(), 5*time.Second)
 	if v != v2 || len(pc.Rules) != 2 || !s2.Status().FromDisk || s2.Healthy() != nil {
 		t.Fatalf("cold start from disk: %q %+v %+v", v, pc.Rules, s2.Status())
@@ -118,8 +120,8 @@ func TestColdStartNothingFailsClosed(t *testing.T) {
 	srv := httptest.NewServer(fake)
 	defer srv.Close()
 	fake.Down(true)
-	sc := srcCfg(t, policy.SourceSSM, srv.URL)
-	s := New(sc, &SSM{Client: NewSSMClient(awsCfg(), sc), Parameter: sc.SSM.Parameter}, quiet())
+	sc := srcCfg(t, policy.SourceSSM)
+	s := New(sc, &SSM{Client: NewSSMClient(awsCfg(srv.URL), sc), Parameter: sc.SSM.Parameter}, quiet())
 	pc, v := s.Start(context.Background(), 5*time.Second)
 	if v != "fail-closed" || len(pc.Rules) != 0 || pc.DefaultAction != policy.Deny || s.Healthy() == nil {
 		t.Fatalf("fail closed: %q %+v %v", v, pc, s.Healthy())
@@ -133,7 +135,7 @@ func TestColdStartNothingFailsClosed(t *testing.T) {
 	}
 	// A corrupt last-good file is not used either.
 	os.WriteFile(sc.LastGood, []byte("{not json"), 0o600)
-	s = New(sc, &SSM{Client: NewSSMClient(awsCfg(), sc), Parameter: sc.SSM.Parameter}, quiet())
+	s = New(sc, &SSM{Client: NewSSMClient(awsCfg(srv.URL), sc), Parameter: sc.SSM.Parameter}, quiet())
 	if _, v := s.Start(context.Background(), 5*time.Second); v != "fail-closed" {
 		t.Fatalf("corrupt last good: %q", v)
 	}
@@ -143,8 +145,8 @@ func TestSSMSource(t *testing.T) {
 	fake := policyfake.New()
 	srv := httptest.NewServer(fake)
 	defer srv.Close()
-	sc := srcCfg(t, policy.SourceSSM, srv.URL)
-	client := NewSSMClient(awsCfg(), sc)
+	sc := srcCfg(t, policy.SourceSSM)
+	client := NewSSMClient(awsCfg(srv.URL), sc)
 	// The real SDK writes the parameter as an operator's pipeline would.
 	put := func(v, tier string) error {
 		_, err := client.PutParameter(context.Background(), &ssm.PutParameterInput{
@@ -198,8 +200,8 @@ func TestHostileDocuments(t *testing.T) {
 	srv := httptest.NewServer(fake)
 	defer srv.Close()
 	fake.PutObject("policies", "fleet/policy.yaml", []byte(docA))
-	sc := srcCfg(t, policy.SourceS3, srv.URL)
-	s := New(sc, &S3{Client: NewS3Client(awsCfg(), sc), Bucket: sc.S3.Bucket, Key: sc.S3.Key}, quiet())
+	sc := srcCfg(t, policy.SourceS3)
+	s := New(sc, &S3{Client: NewS3Client(awsCfg(srv.URL), sc), Bucket: sc.S3.Bucket, Key: sc.S3.Key}, quiet())
 	_, v1 := s.Start(context.Background(), 5*time.Second)
 	good, err := os.ReadFile(sc.LastGood)
 	if err != nil {

@@ -1,11 +1,10 @@
-// Package cfnfake is a local CloudFormation SignalResource endpoint and an
-// IMDSv2 identity document server, speaking the real wire protocols (AWS
-// query protocol with SigV4-signed form posts and XML answers; IMDSv2's
-// session token), so tests drive the real SDK against them.
+// Package cfnfake is a local CloudFormation SignalResource endpoint
+// speaking the real wire protocol (AWS query protocol with SigV4-signed
+// form posts and XML answers), so tests drive the real SDK against it.
+// The instance metadata fake is cmd/internal/awsenv/imdsfake.
 package cfnfake
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -102,35 +101,4 @@ func (f *CloudFormation) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.signals = append(f.signals, Signal{v.Get("StackName"), v.Get("LogicalResourceId"), v.Get("UniqueId"), v.Get("Status")})
 	w.Header().Set("Content-Type", "text/xml")
 	fmt.Fprintf(w, `<SignalResourceResponse xmlns=%q><ResponseMetadata><RequestId>fake-req</RequestId></ResponseMetadata></SignalResourceResponse>`, xmlns)
-}
-
-// IMDS serves IMDSv2's token and instance identity document.
-type IMDS struct {
-	InstanceID, Region string
-}
-
-func (m IMDS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method == http.MethodPut && r.URL.Path == "/latest/api/token" {
-		if r.Header.Get("X-Aws-Ec2-Metadata-Token-Ttl-Seconds") == "" {
-			http.Error(w, "missing ttl", http.StatusBadRequest)
-			return
-		}
-		w.Header().Set("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", "21600")
-		io.WriteString(w, "fake-token")
-		return
-	}
-	if r.Header.Get("X-Aws-Ec2-Metadata-Token") != "fake-token" {
-		http.Error(w, "unauthorized", http.StatusUnauthorized)
-		return
-	}
-	if r.URL.Path != "/latest/dynamic/instance-identity/document" {
-		http.NotFound(w, r)
-		return
-	}
-	w.Header().Set("Content-Type", "text/plain")
-	json.NewEncoder(w).Encode(map[string]string{
-		"instanceId": m.InstanceID, "region": m.Region, "availabilityZone": m.Region + "a",
-		"accountId": "123456789012", "architecture": "x86_64", "imageId": "ami-0123456789abcdef0",
-		"instanceType": "c6in.large", "privateIp": "198.18.0.10", "version": "2017-09-30",
-	})
 }
