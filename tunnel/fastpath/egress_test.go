@@ -210,6 +210,19 @@ func TestEgressPassesUp(t *testing.T) {
 		{"not from a tunnel", reply, 77, PassEgressIngress},
 		{"icmp error", icmpErr, gwiIndex, PassInner},
 		{"fragment", ip4(server, client, 17, 0x2000, l4(53, 40200)), gwiIndex, PassInner},
+		{"ipv4 options", func() []byte {
+			p := append([]byte(nil), reply...)
+			p[0] = 0x46 // IHL 6: the "options" are the UDP header's first word
+			return p
+		}(), gwiIndex, PassInner},
+		{"length longer than packet", func() []byte {
+			p := append([]byte(nil), reply...)
+			binary.BigEndian.PutUint16(p[2:], uint16(len(p)+4))
+			return p
+		}(), gwiIndex, PassInner},
+		{"padded", append(append([]byte(nil), reply...), 0, 0, 0, 0), gwiIndex, PassInner},
+		{"truncated transport header", ip4(server, client, 6, 0x4000, []byte{0, 53}), gwiIndex, PassInner},
+		{"ipv6 extension header", ip6(server6, client6, 60, append([]byte{17, 0, 0, 0, 0, 0, 0, 0}, l4(53, 40200)...)), gwiIndex, PassInner},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var ret uint32
