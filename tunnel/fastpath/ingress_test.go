@@ -308,6 +308,10 @@ func TestIngressPassesUp(t *testing.T) {
 	notUDP6 := append(append(append([]byte{}, macApp...), macGWLB...), 0x86, 0xdd)
 	notUDP6 = append(notUDP6, ip6(gwlb6, app6, 6, udp6)...)
 	unknown6 := frame6(gwlb6, 10000, 6081, otherEP)
+	mld := append(append(append([]byte{}, macApp...), macGWLB...), 0x86, 0xdd)
+	mld = append(mld, ip6(gwlb6, app6, 0, append([]byte{58, 0, 5, 2, 0, 0, 1, 0}, 143, 0, 0, 0, 0, 0, 0, 0))...)
+	frag6 := append(append(append([]byte{}, macApp...), macGWLB...), 0x86, 0xdd)
+	frag6 = append(frag6, ip6(gwlb6, app6, 44, append([]byte{17, 0, 0, 1, 0, 0, 0, 7}, udp6...))...)
 	for _, tc := range []struct {
 		name string
 		pkt  []byte
@@ -321,6 +325,8 @@ func TestIngressPassesUp(t *testing.T) {
 		{"outer fragment", outerFrag, PassOuter},
 		{"ipv6 underlay extension header", ext6outer, PassOuter},
 		{"ipv6 underlay padded", padded6, PassOuter},
+		{"ipv6 underlay hop-by-hop, not geneve", mld, -1},
+		{"ipv6 underlay first fragment", frag6, PassOuter},
 		{"ipv6 underlay not udp", notUDP6, -1},
 		{"ipv6 underlay unknown endpoint", unknown6, PassUnknownEndpoint},
 		{"ipv6 underlay icmp error", frame6(gwlb6, 10000, 6081, genevePkt(geneve.ProtoIPv4, 7, icmpErr)), PassInner},

@@ -360,6 +360,27 @@ static __always_inline int same_flow(const struct flow *a, const struct flow *b)
 #define PULL_IN (OUTER6_LEN + HDR_MAX + 40 + 8)
 #define PULL_OUT (ETH_LEN + 40 + 8)
 
+// outer6_ext judges an IPv6 packet at ip whose first extension header
+// follows the fixed header: passed up either way, counted when it is
+// GENEVE (UDP to the GENEVE port right after that header).
+static __always_inline int outer6_ext(__u8 *ip, void *end)
+{
+	__u8 *x = ip + IP6_LEN;
+	if ((void *)(x + 8) > end)
+		return TC_ACT_OK;
+	__u32 xlen = ip[6] == 44 ? 8 : ((__u32)x[1] + 1) * 8;
+	if (ip[6] == 44 && (load16(x + 2) & 0xfff8))
+		return TC_ACT_OK; // not the first fragment: no UDP header
+	if (x[0] != IPPROTO_UDP || xlen > 256)
+		return TC_ACT_OK;
+	__u8 *u = x + xlen;
+	if ((void *)(u + 4) > end)
+		return TC_ACT_OK;
+	if (load16(u + 2) != geneve_port)
+		return TC_ACT_OK;
+	return pass(P_OUTER);
+}
+
 // ingress handles one outer family: v6o is a constant at each call, so
 // the offsets below are constants for the verifier.
 static __always_inline int ingress(struct __sk_buff *skb, const int v6o)
@@ -390,9 +411,11 @@ static __always_inline int ingress(struct __sk_buff *skb, const int v6o)
 		case 43: // routing
 		case 44: // fragment: the kernel reassembles
 		case 60: // destination options
-			// Extension headers move the UDP header; leave it to
-			// the kernel and userspace if it is GENEVE at all.
-			return pass(P_OUTER);
+			// Extension headers move the UDP header: leave it to the
+			// kernel and userspace. Counted as passed up only when the
+			// first one leads to UDP to the GENEVE port (not, say, an
+			// MLD report behind hop-by-hop options).
+			return outer6_ext(ip, end);
 		default:
 			return TC_ACT_OK;
 		}
