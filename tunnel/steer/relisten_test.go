@@ -1,4 +1,6 @@
-package app
+//go:build linux
+
+package steer
 
 import (
 	"bufio"
@@ -12,17 +14,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // TestListenerReopened: a listener shut down from outside (its accept
 // fails for good with EINVAL) is re-opened on the same address once
@@ -48,7 +39,7 @@ func TestListenerReopened(t *testing.T) {
 		return net.Listen("tcp4", a)
 	}
 	reg := prometheus.NewRegistry()
-	pl, err := newProxyListeners([]net.Listener{l}, nil, open, slog.New(slog.DiscardHandler), reg)
+	pl, err := newListeners([]net.Listener{l}, nil, open, slog.New(slog.DiscardHandler), reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,14 +86,14 @@ func TestListenerReopened(t *testing.T) {
 		t.Fatal(serr)
 	}
 	get() // wakes a blocked accept if the shutdown did not
-	waitUntil(t, "Health red", func() bool { return pl.Health() != nil })
+	waitFor(t, "Health red", func() bool { return pl.Health() != nil })
 	t.Logf("down: %v", pl.Health())
-	waitUntil(t, "re-open retried", func() bool { return attempts.Load() >= 3 })
+	waitFor(t, "re-open retried", func() bool { return attempts.Load() >= 3 })
 	if err := pl.Health(); err == nil {
 		t.Fatal("Health green while re-opening fails")
 	}
 	allow.Store(true)
-	waitUntil(t, "Health green", func() bool { return pl.Health() == nil })
+	waitFor(t, "Health green", func() bool { return pl.Health() == nil })
 	if err := get(); err != nil {
 		t.Fatalf("after re-open: %v", err)
 	}
@@ -142,7 +133,7 @@ func TestListenerCloseWhileReopening(t *testing.T) {
 		t.Fatal(err)
 	}
 	var attempts atomic.Int64
-	pl, err := newProxyListeners(nil, []net.Listener{l}, func(string) (net.Listener, error) {
+	pl, err := newListeners(nil, []net.Listener{l}, func(string) (net.Listener, error) {
 		attempts.Add(1)
 		return nil, errors.New("injected")
 	}, slog.New(slog.DiscardHandler), nil)
@@ -155,7 +146,7 @@ func TestListenerCloseWhileReopening(t *testing.T) {
 		done <- err
 	}()
 	l.Close() // the underlying socket fails: Accept starts re-opening
-	waitUntil(t, "re-open attempted", func() bool { return attempts.Load() >= 1 })
+	waitFor(t, "re-open attempted", func() bool { return attempts.Load() >= 1 })
 	pl.Close()
 	select {
 	case err := <-done:
