@@ -4,9 +4,11 @@ package steer
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -158,5 +160,118 @@ func TestListenerCloseWhileReopening(t *testing.T) {
 	}
 	if err := pl.Health(); err != nil {
 		t.Fatalf("Health after Close: %v", err)
+	}
+}
+
+// TestListenAllReopensTransparent is the re-open as the appliance does it:
+// the Steerer's own listeners in its namespace, one broken from outside,
+// re-opened through ListenTransparent (transparent, mark_base) on the
+// same address, counted in the metric registered with the Steerer's
+// registry.
+func TestListenAllReopensTransparent(t *testing.T) {
+	needRoot(t)
+	n := newNS(t, "rl")
+	n.up(t, "lo")
+	cfg := natConfig()
+	reg := prometheus.NewRegistry()
+	s, err := newSteerer(cfg, testLogger(t), reg, int(n.h))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := s.ListenAll(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ls.Close()
+	if len(ls.HTTP) == 0 || len(ls.TLS) != len(ls.HTTP) || ls.TLS[0].Addr().String() != netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), cfg.TLSListenPort).String() {
+		t.Fatalf("listeners: %d http, %d tls", len(ls.HTTP), len(ls.TLS))
+	}
+	for _, l := range append(append([]net.Listener{}, ls.HTTP...), ls.TLS...) {
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				c.Write([]byte("ok\n"))
+				c.Close()
+			}
+		}()
+	}
+	dst := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), cfg.TLSListenPort)
+	get := func() error {
+		c, err := dial(t, n, dst, 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err == nil && line != "ok\n" {
+			err = errors.New("bad answer " + line)
+		}
+		return err
+	}
+	if err := get(); err != nil {
+		t.Fatalf("before: %v", err)
+	}
+	r := ls.TLS[0].(*reopener)
+	sockopts := func() (transparent, mark int) {
+		r.mu.Lock()
+		l := r.cur
+		r.mu.Unlock()
+		rc, err := l.(*net.TCPListener).SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc.Control(func(fd uintptr) {
+			transparent, _ = unix.GetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT)
+			mark, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK)
+		})
+		return
+	}
+	r.mu.Lock()
+	old := r.cur
+	r.mu.Unlock()
+	rc, err := old.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Control(func(fd uintptr) { err = unix.Shutdown(int(fd), unix.SHUT_RD) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	get() // makes the blocked accept fail
+	waitFor(t, "re-opened", func() bool { return ls.Reopens() == 1 && ls.Health() == nil })
+	r.mu.Lock()
+	same := r.cur == old
+	r.mu.Unlock()
+	if same {
+		t.Fatal("still the broken socket")
+	}
+	if tr, mark := sockopts(); tr != 1 || uint32(mark) != cfg.MarkBase {
+		t.Fatalf("re-opened socket: IP_TRANSPARENT %d, SO_MARK %#x, want 1 and %#x", tr, mark, cfg.MarkBase)
+	}
+	if err := get(); err != nil {
+		t.Fatalf("after re-open: %v", err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, mf := range mfs {
+		if mf.GetName() == "gwlbproxy_proxy_listener_reopens_total" {
+			found = mf.Metric[0].GetCounter().GetValue() == 1
+		}
+	}
+	if !found {
+		t.Fatal("gwlbproxy_proxy_listener_reopens_total is not 1 in the Steerer's registry")
+	}
+	if err := ls.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dial(t, n, dst, 2*time.Second); err == nil {
+		t.Fatal("still listening after Close")
 	}
 }
