@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -273,5 +275,90 @@ func TestListenAllReopensTransparent(t *testing.T) {
 	}
 	if _, err := dial(t, n, dst, 2*time.Second); err == nil {
 		t.Fatal("still listening after Close")
+	}
+}
+
+// flakyListener fails Accept with errs, one per call, then accepts from l.
+type flakyListener struct {
+	net.Listener
+	errs chan error
+}
+
+func (f *flakyListener) Accept() (net.Conn, error) {
+	select {
+	case err := <-f.errs:
+		return nil, err
+	default:
+		return f.Listener.Accept()
+	}
+}
+
+// temporaryErr is what accept returns when it is out of file
+// descriptors: net.Error-like, Temporary.
+type temporaryErr struct{}
+
+func (temporaryErr) Error() string   { return "accept: too many open files" }
+func (temporaryErr) Temporary() bool { return true }
+func (temporaryErr) Timeout() bool   { return false }
+
+// TestListenerTemporaryErrorPassedThrough: a temporary accept error (out
+// of descriptors, a timeout) goes to the serve loop, which backs off
+// itself; the socket is kept, not re-opened, and Health stays green.
+func TestListenerTemporaryErrorPassedThrough(t *testing.T) {
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &flakyListener{Listener: l, errs: make(chan error, 2)}
+	f.errs <- temporaryErr{}
+	f.errs <- &net.OpError{Op: "accept", Net: "tcp", Err: os.ErrDeadlineExceeded}
+	var attempts atomic.Int64
+	pl, err := newListeners([]net.Listener{f}, nil, func(string) (net.Listener, error) {
+		attempts.Add(1)
+		return nil, errors.New("injected")
+	}, slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pl.Close()
+	accept := func() (net.Conn, error) {
+		type result struct {
+			c   net.Conn
+			err error
+		}
+		ch := make(chan result, 1)
+		go func() {
+			c, err := pl.HTTP[0].Accept()
+			ch <- result{c, err}
+		}()
+		select {
+		case r := <-ch:
+			return r.c, r.err
+		case <-time.After(10 * time.Second):
+			t.Fatalf("Accept did not return: the temporary error was taken for a failed socket (%d re-open attempts)", attempts.Load())
+			return nil, nil
+		}
+	}
+	for i, want := range []string{"too many open files", "i/o timeout"} {
+		_, err := accept()
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("Accept %d: %v, want the %q error", i, err, want)
+		}
+		if err := pl.Health(); err != nil {
+			t.Fatalf("Health after a temporary error: %v", err)
+		}
+	}
+	go func() {
+		if c, err := net.Dial("tcp4", l.Addr().String()); err == nil {
+			c.Close()
+		}
+	}()
+	c, err := accept()
+	if err != nil {
+		t.Fatalf("Accept after the temporary errors: %v", err)
+	}
+	c.Close()
+	if attempts.Load() != 0 || pl.Reopens() != 0 {
+		t.Fatalf("re-opened on a temporary error: %d attempts, %d reopens", attempts.Load(), pl.Reopens())
 	}
 }
