@@ -53,13 +53,14 @@ type txBatch struct {
 	pkts  []udp.Packet
 	bytes uint64
 	batch *udp.Batch
+	port  uint16 // GWLB's GENEVE port (Config.Port)
 	k     flow.Key
 	e     flow.Entry
 	fe    fastpath.Entry
 }
 
 func newTxBatch(cfg Config, raw *udp.RawSender) txBatch {
-	tx := txBatch{pkts: make([]udp.Packet, 0, cfg.Batch)}
+	tx := txBatch{pkts: make([]udp.Packet, 0, cfg.Batch), port: cfg.Port}
 	if raw != nil {
 		tx.batch = raw.NewBatch(cfg.Batch)
 	}
@@ -89,13 +90,13 @@ func (tx *txBatch) lookup(d *Daemon, t *tunnel, w *worker, p []byte, segs uint64
 // to GWLB's GENEVE port. buf must have txHeadroom free before off and
 // tx.pkts room for one more packet; tailSum is csum.Sum(tail, 0). A
 // packet that cannot be built is counted as a send drop.
-func (tx *txBatch) encap(port uint16, w *worker, buf []byte, off, n int, tail []byte, tailSum uint64) {
+func (tx *txBatch) encap(w *worker, buf []byte, off, n int, tail []byte, tailSum uint64) {
 	hdr := tx.e.Header()
 	start := off - len(hdr)
 	copy(buf[start:off], hdr)
 	gw := tx.e.GWLB
 	pkt, err := udp.EncapTail(buf, start, len(hdr)+n, tail, tailSum,
-		netip.AddrPortFrom(tx.e.Local, gw.Port()), netip.AddrPortFrom(gw.Addr(), port), udp.DefaultTTL)
+		netip.AddrPortFrom(tx.e.Local, gw.Port()), netip.AddrPortFrom(gw.Addr(), tx.port), udp.DefaultTTL)
 	if err != nil {
 		w.drops[dropSend].Add(1)
 		return
@@ -185,7 +186,7 @@ func (d *Daemon) encapBatch(t *tunnel, w *worker, tx *txState, n int, now time.T
 	for i := 0; i < n; i++ {
 		p := tx.bufs[i][txHeadroom : txHeadroom+tx.sizes[i]]
 		if tx.lookup(d, t, w, p, 1, now) {
-			tx.encap(d.cfg.Port, w, tx.bufs[i], txHeadroom, len(p), nil, 0)
+			tx.encap(w, tx.bufs[i], txHeadroom, len(p), nil, 0)
 		}
 	}
 }
@@ -343,7 +344,7 @@ func (d *Daemon) returnPacket(t *tunnel, w *worker, tx *txOffload, raw []byte, n
 			tx.flush(t, w)
 		}
 		// In place: the arena has txHeadroom free before every read.
-		tx.encap(d.cfg.Port, w, tx.arena, cap(tx.arena)-cap(p), len(p), nil, 0)
+		tx.encap(w, tx.arena, cap(tx.arena)-cap(p), len(p), nil, 0)
 		return
 	}
 	for {
@@ -356,6 +357,6 @@ func (d *Daemon) returnPacket(t *tunnel, w *worker, tx *txOffload, raw []byte, n
 			return
 		}
 		tx.used++
-		tx.encap(d.cfg.Port, w, slot, txHeadroom, hl, pl, plSum)
+		tx.encap(w, slot, txHeadroom, hl, pl, plSum)
 	}
 }

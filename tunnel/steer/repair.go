@@ -34,6 +34,9 @@ import (
 // Each repair is counted (Stats, gwlbproxy_steer_repairs_total) and logged
 // once, with what was found. Health is red from the moment something is
 // found missing until it is back.
+//
+// The listeners those rules deliver to repair themselves (relisten.go): a
+// listener whose accept fails for good is re-opened on its address.
 
 // drift is what differs between the kernel and what steer installed.
 type drift struct {

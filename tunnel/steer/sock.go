@@ -81,44 +81,6 @@ func (s *Steerer) ListenTransparent(ctx context.Context, addr string) (net.Liste
 	return ln, nil
 }
 
-// Listeners are the transparent listeners the proxy serves.
-type Listeners struct {
-	HTTP []net.Listener // 127.0.0.1 and (with ipv6) ::1 on http_listen_port
-	TLS  []net.Listener // same on tls_listen_port
-}
-
-// Close closes every listener.
-func (l *Listeners) Close() error {
-	var errs []error
-	for _, ln := range append(append([]net.Listener{}, l.HTTP...), l.TLS...) {
-		errs = append(errs, ln.Close())
-	}
-	return errors.Join(errs...)
-}
-
-// ListenAll opens the listeners the TPROXY rules deliver to.
-func (s *Steerer) ListenAll(ctx context.Context) (*Listeners, error) {
-	out := &Listeners{}
-	addrs := []string{"127.0.0.1"}
-	if s.cfg.IPv6 {
-		addrs = append(addrs, "::1")
-	}
-	for _, a := range addrs {
-		for _, l := range []struct {
-			port uint16
-			dst  *[]net.Listener
-		}{{s.cfg.HTTPListenPort, &out.HTTP}, {s.cfg.TLSListenPort, &out.TLS}} {
-			ln, err := s.ListenTransparent(ctx, netip.AddrPortFrom(netip.MustParseAddr(a), l.port).String())
-			if err != nil {
-				out.Close()
-				return nil, err
-			}
-			*l.dst = append(*l.dst, ln)
-		}
-	}
-	return out, nil
-}
-
 func addrPort(a net.Addr) (netip.AddrPort, bool) {
 	switch v := a.(type) {
 	case *net.TCPAddr:

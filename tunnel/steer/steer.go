@@ -30,6 +30,7 @@ type Steerer struct {
 	cfg Config
 	log *slog.Logger
 	ns  nsExec
+	reg prometheus.Registerer // for the listener group (ListenAll)
 
 	mu      sync.Mutex // serialises nft batches and routing changes; guards below
 	nft     *nftables.Conn
@@ -99,6 +100,7 @@ func newSteerer(cfg Config, log *slog.Logger, reg prometheus.Registerer, nsFd in
 		cfg:   cfg,
 		log:   log.With("component", "steer"),
 		ns:    nsExec{fd: nsFd},
+		reg:   reg,
 		pairs: map[uint16]tunnel.Pair{},
 		kick:  make(chan struct{}, 1),
 	}

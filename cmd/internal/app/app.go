@@ -186,17 +186,11 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger, opts Options) (
 		hs.Add(health.Check{Name: "flowlog", Health: flows.Health, Stats: func() any { return flows.Stats() }})
 	}
 
-	sls, err := st.ListenAll(ctx)
-	if err != nil {
-		return fmt.Errorf("proxy listeners: %w", err)
-	}
 	// Self-healing: a listener whose accept fails for good is re-opened
-	// (see relisten.go) instead of leaving interception down until restart.
-	ls, err := newProxyListeners(sls.HTTP, sls.TLS, func(addr string) (net.Listener, error) {
-		return st.ListenTransparent(bg, addr)
-	}, log.With("component", "proxy"), reg)
+	// by steer (tunnel/steer/relisten.go) instead of leaving interception
+	// down until restart.
+	ls, err := st.ListenAll(ctx)
 	if err != nil {
-		sls.Close()
 		return fmt.Errorf("proxy listeners: %w", err)
 	}
 	cleanup.add("proxy listeners", ls.Close)
@@ -288,7 +282,12 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger, opts Options) (
 	hs.Add(health.Check{
 		Name:   "proxy",
 		Health: func() error { return errors.Join(px.Health(), ls.Health()) },
-		Stats:  func() any { return proxyStats{Stats: px.Stats(), ListenerReopens: ls.Reopens()} },
+		Stats: func() any {
+			return struct {
+				proxy.Stats
+				ListenerReopens uint64 `json:"listener_reopens"`
+			}{px.Stats(), ls.Reopens()}
+		},
 	})
 
 	td, err := tunnel.New(c.Tunnel, log.With("component", "tunnel"), reg, st)
