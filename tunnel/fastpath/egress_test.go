@@ -5,6 +5,7 @@ package fastpath
 import (
 	"bytes"
 	"encoding/binary"
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 
@@ -273,4 +274,136 @@ func keyOf(t *testing.T, p []byte) flow.Key {
 		t.Fatal(r)
 	}
 	return k
+}
+
+// l4Valid reports whether an IPv4 (no options) or IPv6 packet's header
+// checksum (IPv4) and transport checksum (TCP, UDP with a checksum, ICMP,
+// ICMPv6) verify.
+func l4Valid(p []byte) bool {
+	var pseudo uint32
+	var l4 []byte
+	var proto byte
+	if p[0]>>4 == 4 {
+		if len(p) < 20 || csum(p[:20], 0) != 0 {
+			return false
+		}
+		l4, proto = p[20:], p[9]
+		pseudo = uint32(proto) + uint32(len(l4)) + 0xffff - uint32(csum(p[12:20], 0))
+		if proto == 1 {
+			pseudo = 0
+		}
+	} else {
+		l4, proto = p[40:], p[6]
+		pseudo = uint32(proto) + uint32(len(l4)) + 0xffff - uint32(csum(p[8:40], 0))
+	}
+	return csum(l4, pseudo) == 0
+}
+
+// TestEgressMutations feeds the egress program replies with random bytes
+// of their headers changed. Whatever it encapsulates must carry the inner
+// packet unchanged behind well-formed outer headers, and when the inner
+// packet's own checksums still verify, so must the outer UDP checksum the
+// program derived from them (over IPv4 it may also be 0).
+func TestEgressMutations(t *testing.T) {
+	f := withEgress(t)
+	rng := rand.New(rand.NewPCG(20, 12))
+	type pair struct{ fwd, reply []byte }
+	var pairs []pair
+	for i, mk := range []func(sp uint16) pair{
+		func(sp uint16) pair {
+			return pair{withL4Sum(ip4(client, server, 17, 0x4000, l4(sp, 53))), withL4Sum(ip4(server, client, 17, 0x4000, l4(53, sp)))}
+		},
+		func(sp uint16) pair {
+			return pair{withL4Sum(ip4(client, server, 6, 0x4000, l4(sp, 443))), withL4Sum(ip4(server, client, 6, 0x4000, l4(443, sp)))}
+		},
+		func(sp uint16) pair {
+			return pair{withL4Sum(ip6(client6, server6, 6, l4(sp, 443))), withL4Sum(ip6(server6, client6, 6, l4(443, sp)))}
+		},
+		func(sp uint16) pair {
+			return pair{withL4Sum(ip6(client6, server6, 17, l4(sp, 53))), withL4Sum(ip6(server6, client6, 17, l4(53, sp)))}
+		},
+	} {
+		for j, u := range underlays {
+			sp := uint16(41000 + 10*i + j)
+			p := mk(sp)
+			proto := uint16(geneve.ProtoIPv4)
+			if p.fwd[0]>>4 == 6 {
+				proto = geneve.ProtoIPv6
+			}
+			if ret, _ := runIn(t, f, u.frame(u.gwlb, 12000+sp, 6081, genevePkt(proto, 5, p.fwd))); ret != actRedirect {
+				t.Fatalf("ingress verdict %d", ret)
+			}
+			pairs = append(pairs, p)
+		}
+	}
+	var redirected, verified, passed int
+	for i := 0; i < 3000; i++ {
+		inner := append([]byte(nil), pairs[rng.IntN(len(pairs))].reply...)
+		hl := 20
+		if inner[0]>>4 == 6 {
+			hl = 40
+		}
+		for n := rng.IntN(3) + 1; n > 0; n-- {
+			inner[1+rng.IntN(hl+8-1)] ^= byte(rng.IntN(255) + 1) // never the version nibble
+		}
+		if rng.IntN(10) == 0 {
+			inner = inner[:hl+rng.IntN(len(inner)-hl)]
+		}
+		ret, out := runOut(t, f, inner, gwiIndex)
+		switch ret {
+		case actOK:
+			passed++
+			if !bytes.Equal(out[14:], inner) {
+				t.Fatalf("case %d: a passed packet was modified", i)
+			}
+			continue
+		case actRedirect:
+		default:
+			t.Fatalf("case %d: verdict %d", i, ret)
+		}
+		redirected++
+		o := out[14:]
+		var ipl int
+		var pseudo uint32
+		switch o[0] >> 4 {
+		case 4:
+			ipl = 20
+			if csum(o[:20], 0) != 0 || int(binary.BigEndian.Uint16(o[2:])) != len(o) {
+				t.Fatalf("case %d: outer IPv4 header %x (packet %d bytes)", i, o[:20], len(o))
+			}
+			pseudo = 17 + 0xffff - uint32(csum(o[12:20], 0))
+		case 6:
+			ipl = 40
+			if int(binary.BigEndian.Uint16(o[4:]))+40 != len(o) {
+				t.Fatalf("case %d: outer IPv6 payload length %d (packet %d bytes)", i, binary.BigEndian.Uint16(o[4:]), len(o))
+			}
+			pseudo = 17 + 0xffff - uint32(csum(o[8:40], 0))
+		default:
+			t.Fatalf("case %d: outer version %d", i, o[0]>>4)
+		}
+		u := o[ipl:]
+		if int(binary.BigEndian.Uint16(u[4:])) != len(u) {
+			t.Fatalf("case %d: UDP length %d of %d", i, binary.BigEndian.Uint16(u[4:]), len(u))
+		}
+		if !bytes.HasSuffix(u, inner) {
+			t.Fatalf("case %d: inner packet changed", i)
+		}
+		if !l4Valid(inner) {
+			continue // nothing to derive a valid checksum from
+		}
+		zero := u[6] == 0 && u[7] == 0
+		if zero && ipl == 40 {
+			t.Fatalf("case %d: IPv6 outer with UDP checksum 0", i)
+		}
+		if !zero {
+			if csum(u, pseudo+uint32(len(u))) != 0 {
+				t.Fatalf("case %d: outer UDP checksum does not verify for a valid inner packet %x", i, inner)
+			}
+			verified++
+		}
+	}
+	t.Logf("redirected %d (outer checksum verified %d), passed up %d", redirected, verified, passed)
+	if redirected == 0 || verified == 0 || passed == 0 {
+		t.Fatal("the mutations exercised too little")
+	}
 }
