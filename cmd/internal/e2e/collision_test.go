@@ -18,7 +18,9 @@ import (
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
+	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/demo"
+	"github.com/gwlbproxy/gwlbproxy/tunnel"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/csum"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/gwlbsim"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/inns"
@@ -43,15 +45,21 @@ import (
 // A's request must then succeed, the drop be counted (tuple_collision),
 // and B get the same tuple once A is done. In both egress modes (in tunnel
 // mode the proxy's upstream connection carries the same 4-tuple too, in
-// its own conntrack zone).
+// its own conntrack zone), and with both datapaths (the guard is in
+// steering, after either has written the packet into gwi-*).
 func TestSameTupleTwoEndpoints(t *testing.T) {
-	for _, mode := range []string{steer.EgressNAT, steer.EgressTunnel} {
-		t.Run(mode, func(t *testing.T) { sameTupleTwoEndpoints(t, mode) })
+	for _, c := range []struct{ mode, datapath string }{
+		{steer.EgressNAT, tunnel.DatapathAuto},
+		{steer.EgressTunnel, tunnel.DatapathUserspace},
+	} {
+		t.Run(c.mode+"/"+c.datapath, func(t *testing.T) {
+			sameTupleTwoEndpoints(t, c.mode, func(cfg *config.Config) { cfg.Tunnel.Datapath = c.datapath })
+		})
 	}
 }
 
-func sameTupleTwoEndpoints(t *testing.T, mode string) {
-	e := newEnv(t, mode, nil, false)
+func sameTupleTwoEndpoints(t *testing.T, mode string, modify func(*config.Config)) {
+	e := newEnv(t, mode, modify, false)
 	ctx := testCtx(t, 2*time.Minute)
 	a, b := e.Clients[0], e.Clients[1]
 	// Outside the ephemeral range, so no other connection of the test
