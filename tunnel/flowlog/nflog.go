@@ -138,6 +138,7 @@ func (l *Logger) deniedRecord(data []byte) (Record, bool) {
 		rule = "unknown"
 	}
 	r.Rule = rule
+	r.PolicyVersion = l.src.PolicyVersion()
 	if !parsePacket(payload, &r) {
 		return Record{}, false
 	}

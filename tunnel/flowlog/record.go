@@ -31,14 +31,17 @@ type Record struct {
 	NAT        netip.AddrPort // source after masquerade (nat mode), else zero
 	Action     string
 	Rule       string
-	PacketsOut uint64
-	BytesOut   uint64
-	PacketsIn  uint64
-	BytesIn    uint64
-	Start, End time.Time
-	TCPState   string
-	ICMPType   int // -1 unless ICMP
-	ICMPCode   int
+	// PolicyVersion is the network policy version the rule belongs to
+	// (steer's NetworkPolicy.Version, "np-" and 12 hex digits).
+	PolicyVersion string
+	PacketsOut    uint64
+	BytesOut      uint64
+	PacketsIn     uint64
+	BytesIn       uint64
+	Start, End    time.Time
+	TCPState      string
+	ICMPType      int // -1 unless ICMP
+	ICMPCode      int
 }
 
 // protoNames are the record's names of IP protocol numbers; others are
@@ -93,6 +96,7 @@ func (r *Record) AppendJSON(b []byte) []byte {
 	b = appendInt(b, "nat_port", int64(r.NAT.Port()))
 	b = appendStr(b, "action", r.Action)
 	b = appendStr(b, "rule", r.Rule)
+	b = appendStr(b, "policy_version", r.PolicyVersion)
 	b = appendInt(b, "packets_out", int64(r.PacketsOut))
 	b = appendInt(b, "bytes_out", int64(r.BytesOut))
 	b = appendInt(b, "packets_in", int64(r.PacketsIn))
@@ -191,7 +195,7 @@ func (s *summary) appendJSON(b []byte, now time.Time, instance, id string, inter
 // RecordFields are the fields of every flow, flow_interim and flow_denied
 // record, in order.
 var RecordFields = []string{"time", "record_type", "record_id", "instance_id", "endpoint_id", "protocol",
-	"client_ip", "client_port", "dst_ip", "dst_port", "nat_ip", "nat_port", "action", "rule",
+	"client_ip", "client_port", "dst_ip", "dst_port", "nat_ip", "nat_port", "action", "rule", "policy_version",
 	"packets_out", "bytes_out", "packets_in", "bytes_in", "start", "end", "duration_ms", "tcp_state", "icmp_type", "icmp_code"}
 
 // SummaryFields are the fields of a flow_summary record, in order.

@@ -396,12 +396,20 @@ func (s *Steerer) addNetworkPolicy(rs *ruleset, add func(chain, text string, e .
 		e     []expr.Any
 		txt   string
 	}
-	verdicts := func(name, action, proto string) []ending {
+	verdicts := func(name, action, proto string, id uint16) []ending {
 		if action == NetAllow {
 			// forwarded keeps counting every forwarded packet (new and
-			// established), as it does without a policy.
-			e := cat(objref(npCounter(name)), objref(ctrForwarded), accept())
-			return []ending{{e: e, txt: "counter name " + npCounter(name) + " counter name " + ctrForwarded + " accept"}}
+			// established), as it does without a policy. The rule's id
+			// goes into the conntrack mark (ruleid.go): flow records
+			// read it from the destroy event.
+			var e []expr.Any
+			txt := ""
+			if rs.idsOK && id != 0 {
+				e = ctMarkSetField(c.ruleMask(), c.ruleMark(id))
+				txt = fmt.Sprintf("ct mark set ct mark & %#x | %#x ", ^c.ruleMask(), c.ruleMark(id))
+			}
+			e = cat(e, objref(npCounter(name)), objref(ctrForwarded), accept())
+			return []ending{{e: e, txt: txt + "counter name " + npCounter(name) + " counter name " + ctrForwarded + " accept"}}
 		}
 		e := objref(npCounter(name))
 		txt := "counter name " + npCounter(name)
@@ -521,7 +529,11 @@ func (s *Steerer) addNetworkPolicy(rs *ruleset, add func(chain, text string, e .
 				e = append(e, anon(nftables.TypeInetService, true, elems, t))
 				txt += fmt.Sprintf(" th dport { %s }", t)
 			}
-			for _, v := range verdicts(r.Name, r.Action, r.Protocol) {
+			var id uint16
+			if rs.idsOK {
+				id = rs.ids.rules[i]
+			}
+			for _, v := range verdicts(r.Name, r.Action, r.Protocol, id) {
 				add(chainFilterFwd, txt+" "+v.txt, cat(e, v.match, v.e)...)
 			}
 		}
@@ -530,7 +542,7 @@ func (s *Steerer) addNetworkPolicy(rs *ruleset, add func(chain, text string, e .
 	if def == "" {
 		def = NetAllow
 	}
-	for _, v := range verdicts(DefaultRuleName, def, ProtoAny) {
+	for _, v := range verdicts(DefaultRuleName, def, ProtoAny, rs.ids.def) {
 		add(chainFilterFwd, fmt.Sprintf("iif @%s %s", setTunnels, v.txt), cat(fromTunnel, v.match, v.e)...)
 	}
 }

@@ -66,6 +66,10 @@ type ruleset struct {
 	anonOrder      []string
 	npEndpointSets []npEndpointSetOf
 	npDomainSets   []npDomainSetOf
+	// ids are the rule ids the allow verdicts set in the conntrack mark
+	// (ruleid.go); committed to the id table once the kernel took them.
+	ids   assignment
+	idsOK bool
 }
 
 func (s *Steerer) buildRuleset(egress string) *ruleset {
@@ -77,6 +81,9 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 		setVals: map[string][]nftables.SetElement{},
 		egress:  egress,
 		anon:    map[string]*anonSet{},
+	}
+	if c.NetworkPolicy.active() {
+		rs.ids, rs.idsOK = s.ids.plan(&c.NetworkPolicy)
 	}
 	t := rs.table
 	chain := func(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio int32) {
@@ -165,9 +172,11 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 		})...)
 	// Packets of a tunnel's flow arriving elsewhere (NAT replies on the
 	// egress interface) take the tunnel's mark, which routes them to gwo-*.
-	add(chainMarkPre, fmt.Sprintf("iif != @%s ct mark & %#x == %s ct mark != %s meta mark set ct mark", setTunnels, markMask, mark, mark),
-		cat(notFromTunnel, ctMarkOurs(base), []expr.Any{
-			&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+	// Only the slot part: the bits above it carry the network policy
+	// rule id (ruleid.go), which routing must not see.
+	routeMask := c.routeMask()
+	add(chainMarkPre, fmt.Sprintf("iif != @%s ct mark & %#x == %s ct mark != %s meta mark set ct mark & %#x", setTunnels, markMask, mark, mark, routeMask),
+		cat(notFromTunnel, ctMarkOurs(base), ctMarkMasked(routeMask), []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1, SourceRegister: true},
 		})...)
 
@@ -223,12 +232,11 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 	// table has no route to the client (one-arm appliances need no
 	// default route). Other local traffic has mark 0.
 	for _, m := range []uint32{0, base} {
-		add(chainRouteOut, fmt.Sprintf("meta mark %#x ct mark & %#x == %s ct mark != %s meta mark set ct mark", m, markMask, mark, mark),
+		add(chainRouteOut, fmt.Sprintf("meta mark %#x ct mark & %#x == %s ct mark != %s meta mark set ct mark & %#x", m, markMask, mark, mark, routeMask),
 			cat([]expr.Any{
 				&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: native32(m)},
-			}, ctMarkOurs(base), []expr.Any{
-				&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+			}, ctMarkOurs(base), ctMarkMasked(routeMask), []expr.Any{
 				&expr.Meta{Key: expr.MetaKeyMARK, Register: 1, SourceRegister: true},
 			})...)
 	}
@@ -389,6 +397,24 @@ func ctMarkOurs(base uint32) []expr.Any {
 		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: native32(base)},
 	})
+}
+
+// ctMarkMasked loads ct mark & mask into register 1.
+func ctMarkMasked(mask uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(mask), Xor: native32(0)},
+	}
+}
+
+// ctMarkSetField sets the bits of field in the conntrack mark to val
+// (already shifted), keeping the others: ct mark set ct mark & ^field | val.
+func ctMarkSetField(field, val uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(^field), Xor: native32(val)},
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
+	}
 }
 
 // neq compares register 1 (a mark) with v for inequality.

@@ -69,6 +69,11 @@ type Steerer struct {
 	// PairDown flushes arrive after it.
 	epBySlot, epByIf sync.Map
 
+	// Rule ids carried in conntrack marks (ruleid.go), and the version
+	// of the network policy in force (npVersion, for flow records).
+	ids       ruleIDs
+	npVersion atomic.Pointer[string]
+
 	// Domain names in network rules (domain.go).
 	resolver Resolver
 	dom      domains
@@ -99,6 +104,9 @@ func newSteerer(cfg Config, log *slog.Logger, reg prometheus.Registerer, nsFd in
 		pairs: map[uint16]tunnel.Pair{},
 		kick:  make(chan struct{}, 1),
 	}
+	s.ids.max = cfg.maxRuleID()
+	v := cfg.NetworkPolicy.Version()
+	s.npVersion.Store(&v)
 	g, err := ssrf.New(ssrf.DefaultConfig(), s.ownAddrs)
 	if err != nil {
 		return nil, fmt.Errorf("steer: ssrf guard: %w", err)
@@ -154,6 +162,9 @@ func (s *Steerer) Start(ctx context.Context) error {
 	}
 	if err := s.nft.Flush(); err != nil {
 		return fmt.Errorf("steer: nftables table %s: %w", s.cfg.TableName, err)
+	}
+	if s.rs.idsOK {
+		s.ids.commit(&s.cfg.NetworkPolicy, s.rs.ids, *s.npVersion.Load())
 	}
 	rules, routes := s.baseRoutes()
 	if err := s.addRouting(rules, routes); err != nil {
@@ -317,8 +328,9 @@ func (s *Steerer) PairUp(ctx context.Context, p tunnel.Pair) error {
 }
 
 func (s *Steerer) pairUp(p tunnel.Pair) error {
-	if p.Slot == 0 {
-		return errors.New("slot 0")
+	if p.Slot == 0 || int(p.Slot) > s.cfg.MaxTunnels {
+		// A larger slot would spill into the rule id bits of the mark.
+		return fmt.Errorf("slot %d out of range 1..%d (max_tunnels)", p.Slot, s.cfg.MaxTunnels)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -389,7 +401,7 @@ func (s *Steerer) PairDown(ctx context.Context, p tunnel.Pair) error {
 	}
 	// The slot's mark goes to the next tunnel: forget this one's flows.
 	if ct := s.ct.Load(); ct != nil {
-		if err := ct.flushMark(s.cfg.tunnelMark(p.Slot)); err != nil {
+		if err := ct.flushMark(s.cfg.tunnelMark(p.Slot), s.cfg.routeMask()); err != nil {
 			errs = append(errs, err)
 		}
 	}
