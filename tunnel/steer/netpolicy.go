@@ -617,8 +617,7 @@ func (s *Steerer) npEndpointSetsOf(ep uint64) []string {
 
 // explainNetworkPolicy summarises the network policy for check --explain
 // (the rules themselves are in filter_forward above).
-func (s *Steerer) explainNetworkPolicy() string {
-	np := &s.cfg.NetworkPolicy
+func (s *Steerer) explainNetworkPolicy(np *NetworkPolicy) string {
 	var b strings.Builder
 	b.WriteString("\n## network policy (forwarded traffic that is not intercepted; in filter_forward above)\n")
 	if !np.active() {
@@ -654,6 +653,7 @@ func (s *Steerer) explainNetworkPolicy() string {
 		}
 		b.WriteString("\n")
 	}
+	fmt.Fprintf(&b, "# policy_version %s (flow records carry it)\n", np.Version())
 	if np.LogGroup != 0 {
 		fmt.Fprintf(&b, "# denied packets are logged to NFLOG group %d (prefix np:<rule>) for flow records\n", np.LogGroup)
 	}

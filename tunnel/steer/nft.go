@@ -70,6 +70,9 @@ type ruleset struct {
 	// (ruleid.go); committed to the id table once the kernel took them.
 	ids   assignment
 	idsOK bool
+	// counterInit are initial counter values (a reload carries the old
+	// table's counts over).
+	counterInit map[string]Counter
 }
 
 func (s *Steerer) buildRuleset(egress string) *ruleset {
@@ -279,6 +282,10 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 			cat(fromTunnel, objref(ctrForwarded), accept())...)
 	}
 
+	if s.testBadRule {
+		add(chainFilterFwd, "iif @np_missing drop", &expr.Meta{Key: expr.MetaKeyIIF, Register: 1},
+			&expr.Lookup{SourceRegister: 1, SetName: "np_missing"}, &expr.Verdict{Kind: expr.VerdictDrop})
+	}
 	if !c.tunnelMode() {
 		add(chainNATPost, fmt.Sprintf("oifname %q ct mark & %#x == %s ct mark != %s masquerade", egress, markMask, mark, mark),
 			cat([]expr.Any{
@@ -297,7 +304,8 @@ func (rs *ruleset) install(conn *nftables.Conn) error {
 	conn.DelTable(rs.table)
 	conn.AddTable(rs.table)
 	for _, n := range append(append([]string(nil), counterNames...), rs.npCounters...) {
-		conn.AddObj(&nftables.NamedObj{Table: rs.table, Name: n, Type: nftables.ObjTypeCounter, Obj: &expr.Counter{}})
+		ci := rs.counterInit[n]
+		conn.AddObj(&nftables.NamedObj{Table: rs.table, Name: n, Type: nftables.ObjTypeCounter, Obj: &expr.Counter{Packets: ci.Packets, Bytes: ci.Bytes}})
 	}
 	for _, name := range rs.setNames() {
 		if err := conn.AddSet(rs.sets[name], rs.setVals[name]); err != nil {

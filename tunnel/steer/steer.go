@@ -53,6 +53,9 @@ type Steerer struct {
 	// testNoZone leaves out the conntrack zone rules (tests prove they
 	// are needed).
 	testNoZone bool
+	// testBadRule adds a rule the kernel refuses (tests prove a refused
+	// reload changes nothing).
+	testBadRule bool
 
 	kick        chan struct{} // Health found drift: check and repair now
 	lastRepair  string        // last repair failure logged (mu)
@@ -75,9 +78,11 @@ type Steerer struct {
 	npVersion atomic.Pointer[string]
 
 	// Domain names in network rules (domain.go).
-	resolver Resolver
-	dom      domains
-	domWG    sync.WaitGroup
+	resolver   Resolver
+	dom        domains
+	domWG      sync.WaitGroup
+	domRunning bool            // domainLoop started (mu)
+	rctx       context.Context // lifetime of the background loops (set by Start)
 }
 
 // New validates cfg and prepares a Steerer; nothing is changed in the
@@ -180,13 +185,17 @@ func (s *Steerer) Start(ctx context.Context) error {
 	s.cancel = cancel
 	s.done = make(chan struct{})
 	go s.reassert(rctx, ctx.Done())
-	if s.hasDomains() {
-		s.dom.names = map[string]*domainState{}
-		for _, r := range s.cfg.NetworkPolicy.Rules {
-			for _, n := range r.Domains {
-				s.dom.names[n] = &domainState{addrs: map[netip.Addr]time.Time{}}
-			}
+	s.rctx = rctx
+	s.dom.mu.Lock()
+	s.dom.names = map[string]*domainState{}
+	for _, r := range s.cfg.NetworkPolicy.Rules {
+		for _, n := range r.Domains {
+			s.dom.names[n] = &domainState{addrs: map[netip.Addr]time.Time{}}
 		}
+	}
+	s.dom.mu.Unlock()
+	if s.hasDomains() {
+		s.domRunning = true
 		s.domWG.Add(1)
 		go s.domainLoop(rctx)
 	}
