@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -207,6 +208,98 @@ func TestNetworkPolicyReload(t *testing.T) {
 			if c, err := open(); err == nil {
 				c.c.Close()
 				t.Fatal("7000 connected after the reload that denies it")
+			}
+		})
+	}
+}
+
+// TestNetworkPolicyReloadNoGap: while the policy is swapped back and forth
+// as fast as reloads go (two policies that differ only in an unrelated
+// rule), every new UDP flow to the allowed port is answered and not one
+// packet to a denied port reaches the server: no moment without rules or
+// with the wrong ones. Both egress modes.
+func TestNetworkPolicyReloadNoGap(t *testing.T) {
+	for _, mode := range []string{EgressNAT, EgressTunnel} {
+		t.Run(mode, func(t *testing.T) {
+			cfg := npConfig(mode, epA)
+			tp := newTopo(t, cfg, "a")
+			a := tp.tun["a"]
+			srv := tp.eg
+			if mode == EgressTunnel {
+				srv = a.srv
+			}
+			udpEchoFrom(t, srv, 5001)
+			var leaked atomic.Int64
+			var pc net.PacketConn
+			if err := srv.do(func() (err error) {
+				pc, err = net.ListenPacket("udp4", netip.AddrPortFrom(serverAddr, 5003).String())
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { pc.Close() })
+			go func() {
+				buf := make([]byte, 64)
+				for {
+					if _, _, err := pc.ReadFrom(buf); err != nil {
+						return
+					}
+					leaked.Add(1)
+				}
+			}()
+			pa, pb := tp.s.NetworkPolicy(), tp.s.NetworkPolicy()
+			pa.Rules = append(slices.Clone(pa.Rules), NetRule{Name: "extra-a", Action: NetDeny, Destinations: []netip.Prefix{netip.MustParsePrefix("203.0.113.98/32")}})
+			pb.Rules = append(slices.Clone(pb.Rules), NetRule{Name: "extra-b", Action: NetAllow, Protocol: ProtoTCP, Ports: []policy.PortRange{{Lo: 9999, Hi: 9999}}})
+
+			stop := make(chan struct{})
+			reloads := make(chan int, 1)
+			go func() {
+				n := 0
+				defer func() { reloads <- n }()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					p := pa
+					if n%2 == 1 {
+						p = pb
+					}
+					if _, err := tp.s.SetNetworkPolicy(context.Background(), p); err != nil {
+						t.Errorf("reload %d: %v", n, err)
+						return
+					}
+					n++
+				}
+			}()
+			var denied net.Conn
+			if err := a.cli.do(func() (err error) { denied, err = net.Dial("udp4", netip.AddrPortFrom(serverAddr, 5003).String()); return err }); err != nil {
+				t.Fatal(err)
+			}
+			defer denied.Close()
+			asks, sent := 0, 0
+			for deadline := time.Now().Add(4 * time.Second); time.Now().Before(deadline); {
+				// A new flow each time (new source port): decided by the
+				// rules, not by an established entry.
+				if _, err := udpAsk(t, a.cli, netip.AddrPortFrom(serverAddr, 5001), "ping"); err != nil {
+					t.Fatalf("allowed UDP flow %d during reloads: %v", asks, err)
+				}
+				asks++
+				for range 20 {
+					denied.Write([]byte("x"))
+					sent++
+				}
+			}
+			close(stop)
+			n := <-reloads
+			time.Sleep(500 * time.Millisecond)
+			t.Logf("%d reloads; %d allowed flows all answered; %d packets to the denied port, %d reached the server", n, asks, sent, leaked.Load())
+			if n < 10 {
+				t.Fatalf("only %d reloads happened", n)
+			}
+			if leaked.Load() != 0 {
+				t.Fatalf("%d packets to the denied port reached the server during reloads", leaked.Load())
 			}
 		})
 	}
