@@ -274,7 +274,10 @@ func TestNetworkPolicyReloadNoGap(t *testing.T) {
 				}
 			}()
 			var denied net.Conn
-			if err := a.cli.do(func() (err error) { denied, err = net.Dial("udp4", netip.AddrPortFrom(serverAddr, 5003).String()); return err }); err != nil {
+			if err := a.cli.do(func() (err error) {
+				denied, err = net.Dial("udp4", netip.AddrPortFrom(serverAddr, 5003).String())
+				return err
+			}); err != nil {
 				t.Fatal(err)
 			}
 			defer denied.Close()
