@@ -251,7 +251,7 @@ func (r *policyReloader) Reload() error {
 		r.reloads.Inc()
 		r.status.Reloads++
 		r.status.Version, r.status.LoadedAt = v, time.Now().UTC()
-		r.log.Info("reload: new policy in force", "policy_version", v, "previous", prev, "rules", len(c.Proxy.Policy.Rules))
+		r.log.Info("reload: new policy in force", "policy_version", v, "previous", prev, "rules", len(c.Proxy.Policy.Rules), "network_policy_changed", netChanged)
 	} else {
 		r.log.Info("reload: policy unchanged", "policy_version", v)
 	}
