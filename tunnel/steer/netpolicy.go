@@ -142,7 +142,7 @@ func (p *NetworkPolicy) validate() []error {
 				add("rules[%d].ports[%d]: %q is not a port or range 1..65535", i, j, pr)
 			}
 		}
-		r.endpoints = r.endpoints[:0]
+		r.endpoints = nil // fresh: the rules may share arrays with a policy in force (reload)
 		for j, e := range r.Endpoints {
 			v, err := policy.ParseEndpointID(e)
 			if err != nil {
