@@ -206,17 +206,22 @@ func (c *Config) Validate() error {
 			add("imds_endpoint: %v", err)
 		}
 	}
-	if c.MaxTunnels < 1 || c.MaxTunnels > maxSlot {
-		add("max_tunnels (tunnel.max_tunnels, copied in): %d out of range 1..%d", c.MaxTunnels, maxSlot)
-	}
 	errs = append(errs, c.NetworkPolicy.validate()...)
-	if c.MaxTunnels >= 1 && c.MaxTunnels <= maxSlot && c.NetworkPolicy.active() {
-		if need, room := len(c.NetworkPolicy.Rules)+1, c.maxRuleID(); need > room {
-			add("network_policy.rules: %d rules and the default need %d rule ids in the conntrack mark; with tunnel.max_tunnels %d only %d fit (%d bits left of 16): lower tunnel.max_tunnels or merge rules",
-				len(c.NetworkPolicy.Rules), need, c.MaxTunnels, room, 16-c.slotBits())
-		}
-	}
+	errs = append(errs, c.validateRuleIDs()...)
 	return errors.Join(errs...)
+}
+
+// validateRuleIDs checks that the tunnel slots leave room in the
+// conntrack mark for an id per network policy rule (ruleid.go).
+func (c *Config) validateRuleIDs() []error {
+	if c.MaxTunnels < 1 || c.MaxTunnels > maxSlot {
+		return []error{fmt.Errorf("max_tunnels (tunnel.max_tunnels, copied in): %d out of range 1..%d", c.MaxTunnels, maxSlot)}
+	}
+	if need, room := len(c.NetworkPolicy.Rules)+1, c.maxRuleID(); c.NetworkPolicy.active() && need > room {
+		return []error{fmt.Errorf("network_policy.rules: %d rules and the default need %d rule ids in the conntrack mark; with tunnel.max_tunnels %d only %d fit (%d bits left of 16): lower tunnel.max_tunnels or merge rules",
+			len(c.NetworkPolicy.Rules), need, c.MaxTunnels, room, 16-c.slotBits())}
+	}
+	return nil
 }
 
 func urlHost(u string) (string, error) {
@@ -233,6 +238,7 @@ func (c *Config) tunnelMode() bool { return c.EgressMode == EgressTunnel }
 const markMask = 0xffff0000
 
 func (c *Config) tunnelMark(slot uint16) uint32 { return c.MarkBase | uint32(slot) }
+func (c *Config) tunnelTable(slot uint16) int   { return int(c.RouteTableBase) + int(slot) }
 
 // slotBits is how many low bits of a mark hold the tunnel slot.
 func (c *Config) slotBits() int { return bits.Len(uint(c.MaxTunnels)) }
@@ -252,5 +258,4 @@ func (c *Config) routeMask() uint32 { return markMask | c.slotMask() }
 func (c *Config) maxRuleID() int { return 1<<(16-c.slotBits()) - 1 }
 
 // ruleMark is the conntrack mark bits of rule id.
-func (c *Config) ruleMark(id uint16) uint32   { return uint32(id) << c.slotBits() }
-func (c *Config) tunnelTable(slot uint16) int { return int(c.RouteTableBase) + int(slot) }
+func (c *Config) ruleMark(id uint16) uint32 { return uint32(id) << c.slotBits() }

@@ -73,16 +73,18 @@ type Steerer struct {
 	epBySlot, epByIf sync.Map
 
 	// Rule ids carried in conntrack marks (ruleid.go), and the version
-	// of the network policy in force (npVersion, for flow records).
-	ids       ruleIDs
-	npVersion atomic.Pointer[string]
+	// of the network policy in force (npVersion, for flow records);
+	// domRunning: domainLoop started (mu); rctx: lifetime of the
+	// background loops (set by Start), for a domainLoop a reload starts.
+	ids        ruleIDs
+	npVersion  atomic.Pointer[string]
+	domRunning bool
+	rctx       context.Context
 
 	// Domain names in network rules (domain.go).
-	resolver   Resolver
-	dom        domains
-	domWG      sync.WaitGroup
-	domRunning bool            // domainLoop started (mu)
-	rctx       context.Context // lifetime of the background loops (set by Start)
+	resolver Resolver
+	dom      domains
+	domWG    sync.WaitGroup
 }
 
 // New validates cfg and prepares a Steerer; nothing is changed in the
