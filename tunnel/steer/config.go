@@ -211,19 +211,6 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// validateRuleIDs checks that the tunnel slots leave room in the
-// conntrack mark for an id per network policy rule (ruleid.go).
-func (c *Config) validateRuleIDs() []error {
-	if c.MaxTunnels < 1 || c.MaxTunnels > maxSlot {
-		return []error{fmt.Errorf("max_tunnels (tunnel.max_tunnels, copied in): %d out of range 1..%d", c.MaxTunnels, maxSlot)}
-	}
-	if need, room := len(c.NetworkPolicy.Rules)+1, c.maxRuleID(); c.NetworkPolicy.active() && need > room {
-		return []error{fmt.Errorf("network_policy.rules: %d rules and the default need %d rule ids in the conntrack mark; with tunnel.max_tunnels %d only %d fit (%d bits left of 16): lower tunnel.max_tunnels or merge rules",
-			len(c.NetworkPolicy.Rules), need, c.MaxTunnels, room, 16-c.slotBits())}
-	}
-	return nil
-}
-
 func urlHost(u string) (string, error) {
 	p, err := url.Parse(u)
 	if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
