@@ -111,6 +111,11 @@ func TestNetworkPolicyReload(t *testing.T) {
 				t.Fatal("7000 connected before the reload; want denied")
 			}
 
+			// The counters carry over the table swap.
+			def0 := s.Stats().Counters[npCounter(DefaultRuleName)].Packets
+			if def0 == 0 {
+				t.Fatal("np_default counted nothing for the denied attempt")
+			}
 			allow := s.NetworkPolicy()
 			allow.Rules = append(slices.Clone(allow.Rules), NetRule{Name: "echo", Action: NetAllow, Protocol: ProtoTCP,
 				Ports: []policy.PortRange{{Lo: 7000, Hi: 7000}}})
@@ -119,6 +124,9 @@ func TestNetworkPolicyReload(t *testing.T) {
 				t.Fatalf("reload to allow: %+v %v", res, err)
 			}
 			v2 := s.PolicyVersion()
+			if d := s.Stats().Counters[npCounter(DefaultRuleName)].Packets; d < def0 {
+				t.Fatalf("np_default %d -> %d across the reload: counters must carry over", def0, d)
+			}
 			if v2 != res.Version {
 				t.Fatalf("PolicyVersion %s, reload said %s", v2, res.Version)
 			}
