@@ -89,6 +89,9 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// costRate is the fixed offered rate the cost per packet is measured at.
+const costRate = 30000.0
+
 // benchRun is one forwardRate measurement.
 type benchRun struct {
 	pps      float64 // best rate within 1 % loss
@@ -106,7 +109,8 @@ func median(v []float64) float64 {
 }
 
 // forwardRate measures one variant: the best rate, the generator's sender
-// CPU share, and the appliance's CPU per forwarded packet: this process's
+// CPU share, and the appliance's CPU per forwarded packet at costRate
+// offered (the same for off and on): this process's
 // CPU time (the tunnel daemon, the flow logger, and the kernel work done in
 // their system calls: forwarding and nftables run in the daemon's writes
 // to gwi-*) minus the generator's own threads, over the nftables
@@ -184,13 +188,22 @@ func forwardRate(b *testing.B, on bool) benchRun {
 			b.Fatalf("nothing came back (policy on=%v); stats %+v", on, s.Stats())
 		}
 	}
-	fwd0 := s.Stats().Counters[ctrForwarded].Packets
-	c0 := cpuTime()
 	r, err := gwlbsim.Bench(ctx, bc)
 	if err != nil {
 		b.Fatal(err)
 	}
-	appCPU := cpuTime() - c0 - r.SenderCPU - r.ReceiverCPU
+	// The cost per packet at one fixed offered rate, the same for off
+	// and on (below what this machine forwarded flat out), so both do
+	// the same work whatever limits the rate search.
+	cb := bc
+	cb.Rates, cb.Step = []float64{costRate}, 2*time.Second
+	fwd0 := s.Stats().Counters[ctrForwarded].Packets
+	c0 := cpuTime()
+	cr, err := gwlbsim.Bench(ctx, cb)
+	if err != nil {
+		b.Fatal(err)
+	}
+	appCPU := cpuTime() - c0 - cr.SenderCPU - cr.ReceiverCPU
 	fwd := s.Stats().Counters[ctrForwarded].Packets - fwd0
 	var sender, receiver float64
 	if r.Duration > 0 {
@@ -205,6 +218,7 @@ func forwardRate(b *testing.B, on bool) benchRun {
 	if fwd > 0 {
 		ns = float64(appCPU.Nanoseconds()) / float64(fwd)
 	}
-	b.Logf("  appliance CPU %s for %d forwarded packets: %.0f ns/packet", appCPU.Round(time.Millisecond), fwd, ns)
+	b.Logf("  at a fixed %.0f pps (received %.0f, loss %.2f%%): appliance CPU %s for %d forwarded packets: %.0f ns/packet",
+		costRate, cr.FlatOut.ReceivedPPS, 100*cr.FlatOut.Loss, appCPU.Round(time.Millisecond), fwd, ns)
 	return benchRun{pps: r.BestPPS, sender: sender, nsPerPkt: ns}
 }
