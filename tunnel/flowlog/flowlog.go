@@ -353,8 +353,7 @@ func (l *Logger) writer(ctx context.Context) {
 			for {
 				select {
 				case r := <-l.queue:
-					r.RecordID = l.nextID()
-					buf = r.AppendJSON(buf[:0])
+					buf = r.appendJSON(buf[:0], l.idPrefix, l.idSeq.Add(1))
 					ship(r.End, buf)
 					l.count(r)
 					continue
@@ -378,8 +377,7 @@ func (l *Logger) writer(ctx context.Context) {
 				}
 				tokens--
 			}
-			r.RecordID = l.nextID()
-			buf = r.AppendJSON(buf[:0])
+			buf = r.appendJSON(buf[:0], l.idPrefix, l.idSeq.Add(1))
 			ship(r.End, buf)
 			l.count(r)
 		}

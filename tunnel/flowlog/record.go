@@ -61,7 +61,12 @@ func tcpStateName(s uint8) string {
 // AppendJSON appends r as one JSON object. Every string it writes is
 // either a fixed name, an address, or a rule name (steer validates those
 // to [A-Za-z0-9_.-]); appendStr escapes anyway.
-func (r *Record) AppendJSON(b []byte) []byte {
+func (r *Record) AppendJSON(b []byte) []byte { return r.appendJSON(b, "", 0) }
+
+// appendJSON is AppendJSON; with idPrefix set, record_id is idPrefix and
+// seq in hex instead of r.RecordID (the writer's ids, without allocating
+// a string per record).
+func (r *Record) appendJSON(b []byte, idPrefix string, seq uint64) []byte {
 	end := r.End
 	if end.IsZero() {
 		end = r.Start
@@ -70,7 +75,14 @@ func (r *Record) AppendJSON(b []byte) []byte {
 	b = end.UTC().AppendFormat(b, time.RFC3339Nano)
 	b = append(b, '"')
 	b = appendStr(b, "record_type", r.Type)
-	b = appendStr(b, "record_id", r.RecordID)
+	if idPrefix != "" {
+		b = append(b, `,"record_id":"`...)
+		b = append(b, idPrefix...)
+		b = strconv.AppendUint(b, seq, 16)
+		b = append(b, '"')
+	} else {
+		b = appendStr(b, "record_id", r.RecordID)
+	}
 	b = appendStr(b, "instance_id", r.InstanceID)
 	b = append(b, `,"endpoint_id":"`...)
 	if r.EndpointID != 0 {
