@@ -15,6 +15,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
 )
 
@@ -217,5 +218,47 @@ func TestReloadNetworkPolicy(t *testing.T) {
 	}
 	if got := strings.Join(r.Status().RestartNeeded, ","); got != "steer.network_policy.log_group" {
 		t.Fatalf("restart keys %q", got)
+	}
+}
+
+// TestApplySourceNetworkDefault: a fleet policy (s3/ssm) whose default
+// allows makes an unset network_policy.default_action allow too, and back
+// to deny with the next document; an explicit one in the file stays.
+func TestApplySourceNetworkDefault(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "gwlbproxy.yaml")
+	if err := os.WriteFile(path, []byte(reloadBase), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Load(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px, err := proxy.New(c.Proxy, proxy.Deps{Recorder: proxy.NewJSONLines(io.Discard)}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fn := &fakeNet{np: c.SteerConfig().NetworkPolicy}
+	r := newPolicyReloader(path, c, px, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	r.net = fn
+	allow := c.Proxy.Policy
+	allow.DefaultAction = policy.Allow
+	if err := r.applySource(allow, "v2"); err != nil {
+		t.Fatal(err)
+	}
+	if fn.np.DefaultAction != steer.NetAllow {
+		t.Fatalf("fleet default allow: network default %q", fn.np.DefaultAction)
+	}
+	if err := r.applySource(c.Proxy.Policy, "v3"); err != nil {
+		t.Fatal(err)
+	}
+	if fn.np.DefaultAction != steer.NetDeny {
+		t.Fatalf("fleet default deny: network default %q", fn.np.DefaultAction)
+	}
+	r.fileFull.Steer.NetworkPolicy.DefaultAction = steer.NetReject
+	if err := r.applySource(allow, "v4"); err != nil {
+		t.Fatal(err)
+	}
+	if fn.np.DefaultAction != steer.NetReject {
+		t.Fatalf("explicit network default: %q", fn.np.DefaultAction)
 	}
 }
