@@ -29,7 +29,7 @@ import (
 //  2. ct state established,related: accept. Replies, and ICMP errors about
 //     an allowed flow (fragmentation needed, unreachable), always pass;
 //  3. the rules in order; the first match decides (allow: accept; deny
-//     and reject: NFLOG to log_group with prefix "np:<rule>", then drop, or
+//     and reject: NFLOG to log_group with prefix "np:<rule>@<version>", then drop, or
 //     a TCP reset / ICMP administratively prohibited); destinations may
 //     be CIDRs or domain names (domain.go);
 //  4. default_action.
@@ -212,8 +212,11 @@ func npCounter(name string) string { return "np_" + name }
 // endpoints (filled by PairUp).
 func npEndpointSet(i int) string { return fmt.Sprintf("np_ep_%d", i) }
 
-// NFLOGPrefix is the log prefix of denials by rule name.
-func NFLOGPrefix(rule string) string { return "np:" + rule }
+// NFLOGPrefix is the log prefix of denials by rule name in the network
+// policy of version (NetworkPolicy.Version): "np:<rule>@<version>", so a
+// denied record names the policy that denied the packet even when it is
+// read after a reload.
+func NFLOGPrefix(rule, version string) string { return "np:" + rule + "@" + version }
 
 // RuleFor names the rule that decides a new flow from endpoint ep with
 // protocol proto from src to dst:dport: the first rule that matches, or
@@ -377,6 +380,7 @@ func (s *Steerer) addNetworkPolicy(rs *ruleset, add func(chain, text string, e .
 	np := &c.NetworkPolicy
 	fromTunnel := lookup(setTunnels, rs.sets, false)
 	t := rs.table
+	version := np.Version()
 	rs.npCounters = append(rs.npCounters, npCounter(DefaultRuleName))
 	add(chainFilterFwd, fmt.Sprintf("iif @%s ct state established,related counter name %s accept", setTunnels, ctrForwarded),
 		cat(fromTunnel, ctStateIn(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), objref(ctrForwarded), accept())...)
@@ -414,8 +418,8 @@ func (s *Steerer) addNetworkPolicy(rs *ruleset, add func(chain, text string, e .
 		e := objref(npCounter(name))
 		txt := "counter name " + npCounter(name)
 		if np.LogGroup != 0 {
-			e = append(e, &expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: np.LogGroup, Data: []byte(NFLOGPrefix(name))})
-			txt += fmt.Sprintf(" log group %d prefix %q", np.LogGroup, NFLOGPrefix(name))
+			e = append(e, &expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: np.LogGroup, Data: []byte(NFLOGPrefix(name, version))})
+			txt += fmt.Sprintf(" log group %d prefix %q", np.LogGroup, NFLOGPrefix(name, version))
 		}
 		if action != NetReject {
 			return []ending{{e: cat(e, drop()), txt: txt + " drop"}}
@@ -655,7 +659,7 @@ func (s *Steerer) explainNetworkPolicy(np *NetworkPolicy) string {
 	}
 	fmt.Fprintf(&b, "# policy_version %s (flow records carry it)\n", np.Version())
 	if np.LogGroup != 0 {
-		fmt.Fprintf(&b, "# denied packets are logged to NFLOG group %d (prefix np:<rule>) for flow records\n", np.LogGroup)
+		fmt.Fprintf(&b, "# denied packets are logged to NFLOG group %d (prefix np:<rule>@<policy_version>) for flow records\n", np.LogGroup)
 	}
 	return b.String()
 }

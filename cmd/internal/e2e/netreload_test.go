@@ -94,6 +94,18 @@ func testNetworkPolicyReloadSIGHUP(t *testing.T, mode string) {
 	}); err != nil {
 		t.Fatalf("flow record naming %s with policy_version %s: %v", rule, v2, err)
 	}
+	// A denial under the new policy names its version too (carried in
+	// the NFLOG prefix).
+	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	if c, err := e.Clients[0].Dial(dctx, "tcp4", netip.AddrPortFrom(demo.AddrEcho, 8081).String()); err == nil {
+		c.Close()
+	}
+	cancel()
+	if _, err := e.Records.Wait(ctx, 1, func(r *demo.Record) bool {
+		return r.RecordType == "flow_denied" && r.DstPort == 8081 && r.Rule == "default" && r.PolicyVersion == v2
+	}); err != nil {
+		t.Fatalf("flow_denied record of 8081 with policy_version %s: %v", v2, err)
+	}
 
 	// An invalid network rule: refused, named, the rules in force stay.
 	good, err := os.ReadFile(e.Files.Config)
