@@ -80,7 +80,7 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	rw := &ri.rw
 	if r.ProtoMajor == 2 {
 		// HTTP/2 streams get progress deadlines of their own (an h1
-		// connection's are kept by h1Server).
+		// connection's are kept by the h1 engine).
 		if dl, ok := w.(streamDeadlines); ok {
 			sw := &streamWatch{dl: dl, ri: ri, d: p.cfg.ProgressTimeout}
 			rw.sw = sw
