@@ -365,6 +365,18 @@ func (b *reqBody) Close() error {
 	return nil
 }
 
+// abort ends the body after a handler panic: a reader still in Read (the
+// upstream writer) is interrupted and waited for, so none touches the
+// connection's buffers once the server closes it; nothing is drained.
+func (b *reqBody) abort() {
+	b.closed.Store(true)
+	if !b.mu.TryLock() {
+		b.s.conn.SetReadDeadline(aLongTimeAgo)
+		b.mu.Lock()
+	}
+	b.mu.Unlock()
+}
+
 // finish ends the body after the handler and reports whether the
 // connection can read another request: the body was read to its end, or
 // what is left (at most maxDrain) arrives within the header timeout.

@@ -508,11 +508,22 @@ func (s *Conn) serve(req *http.Request) (keep bool) {
 	if bodyless {
 		s.arm()
 	}
-	s.runHandler(w, req)
+	panicked := s.runHandler(w, req)
 	if bodyless {
 		s.disarm()
 	}
 	if w.hijacked {
+		return false
+	}
+	if panicked {
+		// As in net/http, the response is left unfinished: no status
+		// line made up for a handler that wrote none, no last chunk
+		// after a partial body, so the client sees the failure instead
+		// of a complete-looking response. close flushes what the
+		// handler wrote.
+		if body != nil {
+			body.abort()
+		}
 		return false
 	}
 	w.finish()
@@ -523,10 +534,11 @@ func (s *Conn) serve(req *http.Request) (keep bool) {
 }
 
 // runHandler calls the Handler; a panic ends only this connection (as in
-// net/http), logged with its stack.
-func (s *Conn) runHandler(w *response, req *http.Request) {
+// net/http), logged with its stack (not for http.ErrAbortHandler).
+func (s *Conn) runHandler(w *response, req *http.Request) (panicked bool) {
 	defer func() {
 		if v := recover(); v != nil {
+			panicked = true
 			w.closeAfter = true
 			w.failed = true
 			if v != http.ErrAbortHandler {
@@ -535,6 +547,7 @@ func (s *Conn) runHandler(w *response, req *http.Request) {
 		}
 	}()
 	s.srv.Handler.ServeHTTP(w, req)
+	return false
 }
 
 // arm starts the timer that begins watching the client connection if the

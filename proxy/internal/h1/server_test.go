@@ -222,6 +222,25 @@ func (h *harness) mux() http.Handler {
 		io.WriteString(w, "ok")
 		panic("test: handler panic")
 	})
+	// /panic-early panics before it writes anything.
+	mux.HandleFunc("/panic-early", func(w http.ResponseWriter, r *http.Request) {
+		panic("test: handler panic")
+	})
+	// /panic-chunked panics in the middle of a body of unknown length;
+	// /abort does so with http.ErrAbortHandler, as ReverseProxy does
+	// when the origin's body fails.
+	mux.HandleFunc("/panic-chunked", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "part one;")
+		w.(http.Flusher).Flush()
+		if r.Body != nil {
+			io.Copy(io.Discard, r.Body)
+		}
+		panic("test: handler panic")
+	})
+	mux.HandleFunc("/abort", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "part one;")
+		panic(http.ErrAbortHandler)
+	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h.handled.Add(1)
 		mux.ServeHTTP(w, r)
@@ -539,6 +558,33 @@ func TestServerHandlerPanic(t *testing.T) {
 	io.WriteString(c, "GET /fine HTTP/1.1\r\nHost: fine.good.test\r\n\r\n")
 	if resp, body := readResp(t, br, "GET"); resp.StatusCode != 200 || !strings.Contains(body, "path=/fine") {
 		t.Fatalf("after a panic: %d %q", resp.StatusCode, body)
+	}
+}
+
+// TestServerHandlerPanicUnfinished: a handler that panics leaves its
+// response unfinished, as net/http does: a client gets no made-up status
+// when the handler wrote none, and a body of unknown length is not ended
+// with a last chunk (which would pass a truncated body for a whole one).
+func TestServerHandlerPanicUnfinished(t *testing.T) {
+	h := newHarness(t, nil)
+	c, br := rawDial(t, h)
+	io.WriteString(c, "GET /panic-early HTTP/1.1\r\nHost: panic.good.test\r\n\r\n")
+	wantClosed(t, br)
+	for _, req := range []string{
+		"GET /panic-chunked HTTP/1.1\r\nHost: panic.good.test\r\n\r\n",
+		"POST /panic-chunked HTTP/1.1\r\nHost: panic.good.test\r\nContent-Length: 3\r\n\r\nabc",
+		"GET /abort HTTP/1.1\r\nHost: panic.good.test\r\n\r\n",
+	} {
+		c, br := rawDial(t, h)
+		io.WriteString(c, req)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%q: %v", req, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		if err == nil || string(b) != "part one;" {
+			t.Fatalf("%q: body %q, error %v; want the first part, then an error", req, b, err)
+		}
 	}
 }
 
