@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -17,6 +18,12 @@ import (
 )
 
 type stateKey struct{}
+
+// stateFrom returns the connection state a request's context carries.
+func stateFrom(ctx context.Context) *connState {
+	st, _ := ctx.Value(stateKey{}).(*connState)
+	return st
+}
 
 // connState is everything known about one client connection. Requests read
 // it; only the front end writes it before handing the conn to net/http.

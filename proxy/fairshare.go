@@ -78,6 +78,15 @@ func isTimeoutErr(err error) bool {
 // (h1.Server.ProgressTimeout), which tells the connection state of a stall
 // (connState.Stall in h1.go).
 
+// streamDeadlines is what x/net/http2's ResponseWriter offers per stream.
+type streamDeadlines interface {
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
+}
+
+// aLongTimeAgo is a deadline in the past: it wakes a blocked read or write.
+var aLongTimeAgo = time.Unix(1, 0)
+
 // streamWatch enforces progress_timeout on one HTTP/2 stream. x/net's
 // per-stream deadlines are timers that end the stream when they pass
 // whether or not anything is blocked (an SSE stream quiet for a minute
