@@ -3,10 +3,17 @@ package h1
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"strconv"
@@ -71,6 +78,13 @@ type harness struct {
 // mod) on a loopback listener until the test ends.
 func newHarness(t testing.TB, mod func(*Server)) *harness {
 	t.Helper()
+	return newHarnessTLS(t, mod, nil)
+}
+
+// newHarnessTLS is newHarness serving TLS with conf (nil: plain), as the
+// proxy serves a bumped connection.
+func newHarnessTLS(t testing.TB, mod func(*Server), conf *tls.Config) *harness {
+	t.Helper()
 	h := &harness{
 		ack: make(chan struct{}, 1), canceled: make(chan string, 16),
 		conns: map[*Conn]struct{}{}, hooks: map[int]*testHooks{},
@@ -99,15 +113,28 @@ func newHarness(t testing.TB, mod func(*Server)) *harness {
 			if err != nil {
 				return
 			}
-			k := &testHooks{}
-			sc := h.srv.NewConn(context.Background(), c, nil, k)
-			h.mu.Lock()
-			h.hooks[c.RemoteAddr().(*net.TCPAddr).Port] = k
-			h.conns[sc] = struct{}{}
-			h.mu.Unlock()
 			h.wg.Add(1)
 			go func() {
 				defer h.wg.Done()
+				k := &testHooks{}
+				port := c.RemoteAddr().(*net.TCPAddr).Port
+				var cs *tls.ConnectionState
+				if conf != nil {
+					tc := tls.Server(c, conf)
+					tc.SetDeadline(time.Now().Add(10 * time.Second))
+					if tc.Handshake() != nil {
+						c.Close()
+						return
+					}
+					tc.SetDeadline(time.Time{})
+					st := tc.ConnectionState()
+					c, cs = tc, &st
+				}
+				sc := h.srv.NewConn(context.Background(), c, cs, k)
+				h.mu.Lock()
+				h.hooks[port] = k
+				h.conns[sc] = struct{}{}
+				h.mu.Unlock()
 				sc.Serve()
 				h.mu.Lock()
 				delete(h.conns, sc)
@@ -217,6 +244,26 @@ func (h *harness) mux() http.Handler {
 	})
 	// /panic answers, then panics (as the proxy's handler would on a
 	// bug while recording).
+	// /tls says what the handler sees of the connection's TLS.
+	mux.HandleFunc("/tls/", func(w http.ResponseWriter, r *http.Request) {
+		sni := "none"
+		if r.TLS != nil {
+			sni = r.TLS.ServerName
+		}
+		body := "sni=" + sni + " path=" + r.URL.Path + " remote=" + r.RemoteAddr
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		io.WriteString(w, body)
+	})
+	// /big?n= writes n bytes of unknown length in 64 KiB writes.
+	mux.HandleFunc("/big", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		buf := make([]byte, 64<<10)
+		for ; n > 0; n -= len(buf) {
+			if _, err := w.Write(buf[:min(n, len(buf))]); err != nil {
+				return
+			}
+		}
+	})
 	mux.HandleFunc("/panic", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", "2")
 		io.WriteString(w, "ok")
@@ -586,6 +633,101 @@ func TestServerHandlerPanicUnfinished(t *testing.T) {
 			t.Fatalf("%q: body %q, error %v; want the first part, then an error", req, b, err)
 		}
 	}
+}
+
+// TestServerTLSKeepAlive: on a TLS connection the handler sees the TLS
+// state and the client's address, and keep-alive requests are served
+// across idle gaps (the idle connection gives back its buffers and waits
+// on the TLS connection for one byte: waitLean), also when the next
+// request arrives one byte first, or pipelined.
+func TestServerTLSKeepAlive(t *testing.T) {
+	h := newHarnessTLS(t, nil, &tls.Config{Certificates: []tls.Certificate{selfSigned(t, "h1.test")}})
+	raw, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tls.Client(raw, &tls.Config{ServerName: "h1.test", InsecureSkipVerify: true})
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(c)
+	want := func(path string) {
+		t.Helper()
+		resp, body := readResp(t, br, "GET")
+		if resp.StatusCode != 200 || resp.Close || body != "sni=h1.test path="+path+" remote="+raw.LocalAddr().String() {
+			t.Fatalf("%s: %s close %v %q", path, resp.Status, resp.Close, body)
+		}
+	}
+	io.WriteString(c, "GET /tls/1 HTTP/1.1\r\nHost: h1.test\r\n\r\n")
+	want("/tls/1")
+	time.Sleep(50 * time.Millisecond) // idle: the server waits lean
+	io.WriteString(c, "GET /tls/2 HTTP/1.1\r\nHost: h1.test\r\n\r\n")
+	want("/tls/2")
+	time.Sleep(50 * time.Millisecond)
+	io.WriteString(c, "G") // a TLS record of one byte, then the rest
+	time.Sleep(50 * time.Millisecond)
+	io.WriteString(c, "ET /tls/3 HTTP/1.1\r\nHost: h1.test\r\n\r\n")
+	want("/tls/3")
+	time.Sleep(50 * time.Millisecond)
+	io.WriteString(c, "GET /tls/4 HTTP/1.1\r\nHost: h1.test\r\n\r\nGET /tls/5 HTTP/1.1\r\nHost: h1.test\r\n\r\n")
+	want("/tls/4")
+	want("/tls/5")
+}
+
+// TestServerProgress: a client that stops sending its request body, or
+// stops reading the response, loses its connection after ProgressTimeout,
+// and the hooks are told which side stalled.
+func TestServerProgress(t *testing.T) {
+	h := newHarness(t, func(s *Server) { s.ProgressTimeout = 300 * time.Millisecond })
+	waitStall := func(t *testing.T, c net.Conn, want Stall) {
+		t.Helper()
+		for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			var s Stall
+			if k := h.hooksOf(c); k != nil { // nil: not served yet
+				s = Stall(k.stall.Load())
+			}
+			if s == want {
+				return
+			} else if time.Now().After(end) {
+				t.Fatalf("stall %d, want %d", s, want)
+			}
+		}
+	}
+	t.Run("client stops sending", func(t *testing.T) {
+		c, br := rawDial(t, h)
+		io.WriteString(c, "POST /post HTTP/1.1\r\nHost: s.good.test\r\nContent-Length: 10\r\n\r\nabc")
+		start := time.Now()
+		waitStall(t, c, ClientSend)
+		if d := time.Since(start); d < 200*time.Millisecond {
+			t.Fatalf("stalled after %v, before the progress timeout", d)
+		}
+		readResp(t, br, "POST") // the handler's answer to its read error
+		wantClosed(t, br)
+	})
+	t.Run("client stops reading", func(t *testing.T) {
+		c, br := rawDial(t, h)
+		io.WriteString(c, "GET /big?n=1073741824 HTTP/1.1\r\nHost: s.good.test\r\n\r\n")
+		waitStall(t, c, ClientRead)
+		h.waitServed(t, 10*time.Second)
+		io.Copy(io.Discard, br) // what the kernel held, then the end
+	})
+}
+
+// selfSigned makes a certificate for name.
+func selfSigned(t testing.TB, name string) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
 func TestScanFields(t *testing.T) {
