@@ -107,7 +107,6 @@ type Conn struct {
 	br    *bufio.Reader
 	bw    *bufio.Writer
 	out   progressWriter // bw's destination: the conn with progress deadlines
-	one   [1]byte
 
 	ctx      context.Context
 	cancel   context.CancelCauseFunc
@@ -117,6 +116,7 @@ type Conn struct {
 	w        response
 	rd       time.Time // read deadline last set ("" = none)
 	date     [len(http.TimeFormat)]byte
+	one      [1]byte // waitLean's read (here, the date's padding)
 	dateSec  int64
 	postTol  bool // last request was a POST (tolerate stray CRLF)
 
@@ -124,8 +124,8 @@ type Conn struct {
 	watchT   *time.Timer
 	armed    bool // a bodyless request is running
 	watching bool // the watcher goroutine is reading
-	wdone    chan struct{}
 	gone     bool // the watcher saw the client leave
+	wdone    chan struct{}
 }
 
 const (
@@ -617,12 +617,12 @@ func (s *Conn) watch() {
 // MaxHeaderBytes + 4096) and keeps a copy of them for scanFields.
 type wireReader struct {
 	c         net.Conn
-	limited   bool
 	remain    int64
 	raw       []byte
-	recording bool
 	wait      atomic.Int32 // waitFirst or waitNext while the loop waits (Shutdown wakes it)
-	pending   byte         // a byte read by waitLean, returned first
+	limited   bool
+	recording bool
+	pending   byte // a byte read by waitLean, returned first
 	hasPend   bool
 }
 
