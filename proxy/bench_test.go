@@ -73,10 +73,14 @@ func BenchmarkHTTPSKeepAliveUpstreamH1(b *testing.B) {
 // Per-client mode (one-arm): every client connection dials its own
 // upstream bound to the client's address (loopback stand-in for steer's
 // tunnel-mode dialer), so new connections cost an upstream handshake each.
+// Client sockets take a private loopback address (privateLoopback): on
+// 127.0.0.1 the bind of the upstream socket to the client's port collided
+// with other connections' ephemeral ports on a busy machine (EADDRINUSE,
+// answered 502, which failed the benchmark).
 func perClientClient(h *harness, keepAlive bool) *http.Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			d := net.Dialer{Control: reuseAddr}
+			d := net.Dialer{LocalAddr: privateLoopback(), Control: reuseAddr}
 			return d.DialContext(ctx, network, h.tlsAddr)
 		},
 		TLSClientConfig:   &tls.Config{RootCAs: h.clientCA},

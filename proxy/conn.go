@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -17,6 +18,12 @@ import (
 )
 
 type stateKey struct{}
+
+// stateFrom returns the connection state a request's context carries.
+func stateFrom(ctx context.Context) *connState {
+	st, _ := ctx.Value(stateKey{}).(*connState)
+	return st
+}
 
 // connState is everything known about one client connection. Requests read
 // it; only the front end writes it before handing the conn to net/http.
@@ -48,7 +55,7 @@ type connState struct {
 	cur *reqInfo
 	// h1 is the connection's HTTP/1.x server while it runs (Shutdown
 	// wakes it when it waits for a request).
-	h1 atomic.Pointer[h1Server]
+	h1 atomic.Pointer[h1.Conn]
 
 	preMu  sync.Mutex
 	pre    net.Conn // upstream TLS conn verified before minting, unused yet
@@ -330,6 +337,15 @@ func (c *servedConn) Write(b []byte) (int, error) {
 func abnormal(err error) bool {
 	var ne net.Error
 	return !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !(errors.As(err, &ne) && ne.Timeout())
+}
+
+// CloseWrite half-closes the client connection (TLS: close_notify), when
+// it can. Writes after it are not mirrored (there are none).
+func (c *servedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
 }
 
 func (c *servedConn) Close() error {

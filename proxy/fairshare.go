@@ -74,42 +74,18 @@ func isTimeoutErr(err error) bool {
 	return err != nil && (os.IsTimeout(err) || strings.Contains(err.Error(), "deadline exceeded"))
 }
 
-// extendRead moves an HTTP/1 connection's read deadline to
-// progress_timeout from now while a request body is read, when it has
-// drifted by more than an eighth (no deadline change per read), or when
-// a longer one (the header timeout) is in place.
-func (s *h1Server) extendRead() {
-	d := s.p.cfg.ProgressTimeout
-	now := time.Now()
-	if s.rd.IsZero() || s.rd.Before(now.Add(d-d/8)) || s.rd.After(now.Add(d)) {
-		s.setReadDeadline(now.Add(d))
-	}
+// HTTP/1 connections keep their progress deadlines in the engine
+// (h1.Server.ProgressTimeout), which tells the connection state of a stall
+// (connState.Stall in h1.go).
+
+// streamDeadlines is what x/net/http2's ResponseWriter offers per stream.
+type streamDeadlines interface {
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
 }
 
-// h1Out is what an HTTP/1 connection's bufio.Writer writes to: the
-// connection, with a write deadline progress_timeout ahead of every write
-// (moved only when it has drifted by more than an eighth). A write the
-// client does not take in time ends the connection, recorded as
-// client_read.
-type h1Out struct {
-	s  *h1Server
-	wd time.Time // write deadline last set
-}
-
-func (o *h1Out) Write(b []byte) (int, error) {
-	s := o.s
-	d := s.p.cfg.ProgressTimeout
-	now := time.Now()
-	if o.wd.Before(now.Add(d - d/8)) {
-		o.wd = now.Add(d)
-		s.conn.SetWriteDeadline(o.wd)
-	}
-	n, err := s.conn.Write(b)
-	if err != nil && isTimeoutErr(err) && !time.Now().Before(o.wd) {
-		s.conn.st.setStall(stallClientRead)
-	}
-	return n, err
-}
+// aLongTimeAgo is a deadline in the past: it wakes a blocked read or write.
+var aLongTimeAgo = time.Unix(1, 0)
 
 // streamWatch enforces progress_timeout on one HTTP/2 stream. x/net's
 // per-stream deadlines are timers that end the stream when they pass

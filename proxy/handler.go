@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bufio"
+	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -19,6 +21,19 @@ import (
 )
 
 type reqKey struct{}
+
+// contextWithReq carries an HTTP/2 request's reqInfo to the RoundTripper
+// through goproxy (an HTTP/1 connection sets connState.cur instead).
+func contextWithReq(ctx context.Context, ri *reqInfo) context.Context {
+	return context.WithValue(ctx, reqKey{}, ri)
+}
+
+// reqFrom returns the request an HTTP/2 request's context carries (HTTP/1:
+// connState.cur).
+func reqFrom(ctx context.Context) *reqInfo {
+	ri, _ := ctx.Value(reqKey{}).(*reqInfo)
+	return ri
+}
 
 // reqInfo follows one request from our handler through goproxy into our
 // RoundTripper and back, and becomes its record.
@@ -58,7 +73,7 @@ func (p *Proxy) newGoproxy() *goproxy.ProxyHttpServer {
 type slogPrintf struct{ p *Proxy }
 
 func (s slogPrintf) Printf(format string, v ...any) {
-	s.p.log.Debug("goproxy", "msg", strings.TrimSpace(sprintf(format, v...)))
+	s.p.log.Debug("goproxy", "msg", strings.TrimSpace(fmt.Sprintf(format, v...)))
 }
 
 // handle serves one request from a plain or bumped client connection.
@@ -80,7 +95,7 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 	rw := &ri.rw
 	if r.ProtoMajor == 2 {
 		// HTTP/2 streams get progress deadlines of their own (an h1
-		// connection's are kept by h1Server).
+		// connection's are kept by the h1 engine).
 		if dl, ok := w.(streamDeadlines); ok {
 			sw := &streamWatch{dl: dl, ri: ri, d: p.cfg.ProgressTimeout}
 			rw.sw = sw
@@ -232,12 +247,6 @@ func (p *Proxy) ship(rec *Record, start time.Time) {
 	}
 	*bp = b
 	bufPool.Put(bp)
-}
-
-// streamDeadlines is what x/net/http2's ResponseWriter offers per stream.
-type streamDeadlines interface {
-	SetReadDeadline(time.Time) error
-	SetWriteDeadline(time.Time) error
 }
 
 // respWriter counts, captures the status, flushes streaming responses (no

@@ -1,13 +1,17 @@
 // Package proxy is the transparent inspecting proxy: it takes listeners that
 // receive TPROXY'd connections (their LocalAddr is the original
 // destination), peeks TLS ClientHellos, applies policy, and bumps, splices or
-// denies. Decrypted and plain HTTP/1.x is served by our own request loop
-// (h1Server: net/http's parser and limits, without its per-request
-// goroutine and deadline work), HTTP/2 (when the client offers h2) by
-// x/net/http2 with the same timeouts and limits; requests go to goproxy (only its ServeHTTP and OnRequest hooks are used);
-// our RoundTripper sends them to the original destination, never to a
-// re-resolved Host, from pools keyed by destination ip:port + SNI. Upstream
-// TLS offers h2 when http2 is on (shared mode): one verified, multiplexed
+// denies. Decrypted and plain HTTP/1.x is served by the HTTP/1 engine in
+// proxy/internal/h1 (h1.Server: net/http's parser and limits, without its
+// per-request goroutine and deadline work; wired in h1.go), HTTP/2 (when
+// the client offers h2) by x/net/http2 with the same timeouts and limits.
+// Both hand every request to handle (policy, SSRF guard, binding), which
+// passes allowed ones to goproxy's ServeHTTP; goproxy runs its one
+// OnRequest hook (newGoproxy), which installs our RoundTripper, and copies
+// the response back. Our RoundTripper sends requests to the original
+// destination, never to a re-resolved Host, from pools keyed by
+// destination ip:port + SNI. Upstream TLS offers h2 when http2 is on
+// (shared mode): one verified, multiplexed
 // connection then serves many clients; upgrade requests (WebSocket) and
 // upstreams without h2 use HTTP/1.1, as does plain HTTP. Where a pool is
 // HTTP/1.1 only (http2 off, or plain HTTP), requests other than upgrades
@@ -83,6 +87,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http2"
 
+	"github.com/gwlbproxy/gwlbproxy/proxy/internal/h1"
 	"github.com/gwlbproxy/gwlbproxy/proxy/mirror"
 )
 
@@ -155,6 +160,7 @@ type Proxy struct {
 	log   *slog.Logger
 	ids   *recordIDs
 	gp    *goproxy.ProxyHttpServer
+	h1    *h1.Server // HTTP/1.x of plain and bumped connections (h1.go)
 	srv   *http.Server
 	h2    *http2.Server
 	up    *upstream
@@ -237,6 +243,7 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 	p.cur.Store(ps)
 	p.up = newUpstream(p)
 	p.gp = p.newGoproxy()
+	p.h1 = p.newH1Server()
 	p.srv = &http.Server{
 		Handler:           http.HandlerFunc(p.handle),
 		ReadHeaderTimeout: cfg.HeaderReadTimeout,
@@ -265,7 +272,7 @@ func New(cfg Config, deps Deps, log *slog.Logger, reg prometheus.Registerer) (*P
 		cancel()
 		return nil, fmt.Errorf("proxy http2: %w", err)
 	}
-	// p.srv serves no listener: HTTP/1.x is served by serveH1, h2 by
+	// p.srv serves no listener: HTTP/1.x is served by p.h1, h2 by
 	// p.h2.ServeConn with p.srv as its base config; p.srv.Shutdown
 	// sends those h2 connections GOAWAY.
 	go p.refreshSelf(ctx)
@@ -444,6 +451,7 @@ var errNever = errors.New("never")
 // then closes everything.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.closing.Store(true)
+	p.h1.BeginShutdown()
 	p.mu.Lock()
 	for l := range p.listeners {
 		l.Close()
@@ -451,7 +459,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.listeners = map[net.Listener]string{}
 	for st := range p.active {
 		if s := st.h1.Load(); s != nil {
-			s.wakeIfIdle()
+			s.WakeIfIdle()
 		}
 	}
 	p.mu.Unlock()

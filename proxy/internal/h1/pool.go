@@ -1,13 +1,3 @@
-// Package h1 is the proxy's HTTP/1.1 upstream client: a pool of idle
-// connections to one destination and a round trip that runs on the
-// caller's goroutine (Pool). It knows nothing of the proxy (policy,
-// records, connection state): the proxy hands it a request, its limits
-// and a dial function bound to the original destination.
-//
-// Only the upstream side lives here so far. The HTTP/1 server and its
-// response writer (proxy/h1serve.go, h1resp.go) still call into the
-// proxy's connection state, fair-share deadlines and records directly and
-// move here once those meet behind an interface.
 package h1
 
 import (
@@ -57,12 +47,12 @@ type Pool struct {
 	lim Limits
 
 	mu     sync.Mutex
-	idle   []*h1Conn // most recently used last
+	idle   []*upConn // most recently used last
 	closed bool
 }
 
-// h1Conn is one upstream HTTP/1.1 connection of the fast path.
-type h1Conn struct {
+// upConn is one upstream HTTP/1.1 connection of the fast path.
+type upConn struct {
 	c           net.Conn
 	mu          sync.Mutex // orders headersRead and the writer's deadline
 	headersRead bool
@@ -81,8 +71,8 @@ func (e *staleError) Unwrap() error { return e.err }
 
 var errRespHeaderTooLong = errors.New("upstream response headers too long")
 
-func newH1Conn(c net.Conn) *h1Conn {
-	pc := &h1Conn{c: c, limit: math.MaxInt64}
+func newUpConn(c net.Conn) *upConn {
+	pc := &upConn{c: c, limit: math.MaxInt64}
 	pc.takeBufs()
 	return pc
 }
@@ -95,7 +85,7 @@ var (
 	upBwPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
 )
 
-func (pc *h1Conn) takeBufs() {
+func (pc *upConn) takeBufs() {
 	pc.br = upBrPool.Get().(*bufio.Reader)
 	pc.br.Reset(pc)
 	pc.bw = upBwPool.Get().(*bufio.Writer)
@@ -104,7 +94,7 @@ func (pc *h1Conn) takeBufs() {
 
 // dropBufs returns the buffers; both are empty (put checks br, every
 // request ends with a flush).
-func (pc *h1Conn) dropBufs() {
+func (pc *upConn) dropBufs() {
 	pc.br.Reset(nil)
 	upBrPool.Put(pc.br)
 	pc.bw.Reset(nil)
@@ -113,7 +103,7 @@ func (pc *h1Conn) dropBufs() {
 }
 
 // Read is what br reads: c, but no more than limit bytes.
-func (pc *h1Conn) Read(p []byte) (int, error) {
+func (pc *upConn) Read(p []byte) (int, error) {
 	if pc.limit <= 0 {
 		return 0, errRespHeaderTooLong
 	}
@@ -176,7 +166,7 @@ func (hp *Pool) RoundTrip(ctx context.Context, req *http.Request, dial func(cont
 			if err != nil {
 				return nil, err
 			}
-			pc = newH1Conn(c)
+			pc = newUpConn(c)
 		}
 		resp, err := hp.do(ctx, pc, req)
 		if err == nil {
@@ -212,7 +202,7 @@ func validHeader(h http.Header) error {
 
 // do is one exchange on pc. A failure before any response byte is a
 // staleError.
-func (hp *Pool) do(ctx context.Context, pc *h1Conn, req *http.Request) (*http.Response, error) {
+func (hp *Pool) do(ctx context.Context, pc *upConn, req *http.Request) (*http.Response, error) {
 	lim := &hp.lim
 	var stop func() bool
 	if ctx.Done() != nil {
@@ -280,7 +270,7 @@ func (hp *Pool) do(ctx context.Context, pc *h1Conn, req *http.Request) (*http.Re
 // write writes req and arms the response-header timeout, unless the
 // response headers already arrived (a server may answer before reading
 // the body).
-func (pc *h1Conn) write(req *http.Request, headerTimeout time.Duration) error {
+func (pc *upConn) write(req *http.Request, headerTimeout time.Duration) error {
 	err := req.Write(pc.bw)
 	if err == nil {
 		err = pc.bw.Flush()
@@ -299,7 +289,7 @@ func (pc *h1Conn) write(req *http.Request, headerTimeout time.Duration) error {
 // readResponse reads the final response to req, skipping 1xx
 // informational responses (103 Early Hints). Failing before its first
 // byte, it returns a staleError.
-func (pc *h1Conn) readResponse(req *http.Request) (*http.Response, error) {
+func (pc *upConn) readResponse(req *http.Request) (*http.Response, error) {
 	if _, err := pc.br.Peek(1); err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errRespHeaderTooLong) {
@@ -330,7 +320,7 @@ func stale(err error) error { return &staleError{err} }
 // large, and nobody wants it).
 type h1Body struct {
 	rc    io.ReadCloser
-	pc    *h1Conn
+	pc    *upConn
 	hp    *Pool
 	stop  func() bool // the context watch; nil without one
 	wrote chan error  // the body writer's result; nil without a body
@@ -401,7 +391,7 @@ func writerResult(wrote chan error) (err error, done bool) {
 // get pops the most recently used idle connection not idle longer than
 // maxIdle (0: no limit), closing older ones on the way; with check, only
 // one a non-blocking peek finds open and quiet.
-func (hp *Pool) get(maxIdle time.Duration, check bool) *h1Conn {
+func (hp *Pool) get(maxIdle time.Duration, check bool) *upConn {
 	var now time.Time
 	if maxIdle > 0 {
 		now = time.Now()
@@ -424,7 +414,7 @@ func (hp *Pool) get(maxIdle time.Duration, check bool) *h1Conn {
 
 // put keeps pc for reuse, unless the pool is closed or full, or the server
 // sent bytes nobody asked for.
-func (hp *Pool) put(pc *h1Conn) {
+func (hp *Pool) put(pc *upConn) {
 	if pc.br.Buffered() > 0 || pc.bw.Buffered() > 0 {
 		pc.c.Close()
 		return

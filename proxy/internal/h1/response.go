@@ -1,4 +1,4 @@
-package proxy
+package h1
 
 import (
 	"bufio"
@@ -14,14 +14,14 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
-// h1Writer is the http.ResponseWriter (with Flusher and Hijacker) of one
-// request on an h1Server. It frames the body the way net/http.Server does
+// response is the http.ResponseWriter (with Flusher and Hijacker) of one
+// request on a Conn. It frames the body the way net/http.Server does
 // — Content-Length when the handler set a valid one, chunked (with
 // trailers) for HTTP/1.1 otherwise, close-delimited for HTTP/1.0 — and
 // decides whether the connection can serve another request. It does not
 // sniff a Content-Type: a proxy passes on what the origin sent.
-type h1Writer struct {
-	s   *h1Server
+type response struct {
+	s   *Conn
 	req *http.Request
 	hdr http.Header
 	// mu orders the 100 Continue line, written from whichever goroutine
@@ -48,15 +48,15 @@ type h1Writer struct {
 
 var zeroLength = []string{"0"}
 
-func (w *h1Writer) Header() http.Header { return w.hdr }
+func (w *response) Header() http.Header { return w.hdr }
 
-func (w *h1Writer) WriteHeader(code int) {
+func (w *response) WriteHeader(code int) {
 	w.mu.Lock()
 	w.writeHeaderLocked(code)
 	w.mu.Unlock()
 }
 
-func (w *h1Writer) writeHeaderLocked(code int) {
+func (w *response) writeHeaderLocked(code int) {
 	if w.hijacked || w.wroteHeader {
 		return
 	}
@@ -104,7 +104,7 @@ func (w *h1Writer) writeHeaderLocked(code int) {
 	default:
 		w.closeAfter = true // HTTP/1.0: the body ends with the connection
 	}
-	if w.wantClose || w.s.p.closing.Load() || httpguts.HeaderValuesContainsToken(h["Connection"], "close") ||
+	if w.wantClose || w.s.srv.shuttingDown.Load() || httpguts.HeaderValuesContainsToken(h["Connection"], "close") ||
 		w.expectContinue && !w.wroteContinue {
 		// (The client never asked for the body: whether it sends it
 		// anyway is unknown, so the connection cannot go on.)
@@ -135,7 +135,7 @@ var (
 	connKeepAlive = []string{"keep-alive"}
 )
 
-func (w *h1Writer) writeStatus(code int) {
+func (w *response) writeStatus(code int) {
 	bw := w.s.bw
 	var num [3]byte
 	bw.WriteString("HTTP/1.1 ")
@@ -152,7 +152,7 @@ func (w *h1Writer) writeStatus(code int) {
 // writeFields writes header fields: invalid names are skipped, line
 // breaks in values become spaces (no response splitting), and
 // pre-declared trailers (http.TrailerPrefix) wait for the end.
-func (w *h1Writer) writeFields(h http.Header) {
+func (w *response) writeFields(h http.Header) {
 	bw := w.s.bw
 	for k, vv := range h {
 		if strings.HasPrefix(k, http.TrailerPrefix) || !httpguts.ValidHeaderFieldName(k) {
@@ -184,7 +184,7 @@ func writeField(bw *bufio.Writer, name, v string) {
 }
 
 // httpDate is the Date field value, formatted once per second.
-func (s *h1Server) httpDate() []byte {
+func (s *Conn) httpDate() []byte {
 	now := time.Now()
 	if sec := now.Unix(); sec != s.dateSec {
 		s.dateSec = sec
@@ -193,7 +193,7 @@ func (s *h1Server) httpDate() []byte {
 	return s.date[:]
 }
 
-func (w *h1Writer) Write(b []byte) (int, error) {
+func (w *response) Write(b []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.hijacked {
@@ -231,10 +231,10 @@ func (w *h1Writer) Write(b []byte) (int, error) {
 }
 
 // Flush sends what is buffered (the header first, if not yet written).
-func (w *h1Writer) Flush() { w.FlushError() }
+func (w *response) Flush() { w.FlushError() }
 
 // FlushError is Flush reporting the write error (http.ResponseController).
-func (w *h1Writer) FlushError() error {
+func (w *response) FlushError() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.hijacked {
@@ -252,7 +252,7 @@ func (w *h1Writer) FlushError() error {
 
 // writeContinue answers Expect: 100-continue, once, unless the final
 // response has already started.
-func (w *h1Writer) writeContinue() {
+func (w *response) writeContinue() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.wroteHeader || w.wroteContinue || w.hijacked {
@@ -267,7 +267,7 @@ func (w *h1Writer) writeContinue() {
 
 // finish completes the response after the handler returned: header if
 // none was written, the last chunk and trailers, and the flush.
-func (w *h1Writer) finish() {
+func (w *response) finish() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.hijacked {
@@ -310,7 +310,7 @@ func (w *h1Writer) finish() {
 // Hijack hands the connection to the handler (WebSocket relay) after
 // sending what is buffered; the returned reader keeps bytes the client
 // sent after the request.
-func (w *h1Writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.hijacked {
@@ -326,12 +326,12 @@ func (w *h1Writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return s.conn, bufio.NewReadWriter(s.br, bufio.NewWriter(s.conn)), nil
 }
 
-// reqBody is a request body on an h1Server. Close never reads (a proxy
+// reqBody is a request body on a Conn. Close never reads (a proxy
 // must not pull a 100 MB upload just to close it); after the handler the
 // server drains a little or ends the connection. The mutex lets the
 // server wait for a reader goroutine (the upstream writer) still in Read.
 type reqBody struct {
-	s      *h1Server
+	s      *Conn
 	rc     io.ReadCloser
 	mu     sync.Mutex
 	eof    bool
@@ -355,7 +355,7 @@ func (b *reqBody) Read(p []byte) (int, error) {
 	if err == io.EOF {
 		b.eof = true
 	} else if err != nil && isTimeoutErr(err) && !b.closed.Load() && !time.Now().Before(b.s.rd) {
-		b.s.conn.st.setStall(stallClientSend)
+		b.s.hooks.Stall(ClientSend)
 	}
 	return n, err
 }
@@ -363,6 +363,18 @@ func (b *reqBody) Read(p []byte) (int, error) {
 func (b *reqBody) Close() error {
 	b.closed.Store(true)
 	return nil
+}
+
+// abort ends the body after a handler panic: a reader still in Read (the
+// upstream writer) is interrupted and waited for, so none touches the
+// connection's buffers once the server closes it; nothing is drained.
+func (b *reqBody) abort() {
+	b.closed.Store(true)
+	if !b.mu.TryLock() {
+		b.s.conn.SetReadDeadline(aLongTimeAgo)
+		b.mu.Lock()
+	}
+	b.mu.Unlock()
 }
 
 // finish ends the body after the handler and reports whether the
@@ -382,13 +394,13 @@ func (b *reqBody) finish() bool {
 	if b.eof {
 		return true
 	}
-	if b.s.conn.st.stall.Load() != stallNone {
+	if b.s.hooks.Stalled() {
 		return false // the client stopped sending: no drain wait
 	}
 	if w := &b.s.w; w.expectContinue && !w.wroteContinue {
 		return false // the client was never asked for the body
 	}
-	b.s.setReadDeadline(time.Now().Add(b.s.p.cfg.HeaderReadTimeout))
+	b.s.setReadDeadline(time.Now().Add(b.s.srv.HeaderReadTimeout))
 	n, err := io.CopyN(io.Discard, b.rc, maxDrain+1)
 	return err == io.EOF && n <= maxDrain
 }

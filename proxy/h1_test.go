@@ -4,92 +4,41 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
-	"github.com/gwlbproxy/gwlbproxy/proxy/schema"
 	"io"
 	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/schema"
 )
 
-// rawDial opens a plain connection to the proxy's HTTP listener.
-func rawDial(t testing.TB, h *harness) (net.Conn, *bufio.Reader) {
-	t.Helper()
-	c, err := net.Dial("tcp", h.httpAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	t.Cleanup(func() { c.Close() })
-	return c, bufio.NewReader(c)
-}
-
-// readResp reads one response (for a request with method) and its body.
-func readResp(t testing.TB, br *bufio.Reader, method string) (*http.Response, string) {
-	t.Helper()
-	resp, err := http.ReadResponse(br, &http.Request{Method: method})
-	if err != nil {
-		t.Fatalf("reading response: %v", err)
-	}
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("reading body: %v", err)
-	}
-	return resp, string(b)
-}
-
-// wantClosed checks that the proxy ends the connection with no more bytes.
-func wantClosed(t testing.TB, br *bufio.Reader) {
-	t.Helper()
-	b, err := io.ReadAll(br)
-	if err != nil && !errors.Is(err, net.ErrClosed) && !strings.Contains(err.Error(), "reset") {
-		t.Fatalf("want the connection closed, got %v", err)
-	}
-	if len(b) > 0 {
-		t.Fatalf("want the connection closed, got %q", b)
-	}
-}
-
+// TestH1ServerPipelined: every pipelined request is served and recorded
+// (the engine's framing is tested in proxy/internal/h1).
 func TestH1ServerPipelined(t *testing.T) {
 	h := newHarness(t, nil)
 	c, br := rawDial(t, h)
 	io.WriteString(c, "GET /a HTTP/1.1\r\nHost: p.good.test\r\n\r\n"+
 		"HEAD /b HTTP/1.1\r\nHost: p.good.test\r\n\r\n"+
-		"GET /c?q=1 HTTP/1.1\r\nHost: p.good.test\r\n\r\n")
+		"GET /c?q=1 HTTP/1.1\r\nHost: p.good.test\r\nConnection: close\r\n\r\n")
 	for _, tc := range []struct{ method, path string }{{"GET", "/a"}, {"HEAD", "/b"}, {"GET", "/c"}} {
 		resp, body := readResp(t, br, tc.method)
-		if resp.StatusCode != 200 || resp.Close {
-			t.Fatalf("%s %s: status %d close %v", tc.method, tc.path, resp.StatusCode, resp.Close)
+		if resp.StatusCode != 200 || tc.method == "GET" && !strings.Contains(body, "path="+tc.path) {
+			t.Fatalf("%s %s: status %d %q", tc.method, tc.path, resp.StatusCode, body)
 		}
-		if tc.method == "HEAD" {
-			if body != "" || resp.ContentLength <= 0 {
-				t.Fatalf("HEAD: body %q, content-length %d", body, resp.ContentLength)
-			}
-			continue
-		}
-		if !strings.Contains(body, "path="+tc.path) || resp.Header.Get("Date") == "" {
-			t.Fatalf("%s: %q %v", tc.path, body, resp.Header)
-		}
-	}
-	// 204 and 304 carry no body; the connection goes on after them.
-	for _, code := range []string{"204", "304"} {
-		io.WriteString(c, "GET /status?code="+code+" HTTP/1.1\r\nHost: p.good.test\r\n\r\n")
-		if resp, body := readResp(t, br, "GET"); resp.Status[:3] != code || body != "" || resp.TransferEncoding != nil {
-			t.Fatalf("%s: %s %q %v", code, resp.Status, body, resp.TransferEncoding)
-		}
-	}
-	io.WriteString(c, "GET /last HTTP/1.1\r\nHost: p.good.test\r\nConnection: close\r\n\r\n")
-	if resp, body := readResp(t, br, "GET"); !resp.Close || !strings.Contains(body, "path=/last") {
-		t.Fatalf("last: close %v %q", resp.Close, body)
 	}
 	wantClosed(t, br)
 	h.rec.wait(t, "the pipelined HEAD", and(field("method", "HEAD"), field("path", "/b")))
+	h.rec.wait(t, "the last request", and(field("method", "GET"), field("path", "/c?redacted")))
 }
 
-// TestH1ServerRejects: requests net/http.Server would refuse get the same
-// status from serveH1, reach no upstream, and end the connection.
+// TestH1ServerRejects: requests the HTTP/1 engine refuses (as
+// net/http.Server would; every case and its status is tested in
+// proxy/internal/h1, TestServerRejects) are recorded as errors, reach no
+// upstream, and end the connection: one request for each way the engine
+// refuses (400, 505 and 501 from the parser's checks, 417 from Expect, 431
+// with its half-close).
 func TestH1ServerRejects(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.MaxHeaderBytes = 1024 })
 	for _, tc := range []struct {
@@ -97,14 +46,8 @@ func TestH1ServerRejects(t *testing.T) {
 		status    int
 	}{
 		{"missing Host", "GET / HTTP/1.1\r\n\r\n", 400},
-		{"two Hosts", "GET / HTTP/1.1\r\nHost: a.good.test\r\nHost: b.good.test\r\n\r\n", 400},
-		{"control byte in a value", "GET / HTTP/1.1\r\nHost: a.good.test\r\nX-Bad: a\x01b\r\n\r\n", 400},
-		{"space in a name", "GET / HTTP/1.1\r\nHost: a.good.test\r\nX Bad: 1\r\n\r\n", 400},
-		{"not HTTP", "HELLO\r\n\r\n", 400},
 		{"HTTP/2 as text", "GET / HTTP/2.0\r\nHost: a.good.test\r\n\r\n", 505},
 		{"unknown transfer coding", "POST / HTTP/1.1\r\nHost: a.good.test\r\nTransfer-Encoding: gzip\r\n\r\n", 501},
-		{"two lengths", "POST / HTTP/1.1\r\nHost: a.good.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400},
-		{"bad length", "POST / HTTP/1.1\r\nHost: a.good.test\r\nContent-Length: -1\r\n\r\n", 400},
 		{"unknown expectation", "GET / HTTP/1.1\r\nHost: a.good.test\r\nExpect: magic\r\n\r\n", 417},
 		{"header too large", "GET / HTTP/1.1\r\nHost: a.good.test\r\nX-Pad: " + strings.Repeat("p", 8<<10) + "\r\n\r\n", 431},
 	} {
@@ -128,34 +71,6 @@ func TestH1ServerRejects(t *testing.T) {
 	}
 }
 
-func TestH1ServerHTTP10(t *testing.T) {
-	h := newHarness(t, nil)
-	c, br := rawDial(t, h)
-	io.WriteString(c, "GET /one HTTP/1.0\r\nHost: a.good.test\r\n\r\n")
-	if resp, body := readResp(t, br, "GET"); !resp.Close || !strings.Contains(body, "path=/one") {
-		t.Fatalf("HTTP/1.0: close %v %q", resp.Close, body)
-	}
-	wantClosed(t, br)
-
-	c, br = rawDial(t, h)
-	for _, path := range []string{"/ka1", "/ka2"} {
-		io.WriteString(c, "GET "+path+" HTTP/1.0\r\nHost: a.good.test\r\nConnection: keep-alive\r\n\r\n")
-		resp, body := readResp(t, br, "GET")
-		if resp.Close || resp.Header.Get("Connection") != "keep-alive" || !strings.Contains(body, "path="+path) {
-			t.Fatalf("HTTP/1.0 keep-alive %s: %v %q", path, resp.Header, body)
-		}
-	}
-	// A body of unknown length cannot be chunked for HTTP/1.0: it ends
-	// with the connection.
-	h.sseAck <- struct{}{}
-	io.WriteString(c, "GET /chunked HTTP/1.0\r\nHost: a.good.test\r\nConnection: keep-alive\r\n\r\n")
-	resp, body := readResp(t, br, "GET")
-	if resp.TransferEncoding != nil || resp.ContentLength != -1 || body != "part one;part two" {
-		t.Fatalf("HTTP/1.0 unknown length: %v %d %q", resp.TransferEncoding, resp.ContentLength, body)
-	}
-	wantClosed(t, br)
-}
-
 func TestH1ServerTrailers(t *testing.T) {
 	h := newHarness(t, nil)
 	resp, err := h.httpClient(true).Get("http://tr.good.test/trailer")
@@ -168,9 +83,11 @@ func TestH1ServerTrailers(t *testing.T) {
 	}
 }
 
-// TestH1ServerRequestBodies: 100-continue is answered when the body is
-// wanted and not when it is not; an unread small body is drained to keep
-// the connection, a large one ends it.
+// TestH1ServerRequestBodies: 100-continue is answered when the upstream
+// wants the body and not when the policy denies the request; an unread
+// small body of a denied request is drained to keep the connection (the
+// engine's side of these, and a large unread body ending the connection,
+// are tested in proxy/internal/h1, TestServerRequestBodies).
 func TestH1ServerRequestBodies(t *testing.T) {
 	h := newHarness(t, nil)
 	t.Run("continue", func(t *testing.T) {
@@ -203,43 +120,11 @@ func TestH1ServerRequestBodies(t *testing.T) {
 			t.Fatalf("after the drained body: %s %q", resp.Status, body)
 		}
 	})
-	t.Run("large unread body closes", func(t *testing.T) {
-		c, br := rawDial(t, h)
-		io.WriteString(c, "POST /x HTTP/1.1\r\nHost: blocked.test\r\nContent-Length: 10000000\r\n\r\n")
-		go c.Write(make([]byte, 1<<20))
-		if resp, _ := readResp(t, br, "POST"); resp.StatusCode != 403 {
-			t.Fatalf("deny: %s", resp.Status)
-		}
-		wantClosed(t, br)
-	})
-}
-
-func TestH1ServerTimeouts(t *testing.T) {
-	h := newHarness(t, func(c *Config) {
-		c.HeaderReadTimeout = 300 * time.Millisecond
-		c.IdleTimeout = 600 * time.Millisecond
-	})
-	c, br := rawDial(t, h)
-	io.WriteString(c, "GET / HTTP/1.1\r\nHost: slow") // and nothing more
-	start := time.Now()
-	wantClosed(t, br)
-	if d := time.Since(start); d < 200*time.Millisecond {
-		t.Fatalf("incomplete header closed after %v, before the header timeout", d)
-	}
-
-	c, br = rawDial(t, h)
-	io.WriteString(c, "GET / HTTP/1.1\r\nHost: idle.good.test\r\n\r\n")
-	readResp(t, br, "GET")
-	start = time.Now()
-	wantClosed(t, br)
-	if d := time.Since(start); d < 400*time.Millisecond {
-		t.Fatalf("idle connection closed after %v, before the idle timeout", d)
-	}
 }
 
 // TestH1ServerClientGone: a client that leaves during a long response
-// ends the request (its upstream wait is canceled) without waiting for
-// the upstream, as net/http's background read did.
+// ends the request (its upstream wait is canceled) and it is recorded
+// without waiting for the upstream.
 func TestH1ServerClientGone(t *testing.T) {
 	h := newHarness(t, nil)
 	c, br := rawDial(t, h)
@@ -258,9 +143,10 @@ func TestH1ServerClientGone(t *testing.T) {
 	t.Logf("record %v after the client left (the upstream would have held it 30 s)", time.Since(start).Round(time.Millisecond))
 }
 
-// TestH1ServerShutdown: Shutdown closes a keep-alive connection waiting
-// for its next request at once; a new connection still gets its first
-// request answered (it may have been in flight), with Connection: close.
+// TestH1ServerShutdown: Proxy.Shutdown closes a keep-alive connection
+// waiting for its next request at once; a new connection still gets its
+// first request answered (it may have been in flight), with Connection:
+// close.
 func TestH1ServerShutdown(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.IdleTimeout = time.Minute; c.HeaderReadTimeout = time.Minute })
 	c, br := rawDial(t, h)
@@ -288,8 +174,8 @@ func TestH1ServerShutdown(t *testing.T) {
 }
 
 // TestH1ServerShutdownSilentNew: a new connection that sends nothing is
-// closed within firstRequestGrace of Shutdown, not after the header
-// timeout.
+// closed within the engine's first-request grace (5 s) of Proxy.Shutdown,
+// not after the header timeout.
 func TestH1ServerShutdownSilentNew(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.HeaderReadTimeout = time.Minute })
 	_, br := rawDial(t, h)
@@ -301,7 +187,7 @@ func TestH1ServerShutdownSilentNew(t *testing.T) {
 		t.Fatalf("shutdown: %v", err)
 	}
 	wantClosed(t, br)
-	if d := time.Since(start); d > firstRequestGrace+5*time.Second {
+	if d := time.Since(start); d > 10*time.Second { // the grace and 5 s of slack
 		t.Fatalf("shutdown took %v", d)
 	}
 }
@@ -328,45 +214,10 @@ func TestH1ServerHandlerPanic(t *testing.T) {
 	}
 }
 
-func TestScanFields(t *testing.T) {
-	for raw, want := range map[string]fields{
-		"GET / HTTP/1.1\r\nHost: a\r\n\r\n":                                          {host: 1},
-		"GET / HTTP/1.1\r\nhOsT: a\r\nX: 1\r\nHOST: b\r\n\r\n":                       {host: 2},
-		"GET / HTTP/1.1\r\nX-Host: a\r\nHosts: b\r\n\r\nHost: body":                  {},
-		"GET /Host: HTTP/1.1\n\n":                                                    {},
-		"POST / HTTP/1.1\r\nContent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n": {contentLength: 1, transferEncoding: 1},
-		"": {},
-	} {
-		if got := scanFields([]byte(raw)); got != want {
-			t.Errorf("scanFields(%q) = %+v, want %+v", raw, got, want)
-		}
-	}
-}
-
-// TestH1ServerAmbiguousFraming: a request with both Transfer-Encoding
-// and Content-Length, or Transfer-Encoding in HTTP/1.0, is answered (body
-// read as chunked, as ReadRequest does) and then the connection ends.
-func TestH1ServerAmbiguousFraming(t *testing.T) {
-	h := newHarness(t, nil)
-	for name, req := range map[string]string{
-		"TE and CL": "POST /post HTTP/1.1\r\nHost: f.good.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n" +
-			"3\r\nabc\r\n0\r\n\r\n",
-		"TE in HTTP/1.0": "POST /post HTTP/1.0\r\nHost: f.good.test\r\nConnection: keep-alive\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc",
-	} {
-		t.Run(name, func(t *testing.T) {
-			c, br := rawDial(t, h)
-			io.WriteString(c, req+"GET /smuggled HTTP/1.1\r\nHost: f.good.test\r\n\r\n")
-			resp, body := readResp(t, br, "POST")
-			if resp.StatusCode != 200 || !resp.Close || !strings.Contains(body, "got=3") {
-				t.Fatalf("%s close %v %q", resp.Status, resp.Close, body)
-			}
-			wantClosed(t, br)
-		})
-	}
-}
-
 // FuzzH1Server sends arbitrary bytes as a client and checks that the
-// proxy answers or closes, and still serves the next client.
+// proxy answers or closes, and still serves the next client: the whole
+// path (engine, handler, goproxy, upstream pool); proxy/internal/h1's
+// FuzzServer fuzzes the engine alone.
 func FuzzH1Server(f *testing.F) {
 	for _, s := range []string{
 		"GET / HTTP/1.1\r\nHost: f.good.test\r\n\r\n",

@@ -1,4 +1,4 @@
-package proxy
+package h1
 
 import (
 	"bufio"
@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -19,9 +21,10 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
-// h1Server serves the HTTP/1.x requests of one client connection (plain,
-// or bumped TLS that did not negotiate h2) on the connection's own
-// goroutine, one request at a time, handing each to Proxy.handle.
+// Server serves HTTP/1.x on client connections the owner accepted (plain,
+// or bumped TLS that did not negotiate h2): NewConn, then Conn.Serve on
+// the connection's own goroutine, one request at a time, each handed to
+// Handler. Set its fields before the first NewConn and leave them.
 //
 // Why not net/http.Server: on keep-alive it spent ~10 % of the proxy's CPU
 // per request outside the handler — a background-read goroutine for every
@@ -38,24 +41,82 @@ import (
 // (431), Host and header-value checks (400), 505 and 501, Expect
 // (100-continue or 417), the header and idle timeouts, keep-alive and
 // HTTP/1.0 rules, request-body draining before the next request, panics
-// contained to their connection, and graceful shutdown.
-type h1Server struct {
-	p    *Proxy
-	conn *servedConn // Close finishes the connection state (conn.st)
-	wire wireReader
-	br   *bufio.Reader
-	bw   *bufio.Writer
-	out  h1Out // bw's destination: the conn with progress deadlines
-	one  [1]byte
+// contained to their connection, and graceful shutdown. It adds one thing
+// net/http.Server lacks: ProgressTimeout, the fair-share deadline on a
+// client that stops sending its body or reading its response.
+type Server struct {
+	// Handler serves every request that passes the checks above. Its
+	// ResponseWriter is an http.Flusher and http.Hijacker; the request's
+	// context derives from the one given to NewConn and is canceled when
+	// the client leaves.
+	Handler http.Handler
+	// MaxHeaderBytes caps a request header as net/http.Server's field
+	// does (the bytes read may exceed it by 4096); beyond it: 431.
+	MaxHeaderBytes int
+	// HeaderReadTimeout bounds the wait for a new connection's first
+	// request, and for the rest of a request header once its first bytes
+	// came.
+	HeaderReadTimeout time.Duration
+	// IdleTimeout bounds the wait for the next request on a keep-alive
+	// connection.
+	IdleTimeout time.Duration
+	// ProgressTimeout ends a connection whose client sent no request-body
+	// byte, or took no response byte, for this long (ConnHooks.Stall
+	// says which).
+	ProgressTimeout time.Duration
+	// Log receives handler panics (with their stack). Nil: slog.Default.
+	Log *slog.Logger
+
+	shuttingDown atomic.Bool
+}
+
+// ConnHooks is what a Conn reports to the owner of its connection, and
+// asks of it: the owner keeps the connection's records and fair-share
+// state (the proxy's connection state implements it). The methods are
+// called on the connection's goroutine, Stall also on a handler's.
+type ConnHooks interface {
+	// Rejected tells of a request refused before the Handler, answered
+	// by the server itself: status, the reason sent, and the bytes of
+	// the answer.
+	Rejected(status int, reason string, bytesOut int64)
+	// Stall tells that the client made no progress for ProgressTimeout;
+	// the connection ends.
+	Stall(Stall)
+	// Stalled reports whether the connection stalled (told by Stall, or
+	// seen by the owner itself).
+	Stalled() bool
+}
+
+// Stall is what a client stopped doing (ConnHooks.Stall).
+type Stall int
+
+const (
+	// ClientSend: the client stopped sending its request body.
+	ClientSend Stall = iota + 1
+	// ClientRead: the client stopped reading the response.
+	ClientRead
+)
+
+// Conn is the server side of one client connection. Only its WakeIfIdle
+// may be called from another goroutine.
+type Conn struct {
+	srv   *Server
+	conn  net.Conn // Close finishes the owner's connection state
+	hooks ConnHooks
+	wire  wireReader
+	br    *bufio.Reader
+	bw    *bufio.Writer
+	out   progressWriter // bw's destination: the conn with progress deadlines
 
 	ctx      context.Context
 	cancel   context.CancelCauseFunc
 	remote   string
 	tlsState *tls.ConnectionState
 	hdr      http.Header // response header, cleared between requests
-	w        h1Writer
+	w        response
 	rd       time.Time // read deadline last set ("" = none)
 	date     [len(http.TimeFormat)]byte
+	one      [1]byte // waitLean's read (here, the date's padding)
 	dateSec  int64
 	postTol  bool // last request was a POST (tolerate stray CRLF)
 
@@ -63,8 +124,8 @@ type h1Server struct {
 	watchT   *time.Timer
 	armed    bool // a bodyless request is running
 	watching bool // the watcher goroutine is reading
-	wdone    chan struct{}
 	gone     bool // the watcher saw the client leave
+	wdone    chan struct{}
 }
 
 const (
@@ -78,11 +139,12 @@ const (
 )
 
 var (
-	errTooLarge = errors.New("request header too large")
-	errShutdown = errors.New("proxy shutting down")
-	crlfcrlf    = []byte("\r\n\r\n")
-	brPool      = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
-	bwPool      = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+	errTooLarge   = errors.New("request header too large")
+	errShutdown   = errors.New("proxy shutting down")
+	errClientGone = errors.New("client connection closed")
+	crlfcrlf      = []byte("\r\n\r\n")
+	brPool        = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	bwPool        = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
 )
 
 // statusError is a request rejected before the handler, with its status.
@@ -93,24 +155,43 @@ type statusError struct {
 
 func (e statusError) Error() string { return e.text }
 
-// serveH1 serves c until the client leaves, a request or response ends
-// the connection, or Shutdown; then it closes c (unless a handler took
-// it over with Hijack).
-func (p *Proxy) serveH1(c *servedConn) {
-	s := &h1Server{p: p, conn: c, hdr: make(http.Header)}
+// NewConn prepares the server side of client connection c; Serve serves
+// it. ctx is the base of its requests' contexts (the owner's values ride
+// on it). tlsState is c's TLS state when c carries decrypted TLS (it
+// becomes Request.TLS, and an idle keep-alive connection then holds no
+// buffers), nil for plain HTTP. hooks receives what the owner records.
+// After a 431 answer the server half-closes c when c has a CloseWrite
+// method.
+func (srv *Server) NewConn(ctx context.Context, c net.Conn, tlsState *tls.ConnectionState, hooks ConnHooks) *Conn {
+	s := &Conn{srv: srv, conn: c, hooks: hooks, hdr: make(http.Header), tlsState: tlsState}
 	s.wire.c = c
 	s.br = brPool.Get().(*bufio.Reader)
 	s.br.Reset(&s.wire)
 	s.out.s = s
 	s.bw = bwPool.Get().(*bufio.Writer)
 	s.bw.Reset(&s.out)
-	s.ctx, s.cancel = context.WithCancelCause(context.WithValue(p.ctx, stateKey{}, c.st))
+	s.ctx, s.cancel = context.WithCancelCause(ctx)
 	s.remote = c.RemoteAddr().String()
-	if tc, ok := c.Conn.(*tls.Conn); ok {
-		cs := tc.ConnectionState()
-		s.tlsState = &cs
+	return s
+}
+
+// BeginShutdown starts the server's graceful shutdown: every response
+// from now on ends its connection (Connection: close) and no connection
+// waits for another request. The server does not track its connections:
+// the owner then calls WakeIfIdle on each one it holds.
+func (srv *Server) BeginShutdown() { srv.shuttingDown.Store(true) }
+
+func (srv *Server) log() *slog.Logger {
+	if srv.Log != nil {
+		return srv.Log
 	}
-	c.st.h1.Store(s)
+	return slog.Default()
+}
+
+// Serve serves the connection until the client leaves, a request or
+// response ends the connection, or shutdown; then it closes the
+// connection (unless a handler took it over with Hijack).
+func (s *Conn) Serve() {
 	defer s.close()
 	for first := true; ; first = false {
 		req, err := s.readRequest(first)
@@ -118,14 +199,13 @@ func (p *Proxy) serveH1(c *servedConn) {
 			s.reject(err)
 			return
 		}
-		if !s.serve(req) || p.closing.Load() {
+		if !s.serve(req) || s.srv.shuttingDown.Load() {
 			return
 		}
 	}
 }
 
-func (s *h1Server) close() {
-	s.conn.st.h1.Store(nil)
+func (s *Conn) close() {
 	s.cancel(errClientGone)
 	if s.watchT != nil {
 		s.watchT.Stop()
@@ -142,25 +222,26 @@ func (s *h1Server) close() {
 }
 
 // setReadDeadline sets the connection's read deadline and remembers it.
-func (s *h1Server) setReadDeadline(t time.Time) {
+func (s *Conn) setReadDeadline(t time.Time) {
 	s.rd = t
 	s.conn.SetReadDeadline(t)
 }
 
-// wakeIfIdle is Shutdown's nudge to a connection waiting for a request:
-// one that served a request stops waiting at once; a new one gets up to
-// firstRequestGrace for the request it may have in flight (net/http gives
-// new connections 5 s too). A connection serving a request finishes it.
-func (s *h1Server) wakeIfIdle() {
+// WakeIfIdle is the shutdown's nudge (after BeginShutdown) to a
+// connection waiting for a request: one that served a request stops
+// waiting at once; a new one gets up to firstRequestGrace for the request
+// it may have in flight (net/http gives new connections 5 s too). A
+// connection serving a request finishes it.
+func (s *Conn) WakeIfIdle() {
 	switch s.wire.wait.Load() {
 	case waitNext:
 		s.conn.SetReadDeadline(aLongTimeAgo)
 	case waitFirst:
-		s.conn.SetReadDeadline(time.Now().Add(min(firstRequestGrace, s.p.cfg.HeaderReadTimeout)))
+		s.conn.SetReadDeadline(time.Now().Add(min(firstRequestGrace, s.srv.HeaderReadTimeout)))
 	}
 }
 
-// firstRequestGrace: see wakeIfIdle.
+// firstRequestGrace: see WakeIfIdle.
 const firstRequestGrace = 5 * time.Second
 
 // What a connection's loop is waiting for (wireReader.wait).
@@ -172,8 +253,8 @@ const (
 
 // readRequest waits for and reads the next request, applying the idle and
 // header timeouts and the header size limit.
-func (s *h1Server) readRequest(first bool) (*http.Request, error) {
-	cfg := &s.p.cfg
+func (s *Conn) readRequest(first bool) (*http.Request, error) {
+	cfg := s.srv
 	// The limit counts from here, the wait for the first byte included.
 	buffered, _ := s.br.Peek(s.br.Buffered())
 	s.wire.startHeader(int64(cfg.MaxHeaderBytes)+4096, buffered)
@@ -188,12 +269,12 @@ func (s *h1Server) readRequest(first bool) (*http.Request, error) {
 		}
 		if first {
 			s.wire.wait.Store(waitFirst)
-			if s.p.closing.Load() {
-				s.wakeIfIdle() // Shutdown may have looked before
+			if s.srv.shuttingDown.Load() {
+				s.WakeIfIdle() // the owner may have looked before
 			}
 		} else {
 			s.wire.wait.Store(waitNext)
-			if s.p.closing.Load() {
+			if s.srv.shuttingDown.Load() {
 				s.wire.wait.Store(waitNone)
 				return nil, errShutdown
 			}
@@ -206,7 +287,7 @@ func (s *h1Server) readRequest(first bool) (*http.Request, error) {
 		}
 		s.wire.wait.Store(waitNone)
 		if err != nil {
-			if s.p.closing.Load() {
+			if s.srv.shuttingDown.Load() {
 				return nil, errShutdown
 			}
 			return nil, err
@@ -284,7 +365,7 @@ func (s *h1Server) readRequest(first bool) (*http.Request, error) {
 // through the TLS connection (which decrypts a whole record into its own
 // buffer, so this costs no extra system call) and handed to the
 // bufio.Reader through wireReader.
-func (s *h1Server) waitLean() error {
+func (s *Conn) waitLean() error {
 	if s.bw.Buffered() > 0 {
 		_, err := s.br.Peek(1) // cannot happen: every response ends flushed
 		return err
@@ -360,8 +441,8 @@ func isReadError(err error) bool {
 }
 
 // reject answers a request that failed before the handler (or says
-// nothing when the client left or timed out) and lets serveH1 close.
-func (s *h1Server) reject(err error) {
+// nothing when the client left or timed out) and lets Serve close.
+func (s *Conn) reject(err error) {
 	var se statusError
 	switch {
 	case errors.Is(err, errTooLarge):
@@ -370,7 +451,7 @@ func (s *h1Server) reject(err error) {
 	default:
 		return
 	}
-	s.conn.SetWriteDeadline(time.Now().Add(s.p.cfg.HeaderReadTimeout))
+	s.conn.SetWriteDeadline(time.Now().Add(s.srv.HeaderReadTimeout))
 	text := se.text
 	if text != http.StatusText(se.code) {
 		text = http.StatusText(se.code) + ": " + text
@@ -378,12 +459,12 @@ func (s *h1Server) reject(err error) {
 	n, _ := fmt.Fprintf(s.bw, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%d %s",
 		se.code, http.StatusText(se.code), len(text)+4, se.code, text)
 	s.bw.Flush()
-	s.recordRejected(se.code, text, int64(n))
+	s.hooks.Rejected(se.code, text, int64(n))
 	if se.code == http.StatusRequestHeaderFieldsTooLarge {
 		// The client may still be sending: closing with its bytes
 		// unread would reset the connection and could destroy the
 		// answer. Half-close, then read what comes for a moment.
-		if cw, ok := s.conn.Conn.(interface{ CloseWrite() error }); ok {
+		if cw, ok := s.conn.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		}
 		s.conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
@@ -391,20 +472,9 @@ func (s *h1Server) reject(err error) {
 	}
 }
 
-// recordRejected ships the record of a request refused before the
-// handler: a rejected request is still a request. What it asked for is not
-// trusted, so the record has no method, host or path.
-func (s *h1Server) recordRejected(code int, text string, bytesOut int64) {
-	s.conn.st.requests.Add(1)
-	rec := s.conn.st.rec
-	rec.Action, rec.Status, rec.BytesOut = "error", code, bytesOut
-	rec.UpstreamError = "rejected request: " + text
-	s.p.ship(&rec, time.Now())
-}
-
 // serve runs one request through the handler and finishes its response;
 // it reports whether the connection may serve another.
-func (s *h1Server) serve(req *http.Request) (keep bool) {
+func (s *Conn) serve(req *http.Request) (keep bool) {
 	req = req.WithContext(s.ctx)
 	req.RemoteAddr = s.remote
 	req.TLS = s.tlsState
@@ -419,7 +489,7 @@ func (s *h1Server) serve(req *http.Request) (keep bool) {
 	}
 	clear(s.hdr)
 	w := &s.w
-	*w = h1Writer{s: s, req: req, hdr: s.hdr, clen: -1, wantClose: req.Close}
+	*w = response{s: s, req: req, hdr: s.hdr, clen: -1, wantClose: req.Close}
 	if req.ProtoMinor == 0 && !req.Close {
 		w.keepAlive10 = httpguts.HeaderValuesContainsToken(req.Header["Connection"], "keep-alive")
 		w.wantClose = !w.keepAlive10
@@ -430,7 +500,7 @@ func (s *h1Server) serve(req *http.Request) (keep bool) {
 			w.hdr.Set("Content-Length", "0")
 			w.WriteHeader(http.StatusExpectationFailed)
 			w.finish()
-			s.recordRejected(http.StatusExpectationFailed, http.StatusText(http.StatusExpectationFailed), 0)
+			s.hooks.Rejected(http.StatusExpectationFailed, http.StatusText(http.StatusExpectationFailed), 0)
 			return false
 		}
 		w.expectContinue = body != nil && req.ProtoAtLeast(1, 1)
@@ -438,11 +508,22 @@ func (s *h1Server) serve(req *http.Request) (keep bool) {
 	if bodyless {
 		s.arm()
 	}
-	s.runHandler(w, req)
+	panicked := s.runHandler(w, req)
 	if bodyless {
 		s.disarm()
 	}
 	if w.hijacked {
+		return false
+	}
+	if panicked {
+		// As in net/http, the response is left unfinished: no status
+		// line made up for a handler that wrote none, no last chunk
+		// after a partial body, so the client sees the failure instead
+		// of a complete-looking response. close flushes what the
+		// handler wrote.
+		if body != nil {
+			body.abort()
+		}
 		return false
 	}
 	w.finish()
@@ -452,24 +533,26 @@ func (s *h1Server) serve(req *http.Request) (keep bool) {
 	return !w.closeAfter && !w.failed && !s.gone
 }
 
-// runHandler calls the proxy's handler; a panic ends only this
-// connection (as in net/http), logged with its stack.
-func (s *h1Server) runHandler(w *h1Writer, req *http.Request) {
+// runHandler calls the Handler; a panic ends only this connection (as in
+// net/http), logged with its stack (not for http.ErrAbortHandler).
+func (s *Conn) runHandler(w *response, req *http.Request) (panicked bool) {
 	defer func() {
 		if v := recover(); v != nil {
+			panicked = true
 			w.closeAfter = true
 			w.failed = true
 			if v != http.ErrAbortHandler {
-				s.p.log.Error("proxy: handler panic", "client", s.remote, "host", req.Host, "panic", v, "stack", string(debug.Stack()))
+				s.srv.log().Error("proxy: handler panic", "client", s.remote, "host", req.Host, "panic", v, "stack", string(debug.Stack()))
 			}
 		}
 	}()
-	s.p.handle(w, req)
+	s.srv.Handler.ServeHTTP(w, req)
+	return false
 }
 
 // arm starts the timer that begins watching the client connection if the
 // request is still running after watchAfter.
-func (s *h1Server) arm() {
+func (s *Conn) arm() {
 	s.wmu.Lock()
 	s.armed = true
 	s.wmu.Unlock()
@@ -482,7 +565,7 @@ func (s *h1Server) arm() {
 
 // disarm stops the timer or, when the watcher is reading, interrupts it
 // and waits for it.
-func (s *h1Server) disarm() {
+func (s *Conn) disarm() {
 	s.wmu.Lock()
 	s.armed = false
 	watching, done := s.watching, s.wdone
@@ -507,7 +590,7 @@ func (s *h1Server) disarm() {
 // EOF or an error means the client left, which cancels the request's
 // context (ending its upstream wait). Bytes that arrive (a pipelined
 // request) stay buffered for the next readRequest.
-func (s *h1Server) watch() {
+func (s *Conn) watch() {
 	s.wmu.Lock()
 	if !s.armed || s.watching {
 		s.wmu.Unlock()
@@ -534,12 +617,12 @@ func (s *h1Server) watch() {
 // MaxHeaderBytes + 4096) and keeps a copy of them for scanFields.
 type wireReader struct {
 	c         net.Conn
-	limited   bool
 	remain    int64
 	raw       []byte
-	recording bool
 	wait      atomic.Int32 // waitFirst or waitNext while the loop waits (Shutdown wakes it)
-	pending   byte         // a byte read by waitLean, returned first
+	limited   bool
+	recording bool
+	pending   byte // a byte read by waitLean, returned first
 	hasPend   bool
 }
 
@@ -595,4 +678,49 @@ func (r *wireReader) Read(p []byte) (int, error) {
 		r.raw = append(r.raw, p[:n]...)
 	}
 	return n, err
+}
+
+// extendRead moves the connection's read deadline to ProgressTimeout from
+// now while a request body is read, when it has drifted by more than an
+// eighth (no deadline change per read), or when a longer one (the header
+// timeout) is in place.
+func (s *Conn) extendRead() {
+	d := s.srv.ProgressTimeout
+	now := time.Now()
+	if s.rd.IsZero() || s.rd.Before(now.Add(d-d/8)) || s.rd.After(now.Add(d)) {
+		s.setReadDeadline(now.Add(d))
+	}
+}
+
+// progressWriter is what a connection's bufio.Writer writes to: the
+// connection, with a write deadline ProgressTimeout ahead of every write
+// (moved only when it has drifted by more than an eighth). A write the
+// client does not take in time ends the connection, told as ClientRead.
+type progressWriter struct {
+	s  *Conn
+	wd time.Time // write deadline last set
+}
+
+func (o *progressWriter) Write(b []byte) (int, error) {
+	s := o.s
+	d := s.srv.ProgressTimeout
+	now := time.Now()
+	if o.wd.Before(now.Add(d - d/8)) {
+		o.wd = now.Add(d)
+		s.conn.SetWriteDeadline(o.wd)
+	}
+	n, err := s.conn.Write(b)
+	if err != nil && isTimeoutErr(err) && !time.Now().Before(o.wd) {
+		s.hooks.Stall(ClientRead)
+	}
+	return n, err
+}
+
+// isTimeoutErr says whether err is a deadline error.
+func isTimeoutErr(err error) bool {
+	ne, ok := err.(interface{ Timeout() bool })
+	if ok && ne.Timeout() {
+		return true
+	}
+	return err != nil && (os.IsTimeout(err) || strings.Contains(err.Error(), "deadline exceeded"))
 }
