@@ -615,13 +615,16 @@ func testIdleTimeoutCountsBothDirections(t *testing.T, dp string) {
 	// it reaches the appliance: every veth hop goes through the kernel's
 	// per-CPU backlog (netdev_max_backlog), shared with every other test
 	// and benchmark on the machine, and a flood elsewhere makes it drop
-	// (softnet_stat's second column). A capture showed exactly that: an
-	// echo leaving the client's veth and never arriving in the VPC
-	// namespace, the simulator never sending it, and the tunnel then
-	// rightly idled out. So, as ping does, a lost echo is sent again
-	// (after resend, far inside the idle timeout, so the traffic stays
-	// steady); what is asserted is unchanged: the live tunnel is never
-	// destroyed, and the appliance itself dropped nothing.
+	// (softnet_stat's second column). Captures of failing runs showed
+	// exactly that: an echo leaving the client's veth and never arriving
+	// in the VPC namespace; another time the GENEVE datagram leaving the
+	// GWLB namespace's veth and never arriving on the appliance's (TX
+	// dropped on one end, RX dropped on the other, IpOutDiscards 1); and
+	// the tunnel then rightly idled out, as no traffic reached it. So, as
+	// ping does, a lost echo is sent again, after 500 ms, far inside the
+	// idle timeout, so the traffic stays steady. What is asserted is
+	// unchanged: the live tunnel is never destroyed; and the appliance
+	// itself must have dropped nothing.
 	lost := 0
 	for i, end := 3, time.Now().Add(5*time.Second); time.Now().Before(end); i++ {
 		n, err := pingResend(e0, i, 500*time.Millisecond, 10*time.Second)
