@@ -608,15 +608,94 @@ func testIdleTimeoutCountsBothDirections(t *testing.T, dp string) {
 	if st := h.d.Stats(); st.TunnelsCreated != 2 || len(st.Tunnels) != 1 {
 		t.Fatalf("stats: %+v", st)
 	}
-	// Steady traffic keeps the pair alive past the idle timeout.
+	// Steady traffic keeps the pair alive past the idle timeout: a round
+	// trip every ~300 ms for longer than the timeout.
+	//
+	// The simulated network around the appliance can lose a packet before
+	// it reaches the appliance: every veth hop goes through the kernel's
+	// per-CPU backlog (netdev_max_backlog), shared with every other test
+	// and benchmark on the machine, and a flood elsewhere makes it drop
+	// (softnet_stat's second column). Captures of failing runs showed
+	// exactly that: an echo leaving the client's veth and never arriving
+	// in the VPC namespace; another time the GENEVE datagram leaving the
+	// GWLB namespace's veth and never arriving on the appliance's (TX
+	// dropped on one end, RX dropped on the other, IpOutDiscards 1); and
+	// the tunnel then rightly idled out, as no traffic reached it. So, as
+	// ping does, a lost echo is sent again, after 500 ms, far inside the
+	// idle timeout, so the traffic stays steady. What is asserted is
+	// unchanged: the live tunnel is never destroyed; and the appliance
+	// itself must have dropped nothing.
+	lost := 0
 	for i, end := 3, time.Now().Add(5*time.Second); time.Now().Before(end); i++ {
-		if err := ping(t, e0, i, 10*time.Second); err != nil {
-			t.Fatal(err)
+		n, err := pingResend(e0, i, 500*time.Millisecond, 10*time.Second)
+		if err != nil {
+			t.Fatalf("%v (daemon stats %+v; simulator %+v)", err, h.d.Stats(), h.sim.Stats())
 		}
+		lost += n
 		time.Sleep(300 * time.Millisecond)
 	}
-	if st := h.d.Stats(); st.TunnelsDestroyed != 1 {
+	st := h.d.Stats()
+	if st.TunnelsDestroyed != 1 || len(st.Tunnels) != 1 {
 		t.Fatalf("live tunnel destroyed: %+v", st)
+	}
+	// no_flow is the kernel's own IPv6 chatter on the new tun devices
+	// (router solicitations, MLD), which has no flow to return on.
+	for reason, n := range st.Drops {
+		if reason != "no_flow" {
+			t.Errorf("appliance dropped %d packets: %s", n, reason)
+		}
+	}
+	simClean(t, h.sim.Stats())
+	if lost > 0 {
+		t.Logf("%d echo(es) unanswered within 500 ms and sent again (lost in the simulated network, e.g. a backlog drop in /proc/net/softnet_stat, or late)", lost)
+	}
+}
+
+// pingResend is ping for steady traffic: it sends an ICMP echo with seq
+// from the client and waits for its reply, sending the same echo again
+// every resend while none has come back, up to timeout. It returns how
+// many echoes went unanswered before the reply.
+func pingResend(ep *gwlbsim.Endpoint, seq int, resend, timeout time.Duration) (int, error) {
+	var c *icmp.PacketConn
+	if err := ep.Client.Do(func() (err error) {
+		c, err = icmp.ListenPacket("ip4:icmp", gwlbsim.ClientAddr.String())
+		return err
+	}); err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: 0x4343, Seq: seq, Data: []byte("steady")}}
+	b, _ := msg.Marshal(nil)
+	dst := &net.IPAddr{IP: gwlbsim.ServerAddr.AsSlice()}
+	buf := make([]byte, 1500)
+	for sent, end := 0, time.Now().Add(timeout); ; sent++ {
+		if !time.Now().Before(end) {
+			return sent, fmt.Errorf("echo seq %d: no reply to %d echoes in %s", seq, sent, timeout)
+		}
+		if _, err := c.WriteTo(b, dst); err != nil {
+			return sent, err
+		}
+		wait := time.Now().Add(resend)
+		if wait.After(end) {
+			wait = end
+		}
+		c.SetReadDeadline(wait)
+		for {
+			n, from, err := c.ReadFrom(buf)
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				break // send again
+			}
+			if err != nil {
+				return sent, fmt.Errorf("echo seq %d: %w", seq, err)
+			}
+			m, err := icmp.ParseMessage(1, buf[:n])
+			if err != nil || m.Type != ipv4.ICMPTypeEchoReply {
+				continue
+			}
+			if e, ok := m.Body.(*icmp.Echo); ok && e.Seq == seq && from.String() == gwlbsim.ServerAddr.String() {
+				return sent, nil
+			}
+		}
 	}
 }
 
