@@ -80,6 +80,12 @@ func (tx *txBatch) lookup(d *Daemon, t *tunnel, w *worker, p []byte, segs uint64
 		w.drops[dropNoFlow].Add(segs)
 		return false
 	}
+	// Only a packet that found its flow is activity: the kernel's own
+	// chatter on the tun devices (IPv6 router solicitations, MLD
+	// reports) has none and must not keep an idle tunnel alive. The eBPF
+	// datapath's egress likewise counts only packets that found a flow
+	// (tstats.last, read by housekeep).
+	t.touch(now.UnixNano())
 	return true
 }
 
@@ -193,7 +199,6 @@ func (d *Daemon) encapBatch(t *tunnel, w *worker, tx *txState, n int, now time.T
 
 // sendBatch sends back one batch read from a queue without offloads.
 func (d *Daemon) sendBatch(t *tunnel, w *worker, tx *txState, n int, now time.Time) {
-	t.touch(now.UnixNano())
 	d.encapBatch(t, w, tx, n, now)
 	tx.flush(t, w)
 }
@@ -308,7 +313,6 @@ func (d *Daemon) drain(t *tunnel, w *worker, rq *returnQueue) (int, error) {
 		return 0, err
 	}
 	now := time.Now()
-	t.touch(now.UnixNano())
 	t.ctr[w.id].tunReads.Add(uint64(n))
 	for i := 0; i < n; i++ {
 		d.returnPacket(t, w, tx, tx.rpkts[i], now)
