@@ -411,7 +411,16 @@ func (f *Fastpath) Sweep(tcp, other time.Duration) int {
 	})
 }
 
+// sweep deletes the flows del selects. Listing and deleting are two
+// steps (a hash map cannot be changed safely under its iterator), so a
+// packet may refresh a listed flow in between: deleteIf checks each one
+// again first.
 func (f *Fastpath) sweep(del func(*fastpathFlowKey, *fastpathFlow) bool) int {
+	return f.deleteIf(f.match(del), del)
+}
+
+// match lists the keys of the flows del selects.
+func (f *Fastpath) match(del func(*fastpathFlowKey, *fastpathFlow) bool) []fastpathFlowKey {
 	var k fastpathFlowKey
 	var v fastpathFlow
 	var victims []fastpathFlowKey
@@ -421,9 +430,29 @@ func (f *Fastpath) sweep(del func(*fastpathFlowKey, *fastpathFlow) bool) int {
 			victims = append(victims, k)
 		}
 	}
+	return victims
+}
+
+// deleteIf deletes each of victims that del still selects when read
+// again just before its deletion, and returns the number deleted.
+//
+// Without the second look, a flow that got a packet after match listed
+// it was deleted anyway, and its return packets found no flow (dropped)
+// until GWLB's next packet relearned it. A race remains: a packet in the
+// microseconds between this lookup and the delete. It is bounded to that
+// window and only hits flows idle past GWLB's own timeout, which GWLB
+// has forgotten too; the next GENEVE packet of the flow learns it again.
+// (A BPF hash map has no compare-and-delete.) The lookup, from a system
+// call, does not mark the LRU entry as used.
+func (f *Fastpath) deleteIf(victims []fastpathFlowKey, del func(*fastpathFlowKey, *fastpathFlow) bool) int {
+	var v fastpathFlow
 	n := 0
 	for i := range victims {
-		if f.objs.Flows.Delete(&victims[i]) == nil {
+		k := &victims[i]
+		if f.objs.Flows.Lookup(k, &v) != nil || !del(k, &v) {
+			continue // gone already, or refreshed since match
+		}
+		if f.objs.Flows.Delete(k) == nil {
 			n++
 		}
 	}
