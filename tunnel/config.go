@@ -60,7 +60,9 @@ type Config struct {
 	// its interfaces, steering and hooks are set up; more are dropped.
 	PendingPackets int `yaml:"pending_packets"`
 	// IdleTimeout destroys a tunnel pair after this long without traffic
-	// in either direction. 0 keeps tunnels until shutdown.
+	// in either direction: GENEVE packets in, or return packets that found
+	// their flow (the kernel's own chatter on the tun devices does not
+	// count). 0 keeps tunnels until shutdown.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 	// CreateHook and DestroyHook are executables run as
 	// `<hook> CREATE|DESTROY gwi-<X> gwo-<X> <endpoint id, 17 hex digits>`,
