@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/netip"
 	"time"
+	"unsafe"
 
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
@@ -49,6 +50,35 @@ func setReadBuffer(c *netlink.Conn, n int) {
 		}
 	}
 	_ = c.SetReadBuffer(n)
+}
+
+// socketDrops reads the socket's drop counter (SO_MEMINFO
+// SK_MEMINFO_DROPS: for netlink, the messages the kernel could not queue
+// for this reader). ok is false for a nil or closed socket.
+func socketDrops(c *netlink.Conn) (drops uint32, ok bool) {
+	if c == nil {
+		return 0, false
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var mi [unix.SK_MEMINFO_VARS]uint32
+	var serr error
+	cerr := rc.Control(func(fd uintptr) {
+		n := uint32(len(mi) * 4)
+		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO,
+			uintptr(unsafe.Pointer(&mi[0])), uintptr(unsafe.Pointer(&n)), 0)
+		if e != 0 {
+			serr = e
+		} else if n < (unix.SK_MEMINFO_DROPS+1)*4 {
+			serr = unix.EINVAL
+		}
+	})
+	if cerr != nil || serr != nil {
+		return 0, false
+	}
+	return mi[unix.SK_MEMINFO_DROPS], true
 }
 
 func isClosed(err error) bool {

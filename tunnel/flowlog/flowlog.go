@@ -77,6 +77,11 @@ type counters struct {
 	ctOverruns, nflogOverruns, decodeErrors, ignored atomic.Uint64
 	shipErrors                                       atomic.Uint64
 	lastOverrun                                      atomic.Int64 // unix nanos
+	// Messages the kernel dropped on each socket (its SO_MEMINFO drops
+	// count, read at each overrun, each summary and at Close), and the
+	// count last read (guarded by sumMu).
+	ctLost, nflogLost         atomic.Uint64
+	ctDropsSeen, nflDropsSeen uint32
 }
 
 // Stats is the JSON-able state of flow records.
@@ -92,9 +97,14 @@ type Stats struct {
 	// kernel dropped events because the reader fell behind.
 	ConntrackOverruns uint64 `json:"conntrack_overruns"`
 	NFLOGOverruns     uint64 `json:"nflog_overruns"`
-	DecodeErrors      uint64 `json:"decode_errors"`
-	ShipErrors        uint64 `json:"ship_errors"`
-	Queued            int    `json:"queued"`
+	// Lost counts what those overruns cost: conntrack destroy events
+	// (each a flow that ended without a record; exact, from the socket's
+	// drop counter) and NFLOG messages (each up to 32 denied packets).
+	ConntrackEventsLost uint64 `json:"conntrack_events_lost"`
+	NFLOGMessagesLost   uint64 `json:"nflog_messages_lost"`
+	DecodeErrors        uint64 `json:"decode_errors"`
+	ShipErrors          uint64 `json:"ship_errors"`
+	Queued              int    `json:"queued"`
 }
 
 // New prepares a Logger; nothing is opened before Start. reg may be nil.
@@ -187,6 +197,7 @@ func (l *Logger) Close() error {
 	}
 	l.started = false
 	l.cancel()
+	l.syncLost() // the sockets' drop counters die with them
 	// Closing the sockets ends the blocked Receive calls.
 	var errs []error
 	if l.ct != nil {
@@ -222,8 +233,8 @@ func (l *Logger) Health() error {
 		return fmt.Errorf("flowlog: %s", *e)
 	}
 	if t := l.c.lastOverrun.Load(); t != 0 && time.Since(time.Unix(0, t)) < time.Minute {
-		return fmt.Errorf("flowlog: netlink overruns (events lost): conntrack %d, nflog %d in total, the last %s ago",
-			l.c.ctOverruns.Load(), l.c.nflogOverruns.Load(), time.Since(time.Unix(0, t)).Round(time.Second))
+		return fmt.Errorf("flowlog: netlink overruns (events lost): conntrack %d (%d flows without a record), nflog %d (%d messages of denials) in total, the last %s ago",
+			l.c.ctOverruns.Load(), l.c.ctLost.Load(), l.c.nflogOverruns.Load(), l.c.nflogLost.Load(), time.Since(time.Unix(0, t)).Round(time.Second))
 	}
 	return nil
 }
@@ -234,8 +245,9 @@ func (l *Logger) Stats() Stats {
 		Records: l.c.records.Load(), Interim: l.c.interim.Load(), Denied: l.c.denied.Load(),
 		Summaries: l.c.summaries.Load(), QueueFull: l.c.queueFull.Load(), RateLimited: l.c.rateLimited.Load(),
 		DeniedSuppressed: l.c.deniedSuppressed.Load(), ConntrackOverruns: l.c.ctOverruns.Load(),
-		NFLOGOverruns: l.c.nflogOverruns.Load(), DecodeErrors: l.c.decodeErrors.Load(),
-		ShipErrors: l.c.shipErrors.Load(), Queued: len(l.queue),
+		NFLOGOverruns: l.c.nflogOverruns.Load(), ConntrackEventsLost: l.c.ctLost.Load(), NFLOGMessagesLost: l.c.nflogLost.Load(),
+		DecodeErrors: l.c.decodeErrors.Load(),
+		ShipErrors:   l.c.shipErrors.Load(), Queued: len(l.queue),
 	}
 }
 
@@ -245,8 +257,35 @@ func (l *Logger) overrun(ctr *atomic.Uint64, what string) {
 	l.sumMu.Lock()
 	l.sum.overruns++
 	l.sumMu.Unlock()
+	l.syncLost()
 	if n == 1 || n%100 == 0 {
-		l.log.Warn("netlink overrun: the kernel dropped events, the reader fell behind", "socket", what, "total", n)
+		l.log.Warn("netlink overrun: the kernel dropped events, the reader fell behind", "socket", what, "total", n,
+			"conntrack_events_lost", l.c.ctLost.Load(), "nflog_messages_lost", l.c.nflogLost.Load())
+	}
+}
+
+// syncLost adds what the kernel dropped on the sockets since the last
+// call to the lost counters and the summary. ENOBUFS is reported once per
+// congestion episode, however many messages it cost, and not for drops
+// while the socket is still congested: the socket's own drop counter
+// (sk_drops, which netlink_overrun increments per message) is what makes
+// the loss exact.
+func (l *Logger) syncLost() {
+	ct, ctOK := socketDrops(l.ct)
+	nfl, nflOK := socketDrops(l.nfl)
+	l.sumMu.Lock()
+	defer l.sumMu.Unlock()
+	if ctOK {
+		d := ct - l.c.ctDropsSeen // wraps correctly
+		l.c.ctDropsSeen = ct
+		l.c.ctLost.Add(uint64(d))
+		l.sum.ctLost += uint64(d)
+	}
+	if nflOK {
+		d := nfl - l.c.nflDropsSeen
+		l.c.nflDropsSeen = nfl
+		l.c.nflogLost.Add(uint64(d))
+		l.sum.nflogLost += uint64(d)
 	}
 }
 
@@ -334,6 +373,7 @@ func (l *Logger) writer(ctx context.Context) {
 		}
 	}
 	flushSummary := func(now time.Time) {
+		l.syncLost()
 		l.sumMu.Lock()
 		s := l.sum
 		l.sum = summary{}
@@ -419,11 +459,12 @@ var (
 	descRecords  = prometheus.NewDesc("gwlbproxy_flow_records_total", "Flow records written, by record_type.", []string{"type"}, nil)
 	descFolded   = prometheus.NewDesc("gwlbproxy_flow_summarised_total", "Flows counted in flow_summary records instead of recorded, by reason.", []string{"reason"}, nil)
 	descOverruns = prometheus.NewDesc("gwlbproxy_flow_netlink_overruns_total", "ENOBUFS on the flow records' netlink sockets (events lost by the kernel).", []string{"socket"}, nil)
+	descLost     = prometheus.NewDesc("gwlbproxy_flow_netlink_lost_total", "Messages the kernel dropped on the flow records' netlink sockets: conntrack destroy events (flows without a record) and NFLOG messages (up to 32 denied packets each).", []string{"socket"}, nil)
 	descErrs     = prometheus.NewDesc("gwlbproxy_flow_errors_total", "Flow record errors, by kind.", []string{"kind"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRecords, descFolded, descOverruns, descErrs} {
+	for _, d := range []*prometheus.Desc{descRecords, descFolded, descOverruns, descLost, descErrs} {
 		ch <- d
 	}
 }
@@ -442,6 +483,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	m(descFolded, s.DeniedSuppressed, "denied_per_source")
 	m(descOverruns, s.ConntrackOverruns, "conntrack")
 	m(descOverruns, s.NFLOGOverruns, "nflog")
+	m(descLost, s.ConntrackEventsLost, "conntrack")
+	m(descLost, s.NFLOGMessagesLost, "nflog")
 	m(descErrs, s.DecodeErrors, "decode")
 	m(descErrs, s.ShipErrors, "ship")
 }

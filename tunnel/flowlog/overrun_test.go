@@ -84,5 +84,19 @@ func TestKernelOverrun(t *testing.T) {
 	if e := l.readErrs.Load(); e != nil {
 		t.Fatalf("reader stopped: %s", *e)
 	}
+	// Nothing silent: every destroyed flow is a record or counted lost
+	// (the socket's drop counter), exactly.
+	for {
+		l.syncLost()
+		q, lost := len(l.queue), l.Stats().ConntrackEventsLost
+		if q+int(lost) == n {
+			t.Logf("%d records + %d events lost (SO_MEMINFO drops) = %d destroyed flows", q, lost, n)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d records + %d events lost != %d destroyed flows", q, lost, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	t.Logf("%d destroy events: %d overrun(s) counted, %d records queued, health: %v", n, l.Stats().ConntrackOverruns, len(l.queue), l.Health())
 }

@@ -177,10 +177,13 @@ type summary struct {
 	queueFull, rateLimited                          uint64
 	deniedSuppressed, deniedSources                 uint64
 	overruns                                        uint64
+	// Messages the kernel dropped on the sockets (SO_MEMINFO drops):
+	// each conntrack one a flow that ended without a record.
+	ctLost, nflogLost uint64
 }
 
 func (s *summary) empty() bool {
-	return s.flows == 0 && s.deniedSuppressed == 0 && s.overruns == 0
+	return s.flows == 0 && s.deniedSuppressed == 0 && s.overruns == 0 && s.ctLost == 0 && s.nflogLost == 0
 }
 
 func (s *summary) appendJSON(b []byte, now time.Time, instance, id string, interval time.Duration) []byte {
@@ -201,6 +204,8 @@ func (s *summary) appendJSON(b []byte, now time.Time, instance, id string, inter
 	b = appendInt(b, "denied_suppressed", int64(s.deniedSuppressed))
 	b = appendInt(b, "denied_sources", int64(s.deniedSources))
 	b = appendInt(b, "netlink_overruns", int64(s.overruns))
+	b = appendInt(b, "flows_lost", int64(s.ctLost))
+	b = appendInt(b, "denied_messages_lost", int64(s.nflogLost))
 	return append(b, '}')
 }
 
@@ -213,4 +218,4 @@ var RecordFields = []string{"time", "record_type", "record_id", "instance_id", "
 // SummaryFields are the fields of a flow_summary record, in order.
 var SummaryFields = []string{"time", "record_type", "record_id", "instance_id", "interval_ms", "flows",
 	"flows_queue_full", "flows_rate_limited", "packets_out", "bytes_out", "packets_in", "bytes_in",
-	"denied_suppressed", "denied_sources", "netlink_overruns"}
+	"denied_suppressed", "denied_sources", "netlink_overruns", "flows_lost", "denied_messages_lost"}
