@@ -53,7 +53,7 @@ func BenchmarkRecordPipeline(b *testing.B) {
 	l.wg.Add(1)
 	go l.writer(ctx)
 	now := time.Now()
-	f := conntrack.Flow{Mark: 0x47570001}
+	f := conntrack.Flow{Mark: 0x47570201} // slot 1, rule id 1
 	f.TupleOrig.IP.SourceAddress = netip.MustParseAddr("198.19.0.10")
 	f.TupleOrig.IP.DestinationAddress = netip.MustParseAddr("203.0.113.30")
 	f.TupleOrig.Proto.Protocol = 17

@@ -102,7 +102,11 @@ func (l *Logger) flowRecord(f *conntrack.Flow, typ string, now time.Time) (Recor
 	if ep, ok := l.src.EndpointOfMark(f.Mark); ok {
 		r.EndpointID = ep
 	}
-	r.Rule = l.src.RuleFor(r.EndpointID, r.Protocol, r.Client.Addr(), r.Dst.Addr(), r.Dst.Port())
+	// The rule that allowed the flow, as the kernel recorded it in the
+	// conntrack mark when the flow began (not re-evaluated now: the
+	// policy may have been reloaded, a domain's answers may have
+	// changed).
+	r.Rule, r.PolicyVersion, _ = l.src.RuleOfMark(f.Mark)
 	// Masquerade: the reply goes to the translated source.
 	if nat := netip.AddrPortFrom(rp.IP.DestinationAddress, rp.Proto.DestinationPort); rp.IP.DestinationAddress.IsValid() && nat != r.Client {
 		r.NAT = nat

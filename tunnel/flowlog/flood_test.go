@@ -58,7 +58,7 @@ func (m *memRecorder) totals() (flows, summarised int) {
 }
 
 // floodNS is a namespace whose locally generated UDP to port 9 gets
-// conntrack mark 0x47570001 (tunnel slot 1), as forwarded tunnel flows do.
+// conntrack mark 0x47570201 (tunnel slot 1, rule id 1), as forwarded tunnel flows do.
 func floodNS(t *testing.T) netns.NsHandle {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (network namespaces, nftables, conntrack netlink)")
@@ -83,7 +83,7 @@ func floodNS(t *testing.T) netns.NsHandle {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(9)},
-		&expr.Immediate{Register: 1, Data: binaryutil.NativeEndian.PutUint32(0x47570001)},
+		&expr.Immediate{Register: 1, Data: binaryutil.NativeEndian.PutUint32(0x47570201)}, // slot 1, rule id 1 (steer's layout with max_tunnels 256)
 		&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
 	}})
 	if err := c.Flush(); err != nil {
@@ -145,7 +145,7 @@ func TestFloodRecordsOrSummaries(t *testing.T) {
 			return err
 		}
 		defer c.Close()
-		flows, err := c.DumpFilter(conntrack.NewFilter().Mark(0x47570001).MarkMask(0xffffffff), nil)
+		flows, err := c.DumpFilter(conntrack.NewFilter().Mark(0x47570201).MarkMask(0xffffffff), nil)
 		ref = len(flows)
 		return err
 	}); err != nil {

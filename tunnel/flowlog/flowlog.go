@@ -28,7 +28,13 @@ import (
 type Source interface {
 	EndpointOfMark(mark uint32) (uint64, bool)
 	EndpointOfIfIndex(idx int) (uint64, bool)
-	RuleFor(ep uint64, proto uint8, src, dst netip.Addr, dport uint16) string
+	// RuleOfMark names the network policy rule that allowed a flow, from
+	// the rule id the kernel set in its conntrack mark, and the version
+	// of the network policy that rule was part of.
+	RuleOfMark(mark uint32) (rule, version string, ok bool)
+	// PolicyVersion is the version of the network policy in force
+	// (denied records carry it).
+	PolicyVersion() string
 }
 
 // Recorder takes one JSON record (copied by the callee); logship's
@@ -347,8 +353,7 @@ func (l *Logger) writer(ctx context.Context) {
 			for {
 				select {
 				case r := <-l.queue:
-					r.RecordID = l.nextID()
-					buf = r.AppendJSON(buf[:0])
+					buf = r.appendJSON(buf[:0], l.idPrefix, l.idSeq.Add(1))
 					ship(r.End, buf)
 					l.count(r)
 					continue
@@ -372,8 +377,7 @@ func (l *Logger) writer(ctx context.Context) {
 				}
 				tokens--
 			}
-			r.RecordID = l.nextID()
-			buf = r.AppendJSON(buf[:0])
+			buf = r.appendJSON(buf[:0], l.idPrefix, l.idSeq.Add(1))
 			ship(r.End, buf)
 			l.count(r)
 		}

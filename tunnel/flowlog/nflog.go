@@ -133,11 +133,19 @@ func (l *Logger) deniedRecord(data []byte) (Record, bool) {
 	if ad.Err() != nil {
 		return Record{}, false
 	}
+	// "np:<rule>@<policy version>" (steer.NFLOGPrefix); without a
+	// version (a table of an older build), the version in force.
 	rule, ok := strings.CutPrefix(prefix, "np:")
+	rule, version, hasVersion := strings.Cut(rule, "@")
 	if !ok || !validName(rule) {
 		rule = "unknown"
 	}
 	r.Rule = rule
+	if hasVersion && validName(version) {
+		r.PolicyVersion = version
+	} else {
+		r.PolicyVersion = l.src.PolicyVersion()
+	}
 	if !parsePacket(payload, &r) {
 		return Record{}, false
 	}

@@ -31,14 +31,17 @@ type Record struct {
 	NAT        netip.AddrPort // source after masquerade (nat mode), else zero
 	Action     string
 	Rule       string
-	PacketsOut uint64
-	BytesOut   uint64
-	PacketsIn  uint64
-	BytesIn    uint64
-	Start, End time.Time
-	TCPState   string
-	ICMPType   int // -1 unless ICMP
-	ICMPCode   int
+	// PolicyVersion is the network policy version the rule belongs to
+	// (steer's NetworkPolicy.Version, "np-" and 12 hex digits).
+	PolicyVersion string
+	PacketsOut    uint64
+	BytesOut      uint64
+	PacketsIn     uint64
+	BytesIn       uint64
+	Start, End    time.Time
+	TCPState      string
+	ICMPType      int // -1 unless ICMP
+	ICMPCode      int
 }
 
 // protoNames are the record's names of IP protocol numbers; others are
@@ -58,7 +61,12 @@ func tcpStateName(s uint8) string {
 // AppendJSON appends r as one JSON object. Every string it writes is
 // either a fixed name, an address, or a rule name (steer validates those
 // to [A-Za-z0-9_.-]); appendStr escapes anyway.
-func (r *Record) AppendJSON(b []byte) []byte {
+func (r *Record) AppendJSON(b []byte) []byte { return r.appendJSON(b, "", 0) }
+
+// appendJSON is AppendJSON; with idPrefix set, record_id is idPrefix and
+// seq in hex instead of r.RecordID (the writer's ids, without allocating
+// a string per record).
+func (r *Record) appendJSON(b []byte, idPrefix string, seq uint64) []byte {
 	end := r.End
 	if end.IsZero() {
 		end = r.Start
@@ -67,7 +75,14 @@ func (r *Record) AppendJSON(b []byte) []byte {
 	b = end.UTC().AppendFormat(b, time.RFC3339Nano)
 	b = append(b, '"')
 	b = appendStr(b, "record_type", r.Type)
-	b = appendStr(b, "record_id", r.RecordID)
+	if idPrefix != "" {
+		b = append(b, `,"record_id":"`...)
+		b = append(b, idPrefix...)
+		b = strconv.AppendUint(b, seq, 16)
+		b = append(b, '"')
+	} else {
+		b = appendStr(b, "record_id", r.RecordID)
+	}
 	b = appendStr(b, "instance_id", r.InstanceID)
 	b = append(b, `,"endpoint_id":"`...)
 	if r.EndpointID != 0 {
@@ -93,6 +108,7 @@ func (r *Record) AppendJSON(b []byte) []byte {
 	b = appendInt(b, "nat_port", int64(r.NAT.Port()))
 	b = appendStr(b, "action", r.Action)
 	b = appendStr(b, "rule", r.Rule)
+	b = appendStr(b, "policy_version", r.PolicyVersion)
 	b = appendInt(b, "packets_out", int64(r.PacketsOut))
 	b = appendInt(b, "bytes_out", int64(r.BytesOut))
 	b = appendInt(b, "packets_in", int64(r.PacketsIn))
@@ -191,7 +207,7 @@ func (s *summary) appendJSON(b []byte, now time.Time, instance, id string, inter
 // RecordFields are the fields of every flow, flow_interim and flow_denied
 // record, in order.
 var RecordFields = []string{"time", "record_type", "record_id", "instance_id", "endpoint_id", "protocol",
-	"client_ip", "client_port", "dst_ip", "dst_port", "nat_ip", "nat_port", "action", "rule",
+	"client_ip", "client_port", "dst_ip", "dst_port", "nat_ip", "nat_port", "action", "rule", "policy_version",
 	"packets_out", "bytes_out", "packets_in", "bytes_in", "start", "end", "duration_ms", "tcp_state", "icmp_type", "icmp_code"}
 
 // SummaryFields are the fields of a flow_summary record, in order.

@@ -104,8 +104,12 @@ func TestDeniedRecord(t *testing.T) {
 		return b
 	}
 	for _, c := range []struct {
-		prefix, rule string
-	}{{"np:default", "default"}, {"np:ssh-a", "ssh-a"}, {"np:bad name\x1b", "unknown"}, {"other", "unknown"}} {
+		prefix, rule, version string
+	}{
+		{"np:default", "default", "np-000000000001"}, {"np:ssh-a", "ssh-a", "np-000000000001"},
+		{"np:ssh-a@np-0123456789ab", "ssh-a", "np-0123456789ab"}, {"np:ssh-a@bad version", "ssh-a", "np-000000000001"},
+		{"np:bad name\x1b", "unknown", "np-000000000001"}, {"other", "unknown", "np-000000000001"},
+	} {
 		msg := append([]byte{2, 0, 0x12, 0x95}, attr(nfulaPrefix, []byte(c.prefix+"\x00"))...)
 		msg = append(msg, attr(nfulaPayload, pkt)...)
 		msg = append(msg, attr(nfulaIfindexIndev, []byte{0, 0, 0, 7})...)
@@ -114,7 +118,7 @@ func TestDeniedRecord(t *testing.T) {
 		if !ok {
 			t.Fatalf("%q: not decoded", c.prefix)
 		}
-		if r.Rule != c.rule || r.Client.String() != "198.19.0.10:40000" || r.Dst.String() != "203.0.113.30:8080" || r.Protocol != 6 || r.BytesOut != 60 || r.EndpointID != 0x77 {
+		if r.Rule != c.rule || r.PolicyVersion != c.version || r.Client.String() != "198.19.0.10:40000" || r.Dst.String() != "203.0.113.30:8080" || r.Protocol != 6 || r.BytesOut != 60 || r.EndpointID != 0x77 {
 			t.Fatalf("%q: %+v", c.prefix, r)
 		}
 	}

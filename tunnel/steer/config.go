@@ -5,6 +5,7 @@ package steer
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"net/netip"
 	"time"
 
@@ -91,6 +92,12 @@ type Config struct {
 	// in by the application like GenevePort): the notrack rules match
 	// only GENEVE from and to them.
 	GeneveSources []netip.Prefix `yaml:"-"`
+	// MaxTunnels is tunnel.max_tunnels (copied in by the application like
+	// GenevePort): tunnel slots are 1..MaxTunnels. It decides how the low
+	// 16 bits of a conntrack mark are shared between the tunnel slot (the
+	// low bits.Len(MaxTunnels) bits) and the id of the network policy rule
+	// that allowed the flow (the bits above; see ruleid.go).
+	MaxTunnels int `yaml:"-"`
 
 	// NetworkPolicy filters forwarded (non-intercepted) traffic from the
 	// tunnels; see netpolicy.go.
@@ -116,6 +123,7 @@ func DefaultConfig() Config {
 		SysctlInterval: 30 * time.Second,
 		NotrackGeneve:  true,
 		GenevePort:     geneve.Port,
+		MaxTunnels:     256,
 		NetworkPolicy:  NetworkPolicy{LogGroup: 4757},
 	}
 }
@@ -186,6 +194,7 @@ func (c *Config) Validate() error {
 		add("notrack_geneve: the GENEVE port (tunnel.port) is 0")
 	}
 	errs = append(errs, c.NetworkPolicy.validate()...)
+	errs = append(errs, c.validateRuleIDs()...)
 	return errors.Join(errs...)
 }
 
@@ -196,3 +205,23 @@ const markMask = 0xffff0000
 
 func (c *Config) tunnelMark(slot uint16) uint32 { return c.MarkBase | uint32(slot) }
 func (c *Config) tunnelTable(slot uint16) int   { return int(c.RouteTableBase) + int(slot) }
+
+// slotBits is how many low bits of a mark hold the tunnel slot.
+func (c *Config) slotBits() int { return bits.Len(uint(c.MaxTunnels)) }
+
+// slotMask selects the slot of a mark.
+func (c *Config) slotMask() uint32 { return 1<<c.slotBits() - 1 }
+
+// ruleMask selects the network policy rule id of a conntrack mark: the
+// bits between the slot and the "ours" half.
+func (c *Config) ruleMask() uint32 { return 0xffff &^ c.slotMask() }
+
+// routeMask selects what routing needs of a conntrack mark (ours + slot):
+// the part copied to the packet mark.
+func (c *Config) routeMask() uint32 { return markMask | c.slotMask() }
+
+// maxRuleID is the largest rule id the mark has room for (0 is "none").
+func (c *Config) maxRuleID() int { return 1<<(16-c.slotBits()) - 1 }
+
+// ruleMark is the conntrack mark bits of rule id.
+func (c *Config) ruleMark(id uint16) uint32 { return uint32(id) << c.slotBits() }

@@ -199,7 +199,7 @@ func (l *ctLookup) markZone(src, dst netip.AddrPort, zone uint16) (uint32, error
 }
 
 // flushMark deletes every conntrack entry, in every zone and family,
-// whose mark is exactly mark: one CT DELETE without a tuple, which the
+// whose mark under mask is mark: one CT DELETE without a tuple, which the
 // kernel turns into a filtered flush (no dump to user space, however big
 // the table).
 //
@@ -208,7 +208,7 @@ func (l *ctLookup) markZone(src, dst netip.AddrPort, zone uint16) (uint32, error
 // TCP one in TIME_WAIT for two) would route late packets of those flows
 // into the new tunnel's gwo-*, another endpoint's, where at best the flow
 // table drops them.
-func (l *ctLookup) flushMark(mark uint32) error {
+func (l *ctLookup) flushMark(mark, mask uint32) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.fd < 0 {
@@ -218,7 +218,7 @@ func (l *ctLookup) flushMark(mark uint32) error {
 	ae := netlink.NewAttributeEncoder()
 	ae.ByteOrder = binary.BigEndian
 	ae.Uint32(ctaMark, mark)
-	ae.Uint32(ctaMarkMask, 0xffffffff)
+	ae.Uint32(ctaMarkMask, mask)
 	attrs, err := ae.Encode()
 	if err != nil {
 		return fmt.Errorf("conntrack: encode: %w", err)

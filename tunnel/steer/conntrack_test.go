@@ -59,7 +59,7 @@ func TestPairDownForgetsFlows(t *testing.T) {
 		t.Fatalf("after PairDown of b: tunnel a has %d entries with mark %#x, had %d", n, markA, a)
 	}
 	// Nothing left to flush is not an error.
-	if err := tp.s.ct.Load().flushMark(markB); err != nil {
+	if err := tp.s.ct.Load().flushMark(markB, 0xffffffff); err != nil {
 		t.Fatalf("second flush: %v", err)
 	}
 }

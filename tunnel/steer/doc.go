@@ -40,6 +40,11 @@
 // is found from conntrack and not from the address, two endpoints with the
 // same client addresses each get their own replies.
 //
+// The conntrack mark of a forwarded flow also carries the id of the
+// network policy rule that allowed it (ruleid.go), in the bits between the
+// slot (the low bits.Len(max_tunnels) bits) and mark_base; only
+// mark_base|slot is copied to packet marks, so routing never sees it.
+//
 // # Why interception works here when gwlbtun users' TPROXY "had no effect"
 //
 // TPROXY in prerouting only assigns the packet to a socket; it does not

@@ -138,6 +138,10 @@ func (s *Steerer) refreshDomains(ctx context.Context, now time.Time) {
 			s.dom.failures.Add(1)
 			s.dom.mu.Lock()
 			d := s.dom.names[n]
+			if d == nil { // dropped by a reload meanwhile
+				s.dom.mu.Unlock()
+				continue
+			}
 			d.fails++
 			d.next = now.Add(domainRetry)
 			kept := len(d.addrs)
@@ -152,7 +156,9 @@ func (s *Steerer) refreshDomains(ctx context.Context, now time.Time) {
 			s.dom.failures.Add(1)
 			s.log.Warn("network policy: updating domain set", "name", n, "err", err)
 			s.dom.mu.Lock()
-			s.dom.names[n].next = now.Add(domainRetry)
+			if d := s.dom.names[n]; d != nil {
+				d.next = now.Add(domainRetry)
+			}
 			s.dom.mu.Unlock()
 			continue
 		}
@@ -169,6 +175,10 @@ func (s *Steerer) installAnswers(name string, addrs []netip.Addr, ttl time.Durat
 	}
 	s.dom.mu.Lock()
 	d := s.dom.names[name]
+	if d == nil { // dropped by a reload meanwhile
+		s.dom.mu.Unlock()
+		return nil
+	}
 	present := make(map[netip.Addr]bool, len(d.addrs))
 	// An element still in the kernel must be deleted and added again:
 	// before 6.10 adding it leaves its old timeout, and it would lapse

@@ -26,6 +26,7 @@ func (s *Steerer) Explain() string {
 		pairs = append(pairs, p)
 	}
 	lo := s.loIndex
+	np := s.cfg.NetworkPolicy
 	s.mu.Unlock()
 	if egress == "" && !s.cfg.tunnelMode() {
 		egress = s.cfg.EgressInterface
@@ -46,8 +47,10 @@ func (s *Steerer) Explain() string {
 	} else {
 		fmt.Fprintf(&b, " (two-arm: forwarded traffic masqueraded out %s; upstream from the appliance's address)\n", egress)
 	}
-	fmt.Fprintf(&b, "# marks: %#x = intercepted (local delivery), %#x+slot = tunnel slot; tables: %d = local delivery, %d+slot = tunnel slot\n\n",
+	fmt.Fprintf(&b, "# marks: %#x = intercepted (local delivery), %#x+slot = tunnel slot; tables: %d = local delivery, %d+slot = tunnel slot\n",
 		c.MarkBase, c.MarkBase, c.RouteTableBase, c.RouteTableBase)
+	fmt.Fprintf(&b, "# conntrack mark: slot in bits %#x (max_tunnels %d), id of the network policy rule that allowed the flow in bits %#x (flow records read it); only mark & %#x is copied to packets\n\n",
+		c.slotMask(), c.MaxTunnels, c.ruleMask(), c.routeMask())
 
 	fmt.Fprintf(&b, "## nftables (one table, replaced atomically)\ntable inet %s {\n", c.TableName)
 	for _, n := range append(append([]string(nil), counterNames...), rs.npCounters...) {
@@ -99,7 +102,7 @@ func (s *Steerer) Explain() string {
 		b.WriteString("  }\n")
 	}
 	b.WriteString("}\n")
-	b.WriteString(s.explainNetworkPolicy())
+	b.WriteString(s.explainNetworkPolicy(&np))
 	b.WriteString("\n## policy routing\n")
 	rules, routes := s.baseRoutesWithLo(lo)
 	writeRouting(&b, rules, routes, "")

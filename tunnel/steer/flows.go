@@ -16,7 +16,7 @@ func (s *Steerer) EndpointOfMark(mark uint32) (uint64, bool) {
 	if mark&markMask != s.cfg.MarkBase || mark == s.cfg.MarkBase {
 		return 0, false
 	}
-	v, ok := s.epBySlot.Load(uint16(mark))
+	v, ok := s.epBySlot.Load(uint16(mark & s.cfg.slotMask()))
 	if !ok {
 		return 0, false
 	}
@@ -33,11 +33,31 @@ func (s *Steerer) EndpointOfIfIndex(idx int) (uint64, bool) {
 	return v.(uint64), true
 }
 
-// RuleFor names the network policy rule that decides a flow (see
-// NetworkPolicy.RuleFor).
+// RuleFor names the network policy rule that would decide a new flow now
+// (see NetworkPolicy.RuleFor). Flow records do not use it: they read the
+// rule from the conntrack mark (RuleOfMark).
 func (s *Steerer) RuleFor(ep uint64, proto uint8, src, dst netip.Addr, dport uint16) string {
-	return s.cfg.NetworkPolicy.RuleFor(ep, proto, src, dst, dport, s.resolvedNow)
+	s.mu.Lock()
+	np := s.cfg.NetworkPolicy
+	s.mu.Unlock()
+	return np.RuleFor(ep, proto, src, dst, dport, s.resolvedNow)
 }
+
+// RuleOfMark names the network policy rule that allowed a flow, from the
+// rule id its allow verdict set in the flow's conntrack mark (ruleid.go),
+// and the version of the network policy that rule was last part of. ok is
+// false for a mark without a rule id (no network policy active when the
+// flow began).
+func (s *Steerer) RuleOfMark(mark uint32) (rule, version string, ok bool) {
+	if mark&markMask != s.cfg.MarkBase {
+		return "", "", false
+	}
+	return s.ids.lookup(uint16((mark & s.cfg.ruleMask()) >> s.cfg.slotBits()))
+}
+
+// PolicyVersion is the version of the network policy in force
+// (NetworkPolicy.Version).
+func (s *Steerer) PolicyVersion() string { return *s.npVersion.Load() }
 
 // FlowSource is what a flow logger must know about this steering setup.
 type FlowSource struct {

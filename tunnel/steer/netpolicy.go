@@ -29,7 +29,7 @@ import (
 //  2. ct state established,related: accept. Replies, and ICMP errors about
 //     an allowed flow (fragmentation needed, unreachable), always pass;
 //  3. the rules in order; the first match decides (allow: accept; deny
-//     and reject: NFLOG to log_group with prefix "np:<rule>", then drop, or
+//     and reject: NFLOG to log_group with prefix "np:<rule>@<version>", then drop, or
 //     a TCP reset / ICMP administratively prohibited); destinations may
 //     be CIDRs or domain names (domain.go);
 //  4. default_action.
@@ -142,7 +142,7 @@ func (p *NetworkPolicy) validate() []error {
 				add("rules[%d].ports[%d]: %q is not a port or range 1..65535", i, j, pr)
 			}
 		}
-		r.endpoints = r.endpoints[:0]
+		r.endpoints = nil // fresh: the rules may share arrays with a policy in force (reload)
 		for j, e := range r.Endpoints {
 			v, err := policy.ParseEndpointID(e)
 			if err != nil {
@@ -212,8 +212,11 @@ func npCounter(name string) string { return "np_" + name }
 // endpoints (filled by PairUp).
 func npEndpointSet(i int) string { return fmt.Sprintf("np_ep_%d", i) }
 
-// NFLOGPrefix is the log prefix of denials by rule name.
-func NFLOGPrefix(rule string) string { return "np:" + rule }
+// NFLOGPrefix is the log prefix of denials by rule name in the network
+// policy of version (NetworkPolicy.Version): "np:<rule>@<version>", so a
+// denied record names the policy that denied the packet even when it is
+// read after a reload.
+func NFLOGPrefix(rule, version string) string { return "np:" + rule + "@" + version }
 
 // RuleFor names the rule that decides a new flow from endpoint ep with
 // protocol proto from src to dst:dport: the first rule that matches, or
@@ -377,6 +380,7 @@ func (s *Steerer) addNetworkPolicy(rs *ruleset, add func(chain, text string, e .
 	np := &c.NetworkPolicy
 	fromTunnel := lookup(setTunnels, rs.sets, false)
 	t := rs.table
+	version := np.Version()
 	rs.npCounters = append(rs.npCounters, npCounter(DefaultRuleName))
 	add(chainFilterFwd, fmt.Sprintf("iif @%s ct state established,related counter name %s accept", setTunnels, ctrForwarded),
 		cat(fromTunnel, ctStateIn(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), objref(ctrForwarded), accept())...)
@@ -396,18 +400,26 @@ func (s *Steerer) addNetworkPolicy(rs *ruleset, add func(chain, text string, e .
 		e     []expr.Any
 		txt   string
 	}
-	verdicts := func(name, action, proto string) []ending {
+	verdicts := func(name, action, proto string, id uint16) []ending {
 		if action == NetAllow {
 			// forwarded keeps counting every forwarded packet (new and
-			// established), as it does without a policy.
-			e := cat(objref(npCounter(name)), objref(ctrForwarded), accept())
-			return []ending{{e: e, txt: "counter name " + npCounter(name) + " counter name " + ctrForwarded + " accept"}}
+			// established), as it does without a policy. The rule's id
+			// goes into the conntrack mark (ruleid.go): flow records
+			// read it from the destroy event.
+			var e []expr.Any
+			txt := ""
+			if rs.idsOK && id != 0 {
+				e = ctMarkSetField(c.ruleMask(), c.ruleMark(id))
+				txt = fmt.Sprintf("ct mark set ct mark & %#x | %#x ", ^c.ruleMask(), c.ruleMark(id))
+			}
+			e = cat(e, objref(npCounter(name)), objref(ctrForwarded), accept())
+			return []ending{{e: e, txt: txt + "counter name " + npCounter(name) + " counter name " + ctrForwarded + " accept"}}
 		}
 		e := objref(npCounter(name))
 		txt := "counter name " + npCounter(name)
 		if np.LogGroup != 0 {
-			e = append(e, &expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: np.LogGroup, Data: []byte(NFLOGPrefix(name))})
-			txt += fmt.Sprintf(" log group %d prefix %q", np.LogGroup, NFLOGPrefix(name))
+			e = append(e, &expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: np.LogGroup, Data: []byte(NFLOGPrefix(name, version))})
+			txt += fmt.Sprintf(" log group %d prefix %q", np.LogGroup, NFLOGPrefix(name, version))
 		}
 		if action != NetReject {
 			return []ending{{e: cat(e, drop()), txt: txt + " drop"}}
@@ -521,7 +533,11 @@ func (s *Steerer) addNetworkPolicy(rs *ruleset, add func(chain, text string, e .
 				e = append(e, anon(nftables.TypeInetService, true, elems, t))
 				txt += fmt.Sprintf(" th dport { %s }", t)
 			}
-			for _, v := range verdicts(r.Name, r.Action, r.Protocol) {
+			var id uint16
+			if rs.idsOK {
+				id = rs.ids.rules[i]
+			}
+			for _, v := range verdicts(r.Name, r.Action, r.Protocol, id) {
 				add(chainFilterFwd, txt+" "+v.txt, cat(e, v.match, v.e)...)
 			}
 		}
@@ -530,7 +546,7 @@ func (s *Steerer) addNetworkPolicy(rs *ruleset, add func(chain, text string, e .
 	if def == "" {
 		def = NetAllow
 	}
-	for _, v := range verdicts(DefaultRuleName, def, ProtoAny) {
+	for _, v := range verdicts(DefaultRuleName, def, ProtoAny, rs.ids.def) {
 		add(chainFilterFwd, fmt.Sprintf("iif @%s %s", setTunnels, v.txt), cat(fromTunnel, v.match, v.e)...)
 	}
 }
@@ -605,8 +621,7 @@ func (s *Steerer) npEndpointSetsOf(ep uint64) []string {
 
 // explainNetworkPolicy summarises the network policy for check --explain
 // (the rules themselves are in filter_forward above).
-func (s *Steerer) explainNetworkPolicy() string {
-	np := &s.cfg.NetworkPolicy
+func (s *Steerer) explainNetworkPolicy(np *NetworkPolicy) string {
 	var b strings.Builder
 	b.WriteString("\n## network policy (forwarded traffic that is not intercepted; in filter_forward above)\n")
 	if !np.active() {
@@ -642,8 +657,9 @@ func (s *Steerer) explainNetworkPolicy() string {
 		}
 		b.WriteString("\n")
 	}
+	fmt.Fprintf(&b, "# policy_version %s (flow records carry it)\n", np.Version())
 	if np.LogGroup != 0 {
-		fmt.Fprintf(&b, "# denied packets are logged to NFLOG group %d (prefix np:<rule>) for flow records\n", np.LogGroup)
+		fmt.Fprintf(&b, "# denied packets are logged to NFLOG group %d (prefix np:<rule>@<policy_version>) for flow records\n", np.LogGroup)
 	}
 	return b.String()
 }

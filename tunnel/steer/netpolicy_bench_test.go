@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"sort"
+	"syscall"
 	"testing"
 	"time"
 
@@ -48,11 +49,14 @@ func BenchmarkForwardNetworkPolicy(b *testing.B) {
 	}
 	// Off and on alternate, three rounds each; the medians are reported
 	// (one pair is at the mercy of whatever else the machine runs).
-	var runs [2][]float64
+	var runs, gen, cost [2][]float64
 	for b.Loop() {
 		for range 3 {
 			for i, on := range []bool{false, true} {
-				runs[i] = append(runs[i], forwardRate(b, on))
+				m := forwardRate(b, on)
+				runs[i] = append(runs[i], m.pps)
+				gen[i] = append(gen[i], m.sender)
+				cost[i] = append(cost[i], m.nsPerPkt)
 			}
 		}
 	}
@@ -62,6 +66,37 @@ func BenchmarkForwardNetworkPolicy(b *testing.B) {
 	if off > 0 {
 		b.ReportMetric(on/off, "on/off")
 	}
+	// The generator's sender thread, as a share of one CPU over each
+	// run: near 1 it, not the appliance, would be the limit.
+	b.ReportMetric(median(gen[0]), "gen_cpu_off")
+	b.ReportMetric(median(gen[1]), "gen_cpu_on")
+	// CPU the appliance spent per forwarded packet: meaningful even when
+	// the generator limits the rate.
+	co, cn := median(cost[0]), median(cost[1])
+	b.ReportMetric(co, "off_ns/pkt")
+	b.ReportMetric(cn, "on_ns/pkt")
+	if co > 0 {
+		b.ReportMetric(cn/co, "cost_on/off")
+	}
+	b.Logf("rounds: pps off %.0f on %.0f; appliance ns/pkt off %.0f on %.0f; generator sender CPU share off %.2f on %.2f",
+		runs[0], runs[1], cost[0], cost[1], gen[0], gen[1])
+}
+
+// cpuTime is this process's CPU time (user + system, every thread).
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// costRate is the fixed offered rate the cost per packet is measured at.
+const costRate = 30000.0
+
+// benchRun is one forwardRate measurement.
+type benchRun struct {
+	pps      float64 // best rate within 1 % loss
+	sender   float64 // generator sender thread's share of one CPU
+	nsPerPkt float64 // appliance CPU per forwarded packet
 }
 
 func median(v []float64) float64 {
@@ -73,7 +108,14 @@ func median(v []float64) float64 {
 	return s[len(s)/2]
 }
 
-func forwardRate(b *testing.B, on bool) float64 {
+// forwardRate measures one variant: the best rate, the generator's sender
+// CPU share, and the appliance's CPU per forwarded packet at costRate
+// offered (the same for off and on): this process's
+// CPU time (the tunnel daemon, the flow logger, and the kernel work done in
+// their system calls: forwarding and nftables run in the daemon's writes
+// to gwi-*) minus the generator's own threads, over the nftables
+// "forwarded" counter (every packet forwarded from the tunnel, on or off).
+func forwardRate(b *testing.B, on bool) benchRun {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	topo, err := gwlbsim.NewTopology(gwlbsim.TopologyConfig{Prefix: "npb",
@@ -150,6 +192,33 @@ func forwardRate(b *testing.B, on bool) float64 {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Logf("policy+flow records on=%v: best %.0f pps (flat out sent %.0f recv %.0f)", on, r.BestPPS, r.FlatOut.SentPPS, r.FlatOut.ReceivedPPS)
-	return r.BestPPS
+	// The cost per packet at one fixed offered rate, the same for off
+	// and on (below what this machine forwarded flat out), so both do
+	// the same work whatever limits the rate search.
+	cb := bc
+	cb.Rates, cb.Step = []float64{costRate}, 2*time.Second
+	fwd0 := s.Stats().Counters[ctrForwarded].Packets
+	c0 := cpuTime()
+	cr, err := gwlbsim.Bench(ctx, cb)
+	if err != nil {
+		b.Fatal(err)
+	}
+	appCPU := cpuTime() - c0 - cr.SenderCPU - cr.ReceiverCPU
+	fwd := s.Stats().Counters[ctrForwarded].Packets - fwd0
+	var sender, receiver float64
+	if r.Duration > 0 {
+		sender, receiver = r.SenderCPU.Seconds()/r.Duration.Seconds(), r.ReceiverCPU.Seconds()/r.Duration.Seconds()
+	}
+	b.Logf("policy+flow records on=%v: best %.0f pps (flat out sent %.0f recv %.0f); generator CPU over %s: sender %.0f%%, receiver %.0f%% of one CPU",
+		on, r.BestPPS, r.FlatOut.SentPPS, r.FlatOut.ReceivedPPS, r.Duration.Round(time.Millisecond), 100*sender, 100*receiver)
+	if r.FlatOut.SentPPS < 1.2*r.BestPPS {
+		b.Logf("warning: flat out the generator sent only %.0f pps, close to the best rate %.0f: the generator may be the limit", r.FlatOut.SentPPS, r.BestPPS)
+	}
+	var ns float64
+	if fwd > 0 {
+		ns = float64(appCPU.Nanoseconds()) / float64(fwd)
+	}
+	b.Logf("  at a fixed %.0f pps (received %.0f, loss %.2f%%): appliance CPU %s for %d forwarded packets: %.0f ns/packet",
+		costRate, cr.FlatOut.ReceivedPPS, 100*cr.FlatOut.Loss, appCPU.Round(time.Millisecond), fwd, ns)
+	return benchRun{pps: r.BestPPS, sender: sender, nsPerPkt: ns}
 }

@@ -66,6 +66,13 @@ type ruleset struct {
 	anonOrder      []string
 	npEndpointSets []npEndpointSetOf
 	npDomainSets   []npDomainSetOf
+	// ids are the rule ids the allow verdicts set in the conntrack mark
+	// (ruleid.go); committed to the id table once the kernel took them.
+	ids   assignment
+	idsOK bool
+	// counterInit are initial counter values (a reload carries the old
+	// table's counts over).
+	counterInit map[string]Counter
 }
 
 func (s *Steerer) buildRuleset(egress string) *ruleset {
@@ -77,6 +84,9 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 		setVals: map[string][]nftables.SetElement{},
 		egress:  egress,
 		anon:    map[string]*anonSet{},
+	}
+	if c.NetworkPolicy.active() {
+		rs.ids, rs.idsOK = s.ids.plan(&c.NetworkPolicy)
 	}
 	t := rs.table
 	chain := func(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio int32) {
@@ -165,9 +175,11 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 		})...)
 	// Packets of a tunnel's flow arriving elsewhere (NAT replies on the
 	// egress interface) take the tunnel's mark, which routes them to gwo-*.
-	add(chainMarkPre, fmt.Sprintf("iif != @%s ct mark & %#x == %s ct mark != %s meta mark set ct mark", setTunnels, markMask, mark, mark),
-		cat(notFromTunnel, ctMarkOurs(base), []expr.Any{
-			&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+	// Only the slot part: the bits above it carry the network policy
+	// rule id (ruleid.go), which routing must not see.
+	routeMask := c.routeMask()
+	add(chainMarkPre, fmt.Sprintf("iif != @%s ct mark & %#x == %s ct mark != %s meta mark set ct mark & %#x", setTunnels, markMask, mark, mark, routeMask),
+		cat(notFromTunnel, ctMarkOurs(base), ctMarkMasked(routeMask), []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1, SourceRegister: true},
 		})...)
 
@@ -223,12 +235,11 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 	// table has no route to the client (one-arm appliances need no
 	// default route). Other local traffic has mark 0.
 	for _, m := range []uint32{0, base} {
-		add(chainRouteOut, fmt.Sprintf("meta mark %#x ct mark & %#x == %s ct mark != %s meta mark set ct mark", m, markMask, mark, mark),
+		add(chainRouteOut, fmt.Sprintf("meta mark %#x ct mark & %#x == %s ct mark != %s meta mark set ct mark & %#x", m, markMask, mark, mark, routeMask),
 			cat([]expr.Any{
 				&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: native32(m)},
-			}, ctMarkOurs(base), []expr.Any{
-				&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+			}, ctMarkOurs(base), ctMarkMasked(routeMask), []expr.Any{
 				&expr.Meta{Key: expr.MetaKeyMARK, Register: 1, SourceRegister: true},
 			})...)
 	}
@@ -271,6 +282,10 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 			cat(fromTunnel, objref(ctrForwarded), accept())...)
 	}
 
+	if s.testBadRule {
+		add(chainFilterFwd, "iif @np_missing drop", &expr.Meta{Key: expr.MetaKeyIIF, Register: 1},
+			&expr.Lookup{SourceRegister: 1, SetName: "np_missing"}, &expr.Verdict{Kind: expr.VerdictDrop})
+	}
 	if !c.tunnelMode() {
 		add(chainNATPost, fmt.Sprintf("oifname %q ct mark & %#x == %s ct mark != %s masquerade", egress, markMask, mark, mark),
 			cat([]expr.Any{
@@ -289,7 +304,8 @@ func (rs *ruleset) install(conn *nftables.Conn) error {
 	conn.DelTable(rs.table)
 	conn.AddTable(rs.table)
 	for _, n := range append(append([]string(nil), counterNames...), rs.npCounters...) {
-		conn.AddObj(&nftables.NamedObj{Table: rs.table, Name: n, Type: nftables.ObjTypeCounter, Obj: &expr.Counter{}})
+		ci := rs.counterInit[n]
+		conn.AddObj(&nftables.NamedObj{Table: rs.table, Name: n, Type: nftables.ObjTypeCounter, Obj: &expr.Counter{Packets: ci.Packets, Bytes: ci.Bytes}})
 	}
 	for _, name := range rs.setNames() {
 		if err := conn.AddSet(rs.sets[name], rs.setVals[name]); err != nil {
@@ -389,6 +405,24 @@ func ctMarkOurs(base uint32) []expr.Any {
 		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: native32(base)},
 	})
+}
+
+// ctMarkMasked loads ct mark & mask into register 1.
+func ctMarkMasked(mask uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(mask), Xor: native32(0)},
+	}
+}
+
+// ctMarkSetField sets the bits of field in the conntrack mark to val
+// (already shifted), keeping the others: ct mark set ct mark & ^field | val.
+func ctMarkSetField(field, val uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(^field), Xor: native32(val)},
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
+	}
 }
 
 // neq compares register 1 (a mark) with v for inequality.

@@ -116,7 +116,7 @@ func (s *Steerer) slotOf(c net.Conn) (uint16, error) {
 	if m&markMask != s.cfg.MarkBase || m == s.cfg.MarkBase {
 		return 0, fmt.Errorf("connection %s -> %s did not come through a tunnel (ct mark %#x)", client, dst, m)
 	}
-	return uint16(m & 0xffff), nil
+	return uint16(m & s.cfg.slotMask()), nil
 }
 
 // EndpointOf returns the GWLB endpoint id of the tunnel an intercepted

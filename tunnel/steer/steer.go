@@ -54,6 +54,9 @@ type Steerer struct {
 	// testNoZone leaves out the conntrack zone rules (tests prove they
 	// are needed).
 	testNoZone bool
+	// testBadRule adds a rule the kernel refuses (tests prove a refused
+	// reload changes nothing).
+	testBadRule bool
 
 	kick        chan struct{} // Health found drift: check and repair now
 	lastRepair  string        // last repair failure logged (mu)
@@ -69,6 +72,15 @@ type Steerer struct {
 	// (flows.go). Kept after PairDown: the destroy events of the flows
 	// PairDown flushes arrive after it.
 	epBySlot, epByIf sync.Map
+
+	// Rule ids carried in conntrack marks (ruleid.go), and the version
+	// of the network policy in force (npVersion, for flow records);
+	// domRunning: domainLoop started (mu); rctx: lifetime of the
+	// background loops (set by Start), for a domainLoop a reload starts.
+	ids        ruleIDs
+	npVersion  atomic.Pointer[string]
+	domRunning bool
+	rctx       context.Context
 
 	// Domain names in network rules (domain.go).
 	resolver Resolver
@@ -104,6 +116,9 @@ func newSteerer(cfg Config, log *slog.Logger, reg prometheus.Registerer, nsFd in
 		pairs: map[uint16]tunnel.Pair{},
 		kick:  make(chan struct{}, 1),
 	}
+	s.ids.max = cfg.maxRuleID()
+	v := cfg.NetworkPolicy.Version()
+	s.npVersion.Store(&v)
 	g, err := ssrf.New(ssrf.DefaultConfig(), s.ownAddrs)
 	if err != nil {
 		return nil, fmt.Errorf("steer: ssrf guard: %w", err)
@@ -160,6 +175,9 @@ func (s *Steerer) Start(ctx context.Context) error {
 	if err := s.nft.Flush(); err != nil {
 		return fmt.Errorf("steer: nftables table %s: %w", s.cfg.TableName, err)
 	}
+	if s.rs.idsOK {
+		s.ids.commit(&s.cfg.NetworkPolicy, s.rs.ids, *s.npVersion.Load())
+	}
 	rules, routes := s.baseRoutes()
 	if err := s.addRouting(rules, routes); err != nil {
 		return fmt.Errorf("steer: %w", err)
@@ -174,13 +192,17 @@ func (s *Steerer) Start(ctx context.Context) error {
 	s.cancel = cancel
 	s.done = make(chan struct{})
 	go s.reassert(rctx, ctx.Done())
-	if s.hasDomains() {
-		s.dom.names = map[string]*domainState{}
-		for _, r := range s.cfg.NetworkPolicy.Rules {
-			for _, n := range r.Domains {
-				s.dom.names[n] = &domainState{addrs: map[netip.Addr]time.Time{}}
-			}
+	s.rctx = rctx
+	s.dom.mu.Lock()
+	s.dom.names = map[string]*domainState{}
+	for _, r := range s.cfg.NetworkPolicy.Rules {
+		for _, n := range r.Domains {
+			s.dom.names[n] = &domainState{addrs: map[netip.Addr]time.Time{}}
 		}
+	}
+	s.dom.mu.Unlock()
+	if s.hasDomains() {
+		s.domRunning = true
 		s.domWG.Add(1)
 		go s.domainLoop(rctx)
 	}
@@ -322,8 +344,9 @@ func (s *Steerer) PairUp(ctx context.Context, p tunnel.Pair) error {
 }
 
 func (s *Steerer) pairUp(p tunnel.Pair) error {
-	if p.Slot == 0 {
-		return errors.New("slot 0")
+	if p.Slot == 0 || int(p.Slot) > s.cfg.MaxTunnels {
+		// A larger slot would spill into the rule id bits of the mark.
+		return fmt.Errorf("slot %d out of range 1..%d (max_tunnels)", p.Slot, s.cfg.MaxTunnels)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -394,7 +417,7 @@ func (s *Steerer) PairDown(ctx context.Context, p tunnel.Pair) error {
 	}
 	// The slot's mark goes to the next tunnel: forget this one's flows.
 	if ct := s.ct.Load(); ct != nil {
-		if err := ct.flushMark(s.cfg.tunnelMark(p.Slot)); err != nil {
+		if err := ct.flushMark(s.cfg.tunnelMark(p.Slot), s.cfg.routeMask()); err != nil {
 			errs = append(errs, err)
 		}
 	}

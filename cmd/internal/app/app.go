@@ -252,6 +252,7 @@ func Run(ctx context.Context, c config.Config, log *slog.Logger, opts Options) (
 		serve("tls", l, px.ServeTLS)
 	}
 	reloader := newPolicyReloader(opts.ConfigPath, c, px, log.With("component", "policy"), reg)
+	reloader.net = st // issue 15: reloads swap the network policy too
 	// Healthy unless failing closed for want of any policy: a refused
 	// reload leaves the previous policy enforced; the body says so
 	// (last_error, reload_failures).

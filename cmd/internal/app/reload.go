@@ -1,6 +1,7 @@
 package app
 
 import (
+	"context"
 	"fmt"
 
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/ssrf"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
 )
 
 // Reloading: SIGHUP (what `systemctl reload` sends through the unit's
@@ -27,11 +29,26 @@ import (
 // error line naming the field, the failure counter, and the health body's
 // "policy" check say so, but the verdict stays healthy (the old policy is
 // still enforced, so taking the appliance out of service would only hurt).
+//
+// The network policy (steer.network_policy: rules, default_action, whose
+// empty value follows proxy.policy.default_action, and domain sets) is
+// reloaded too, first: steer swaps the whole nftables table in one
+// transaction and re-evaluates established forwarded flows (see
+// tunnel/steer/npreload.go). If the kernel refuses it, nothing changed and
+// the reload fails naming steer.network_policy; if the proxy part then
+// fails, the previous network policy is put back. network_policy.log_group
+// needs a restart (the flow logger is bound to it).
 
 // PolicyStatus is the "policy" check's stats in the health body.
 type PolicyStatus struct {
 	// Version is the policy_version in force.
 	Version string `json:"policy_version"`
+	// NetworkVersion is the network policy's version in force (flow
+	// records' policy_version).
+	NetworkVersion string `json:"network_policy_version,omitempty"`
+	// LastNetworkReload is what the last network policy change did to
+	// established flows.
+	LastNetworkReload *steer.NetReload `json:"last_network_reload,omitempty"`
 	// Source is where the policy comes from (proxy.policy.source).
 	Source string `json:"source"`
 	// LoadedAt is when the policy in force was loaded.
@@ -73,10 +90,58 @@ type policyReloader struct {
 	// file's on every reload.
 	source *policysource.Source
 
-	mu      sync.Mutex
-	running config.Config // as started; restart keys are compared with it
-	file    proxy.Config  // the proxy section last loaded from the file
-	status  PolicyStatus
+	// net is steering's network policy, reloaded with the proxy's
+	// policy (nil: not reloaded).
+	net networkPolicy
+
+	mu       sync.Mutex
+	running  config.Config // as started; restart keys are compared with it
+	file     proxy.Config  // the proxy section last loaded from the file
+	fileFull config.Config // the whole file last loaded (network policy, defaults)
+	status   PolicyStatus
+}
+
+// networkPolicy is what the reloader needs of *steer.Steerer.
+type networkPolicy interface {
+	NetworkPolicy() steer.NetworkPolicy
+	SetNetworkPolicy(ctx context.Context, np steer.NetworkPolicy) (steer.NetReload, error)
+	PolicyVersion() string
+}
+
+// netReloadTimeout bounds a network policy swap (resolving new domains).
+const netReloadTimeout = 30 * time.Second
+
+// setNetwork puts the network policy of c in force. It returns whether it
+// changed and the policy it replaced (for a rollback).
+func (r *policyReloader) setNetwork(c config.Config) (bool, steer.NetworkPolicy, error) {
+	if r.net == nil {
+		return false, steer.NetworkPolicy{}, nil
+	}
+	old := r.net.NetworkPolicy()
+	ctx, cancel := context.WithTimeout(context.Background(), netReloadTimeout)
+	defer cancel()
+	res, err := r.net.SetNetworkPolicy(ctx, c.SteerConfig().NetworkPolicy)
+	if err != nil {
+		return false, old, fmt.Errorf("steer.%w", err)
+	}
+	if res.LogGroupKept {
+		r.log.Warn("reload: steer.network_policy.log_group changed; takes effect only at the next restart")
+	}
+	if res.Changed {
+		r.status.LastNetworkReload = &res
+		r.log.Info("reload: new network policy in force", "network_policy_version", res.Version,
+			"flows_kept", res.FlowsKept, "flows_moved", res.FlowsMoved, "flows_cut", res.FlowsCut)
+	}
+	return res.Changed, old, nil
+}
+
+// rollbackNetwork puts old back after the proxy part of a reload failed.
+func (r *policyReloader) rollbackNetwork(old steer.NetworkPolicy) {
+	ctx, cancel := context.WithTimeout(context.Background(), netReloadTimeout)
+	defer cancel()
+	if _, err := r.net.SetNetworkPolicy(ctx, old); err != nil {
+		r.log.Error("reload: putting the previous network policy back failed; the new one stays in force", "err", err)
+	}
 }
 
 // applySource puts a policy fetched from the source in force, with the
@@ -87,11 +152,21 @@ func (r *policyReloader) applySource(pc policy.Config, version string) error {
 	cfg := r.file
 	cfg.Policy = pc
 	prev := r.status.Version
-	v, err := r.px.Reload(cfg, version)
+	// The network policy's default may follow the fleet policy's.
+	full := r.fileFull
+	full.Proxy.Policy = pc
+	netChanged, oldNet, err := r.setNetwork(full)
 	if err != nil {
 		return r.fail(fmt.Errorf("policy from %s: %w", r.status.Source, err))
 	}
-	if v != prev {
+	v, err := r.px.Reload(cfg, version)
+	if err != nil {
+		if netChanged {
+			r.rollbackNetwork(oldNet)
+		}
+		return r.fail(fmt.Errorf("policy from %s: %w", r.status.Source, err))
+	}
+	if v != prev || netChanged {
 		r.reloads.Inc()
 		r.status.Reloads++
 		r.status.Version, r.status.LoadedAt = v, time.Now().UTC()
@@ -115,6 +190,7 @@ func newPolicyReloader(path string, running config.Config, px *proxy.Proxy, log 
 		reg.MustRegister(r.reloads, r.failures)
 	}
 	r.file = running.Proxy
+	r.fileFull = running
 	r.status = PolicyStatus{Version: px.PolicyVersion(), Source: sourceName(running.Proxy.Policy.Source), LoadedAt: time.Now().UTC()}
 	return r
 }
@@ -125,6 +201,9 @@ func (r *policyReloader) Status() PolicyStatus {
 	defer r.mu.Unlock()
 	s := r.status
 	s.RestartNeeded = append([]string(nil), s.RestartNeeded...)
+	if r.net != nil {
+		s.NetworkVersion = r.net.PolicyVersion()
+	}
 	if r.source != nil {
 		st := r.source.Status()
 		s.Fetch = &st
@@ -147,8 +226,17 @@ func (r *policyReloader) Reload() error {
 		// The fleet policy stays the source's; the file gives the rest.
 		c.Proxy.Policy, srcVersion = r.source.Current()
 	}
+	// The network policy first: if the kernel refuses it nothing
+	// changed anywhere.
+	netChanged, oldNet, err := r.setNetwork(c)
+	if err != nil {
+		return r.fail(fmt.Errorf("config %s: %w", r.path, err))
+	}
 	v, err := r.px.Reload(c.Proxy, srcVersion)
 	if err != nil {
+		if netChanged {
+			r.rollbackNetwork(oldNet)
+		}
 		return r.fail(fmt.Errorf("config %s: proxy.%w", r.path, err))
 	}
 	restart := restartKeys(r.running, c)
@@ -157,12 +245,13 @@ func (r *policyReloader) Reload() error {
 	}
 	r.status.RestartNeeded = restart
 	r.file = c.Proxy
+	r.fileFull = c
 	r.status.LastError, r.status.LastErrorAt = "", nil
-	if v != prev {
+	if v != prev || netChanged {
 		r.reloads.Inc()
 		r.status.Reloads++
 		r.status.Version, r.status.LoadedAt = v, time.Now().UTC()
-		r.log.Info("reload: new policy in force", "policy_version", v, "previous", prev, "rules", len(c.Proxy.Policy.Rules))
+		r.log.Info("reload: new policy in force", "policy_version", v, "previous", prev, "rules", len(c.Proxy.Policy.Rules), "network_policy_changed", netChanged)
 	} else {
 		r.log.Info("reload: policy unchanged", "policy_version", v)
 	}
@@ -189,6 +278,8 @@ func restartKeys(running, c config.Config) []string {
 		c.Proxy.Binding = proxy.BindingConfig{Resolver: c.Proxy.Binding.Resolver}
 		c.Proxy.UpstreamCABundle = ""
 		c.Proxy.SSRF = ssrf.Config{SelfRefresh: c.Proxy.SSRF.SelfRefresh}
+		// Reloaded by steer, except the NFLOG group.
+		c.Steer.NetworkPolicy = steer.NetworkPolicy{LogGroup: c.Steer.NetworkPolicy.LogGroup}
 		return c
 	}
 	return proxy.DiffKeys(strip(running), strip(c))

@@ -2,6 +2,8 @@ package app
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -13,6 +15,8 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/cmd/internal/config"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/tunnel/steer"
 )
 
 const reloadBase = `
@@ -111,4 +115,150 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	t.Fatalf("no metric %s", name)
 	return 0
+}
+
+// fakeNet records what the reloader asks of steering's network policy.
+type fakeNet struct {
+	np    steer.NetworkPolicy
+	fail  error
+	calls []steer.NetworkPolicy
+}
+
+func (f *fakeNet) NetworkPolicy() steer.NetworkPolicy { return f.np }
+func (f *fakeNet) PolicyVersion() string              { return f.np.Version() }
+func (f *fakeNet) SetNetworkPolicy(_ context.Context, np steer.NetworkPolicy) (steer.NetReload, error) {
+	f.calls = append(f.calls, np)
+	if f.fail != nil {
+		return steer.NetReload{}, f.fail
+	}
+	res := steer.NetReload{Version: np.Version(), Changed: np.Version() != f.np.Version()}
+	f.np = np
+	return res, nil
+}
+
+// TestReloadNetworkPolicy: a reload puts steer.network_policy in force
+// (its empty default following the proxy's), first; a network policy
+// steering refuses fails the reload naming steer.network_policy and leaves
+// the proxy policy alone; when the proxy part fails after the network
+// policy was swapped, the previous network policy is put back; a changed
+// log_group is a restart key, the rules are not.
+func TestReloadNetworkPolicy(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "gwlbproxy.yaml")
+	write := func(s string) {
+		if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(reloadBase)
+	c, err := config.Load(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px, err := proxy.New(c.Proxy, proxy.Deps{Recorder: proxy.NewJSONLines(io.Discard)}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fn := &fakeNet{np: c.SteerConfig().NetworkPolicy}
+	r := newPolicyReloader(path, c, px, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	r.net = fn
+	if fn.np.DefaultAction != steer.NetDeny {
+		t.Fatalf("start: network default %q, want deny (following the proxy)", fn.np.DefaultAction)
+	}
+	nv1 := r.Status().NetworkVersion
+	v1 := px.PolicyVersion()
+
+	withSSH := reloadBase + `steer:
+  network_policy:
+    rules:
+      - {name: ssh, action: allow, protocol: tcp, ports: ["22"]}
+`
+	write(withSSH)
+	if err := r.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	s := r.Status()
+	if len(fn.np.Rules) != 1 || fn.np.Rules[0].Name != "ssh" || fn.np.DefaultAction != steer.NetDeny || s.NetworkVersion == nv1 || s.Reloads != 1 {
+		t.Fatalf("after reload: network %+v status %+v", fn.np, s)
+	}
+	if len(s.RestartNeeded) != 0 {
+		t.Fatalf("network rules named as restart keys: %v", s.RestartNeeded)
+	}
+	if px.PolicyVersion() != v1 {
+		t.Fatal("proxy policy changed although only the network policy did")
+	}
+	nv2 := s.NetworkVersion
+
+	// Steering refuses: the reload fails naming the section; the proxy
+	// policy is not touched.
+	fn.fail = errors.New("network_policy: nftables refused the new rules (the previous ones stay in force): EINVAL")
+	write(strings.Replace(withSSH, "- {name: allow-a, action: allow, domains: [a.test]}", "- {name: allow-a2, action: allow, domains: [a.test]}", 1) +
+		"      - {name: dns, action: allow, protocol: udp, ports: [\"53\"]}\n")
+	if err := r.Reload(); err == nil || !strings.Contains(err.Error(), "steer.network_policy") {
+		t.Fatalf("refused network policy: %v", err)
+	}
+	if px.PolicyVersion() != v1 || r.Status().NetworkVersion != nv2 || !strings.Contains(r.Status().LastError, "steer.network_policy") {
+		t.Fatalf("after a refused network policy: proxy %s (want %s), status %+v", px.PolicyVersion(), v1, r.Status())
+	}
+	fn.fail = nil
+
+	// The proxy part fails after the network policy was swapped: put back.
+	write(strings.Replace(withSSH, "max_conns: 100", "max_conns: 100\n  upstream_ca_bundle: /nonexistent/bundle.pem", 1) +
+		"      - {name: dns, action: allow, protocol: udp, ports: [\"53\"]}\n")
+	if err := r.Reload(); err == nil || !strings.Contains(err.Error(), "proxy.upstream_ca_bundle") {
+		t.Fatalf("proxy failure: %v", err)
+	}
+	if r.Status().NetworkVersion != nv2 || len(fn.np.Rules) != 1 {
+		t.Fatalf("network policy not rolled back: %+v", fn.np)
+	}
+
+	// log_group needs a restart.
+	write(withSSH + "    log_group: 99\n")
+	if err := r.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(r.Status().RestartNeeded, ","); got != "steer.network_policy.log_group" {
+		t.Fatalf("restart keys %q", got)
+	}
+}
+
+// TestApplySourceNetworkDefault: a fleet policy (s3/ssm) whose default
+// allows makes an unset network_policy.default_action allow too, and back
+// to deny with the next document; an explicit one in the file stays.
+func TestApplySourceNetworkDefault(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "gwlbproxy.yaml")
+	if err := os.WriteFile(path, []byte(reloadBase), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Load(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px, err := proxy.New(c.Proxy, proxy.Deps{Recorder: proxy.NewJSONLines(io.Discard)}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fn := &fakeNet{np: c.SteerConfig().NetworkPolicy}
+	r := newPolicyReloader(path, c, px, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	r.net = fn
+	allow := c.Proxy.Policy
+	allow.DefaultAction = policy.Allow
+	if err := r.applySource(allow, "v2"); err != nil {
+		t.Fatal(err)
+	}
+	if fn.np.DefaultAction != steer.NetAllow {
+		t.Fatalf("fleet default allow: network default %q", fn.np.DefaultAction)
+	}
+	if err := r.applySource(c.Proxy.Policy, "v3"); err != nil {
+		t.Fatal(err)
+	}
+	if fn.np.DefaultAction != steer.NetDeny {
+		t.Fatalf("fleet default deny: network default %q", fn.np.DefaultAction)
+	}
+	r.fileFull.Steer.NetworkPolicy.DefaultAction = steer.NetReject
+	if err := r.applySource(allow, "v4"); err != nil {
+		t.Fatal(err)
+	}
+	if fn.np.DefaultAction != steer.NetReject {
+		t.Fatalf("explicit network default: %q", fn.np.DefaultAction)
+	}
 }

@@ -55,6 +55,7 @@ func (c *Components) SteerConfig() steer.Config {
 	s := c.Steer
 	s.GenevePort = c.Tunnel.Port
 	s.GeneveSources = c.Tunnel.AllowedSources
+	s.MaxTunnels = c.Tunnel.MaxTunnels
 	// issue 15: an unset network_policy.default_action follows the proxy
 	// policy's default, so a deny-by-default proxy is deny-by-default on
 	// every port and protocol, not only on the intercepted ones.

@@ -59,6 +59,11 @@ func TestDomainNetworkRuleFollowsDNS(t *testing.T) {
 		name = "svc.demo.test"
 		rule = "ssh-svc"
 		ttl  = 5 // seconds, the daemon's floor for element timeouts
+		// A second rule for the same name on a port whose server keeps
+		// the connection open: a flow allowed while the name resolved to
+		// A that outlives A's answer.
+		holdRule = "hold-svc"
+		holdPort = 2222
 	)
 	a, b := demo.AddrApp, demo.AddrBank
 	e := newEnvOpts(t, demo.Options{
@@ -77,6 +82,9 @@ func TestDomainNetworkRuleFollowsDNS(t *testing.T) {
 			c.Steer.NetworkPolicy.Rules = append(c.Steer.NetworkPolicy.Rules, steer.NetRule{
 				Name: rule, Action: steer.NetAllow, Protocol: steer.ProtoTCP,
 				Ports: []policy.PortRange{{Lo: 22, Hi: 22}}, Domains: []string{name},
+			}, steer.NetRule{
+				Name: holdRule, Action: steer.NetAllow, Protocol: steer.ProtoTCP,
+				Ports: []policy.PortRange{{Lo: holdPort, Hi: holdPort}}, Domains: []string{name},
 			})
 		},
 	})
@@ -114,6 +122,34 @@ func TestDomainNetworkRuleFollowsDNS(t *testing.T) {
 		}
 	}()
 
+	// A server on holdPort that echoes until the client closes.
+	var hl net.Listener
+	if err := e.Net.Inet.Do(func() error {
+		var err error
+		hl, err = net.Listen("tcp4", fmt.Sprintf("0.0.0.0:%d", holdPort))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer hl.Close()
+	go func() {
+		for {
+			c, err := hl.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	echo := func(c net.Conn) error {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("x")); err != nil {
+			return err
+		}
+		_, err := io.ReadFull(c, make([]byte, 1))
+		return err
+	}
+
 	// probe reports whether SSH to dst gets the banner (a denied SYN is
 	// dropped: the dial times out; 3 s leave room for a SYN retransmitted
 	// after a packet lost on a loaded machine).
@@ -149,6 +185,18 @@ func TestDomainNetworkRuleFollowsDNS(t *testing.T) {
 	if !denied(b) {
 		t.Fatal("ssh to B allowed before svc.demo.test ever resolved to B")
 	}
+	// A long flow to A, allowed by holdRule while the name resolves to A.
+	hctx, hcancel := context.WithTimeout(ctx, 5*time.Second)
+	held, err := e.Clients[0].Dial(hctx, "tcp4", netip.AddrPortFrom(a, holdPort).String())
+	hcancel()
+	if err != nil {
+		t.Fatalf("held connection to A: %v", err)
+	}
+	defer held.Close()
+	if err := echo(held); err != nil {
+		t.Fatalf("held connection to A: %v", err)
+	}
+	heldPort := held.LocalAddr().(*net.TCPAddr).Port
 	t.Logf("A allowed, B denied after %v", time.Since(start).Round(time.Millisecond))
 
 	// The answer changes.
@@ -162,11 +210,28 @@ func TestDomainNetworkRuleFollowsDNS(t *testing.T) {
 	if !probe(b) {
 		t.Fatal("ssh to B denied while svc.demo.test resolves to B")
 	}
+	// The flow to A began under the rule and keeps running (conntrack's
+	// established state; a name's changing answers do not cut flows);
+	// when it ends, its record names the rule that allowed it, as the
+	// kernel recorded it in the flow's conntrack mark, although A is no
+	// answer of the name any more.
+	if err := echo(held); err != nil {
+		t.Fatalf("held connection to A after A's answer lapsed: %v", err)
+	}
+	held.Close()
+	hrctx, hrcancel := context.WithTimeout(ctx, 90*time.Second)
+	defer hrcancel()
+	if rs, err := e.Records.Wait(hrctx, 1, func(r *demo.Record) bool {
+		return r.RecordType == "flow" && r.DstIP == a.String() && r.DstPort == holdPort && r.ClientPort == heldPort
+	}); err != nil {
+		t.Errorf("flow record of the held connection to A: %v", err)
+	} else if r := rs[0]; r.Rule != holdRule || r.Action != "allow" || r.PolicyVersion == "" {
+		t.Errorf("flow record of the held connection to A: %s (want rule %s: the rule that allowed it, not today's answer)", r.Raw, holdRule)
+	}
 	// The records: B's connection as a flow of the rule, an attempt to A
 	// after the change as denied by default. A flow's record comes when
 	// conntrack reaps its entry, which may take the kernel's garbage
-	// collector up to a minute. Checked while B is still an answer: the
-	// rule of a flow record is looked up when the flow ends.
+	// collector up to a minute.
 	ssh := func() string {
 		var l []string
 		for _, r := range e.Records.All() {
