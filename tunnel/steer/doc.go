@@ -116,7 +116,25 @@
 // Limitation: two tunnels carrying the identical 5-tuple (same client
 // address and port to the same destination) at the same time cannot both be
 // intercepted: a namespace cannot hold two TCP sockets with the same
-// 4-tuple. Forwarded traffic is unaffected.
+// 4-tuple, and conntrack keeps one entry (with the first tunnel's mark) for
+// both. Left alone, the second tunnel's packets reach the first one's
+// socket: a SYN inside the window of its half-open connection makes the
+// kernel reset it (the first client's next packet gets RST), other packets
+// draw ACKs that are routed to the first tunnel. So the first connection
+// owns the tuple: a packet to an intercepted port from a tunnel whose
+// connection carries another live tunnel's mark ((iif . ct mark) not in
+// tunnel_owner) is dropped and counted (tuple_collision). The second
+// client retransmits its SYN; once the first connection is closed,
+// conntrack replaces the closed entry (or it expires), the new one gets
+// the second tunnel's mark, and it is intercepted normally. A mark no live tunnel owns (a flow of a
+// tunnel gone, or of an earlier run) is left alone. (Identical tuples from
+// two endpoints are rare with independent hosts; simulated VPCs on one
+// kernel produce them often, because the kernel picks ephemeral ports and
+// initial sequence numbers from the addresses and ports alone, not the
+// namespace: TestParallelHTTPS and TestSameTupleTwoEndpoints in
+// cmd/internal/e2e.) Forwarded traffic is not checked; two such forwarded
+// flows share one conntrack entry (in nat mode, its masquerade mapping and
+// its replies' tunnel).
 //
 // # Egress modes
 //

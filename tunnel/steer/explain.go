@@ -71,7 +71,7 @@ func (s *Steerer) Explain() string {
 			}
 		}
 		dyn := ""
-		if name == setTunnels || name == mapTunnelMark {
+		if name == setTunnels || name == mapTunnelMark || name == setTunnelMarks || name == setTunnelOwner {
 			dyn = " # elements added by PairUp, removed by PairDown"
 		}
 		for _, ds := range rs.npDomainSets {

@@ -39,7 +39,14 @@ const (
 	priorityMarkFirst = -155 // mangle - 5: ct mark is set before TPROXY looks at anything
 )
 
-var counterNames = []string{ctrIntercepted, ctrInterceptFail, ctrQUICDropped, ctrGuardDropped, ctrLocalDropped, ctrDirectRefused, ctrForwarded}
+// Owner of a 4-tuple (see the rule in buildRuleset).
+const (
+	ctrCollision   = "tuple_collision" // intercepted packet of another live tunnel's connection: dropped
+	setTunnelMarks = "tunnel_marks"    // the tunnel mark of every live gwi-*
+	setTunnelOwner = "tunnel_owner"    // gwi-* iif index . its tunnel mark
+)
+
+var counterNames = []string{ctrIntercepted, ctrInterceptFail, ctrQUICDropped, ctrGuardDropped, ctrLocalDropped, ctrDirectRefused, ctrForwarded, ctrCollision}
 
 // ruleSpec is one nftables rule with the nft-syntax text Explain prints.
 type ruleSpec struct {
@@ -119,6 +126,12 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 	}
 	set(setTunnels, nftables.TypeIFIndex, nftables.TypeInvalid, false, nil)
 	set(mapTunnelMark, nftables.TypeIFIndex, nftables.TypeMark, true, nil)
+	set(setTunnelMarks, nftables.TypeMark, nftables.TypeInvalid, false, nil)
+	ownerType, err := nftables.ConcatSetType(nftables.TypeIFIndex, nftables.TypeMark)
+	if err != nil {
+		panic(err) // two fixed 4-byte types: cannot fail
+	}
+	rs.sets[setTunnelOwner] = &nftables.Set{Table: t, Name: setTunnelOwner, KeyType: ownerType, Concatenation: true}
 	set(setHTTPPorts, nftables.TypeInetService, nftables.TypeInvalid, false, ports(c.HTTPPorts))
 	set(setTLSPorts, nftables.TypeInetService, nftables.TypeInvalid, false, ports(c.TLSPorts))
 	set(setQUICPorts, nftables.TypeInetService, nftables.TypeInvalid, false, ports(c.QUICPorts))
@@ -182,6 +195,35 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 		cat(notFromTunnel, ctMarkOurs(base), ctMarkMasked(routeMask), []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1, SourceRegister: true},
 		})...)
+
+	// One intercepted connection per 4-tuple. Two endpoints may carry the
+	// same client address and port to the same destination; the namespace
+	// holds one socket per 4-tuple and conntrack one entry per tuple, so
+	// the second tunnel's packets would be handed to the first tunnel's
+	// socket (a SYN in the window of a half-open connection resets it:
+	// the first client's next packet gets RST) and the replies routed by
+	// the first one's ct mark. A packet from a tunnel whose connection
+	// carries another live tunnel's mark is dropped and counted instead:
+	// the first connection is untouched and the second client's SYN is
+	// retransmitted until the tuple is free (conntrack then replaces the
+	// closed entry and marks it with the second tunnel). The ct mark of an
+	// intercepted connection is exactly its tunnel mark (it never passes
+	// forward), so (iif . ct mark) is in tunnel_owner when the packet
+	// comes from the tunnel that owns it. Flows whose mark no live tunnel
+	// owns pass untouched (as before).
+	for _, set := range []string{setHTTPPorts, setTLSPorts} {
+		if len(rs.setVals[set]) == 0 {
+			continue
+		}
+		add(chainTProxyPre, fmt.Sprintf("iif @%s meta l4proto tcp tcp dport @%s ct mark @%s iif . ct mark != @%s counter name %s drop", setTunnels, set, setTunnelMarks, setTunnelOwner, ctrCollision),
+			cat(fromTunnel, l4proto(unix.IPPROTO_TCP), tcpDport(), lookup(set, rs.sets, false), []expr.Any{
+				&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+				&expr.Lookup{SourceRegister: 1, SetName: setTunnelMarks, SetID: rs.sets[setTunnelMarks].ID},
+				&expr.Meta{Key: expr.MetaKeyIIF, Register: 1},
+				&expr.Ct{Key: expr.CtKeyMARK, Register: 9}, // NFT_REG32_01: the second half of the concatenation
+				&expr.Lookup{SourceRegister: 1, SetName: setTunnelOwner, SetID: rs.sets[setTunnelOwner].ID, Invert: true},
+			}, objref(ctrCollision), drop())...)
+	}
 
 	// TPROXY. Established connections first: a packet that belongs to a
 	// transparent socket (accepted client-side, or upstream in tunnel mode)
@@ -331,7 +373,7 @@ func (rs *ruleset) install(conn *nftables.Conn) error {
 // setNames lists the named sets in creation order: the base ones, then
 // the network policy's endpoint sets.
 func (rs *ruleset) setNames() []string {
-	names := []string{setTunnels, mapTunnelMark, setHTTPPorts, setTLSPorts, setQUICPorts}
+	names := []string{setTunnels, mapTunnelMark, setTunnelMarks, setTunnelOwner, setHTTPPorts, setTLSPorts, setQUICPorts}
 	for _, es := range rs.npEndpointSets {
 		names = append(names, es.name)
 	}
@@ -500,6 +542,12 @@ func prefixMask(p netip.Prefix) []byte {
 		}
 	}
 	return b
+}
+
+// ownerKey is the tunnel_owner element of the tunnel with input interface
+// idx in slot: iif index . tunnel mark.
+func (c *Config) ownerKey(idx int, slot uint16) []byte {
+	return append(elemIfIndex(idx), native32(c.tunnelMark(slot))...)
 }
 
 // elemIfIndex is a set key for an interface index (host byte order).

@@ -81,13 +81,16 @@ func (s *Steerer) wantElements() map[string]map[string]string {
 		}
 		out[name] = m
 	}
-	tun, marks := map[string]string{}, map[string]string{}
+	tun, marks, live, owner := map[string]string{}, map[string]string{}, map[string]string{}, map[string]string{}
 	for _, p := range s.pairs {
 		k := string(elemIfIndex(p.InIndex))
 		tun[k] = ""
 		marks[k] = string(native32(s.cfg.tunnelMark(p.Slot)))
+		live[string(native32(s.cfg.tunnelMark(p.Slot)))] = ""
+		owner[string(s.cfg.ownerKey(p.InIndex, p.Slot))] = ""
 	}
 	out[setTunnels], out[mapTunnelMark] = tun, marks
+	out[setTunnelMarks], out[setTunnelOwner] = live, owner
 	for name, elems := range s.npEndpointElems() {
 		m := map[string]string{}
 		for _, e := range elems {
@@ -284,16 +287,24 @@ func (s *Steerer) reinstallLocked() error {
 	if err := s.rs.install(s.nft); err != nil {
 		return err
 	}
-	var keys, marks []nftables.SetElement
+	var keys, marks, live, owner []nftables.SetElement
 	for _, p := range s.pairs {
 		keys = append(keys, nftables.SetElement{Key: elemIfIndex(p.InIndex)})
 		marks = append(marks, nftables.SetElement{Key: elemIfIndex(p.InIndex), Val: native32(s.cfg.tunnelMark(p.Slot))})
+		live = append(live, nftables.SetElement{Key: native32(s.cfg.tunnelMark(p.Slot))})
+		owner = append(owner, nftables.SetElement{Key: s.cfg.ownerKey(p.InIndex, p.Slot)})
 	}
 	if len(keys) > 0 {
 		if err := s.nft.SetAddElements(s.rs.sets[setTunnels], keys); err != nil {
 			return err
 		}
 		if err := s.nft.SetAddElements(s.rs.sets[mapTunnelMark], marks); err != nil {
+			return err
+		}
+		if err := s.nft.SetAddElements(s.rs.sets[setTunnelMarks], live); err != nil {
+			return err
+		}
+		if err := s.nft.SetAddElements(s.rs.sets[setTunnelOwner], owner); err != nil {
 			return err
 		}
 	}

@@ -371,6 +371,12 @@ func (s *Steerer) pairUp(p tunnel.Pair) error {
 	if err := s.nft.SetAddElements(s.rs.sets[mapTunnelMark], []nftables.SetElement{{Key: elemIfIndex(p.InIndex), Val: native32(s.cfg.tunnelMark(p.Slot))}}); err != nil {
 		return err
 	}
+	if err := s.nft.SetAddElements(s.rs.sets[setTunnelMarks], []nftables.SetElement{{Key: native32(s.cfg.tunnelMark(p.Slot))}}); err != nil {
+		return err
+	}
+	if err := s.nft.SetAddElements(s.rs.sets[setTunnelOwner], []nftables.SetElement{{Key: s.cfg.ownerKey(p.InIndex, p.Slot)}}); err != nil {
+		return err
+	}
 	for _, name := range s.npEndpointSetsOf(p.EndpointID) {
 		if err := s.nft.SetAddElements(s.rs.sets[name], []nftables.SetElement{{Key: elemIfIndex(p.InIndex)}}); err != nil {
 			return err
@@ -400,6 +406,12 @@ func (s *Steerer) PairDown(ctx context.Context, p tunnel.Pair) error {
 			errs = append(errs, err)
 		}
 		if err := s.nft.SetDeleteElements(m, []nftables.SetElement{{Key: elemIfIndex(p.InIndex)}}); err != nil {
+			errs = append(errs, err)
+		}
+		if err := s.nft.SetDeleteElements(s.rs.sets[setTunnelMarks], []nftables.SetElement{{Key: native32(s.cfg.tunnelMark(p.Slot))}}); err != nil {
+			errs = append(errs, err)
+		}
+		if err := s.nft.SetDeleteElements(s.rs.sets[setTunnelOwner], []nftables.SetElement{{Key: s.cfg.ownerKey(p.InIndex, p.Slot)}}); err != nil {
 			errs = append(errs, err)
 		}
 		for _, name := range s.npEndpointSetsOf(p.EndpointID) {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,7 +16,9 @@ import (
 // TestParallelHTTPS: 200 clients (100 per VPC, same client address behind
 // two endpoints) each open a new bumped connection at the same moment.
 // Every one gets the page through an appliance leaf, and every one has its
-// own record naming its endpoint.
+// own record naming its endpoint. No retries: a connection reset here was
+// two endpoints' connections with the same 4-tuple (see
+// TestSameTupleTwoEndpoints), fixed in tunnel/steer.
 func TestParallelHTTPS(t *testing.T) {
 	e := newEnv(t, steer.EgressNAT, nil, false)
 	ctx := testCtx(t, 3*time.Minute)
@@ -40,31 +41,25 @@ func TestParallelHTTPS(t *testing.T) {
 	}
 	close(start)
 	wg.Wait()
+	// The two client namespaces share one kernel, which picks the same
+	// ephemeral port (and near-identical SYNs) for simultaneous connects
+	// from the same address to the same server: now and then a port is
+	// taken in both VPCs at once. The appliance serves such a pair one
+	// after the other (TestSameTupleTwoEndpoints); say how often it did.
+	if v, err := e.SteerCounter(ctx, "tuple_collision"); err == nil && v > 0 {
+		t.Logf("%v packets of a connection whose 4-tuple another endpoint's connection held were dropped (tuple_collision); the client retransmitted", v)
+	} else if err != nil {
+		t.Errorf("tuple_collision counter: %v", err)
+	}
 	type key struct {
 		ep   string
 		port int
 	}
 	want := map[key]bool{}
-	ok := func(r demo.Result) bool {
-		return r.Err == nil && r.Status == 200 && r.Issuer == demo.ApplianceCAName && contains(r.Body, "hello from "+demo.HostApp)
-	}
-	// KNOWN ISSUE (found at the end of the stop that merged issues 14-20, not
-	// yet explained): about one run in three, 1-4 of the 200 simultaneous
-	// handshakes from one client address get a connection reset, on both
-	// datapaths. Such a request is retried once and counted; a retry that
-	// fails, or more than 5 resets, still fails the test.
-	reset := 0
-	for i, x := range results {
-		if !ok(x.r) && x.r.Err != nil && strings.Contains(x.r.Err.Error(), "connection reset") && reset < 5 {
-			reset++
-			t.Logf("reset, retried once: %v", x.r.Err)
-			results[i].r = e.Clients[i%2].Get(ctx, "https://"+demo.HostApp+"/")
-		}
-	}
 	failed := 0
 	for _, x := range results {
 		r := x.r
-		if !ok(r) {
+		if r.Err != nil || r.Status != 200 || r.Issuer != demo.ApplianceCAName || !contains(r.Body, "hello from "+demo.HostApp) {
 			failed++
 			if failed <= 5 {
 				t.Errorf("client %s: err=%v status=%d issuer=%q body=%q", r.Local, r.Err, r.Status, r.Issuer, r.Body)
