@@ -94,7 +94,7 @@ func (s *Steerer) Explain() string {
 	for _, cn := range rs.order {
 		ch := rs.chains[cn]
 		if ch.Hooknum == nil {
-			fmt.Fprintf(&b, "  chain %s {  # regular chain: only what a goto above sends here\n", cn)
+			fmt.Fprintf(&b, "  chain %s {  # regular chain: entered only by the goto/jump above that names it\n", cn)
 		} else {
 			fmt.Fprintf(&b, "  chain %s { type %s hook %s priority %d;\n", cn, ch.Type, hookName(uint32(*ch.Hooknum)), *ch.Priority)
 		}

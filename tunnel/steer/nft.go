@@ -44,6 +44,8 @@ const (
 	chainMarkTun      = "mark_prerouting_tunnel"
 	chainTProxyTun    = "tproxy_prerouting_tunnel"
 	chainFwdTun       = "filter_forward_tunnel"
+	chainFwdGuard4    = "filter_forward_guard4"
+	chainFwdGuard6    = "filter_forward_guard6"
 	priorityMarkFirst = -155 // mangle - 5: ct mark is set before TPROXY looks at anything
 )
 
@@ -163,8 +165,12 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 	base := c.MarkBase
 	mark := fmt.Sprintf("%#x", base)
 
+	// Tunnel packets leave raw_prerouting at its first rule: the notrack
+	// rules below are for the outer packets only.
 	if zone {
 		add(chainRawPre, fmt.Sprintf("iif @%s goto %s", setTunnels, chainRawTun), cat(fromTunnel, gotoChain(chainRawTun))...)
+	} else if c.NotrackGeneve && len(c.GeneveSources) > 0 {
+		add(chainRawPre, fmt.Sprintf("iif @%s accept", setTunnels), cat(fromTunnel, accept())...)
 	}
 	if c.NotrackGeneve {
 		// The outer GENEVE packets, GWLB -> appliance and back, bypass
@@ -343,13 +349,33 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 	}
 	// Forwarded traffic to the host-local ranges of the SSRF list
 	// (instance services, link-local, loopback) is dropped: the proxy's
-	// list, not a copy of it.
-	for _, p := range ssrf.HostLocal() {
-		if p.Addr().Is6() && !c.IPv6 {
+	// list, not a copy of it. One chain per family, entered after one
+	// family test, so a packet does not test the other family's ranges
+	// (nor its own family once per range); the guard4/guard6 chains are
+	// only reached by their family, so their rules load the address
+	// without repeating that test.
+	for _, v6 := range []bool{false, true} {
+		if v6 && !c.IPv6 {
 			continue
 		}
-		add(chainFwdTun, fmt.Sprintf("%s daddr %s counter name %s drop", ipName(p), p, ctrGuardDropped),
-			cat(addrIn(p, true), objref(ctrGuardDropped), drop())...)
+		gc, fam, fname := chainFwdGuard4, byte(unix.NFPROTO_IPV4), "ipv4"
+		if v6 {
+			gc, fam, fname = chainFwdGuard6, unix.NFPROTO_IPV6, "ipv6"
+		}
+		n := 0
+		for _, p := range ssrf.HostLocal() {
+			if p.Addr().Is6() != v6 {
+				continue
+			}
+			if n == 0 {
+				regular(gc)
+				add(chainFwdTun, fmt.Sprintf("meta nfproto %s jump %s", fname, gc),
+					cat(nfproto(fam), []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: gc}})...)
+			}
+			n++
+			add(gc, fmt.Sprintf("%s daddr %s counter name %s drop", ipName(p), p, ctrGuardDropped),
+				cat(addrIn(p, true)[2:], objref(ctrGuardDropped), drop())...)
+		}
 	}
 	if c.NetworkPolicy.active() {
 		s.addNetworkPolicy(rs, add)
