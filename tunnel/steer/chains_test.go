@@ -79,3 +79,49 @@ func usesTunnels(es []expr.Any) bool {
 	}
 	return false
 }
+
+// TestCollisionMasksCtMark: both lookups of the tuple_collision rule see
+// ct mark & routeMask, never the network policy rule id bits (ruleMask)
+// that netpol keeps in the same conntrack mark.
+func TestCollisionMasksCtMark(t *testing.T) {
+	cfg := DefaultConfig()
+	s := &Steerer{cfg: cfg}
+	rs := s.buildRuleset("eth0")
+	mask := native32(cfg.routeMask())
+	n := 0
+	for _, r := range rs.rules {
+		if !strings.Contains(r.text, "counter name "+ctrCollision) {
+			continue
+		}
+		n++
+		// The register each lookup reads must have been masked
+		// since the ct mark was loaded into it.
+		masked := map[uint32]bool{}
+		for _, e := range r.exprs {
+			switch e := e.(type) {
+			case *expr.Ct:
+				if e.Key == expr.CtKeyMARK && !e.SourceRegister {
+					masked[e.Register] = false
+				}
+			case *expr.Bitwise:
+				if string(e.Mask) == string(mask) && e.SourceRegister == e.DestRegister {
+					masked[e.DestRegister] = true
+				}
+			case *expr.Lookup:
+				switch e.SetName {
+				case setTunnelMarks:
+					if !masked[1] {
+						t.Errorf("%q: tunnel_marks lookup of an unmasked ct mark", r.text)
+					}
+				case setTunnelOwner:
+					if !masked[9] {
+						t.Errorf("%q: tunnel_owner lookup of an unmasked ct mark", r.text)
+					}
+				}
+			}
+		}
+	}
+	if n != 2 {
+		t.Fatalf("%d tuple_collision rules, want 2 (http and tls ports)", n)
+	}
+}
