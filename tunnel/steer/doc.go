@@ -239,6 +239,28 @@
 // instance that gets its IPv6 default route from RA needs accept_ra=2 on
 // its NIC (not changed here: it is not our interface).
 //
+// net.netfilter.nf_conntrack_checksum follows conntrack_checksum (default
+// true = 1, the kernel's default). Decapsulated packets enter the stack
+// with no verified checksum (CHECKSUM_NONE: the tun device and the eBPF
+// redirect carry none), so with 1 conntrack sums every tracked packet in
+// software before it may change a connection's state: measured (issue 20,
+// perf) about 0.8 us per 8500-byte packet, the largest single cost of
+// large packets on the eBPF datapath. 0 skips that. What it gives up: a
+// packet with a bad checksum is tracked like a good one, so a forged
+// bad-checksum RST or FIN closes (or a bad-checksum packet opens) a
+// conntrack entry that the endpoints never saw change. Consequences here:
+// the flow record of that connection ends early; the next packet of a
+// forwarded flow is a new flow that the network policy decides again (with
+// the rule in force) and marks again, so nothing is allowed that the policy
+// would not allow; intercepted connections are verified by the local TCP
+// stack (TPROXY delivers to a socket) and destinations drop bad packets
+// either way. A checksum authenticates nothing: whoever can inject a
+// bad-checksum RST in the window can inject a good one. So 0 is a
+// performance choice with an accounting (flow record) cost, not a policy
+// bypass; the default stays 1 because it is namespace-wide (other
+// connections of a host running the appliance in its own namespace) and
+// because flow records should not be splittable by garbage packets.
+//
 // # Source/destination check
 //
 // disable_source_dest_check calls EC2 ModifyInstanceAttribute with

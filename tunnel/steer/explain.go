@@ -93,7 +93,11 @@ func (s *Steerer) Explain() string {
 	}
 	for _, cn := range rs.order {
 		ch := rs.chains[cn]
-		fmt.Fprintf(&b, "  chain %s { type %s hook %s priority %d;\n", cn, ch.Type, hookName(uint32(*ch.Hooknum)), *ch.Priority)
+		if ch.Hooknum == nil {
+			fmt.Fprintf(&b, "  chain %s {  # regular chain: entered only by the goto/jump above that names it\n", cn)
+		} else {
+			fmt.Fprintf(&b, "  chain %s { type %s hook %s priority %d;\n", cn, ch.Type, hookName(uint32(*ch.Hooknum)), *ch.Priority)
+		}
 		for _, r := range rs.rules {
 			if r.chain == cn {
 				fmt.Fprintf(&b, "    %s\n", r.text)

@@ -20,7 +20,8 @@ import (
 // the proxy does not intercept (every port but the HTTP/TLS ones, UDP,
 // ICMP, other protocols). Without it, a deny-by-default proxy policy is
 // moot: a workload simply uses another port. The policy is part of the
-// table (filter_forward), so it is installed, replaced and repaired with
+// table (filter_forward_tunnel, where filter_forward sends every packet
+// from a tunnel), so it is installed, replaced and repaired with
 // the rest in one nftables transaction.
 //
 // Evaluation, per packet arriving from a tunnel and forwarded:
@@ -373,17 +374,16 @@ func portElems(prs []policy.PortRange) ([]nftables.SetElement, string) {
 	return out, strings.Join(txt, ", ")
 }
 
-// addNetworkPolicy appends the policy's rules to filter_forward (after
+// addNetworkPolicy appends the policy's rules to filter_forward_tunnel (after
 // the guards) and its sets to rs. add is buildRuleset's rule adder.
 func (s *Steerer) addNetworkPolicy(rs *ruleset, add func(chain, text string, e ...expr.Any)) {
 	c := &s.cfg
 	np := &c.NetworkPolicy
-	fromTunnel := lookup(setTunnels, rs.sets, false)
 	t := rs.table
 	version := np.Version()
 	rs.npCounters = append(rs.npCounters, npCounter(DefaultRuleName))
-	add(chainFilterFwd, fmt.Sprintf("iif @%s ct state established,related counter name %s accept", setTunnels, ctrForwarded),
-		cat(fromTunnel, ctStateIn(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), objref(ctrForwarded), accept())...)
+	add(chainFwdTun, fmt.Sprintf("ct state established,related counter name %s accept", ctrForwarded),
+		cat(ctStateIn(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), objref(ctrForwarded), accept())...)
 
 	anon := func(key nftables.SetDatatype, interval bool, elems []nftables.SetElement, text string) *expr.Lookup {
 		placeholder := fmt.Sprintf("np_anon_%d", len(rs.anon))
@@ -440,8 +440,7 @@ func (s *Steerer) addNetworkPolicy(rs *ruleset, add func(chain, text string, e .
 		r := &np.Rules[i]
 		rs.npCounters = append(rs.npCounters, npCounter(r.Name))
 		var base []expr.Any
-		text := fmt.Sprintf("iif @%s", setTunnels)
-		base = append(base, fromTunnel...)
+		text := ""
 		if len(r.Endpoints) > 0 {
 			name := npEndpointSet(i)
 			rs.sets[name] = &nftables.Set{Table: t, Name: name, KeyType: nftables.TypeIFIndex}
@@ -538,7 +537,7 @@ func (s *Steerer) addNetworkPolicy(rs *ruleset, add func(chain, text string, e .
 				id = rs.ids.rules[i]
 			}
 			for _, v := range verdicts(r.Name, r.Action, r.Protocol, id) {
-				add(chainFilterFwd, txt+" "+v.txt, cat(e, v.match, v.e)...)
+				add(chainFwdTun, strings.TrimPrefix(txt+" "+v.txt, " "), cat(e, v.match, v.e)...)
 			}
 		}
 	}
@@ -547,7 +546,7 @@ func (s *Steerer) addNetworkPolicy(rs *ruleset, add func(chain, text string, e .
 		def = NetAllow
 	}
 	for _, v := range verdicts(DefaultRuleName, def, ProtoAny, rs.ids.def) {
-		add(chainFilterFwd, fmt.Sprintf("iif @%s %s", setTunnels, v.txt), cat(fromTunnel, v.match, v.e)...)
+		add(chainFwdTun, v.txt, cat(v.match, v.e)...)
 	}
 }
 
@@ -620,10 +619,10 @@ func (s *Steerer) npEndpointSetsOf(ep uint64) []string {
 }
 
 // explainNetworkPolicy summarises the network policy for check --explain
-// (the rules themselves are in filter_forward above).
+// (the rules themselves are in filter_forward_tunnel above).
 func (s *Steerer) explainNetworkPolicy(np *NetworkPolicy) string {
 	var b strings.Builder
-	b.WriteString("\n## network policy (forwarded traffic that is not intercepted; in filter_forward above)\n")
+	b.WriteString("\n## network policy (forwarded traffic that is not intercepted; in filter_forward_tunnel above)\n")
 	if !np.active() {
 		b.WriteString("# no rules and default_action allow: every forwarded flow passes (only QUIC and guard ranges dropped)\n")
 		return b.String()

@@ -16,26 +16,36 @@ import (
 
 // Counter object names; Stats and the metrics read them back from the kernel.
 const (
-	ctrIntercepted    = "intercepted"      // packets handed to a transparent socket
-	ctrInterceptFail  = "intercept_failed" // intercept port but no listener: dropped (fail closed)
-	ctrQUICDropped    = "quic_dropped"
-	ctrGuardDropped   = "guard_dropped"  // forward to link-local/loopback/IMDS
-	ctrLocalDropped   = "local_dropped"  // tunnel traffic to the appliance itself
-	ctrDirectRefused  = "direct_refused" // direct connects to the listener ports
-	ctrForwarded      = "forwarded"      // forwarded from the tunnels
-	setTunnels        = "tunnels"        // iif index of every gwi-*
-	mapTunnelMark     = "tunnel_mark"    // gwi-* iif index -> tunnel mark
-	setHTTPPorts      = "http_ports"
-	setTLSPorts       = "tls_ports"
-	setQUICPorts      = "quic_ports"
-	chainRawPre       = "raw_prerouting"
-	chainRawOut       = "raw_output"
-	chainMarkPre      = "mark_prerouting"
-	chainTProxyPre    = "tproxy_prerouting"
-	chainRouteOut     = "route_output"
-	chainFilterFwd    = "filter_forward"
-	chainFilterIn     = "filter_input"
-	chainNATPost      = "nat_postrouting"
+	ctrIntercepted   = "intercepted"      // packets handed to a transparent socket
+	ctrInterceptFail = "intercept_failed" // intercept port but no listener: dropped (fail closed)
+	ctrQUICDropped   = "quic_dropped"
+	ctrGuardDropped  = "guard_dropped"  // forward to link-local/loopback/IMDS
+	ctrLocalDropped  = "local_dropped"  // tunnel traffic to the appliance itself
+	ctrDirectRefused = "direct_refused" // direct connects to the listener ports
+	ctrForwarded     = "forwarded"      // forwarded from the tunnels
+	setTunnels       = "tunnels"        // iif index of every gwi-*
+	mapTunnelMark    = "tunnel_mark"    // gwi-* iif index -> tunnel mark
+	setHTTPPorts     = "http_ports"
+	setTLSPorts      = "tls_ports"
+	setQUICPorts     = "quic_ports"
+	chainRawPre      = "raw_prerouting"
+	chainRawOut      = "raw_output"
+	chainMarkPre     = "mark_prerouting"
+	chainTProxyPre   = "tproxy_prerouting"
+	chainRouteOut    = "route_output"
+	chainFilterFwd   = "filter_forward"
+	chainFilterIn    = "filter_input"
+	chainNATPost     = "nat_postrouting"
+	// Regular chains: each base chain tests iif @tunnels once and goes
+	// to one of these with the rules for tunnel packets, so a tunnel
+	// packet does not pay that lookup (and the protocol test) per rule,
+	// and other packets skip the tunnel rules with one lookup.
+	chainRawTun       = "raw_prerouting_tunnel"
+	chainMarkTun      = "mark_prerouting_tunnel"
+	chainTProxyTun    = "tproxy_prerouting_tunnel"
+	chainFwdTun       = "filter_forward_tunnel"
+	chainFwdGuard4    = "filter_forward_guard4"
+	chainFwdGuard6    = "filter_forward_guard6"
 	priorityMarkFirst = -155 // mangle - 5: ct mark is set before TPROXY looks at anything
 )
 
@@ -112,6 +122,17 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 	if !c.tunnelMode() {
 		chain(chainNATPost, nftables.ChainTypeNAT, nftables.ChainHookPostrouting, 100)
 	}
+	regular := func(name string) {
+		rs.chains[name] = &nftables.Chain{Name: name, Table: t}
+		rs.order = append(rs.order, name)
+	}
+	zone := c.tunnelMode() && !s.testNoZone
+	if zone {
+		regular(chainRawTun)
+	}
+	regular(chainMarkTun)
+	regular(chainTProxyTun)
+	regular(chainFwdTun)
 
 	set := func(name string, key, val nftables.SetDatatype, isMap bool, elems []nftables.SetElement) {
 		rs.sets[name] = &nftables.Set{Table: t, Name: name, KeyType: key, DataType: val, IsMap: isMap}
@@ -144,6 +165,13 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 	base := c.MarkBase
 	mark := fmt.Sprintf("%#x", base)
 
+	// Tunnel packets leave raw_prerouting at its first rule: the notrack
+	// rules below are for the outer packets only.
+	if zone {
+		add(chainRawPre, fmt.Sprintf("iif @%s goto %s", setTunnels, chainRawTun), cat(fromTunnel, gotoChain(chainRawTun))...)
+	} else if c.NotrackGeneve && len(c.GeneveSources) > 0 {
+		add(chainRawPre, fmt.Sprintf("iif @%s accept", setTunnels), cat(fromTunnel, accept())...)
+	}
 	if c.NotrackGeneve {
 		// The outer GENEVE packets, GWLB -> appliance and back, bypass
 		// conntrack (see Config.NotrackGeneve): only to or from GWLB's
@@ -162,7 +190,7 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 		}
 	}
 
-	if c.tunnelMode() && !s.testNoZone {
+	if zone {
 		// The proxy's upstream connection has the client's 5-tuple. Put it
 		// (both directions) in its own conntrack zone so it does not merge
 		// with the client-side connection. Upstream sockets carry a tunnel
@@ -171,8 +199,8 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 		// itself, which is not a tunnel mark.
 		sockMark := []expr.Any{&expr.Socket{Key: expr.SocketKeyMark, Register: 1}}
 		metaMark := []expr.Any{&expr.Meta{Key: expr.MetaKeyMARK, Register: 1}}
-		add(chainRawPre, fmt.Sprintf("meta l4proto tcp iif @%s socket mark & %#x == %s socket mark != %s ct zone set %d", setTunnels, markMask, mark, mark, c.ConntrackZone),
-			cat(l4proto(unix.IPPROTO_TCP), fromTunnel,
+		add(chainRawTun, fmt.Sprintf("meta l4proto tcp socket mark & %#x == %s socket mark != %s ct zone set %d", markMask, mark, mark, c.ConntrackZone),
+			cat(l4proto(unix.IPPROTO_TCP),
 				sockMark, maskEq(base), sockMark, neq(base),
 				ctZoneSet(c.ConntrackZone))...)
 		add(chainRawOut, fmt.Sprintf("meta mark & %#x == %s meta mark != %s ct zone set %d", markMask, mark, mark, c.ConntrackZone),
@@ -180,8 +208,9 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 	}
 
 	// Remember the tunnel of every new connection from a tunnel.
-	add(chainMarkPre, fmt.Sprintf("iif @%s ct state new ct mark set iif map @%s", setTunnels, mapTunnelMark),
-		cat(fromTunnel, ctStateNew(), []expr.Any{
+	add(chainMarkPre, fmt.Sprintf("iif @%s goto %s", setTunnels, chainMarkTun), cat(fromTunnel, gotoChain(chainMarkTun))...)
+	add(chainMarkTun, fmt.Sprintf("ct state new ct mark set iif map @%s", mapTunnelMark),
+		cat(ctStateNew(), []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyIIF, Register: 1},
 			&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: mapTunnelMark, SetID: rs.sets[mapTunnelMark].ID},
 			&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
@@ -189,10 +218,11 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 	// Packets of a tunnel's flow arriving elsewhere (NAT replies on the
 	// egress interface) take the tunnel's mark, which routes them to gwo-*.
 	// Only the slot part: the bits above it carry the network policy
-	// rule id (ruleid.go), which routing must not see.
+	// rule id (ruleid.go), which routing must not see. Tunnel packets
+	// went to mark_prerouting_tunnel above and never get here.
 	routeMask := c.routeMask()
-	add(chainMarkPre, fmt.Sprintf("iif != @%s ct mark & %#x == %s ct mark != %s meta mark set ct mark & %#x", setTunnels, markMask, mark, mark, routeMask),
-		cat(notFromTunnel, ctMarkOurs(base), ctMarkMasked(routeMask), []expr.Any{
+	add(chainMarkPre, fmt.Sprintf("ct mark & %#x == %s ct mark != %s meta mark set ct mark & %#x", markMask, mark, mark, routeMask),
+		cat(ctMarkOurs(base), ctMarkMasked(routeMask), []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1, SourceRegister: true},
 		})...)
 
@@ -207,20 +237,28 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 	// the first connection is untouched and the second client's SYN is
 	// retransmitted until the tuple is free (conntrack then replaces the
 	// closed entry and marks it with the second tunnel). The ct mark of an
-	// intercepted connection is exactly its tunnel mark (it never passes
-	// forward), so (iif . ct mark) is in tunnel_owner when the packet
-	// comes from the tunnel that owns it. Flows whose mark no live tunnel
-	// owns pass untouched (as before).
+	// intercepted connection is its tunnel mark; both lookups compare
+	// only its routing part (ct mark & routeMask: ours + slot), so bits
+	// outside it (the network policy rule id of ruleid.go) never make a
+	// tunnel's own connection look foreign or hide a foreign one. (iif .
+	// ct mark & routeMask) is in tunnel_owner when the packet comes from
+	// the tunnel that owns it. Flows whose mark no live tunnel owns pass
+	// untouched (as before).
+	//
+	// Every rule of tproxy_prerouting is for TCP from a tunnel: one test
+	// sends those packets to tproxy_prerouting_tunnel, the rest skip it.
+	add(chainTProxyPre, fmt.Sprintf("iif @%s meta l4proto tcp goto %s", setTunnels, chainTProxyTun),
+		cat(fromTunnel, l4proto(unix.IPPROTO_TCP), gotoChain(chainTProxyTun))...)
 	for _, set := range []string{setHTTPPorts, setTLSPorts} {
 		if len(rs.setVals[set]) == 0 {
 			continue
 		}
-		add(chainTProxyPre, fmt.Sprintf("iif @%s meta l4proto tcp tcp dport @%s ct mark @%s iif . ct mark != @%s counter name %s drop", setTunnels, set, setTunnelMarks, setTunnelOwner, ctrCollision),
-			cat(fromTunnel, l4proto(unix.IPPROTO_TCP), tcpDport(), lookup(set, rs.sets, false), []expr.Any{
-				&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		add(chainTProxyTun, fmt.Sprintf("tcp dport @%s ct mark & %#x @%s iif . ct mark & %#x != @%s counter name %s drop", set, routeMask, setTunnelMarks, routeMask, setTunnelOwner, ctrCollision),
+			cat(tcpDport(), lookup(set, rs.sets, false), ctMarkMasked(routeMask), []expr.Any{
 				&expr.Lookup{SourceRegister: 1, SetName: setTunnelMarks, SetID: rs.sets[setTunnelMarks].ID},
 				&expr.Meta{Key: expr.MetaKeyIIF, Register: 1},
 				&expr.Ct{Key: expr.CtKeyMARK, Register: 9}, // NFT_REG32_01: the second half of the concatenation
+				&expr.Bitwise{SourceRegister: 9, DestRegister: 9, Len: 4, Mask: native32(routeMask), Xor: native32(0)},
 				&expr.Lookup{SourceRegister: 1, SetName: setTunnelOwner, SetID: rs.sets[setTunnelOwner].ID, Invert: true},
 			}, objref(ctrCollision), drop())...)
 	}
@@ -228,8 +266,8 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 	// TPROXY. Established connections first: a packet that belongs to a
 	// transparent socket (accepted client-side, or upstream in tunnel mode)
 	// is delivered locally by mark.
-	add(chainTProxyPre, fmt.Sprintf("iif @%s meta l4proto tcp socket transparent 1 meta mark set %s counter name %s accept", setTunnels, mark, ctrIntercepted),
-		cat(fromTunnel, l4proto(unix.IPPROTO_TCP), []expr.Any{
+	add(chainTProxyTun, fmt.Sprintf("socket transparent 1 meta mark set %s counter name %s accept", mark, ctrIntercepted),
+		cat([]expr.Any{
 			&expr.Socket{Key: expr.SocketKeyTransparent, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{1}},
 		}, setMark(base), objref(ctrIntercepted), accept())...)
@@ -253,9 +291,9 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 			}{unix.NFPROTO_IPV6, netip.IPv6Loopback(), "ip6"})
 		}
 		for _, f := range fams {
-			add(chainTProxyPre, fmt.Sprintf("iif @%s meta nfproto %s tcp dport @%s tproxy %s to %s meta mark set %s counter name %s accept",
-				setTunnels, f.name, l.set, f.name, netip.AddrPortFrom(f.addr, l.port), mark, ctrIntercepted),
-				cat(fromTunnel, nfproto(f.nfproto), l4proto(unix.IPPROTO_TCP), tcpDport(), lookup(l.set, rs.sets, false), []expr.Any{
+			add(chainTProxyTun, fmt.Sprintf("meta nfproto %s tcp dport @%s tproxy %s to %s meta mark set %s counter name %s accept",
+				f.name, l.set, f.name, netip.AddrPortFrom(f.addr, l.port), mark, ctrIntercepted),
+				cat(nfproto(f.nfproto), tcpDport(), lookup(l.set, rs.sets, false), []expr.Any{
 					&expr.Immediate{Register: 1, Data: f.addr.AsSlice()},
 					&expr.Immediate{Register: 2, Data: binaryutil.BigEndian.PutUint16(l.port)},
 					&expr.TProxy{Family: f.nfproto, TableFamily: byte(nftables.TableFamilyINet), RegAddr: 1, RegPort: 2},
@@ -263,8 +301,8 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 		}
 		// Fail closed: an intercepted port whose listener is missing must
 		// not be forwarded uninspected.
-		add(chainTProxyPre, fmt.Sprintf("iif @%s meta l4proto tcp tcp dport @%s counter name %s drop", setTunnels, l.set, ctrInterceptFail),
-			cat(fromTunnel, l4proto(unix.IPPROTO_TCP), tcpDport(), lookup(l.set, rs.sets, false), objref(ctrInterceptFail), drop())...)
+		add(chainTProxyTun, fmt.Sprintf("tcp dport @%s counter name %s drop", l.set, ctrInterceptFail),
+			cat(tcpDport(), lookup(l.set, rs.sets, false), objref(ctrInterceptFail), drop())...)
 	}
 
 	// Replies of the proxy (and ICMP errors about forwarded packets) get
@@ -302,26 +340,48 @@ func (s *Steerer) buildRuleset(egress string) *ruleset {
 			}, objref(ctrDirectRefused), []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}})...)
 	}
 
-	// Forward guards.
+	// Forward: everything is about tunnel packets; one test sends them to
+	// filter_forward_tunnel. Forward guards first.
+	add(chainFilterFwd, fmt.Sprintf("iif @%s goto %s", setTunnels, chainFwdTun), cat(fromTunnel, gotoChain(chainFwdTun))...)
 	if c.DropQUIC && len(c.QUICPorts) > 0 {
-		add(chainFilterFwd, fmt.Sprintf("iif @%s meta l4proto udp udp dport @%s counter name %s drop", setTunnels, setQUICPorts, ctrQUICDropped),
-			cat(fromTunnel, l4proto(unix.IPPROTO_UDP), tcpDport(), lookup(setQUICPorts, rs.sets, false), objref(ctrQUICDropped), drop())...)
+		add(chainFwdTun, fmt.Sprintf("meta l4proto udp udp dport @%s counter name %s drop", setQUICPorts, ctrQUICDropped),
+			cat(l4proto(unix.IPPROTO_UDP), tcpDport(), lookup(setQUICPorts, rs.sets, false), objref(ctrQUICDropped), drop())...)
 	}
 	// Forwarded traffic to the host-local ranges of the SSRF list
 	// (instance services, link-local, loopback) is dropped: the proxy's
-	// list, not a copy of it.
-	for _, p := range ssrf.HostLocal() {
-		if p.Addr().Is6() && !c.IPv6 {
+	// list, not a copy of it. One chain per family, entered after one
+	// family test, so a packet does not test the other family's ranges
+	// (nor its own family once per range); the guard4/guard6 chains are
+	// only reached by their family, so their rules load the address
+	// without repeating that test.
+	for _, v6 := range []bool{false, true} {
+		if v6 && !c.IPv6 {
 			continue
 		}
-		add(chainFilterFwd, fmt.Sprintf("iif @%s %s daddr %s counter name %s drop", setTunnels, ipName(p), p, ctrGuardDropped),
-			cat(fromTunnel, addrIn(p, true), objref(ctrGuardDropped), drop())...)
+		gc, fam, fname := chainFwdGuard4, byte(unix.NFPROTO_IPV4), "ipv4"
+		if v6 {
+			gc, fam, fname = chainFwdGuard6, unix.NFPROTO_IPV6, "ipv6"
+		}
+		n := 0
+		for _, p := range ssrf.HostLocal() {
+			if p.Addr().Is6() != v6 {
+				continue
+			}
+			if n == 0 {
+				regular(gc)
+				add(chainFwdTun, fmt.Sprintf("meta nfproto %s jump %s", fname, gc),
+					cat(nfproto(fam), []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: gc}})...)
+			}
+			n++
+			add(gc, fmt.Sprintf("%s daddr %s counter name %s drop", ipName(p), p, ctrGuardDropped),
+				cat(addrIn(p, true)[2:], objref(ctrGuardDropped), drop())...)
+		}
 	}
 	if c.NetworkPolicy.active() {
 		s.addNetworkPolicy(rs, add)
 	} else {
-		add(chainFilterFwd, fmt.Sprintf("iif @%s counter name %s accept", setTunnels, ctrForwarded),
-			cat(fromTunnel, objref(ctrForwarded), accept())...)
+		add(chainFwdTun, fmt.Sprintf("counter name %s accept", ctrForwarded),
+			cat(objref(ctrForwarded), accept())...)
 	}
 
 	if s.testBadRule {
@@ -499,7 +559,13 @@ func objref(name string) []expr.Any {
 }
 
 func accept() []expr.Any { return []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}} }
-func drop() []expr.Any   { return []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}} }
+
+// gotoChain continues in the regular chain name; its end ends the base
+// chain (policy accept), as the base chain's own end would.
+func gotoChain(name string) []expr.Any {
+	return []expr.Any{&expr.Verdict{Kind: expr.VerdictGoto, Chain: name}}
+}
+func drop() []expr.Any { return []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}} }
 
 // ipName is "ip" or "ip6" for p's family, as nft prints it.
 func ipName(p netip.Prefix) string {

@@ -75,6 +75,15 @@ func TestSelfRepair(t *testing.T) {
 						t.Fatal(err)
 					}
 				}},
+				// A regular chain (the tunnel rules behind the base
+				// chain's goto) is checked like a base chain.
+				{"flush chain " + chainTProxyTun, nftRepairs, func(t *testing.T) {
+					c := otherNFT(t, tp.app)
+					c.FlushChain(&nftables.Chain{Name: chainTProxyTun, Table: table})
+					if err := c.Flush(); err != nil {
+						t.Fatal(err)
+					}
+				}},
 				{"tunnel element deleted", nftRepairs, func(t *testing.T) {
 					c := otherNFT(t, tp.app)
 					set, err := c.GetSetByName(table, setTunnels)
@@ -115,8 +124,8 @@ func TestSelfRepair(t *testing.T) {
 				t.Logf("%s: repaired; stats %+v", c.name, tp.s.Stats())
 			}
 			st := tp.s.Stats()
-			if st.NFTRepairs != 3 || st.RoutingRepairs != 1 || st.RepairFailures != 0 {
-				t.Fatalf("repairs: nft %d routing %d failures %d, want 3 1 0", st.NFTRepairs, st.RoutingRepairs, st.RepairFailures)
+			if st.NFTRepairs != 4 || st.RoutingRepairs != 1 || st.RepairFailures != 0 {
+				t.Fatalf("repairs: nft %d routing %d failures %d, want 4 1 0", st.NFTRepairs, st.RoutingRepairs, st.RepairFailures)
 			}
 		})
 	}

@@ -38,6 +38,11 @@ func (s *Steerer) baseSysctls() []sysctl {
 	if s.cfg.IPv6 {
 		out = append(out, sysctl{"net.ipv6.conf.all.forwarding", "1", "forward non-intercepted IPv6 tunnel traffic"})
 	}
+	if s.cfg.ConntrackChecksum {
+		out = append(out, sysctl{"net.netfilter.nf_conntrack_checksum", "1", "steer.conntrack_checksum true: conntrack verifies checksums before tracking (decapsulated packets are summed in software)"})
+	} else {
+		out = append(out, sysctl{"net.netfilter.nf_conntrack_checksum", "0", "steer.conntrack_checksum false: bad-checksum packets are tracked (a forged bad-checksum RST/FIN can close an entry); saves summing every decapsulated packet"})
+	}
 	return out
 }
 

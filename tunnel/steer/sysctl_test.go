@@ -75,3 +75,29 @@ func TestExplainTunnelModeBeforeStart(t *testing.T) {
 		t.Error("tunnel mode masquerades")
 	}
 }
+
+// TestConntrackChecksumSysctl: steer.conntrack_checksum decides
+// net.netfilter.nf_conntrack_checksum, 1 by default (verify).
+func TestConntrackChecksumSysctl(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		cfg := DefaultConfig()
+		if !cfg.ConntrackChecksum {
+			t.Fatal("conntrack_checksum default is false, want true (the kernel's, safe)")
+		}
+		cfg.ConntrackChecksum = on
+		s := &Steerer{cfg: cfg}
+		want := map[bool]string{true: "1", false: "0"}[on]
+		n := 0
+		for _, sc := range s.baseSysctls() {
+			if sc.key == "net.netfilter.nf_conntrack_checksum" {
+				n++
+				if sc.val != want {
+					t.Errorf("conntrack_checksum=%v: nf_conntrack_checksum=%s, want %s", on, sc.val, want)
+				}
+			}
+		}
+		if n != 1 {
+			t.Errorf("conntrack_checksum=%v: %d nf_conntrack_checksum entries, want 1", on, n)
+		}
+	}
+}
