@@ -1,7 +1,7 @@
 // Package inns is the one owner of network namespace switching: Do runs a
 // function inside a namespace, and NS (New) is a named namespace the
 // simulator (tunnel/gwlbsim), the demo, the benchmarks and the root tests
-// create and tear down.
+// create and tear down, and Sysfs shows sysfs as a namespace sees it.
 //
 // Why a package: the steerer (pointed at a test's appliance namespace), the
 // GWLB simulator, the demo and the benchmarks all need it, and getting it
