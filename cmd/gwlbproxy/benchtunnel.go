@@ -23,6 +23,7 @@ func cmdBenchTunnel(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.IntVar(&c.ApplianceCPU, "appliance-cpu", c.ApplianceCPU, "CPU the appliance is pinned to (-1: unpinned)")
 	fs.BoolVar(&c.Offload, "offload", c.Offload, "tunnel.offload: GSO/GRO on the tun devices")
 	fs.BoolVar(&c.Notrack, "notrack", c.Notrack, "steer.notrack_geneve: outer GENEVE exempt from conntrack")
+	fs.BoolVar(&c.ConntrackChecksum, "conntrack-checksum", c.ConntrackChecksum, "steer.conntrack_checksum: conntrack verifies transport checksums")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "tunnel.workers (0: one per CPU)")
 	fs.BoolVar(&c.NoBaseline, "no-baseline", false, "measure the tunnel only (no plain and plain+steer rows)")
 	fs.StringVar(&c.PerfDir, "perf", "", "record the appliance's CPU with perf record -g during each row into this directory (<path>-<inner size>.data)")

@@ -77,6 +77,10 @@ type Config struct {
 	// Notrack sets steer.notrack_geneve (outer GENEVE exempt from
 	// conntrack).
 	Notrack bool
+	// ConntrackChecksum sets steer.conntrack_checksum (conntrack verifies
+	// the transport checksum of what it tracks; a decapsulated packet's
+	// is unverified, so at 8500 B this reads the whole payload).
+	ConntrackChecksum bool
 	// Datapaths are the tunnel.datapath values measured, each with its
 	// own appliance run ("userspace", "ebpf"); plain forwarding is
 	// measured during the first.
@@ -102,8 +106,9 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{Payloads: []int{64, 8472}, Flows: 64, Step: time.Second,
 		GeneratorCPU: 0, ApplianceCPU: 1, Offload: true, Workers: 1,
-		Datapaths: []string{"userspace", "ebpf"},
-		Notrack:   steer.DefaultConfig().NotrackGeneve}
+		Datapaths:         []string{"userspace", "ebpf"},
+		Notrack:           steer.DefaultConfig().NotrackGeneve,
+		ConntrackChecksum: steer.DefaultConfig().ConntrackChecksum}
 }
 
 // Row is one measurement.
@@ -427,6 +432,7 @@ func writeConfig(dir string, cfg Config, datapath string) (string, error) {
 	c.Steer.EgressMode = steer.EgressTunnel
 	c.Steer.IPv6 = false
 	c.Steer.NotrackGeneve = cfg.Notrack
+	c.Steer.ConntrackChecksum = cfg.ConntrackChecksum
 	// The bench forwards UDP through the tunnel: the network policy (whose
 	// default follows the proxy's deny) must let it pass. Flow records stay
 	// on, as in production.
@@ -618,8 +624,8 @@ func tail(path string, n int) string {
 // WriteTable prints the result.
 func (r *Result) WriteTable(w io.Writer) {
 	c := r.Config
-	fmt.Fprintf(w, "gwlbproxy bench tunnel: %d flows, %s steps, best rate at <= 1%% loss; generator (AF_PACKET, PACKET_QDISC_BYPASS, prebuilt frames, sendmmsg) on CPU %d, appliance on CPU %d; tunnel.offload=%v steer.notrack_geneve=%v\n",
-		c.Flows, c.Step, c.GeneratorCPU, c.ApplianceCPU, c.Offload, c.Notrack)
+	fmt.Fprintf(w, "gwlbproxy bench tunnel: %d flows, %s steps, best rate at <= 1%% loss; generator (AF_PACKET, PACKET_QDISC_BYPASS, prebuilt frames, sendmmsg) on CPU %d, appliance on CPU %d; tunnel.offload=%v steer.notrack_geneve=%v steer.conntrack_checksum=%v\n",
+		c.Flows, c.Step, c.GeneratorCPU, c.ApplianceCPU, c.Offload, c.Notrack, c.ConntrackChecksum)
 	fmt.Fprintf(w, "load average (1 5 15 min): %s at the start, %s at the end\n", r.LoadAvg[0], r.LoadAvg[1])
 	fmt.Fprintf(w, "path: plain = kernel forwarding without a tunnel, before the appliance starts (the baseline); plain+steer = the same with the appliance's steering (nftables, policy routing, conntrack) in the namespace; userspace, ebpf = the tunnel with that tunnel.datapath\n\n")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
