@@ -42,6 +42,9 @@ vet:
 # Unit, fuzz-seed, integration and (as root) end-to-end tests, under the race detector.
 test: vet
 	$(GO) test -race -timeout 30m ./...
+	# the end-to-end and steering suites again on the userspace tunnel
+	# datapath (the first pass runs the default, eBPF where the kernel allows)
+	GWLBPROXY_TEST_DATAPATH=userspace $(GO) test -race -count=1 -timeout 30m ./cmd/internal/e2e/ ./tunnel/steer/
 
 configs:
 	bash .ci/validate-configs.sh

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -78,6 +79,11 @@ func e2eWith(t *testing.T, scfg Config, offload bool) *gwlbsim.Topology {
 	cfg.AllowedSources = []netip.Prefix{netip.PrefixFrom(gwlbsim.GWLBAddr, 32)}
 	cfg.Workers = 2
 	cfg.Offload = offload
+	// make test runs this package again with GWLBPROXY_TEST_DATAPATH=userspace
+	// so steering is tested behind both tunnel datapaths.
+	if dp := os.Getenv("GWLBPROXY_TEST_DATAPATH"); dp != "" {
+		cfg.Datapath = dp
+	}
 	d, err := tunnel.New(cfg, log, prometheus.NewRegistry(), s)
 	if err != nil {
 		t.Fatal(err)

@@ -115,7 +115,7 @@ func testFleetPolicy(t *testing.T, kind string) {
 			}
 			return nil
 		},
-		Modify:      func(c *config.Config) { source(c, 0) },
+		Modify:      withDatapath(t, func(c *config.Config) { source(c, 0) }),
 		ModifyExtra: func(i int, c *config.Config) { source(c, i+1) },
 	})
 	if err != nil {

@@ -20,6 +20,29 @@ import (
 // binary is the gwlbproxy built once for the run by TestMain.
 var binary string
 
+// datapathEnv names the environment variable that runs the whole suite
+// on one tunnel datapath (tunnel.datapath: auto, ebpf or userspace); unset,
+// the appliance's default (auto) is used. make test runs the suite twice,
+// once as deployed (auto: eBPF where the kernel allows) and once with
+// userspace, so every end-to-end test covers both datapaths. A test that
+// sets tunnel.datapath itself keeps its choice.
+const datapathEnv = "GWLBPROXY_TEST_DATAPATH"
+
+// withDatapath applies datapathEnv before the test's own modify.
+func withDatapath(t *testing.T, modify func(*config.Config)) func(*config.Config) {
+	dp := os.Getenv(datapathEnv)
+	if dp == "" {
+		return modify
+	}
+	t.Logf("tunnel.datapath: %s (%s)", dp, datapathEnv)
+	return func(c *config.Config) {
+		c.Tunnel.Datapath = dp
+		if modify != nil {
+			modify(c)
+		}
+	}
+}
+
 func TestMain(m *testing.M) {
 	if os.Geteuid() == 0 {
 		dir, err := os.MkdirTemp("", "gwlbproxy-e2e-")
@@ -58,6 +81,7 @@ func newEnvOpts(t *testing.T, o demo.Options) *demo.Env {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	o.Binary, o.Dir, o.Prefix = binary, t.TempDir(), "ge"
+	o.Modify = withDatapath(t, o.Modify)
 	o.Progress = func(s string) { t.Log(s) }
 	e, err := demo.Start(ctx, o)
 	if err != nil {

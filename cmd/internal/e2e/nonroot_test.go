@@ -133,7 +133,7 @@ func startNonRoot(ctx context.Context, t *testing.T, capsList []string, modify f
 	dir := t.TempDir()
 	wrapper := nonRootWrapper(t, dir, capsList)
 	e, err := demo.Start(ctx, demo.Options{
-		Mode: steer.EgressNAT, Binary: wrapper, Dir: dir, Prefix: "gu", CloudWatchFake: true, Modify: modify,
+		Mode: steer.EgressNAT, Binary: wrapper, Dir: dir, Prefix: "gu", CloudWatchFake: true, Modify: withDatapath(t, modify),
 		Progress: func(s string) { t.Log(s) },
 	})
 	if e != nil {

@@ -167,7 +167,7 @@ func testScaleIn(t *testing.T, viaLifecycle bool, appliances int) {
 			}
 			return nil
 		},
-		Modify:      func(c *config.Config) { lifecycleConfig(c, 0) },
+		Modify:      withDatapath(t, func(c *config.Config) { lifecycleConfig(c, 0) }),
 		ModifyExtra: func(i int, c *config.Config) { lifecycleConfig(c, i+1) },
 	})
 	if err != nil {
