@@ -35,6 +35,7 @@ import (
 	"golang.org/x/net/websocket"
 
 	"github.com/gwlbproxy/gwlbproxy/ca"
+	"github.com/gwlbproxy/gwlbproxy/proxy/internal/h1/h1test"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/schema"
 )
@@ -516,37 +517,11 @@ func (s *syncBuffer) String() string {
 // rawDial opens a plain connection to the proxy's HTTP listener.
 func rawDial(t testing.TB, h *harness) (net.Conn, *bufio.Reader) {
 	t.Helper()
-	c, err := net.Dial("tcp", h.httpAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	t.Cleanup(func() { c.Close() })
-	return c, bufio.NewReader(c)
+	return h1test.Dial(t, h.httpAddr)
 }
 
-// readResp reads one response (for a request with method) and its body.
-func readResp(t testing.TB, br *bufio.Reader, method string) (*http.Response, string) {
-	t.Helper()
-	resp, err := http.ReadResponse(br, &http.Request{Method: method})
-	if err != nil {
-		t.Fatalf("reading response: %v", err)
-	}
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("reading body: %v", err)
-	}
-	return resp, string(b)
-}
-
-// wantClosed checks that the proxy ends the connection with no more bytes.
-func wantClosed(t testing.TB, br *bufio.Reader) {
-	t.Helper()
-	b, err := io.ReadAll(br)
-	if err != nil && !errors.Is(err, net.ErrClosed) && !strings.Contains(err.Error(), "reset") {
-		t.Fatalf("want the connection closed, got %v", err)
-	}
-	if len(b) > 0 {
-		t.Fatalf("want the connection closed, got %q", b)
-	}
-}
+// readResp and wantClosed are the shared raw-client steps (h1test).
+var (
+	readResp   = h1test.ReadResp
+	wantClosed = h1test.WantClosed
+)

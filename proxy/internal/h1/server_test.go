@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,6 +21,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/internal/h1/h1test"
 )
 
 // The server's own tests: a Server on a loopback listener with a test
@@ -302,41 +303,14 @@ func (h *harness) mux() http.Handler {
 // rawDial opens a plain connection to the server.
 func rawDial(t testing.TB, h *harness) (net.Conn, *bufio.Reader) {
 	t.Helper()
-	c, err := net.Dial("tcp", h.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	t.Cleanup(func() { c.Close() })
-	return c, bufio.NewReader(c)
+	return h1test.Dial(t, h.addr)
 }
 
-// readResp reads one response (for a request with method) and its body.
-func readResp(t testing.TB, br *bufio.Reader, method string) (*http.Response, string) {
-	t.Helper()
-	resp, err := http.ReadResponse(br, &http.Request{Method: method})
-	if err != nil {
-		t.Fatalf("reading response: %v", err)
-	}
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("reading body: %v", err)
-	}
-	return resp, string(b)
-}
-
-// wantClosed checks that the server ends the connection with no more
-// bytes.
-func wantClosed(t testing.TB, br *bufio.Reader) {
-	t.Helper()
-	b, err := io.ReadAll(br)
-	if err != nil && !errors.Is(err, net.ErrClosed) && !strings.Contains(err.Error(), "reset") {
-		t.Fatalf("want the connection closed, got %v", err)
-	}
-	if len(b) > 0 {
-		t.Fatalf("want the connection closed, got %q", b)
-	}
-}
+// readResp and wantClosed are the shared raw-client steps (h1test).
+var (
+	readResp   = h1test.ReadResp
+	wantClosed = h1test.WantClosed
+)
 
 func TestServerPipelined(t *testing.T) {
 	h := newHarness(t, nil)
